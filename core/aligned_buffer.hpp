@@ -1,0 +1,48 @@
+// Owned, aligned, zero-initialised host memory: the unit every stage allocates once at start.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <span>
+#include <utility>
+
+namespace sluice {
+
+class AlignedBuffer {
+public:
+    AlignedBuffer() = default;
+    explicit AlignedBuffer(size_t bytes, size_t alignment = 64) { allocate(bytes, alignment); }
+    ~AlignedBuffer() { std::free(data_); }
+    AlignedBuffer(AlignedBuffer&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+    AlignedBuffer& operator=(AlignedBuffer&& other) noexcept {
+        std::swap(data_, other.data_);
+        std::swap(bytes_, other.bytes_);
+        return *this;
+    }
+    AlignedBuffer(const AlignedBuffer&) = delete;
+    AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+
+    void allocate(size_t bytes, size_t alignment = 64) {
+        std::free(data_);
+        bytes_ = bytes;
+        const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+        data_ = static_cast<std::byte*>(std::aligned_alloc(alignment, rounded ? rounded : alignment));
+        if (!data_) throw std::bad_alloc();
+        for (size_t i = 0; i < rounded; ++i) data_[i] = std::byte{0};
+    }
+
+    std::byte* data() { return data_; }
+    const std::byte* data() const { return data_; }
+    size_t size() const { return bytes_; }
+    template <typename T> T* as() { return reinterpret_cast<T*>(data_); }
+    template <typename T> const T* as() const { return reinterpret_cast<const T*>(data_); }
+
+private:
+    std::byte* data_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+}  // namespace sluice

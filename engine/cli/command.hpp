@@ -1,0 +1,17 @@
+// Each `sluice <command>` lives in its own file and registers itself on the CLI11 app; main()
+// only dispatches. A command returns the process exit code; typed errors are printed by main.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace sluice::cli {
+
+// Registers a subcommand; `run` is called when it is selected on the command line.
+using CommandRunner = std::function<int()>;
+void add_command(CLI::App& app, CLI::App* sub, CommandRunner run);
+
+// Each command file defines one of these; main.cpp calls them all.
+void register_version(CLI::App& app);
+
+}  // namespace sluice::cli

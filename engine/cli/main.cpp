@@ -1,0 +1,50 @@
+// sluice: the command-line entry. Dispatches to the registered subcommands and turns a typed
+// error into one line on stderr and a non-zero exit.
+#include <cstdio>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "engine/cli/command.hpp"
+
+namespace sluice::cli {
+
+namespace {
+std::vector<std::pair<CLI::App*, CommandRunner>>& registry() {
+    static std::vector<std::pair<CLI::App*, CommandRunner>> commands;
+    return commands;
+}
+}  // namespace
+
+void add_command(CLI::App&, CLI::App* sub, CommandRunner run) { registry().emplace_back(sub, std::move(run)); }
+
+}  // namespace sluice::cli
+
+int main(int argc, char** argv) {
+    using namespace sluice;
+    CLI::App app{"sluice: layer-streaming executor for DeepSeek-V3-family models"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", SLUICE_VERSION);
+    cli::register_version(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    try {
+        for (auto& [sub, run] : cli::registry())
+            if (sub->parsed()) return run();
+    } catch (const Error& e) {
+        fmt::print(stderr, "sluice: {}: {}\n", error_kind_name(e.kind()), e.what());
+        return e.kind() == ErrorKind::invalid_input || e.kind() == ErrorKind::unsupported ? 2 : 1;
+    } catch (const std::bad_alloc&) {
+        fmt::print(stderr, "sluice: out of memory\n");
+        return 1;
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "sluice: {}\n", e.what());
+        return 1;
+    }
+    return 0;
+}

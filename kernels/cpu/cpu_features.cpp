@@ -1,0 +1,40 @@
+#include "kernels/cpu/cpu_features.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace sluice::cpu {
+
+const CpuFeatures& detect_cpu_features() {
+    static const CpuFeatures features = [] {
+        CpuFeatures f;
+        __builtin_cpu_init();
+        f.avx2 = __builtin_cpu_supports("avx2");
+        f.fma = __builtin_cpu_supports("fma");
+        f.f16c = __builtin_cpu_supports("f16c");
+        f.avx512f = __builtin_cpu_supports("avx512f");
+        f.avx512bw = __builtin_cpu_supports("avx512bw");
+        f.avx512vl = __builtin_cpu_supports("avx512vl");
+        f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+        f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
+        return f;
+    }();
+    return features;
+}
+
+CpuPath cpu_path() {
+    static const CpuPath path = [] {
+        const auto& f = detect_cpu_features();
+        CpuPath best = CpuPath::scalar;
+        if (f.avx2 && f.fma && f.f16c) best = CpuPath::avx2;
+        if (best == CpuPath::avx2 && f.avx512f && f.avx512bw && f.avx512vl) best = CpuPath::avx512;
+        if (const char* cap = std::getenv("SLUICE_CPU")) {
+            if (std::strcmp(cap, "scalar") == 0) return CpuPath::scalar;
+            if (std::strcmp(cap, "avx2") == 0 && best != CpuPath::scalar) return CpuPath::avx2;
+        }
+        return best;
+    }();
+    return path;
+}
+
+}  // namespace sluice::cpu

@@ -1,0 +1,23 @@
+// CPU matrix products over weights as stored (any DType in the block table that has a kernel):
+// decode GEMV and prefill GEMM, both multithreaded on the pool, activations in f32.
+#pragma once
+
+#include <cstdint>
+
+#include "core/thread_pool.hpp"
+#include "kernels/matrix.hpp"
+
+namespace sluice::cpu {
+
+// y[r] = sum_c W[r][c] * x[c] for r in [0, W.rows). x: [W.cols], y: [W.rows]. fp32 accumulation.
+void gemv(const Matrix& w, const float* x, float* y, ThreadPool& pool);
+
+// Y[t][r] = sum_c W[r][c] * X[t][c]. X: [n_tokens, W.cols] row-major (row stride x_stride floats),
+// Y: [n_tokens, W.rows] (row stride y_stride floats). n_tokens == 1 is a GEMV.
+void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
+          float* y, int64_t y_stride, ThreadPool& pool);
+
+// Whether gemv/gemm have a kernel for this type (the planner refuses a model otherwise).
+bool has_matmul_kernel(DType type);
+
+}  // namespace sluice::cpu

@@ -1,0 +1,30 @@
+#include "kernels/cuda/device.hpp"
+
+#include <cuda_runtime.h>
+
+namespace sluice::cuda {
+
+DeviceQuery query_devices() {
+    DeviceQuery q;
+    q.compiled = true;
+    int n = 0;
+    // Without a driver this returns cudaErrorInsufficientDriver (35), not 0 devices: any
+    // error means "no device".
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+        q.reason = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err);
+        return q;
+    }
+    if (n == 0) {
+        q.reason = "no CUDA device";
+        return q;
+    }
+    for (int i = 0; i < n; ++i) {
+        cudaDeviceProp p{};
+        if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
+        q.devices.push_back({i, p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount});
+    }
+    return q;
+}
+
+}  // namespace sluice::cuda
