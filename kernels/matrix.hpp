@@ -15,8 +15,15 @@ struct Matrix {
     int64_t rows = 0;
     int64_t cols = 0;
     const void* data = nullptr;
-    // FP8_E4M3_B128 only: scale_inv [ceil(rows/128), ceil(cols/128)], row-major.
+    // FP8_E4M3_B128 only: scale_inv [ceil(rows/128), ceil(cols/128)] of the whole stored
+    // tensor, row-major; row r of this view uses scale row (scale_row_offset + r) / 128.
     const float* block_scales = nullptr;
+    int64_t scale_row_offset = 0;
+
+    // The scale of weight (r, c) of this view (FP8 only).
+    float block_scale(int64_t r, int64_t c) const {
+        return block_scales[((scale_row_offset + r) / 128) * ((cols + 127) / 128) + c / 128];
+    }
 
     int64_t bytes_per_row() const { return row_bytes(type, cols); }
     int64_t bytes() const { return bytes_per_row() * rows; }
@@ -24,12 +31,11 @@ struct Matrix {
         return static_cast<const std::byte*>(data) + r * bytes_per_row();
     }
     // Rows [begin, begin + n) as their own matrix (an expert's slice, a head's block).
-    // For FP8 the slice must start on a 128-row block boundary.
     Matrix row_slice(int64_t begin, int64_t n) const {
         Matrix m = *this;
         m.rows = n;
         m.data = row(begin);
-        if (block_scales) m.block_scales = block_scales + (begin / 128) * ((cols + 127) / 128);
+        m.scale_row_offset = scale_row_offset + begin;
         return m;
     }
 };

@@ -1,0 +1,18 @@
+// The transposed product Y[t] += W^T X[t], for weights stored [rows, cols] that a step must
+// apply from the other side: MLA's absorb step q~_h = W_UK_h^T q_nope_h on an HF / legacy-GGUF
+// kv_b, without rearranging the stored weights (spec §2.8).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/matrix.hpp"
+
+namespace sluice::cpu {
+
+// Y[t][c] = sum_r W[r][c] * X[t][r] for t < n_tokens, c < W.cols. X: [n_tokens, W.rows] (row
+// stride x_stride), Y: [n_tokens, W.cols] (row stride y_stride). row_scratch holds W.cols floats.
+// Single-threaded: callers parallelise over heads.
+void gemm_transposed(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
+                     float* row_scratch);
+
+}  // namespace sluice::cpu
