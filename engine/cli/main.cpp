@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     app.set_version_flag("--version", SLUICE_VERSION);
     cli::register_version(app);
+    cli::register_synth(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
