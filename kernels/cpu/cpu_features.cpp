@@ -15,6 +15,7 @@ const CpuFeatures& detect_cpu_features() {
         f.avx512f = __builtin_cpu_supports("avx512f");
         f.avx512bw = __builtin_cpu_supports("avx512bw");
         f.avx512vl = __builtin_cpu_supports("avx512vl");
+        f.avx512dq = __builtin_cpu_supports("avx512dq");
         f.avx512vnni = __builtin_cpu_supports("avx512vnni");
         f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
         return f;
@@ -27,7 +28,7 @@ CpuPath cpu_path() {
         const auto& f = detect_cpu_features();
         CpuPath best = CpuPath::scalar;
         if (f.avx2 && f.fma && f.f16c) best = CpuPath::avx2;
-        if (best == CpuPath::avx2 && f.avx512f && f.avx512bw && f.avx512vl) best = CpuPath::avx512;
+        if (best == CpuPath::avx2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq) best = CpuPath::avx512;
         if (const char* cap = std::getenv("SLUICE_CPU")) {
             if (std::strcmp(cap, "scalar") == 0) return CpuPath::scalar;
             if (std::strcmp(cap, "avx2") == 0 && best != CpuPath::scalar) return CpuPath::avx2;

@@ -65,7 +65,8 @@ void route(const float* logits, const float* bias, const RouterConfig& config,
 //   cache_latent: [n_ctx, kv_rank], cache_rope: [n_ctx, rope_dim] (row stride = that width)
 //   query token t sees cache rows [0, n_visible[t]) (causal: position + 1)
 //   out: [n_tokens, n_heads, kv_rank] = sum_t P * c_t
-// scratch is sized by attention_scratch_floats(); no allocation happens inside.
+// scratch is sized by attention_scratch_floats(shape, n_ctx >= max n_visible, pool.size()); no
+// allocation happens inside. Work is split over (token, head) pairs.
 struct AttentionShape {
     int n_heads = 0;
     int kv_rank = 512;
@@ -76,5 +77,19 @@ int64_t attention_scratch_floats(const AttentionShape& shape, int64_t n_ctx, int
 void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
                             const float* q_rope, const float* cache_latent, const float* cache_rope,
                             const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool);
+
+// The decompressed (MHA) form of the same attention (spec §2.7), the cross-check for the
+// absorbed form and an option for long prefills:
+//   q: [n_tokens, n_heads, qk_head_dim], k: [n_ctx, n_heads, qk_head_dim] (= [W_UK c ; k_pe]),
+//   v: [n_ctx, n_heads, v_head_dim], out: [n_tokens, n_heads, v_head_dim];
+//   query token t sees rows [0, n_visible[t]). scratch: attention_scratch_floats(.., n_ctx, pool.size()).
+struct NaiveAttentionShape {
+    int n_heads = 0;
+    int qk_head_dim = 192;
+    int v_head_dim = 128;
+    float scale = 1.0f;
+};
+void mla_attention_naive(const NaiveAttentionShape& shape, int64_t n_tokens, const float* q, const float* k,
+                         const float* v, const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool);
 
 }  // namespace sluice::cpu

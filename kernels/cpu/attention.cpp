@@ -1,0 +1,101 @@
+// MLA attention on the CPU: the absorbed form over the latent cache (decode and prefill), and the
+// decompressed MHA form that cross-checks it. Threads split (token, head) pairs; each thread keeps
+// its score row in its own slice of the caller's scratch.
+#include <algorithm>
+
+#include "core/error.hpp"
+#include "kernels/cpu/kernel_paths.hpp"
+#include "kernels/cpu/ops.hpp"
+
+namespace sluice::cpu {
+namespace {
+
+constexpr int64_t kScoreRowAlignFloats = 16;
+
+int64_t score_row_floats(int64_t n_ctx) {
+    return (n_ctx + kScoreRowAlignFloats - 1) / kScoreRowAlignFloats * kScoreRowAlignFloats;
+}
+
+}  // namespace
+
+int64_t attention_scratch_floats(const AttentionShape& /*shape*/, int64_t n_ctx, int n_threads) {
+    return score_row_floats(n_ctx) * std::max(1, n_threads);
+}
+
+namespace detail {
+
+void mla_attention_absorbed_on_path(CpuPath path, const AttentionShape& shape, int64_t n_tokens,
+                                    const float* q_latent, const float* q_rope, const float* cache_latent,
+                                    const float* cache_rope, const int64_t* n_visible, float* out,
+                                    float* scratch, ThreadPool& pool) {
+    const PathKernels& k = path_kernels(path);
+    int64_t n_ctx = 0;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        if (n_visible[t] <= 0) fail(ErrorKind::internal, "attention: query token {} sees no cache rows", t);
+        n_ctx = std::max(n_ctx, n_visible[t]);
+    }
+    const int64_t row_floats = score_row_floats(n_ctx);
+    const int kv_rank = shape.kv_rank, rope_dim = shape.rope_dim, n_heads = shape.n_heads;
+    pool.parallel_for(n_tokens * n_heads, [&](int64_t begin, int64_t end, int thread) {
+        float* scores = scratch + row_floats * thread;
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t t = item / n_heads;
+            const int64_t row = item;  // (t, h) row of the [n_tokens, n_heads, *] tensors
+            const float* ql = q_latent + row * kv_rank;
+            const float* qr = q_rope + row * rope_dim;
+            const int64_t visible = n_visible[t];
+            // s = scale * (q~ . c_j + q_pe . k_pe_j): one shared 576-wide key per cache row.
+            for (int64_t j = 0; j < visible; ++j) {
+                scores[j] = shape.scale * (k.dot(ql, cache_latent + j * kv_rank, kv_rank) +
+                                           k.dot(qr, cache_rope + j * rope_dim, rope_dim));
+            }
+            k.softmax(scores, visible);
+            float* o = out + row * kv_rank;
+            std::fill(o, o + kv_rank, 0.0f);
+            for (int64_t j = 0; j < visible; ++j) k.axpy(scores[j], cache_latent + j * kv_rank, o, kv_rank);
+        }
+    });
+}
+
+void mla_attention_naive_on_path(CpuPath path, const NaiveAttentionShape& shape, int64_t n_tokens,
+                                 const float* q, const float* kc, const float* v, const int64_t* n_visible,
+                                 float* out, float* scratch, ThreadPool& pool) {
+    const PathKernels& k = path_kernels(path);
+    int64_t n_ctx = 0;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        if (n_visible[t] <= 0) fail(ErrorKind::internal, "attention: query token {} sees no cache rows", t);
+        n_ctx = std::max(n_ctx, n_visible[t]);
+    }
+    const int64_t row_floats = score_row_floats(n_ctx);
+    const int n_heads = shape.n_heads, qk = shape.qk_head_dim, vd = shape.v_head_dim;
+    pool.parallel_for(n_tokens * n_heads, [&](int64_t begin, int64_t end, int thread) {
+        float* scores = scratch + row_floats * thread;
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t t = item / n_heads, h = item % n_heads;
+            const float* qh = q + item * qk;
+            const int64_t visible = n_visible[t];
+            for (int64_t j = 0; j < visible; ++j)
+                scores[j] = shape.scale * k.dot(qh, kc + (j * n_heads + h) * qk, qk);
+            k.softmax(scores, visible);
+            float* o = out + item * vd;
+            std::fill(o, o + vd, 0.0f);
+            for (int64_t j = 0; j < visible; ++j) k.axpy(scores[j], v + (j * n_heads + h) * vd, o, vd);
+        }
+    });
+}
+
+}  // namespace detail
+
+void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
+                            const float* q_rope, const float* cache_latent, const float* cache_rope,
+                            const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool) {
+    detail::mla_attention_absorbed_on_path(cpu_path(), shape, n_tokens, q_latent, q_rope, cache_latent,
+                                           cache_rope, n_visible, out, scratch, pool);
+}
+
+void mla_attention_naive(const NaiveAttentionShape& shape, int64_t n_tokens, const float* q, const float* k,
+                         const float* v, const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool) {
+    detail::mla_attention_naive_on_path(cpu_path(), shape, n_tokens, q, k, v, n_visible, out, scratch, pool);
+}
+
+}  // namespace sluice::cpu

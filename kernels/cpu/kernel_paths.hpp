@@ -1,0 +1,60 @@
+// The per-instruction-set kernel tables (scalar, AVX2, AVX-512) behind gemv/gemm and the
+// vectorised ops. The public entry points pick one by cpu_path(); tests call each path directly.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/thread_pool.hpp"
+#include "kernels/cpu/cpu_features.hpp"
+#include "kernels/cpu/ops.hpp"
+#include "kernels/matrix.hpp"
+
+namespace sluice::cpu::detail {
+
+// Y[t][r] = W[r] . X[t] for rows [row_begin, row_end) of w and tokens [0, n_tokens); y points at
+// row 0 of token 0. row_scratch holds w.cols floats (used by the dequantising kernels only).
+using RowsKernel = void (*)(const Matrix& w, int64_t row_begin, int64_t row_end, const float* x,
+                            int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
+                            float* row_scratch);
+
+struct PathKernels {
+    CpuPath path;
+    RowsKernel gemm_f32;
+    RowsKernel gemm_f16;
+    RowsKernel gemm_bf16;
+    // Any type with a dequantize_row (FP8_E4M3_B128 with its 128x128 scales): dequantise one row
+    // into row_scratch, then the f32 kernel over all tokens.
+    RowsKernel gemm_dequantized;
+    float (*dot)(const float* a, const float* b, int64_t n);
+    void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
+    void (*scale)(float* y, float a, int64_t n);                  // y *= a
+    void (*rms_norm)(const float* x, const float* w, float eps, int64_t n, float* out);
+    void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
+    void (*softmax)(float* x, int64_t n);
+};
+
+const PathKernels& scalar_kernels();
+const PathKernels& avx2_kernels();
+const PathKernels& avx512_kernels();
+const PathKernels& path_kernels(CpuPath path);
+
+// The paths this CPU can run (scalar always), for tests and benches.
+std::vector<CpuPath> supported_paths();
+const char* path_name(CpuPath path);
+
+// The matmul kernel for a weight type on a path, or null (no kernel: has_matmul_kernel false).
+RowsKernel matmul_kernel(DType type, const PathKernels& kernels);
+
+// gemm / absorbed attention on an explicit path (the public functions pass cpu_path()).
+void gemm_on_path(CpuPath path, const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
+                  float* y, int64_t y_stride, ThreadPool& pool);
+void mla_attention_absorbed_on_path(CpuPath path, const AttentionShape& shape, int64_t n_tokens,
+                                    const float* q_latent, const float* q_rope, const float* cache_latent,
+                                    const float* cache_rope, const int64_t* n_visible, float* out,
+                                    float* scratch, ThreadPool& pool);
+void mla_attention_naive_on_path(CpuPath path, const NaiveAttentionShape& shape, int64_t n_tokens,
+                                 const float* q, const float* k, const float* v, const int64_t* n_visible,
+                                 float* out, float* scratch, ThreadPool& pool);
+
+}  // namespace sluice::cpu::detail

@@ -1,0 +1,97 @@
+// gemv / gemm dispatch: pick the instruction-set path, pick the kernel for the weight type from
+// one table, split the rows over the pool. Each weight row is streamed once per call.
+#include "kernels/cpu/matmul.hpp"
+
+#include "core/aligned_buffer.hpp"
+#include "core/error.hpp"
+#include "kernels/cpu/kernel_paths.hpp"
+
+namespace sluice::cpu {
+namespace detail {
+
+const PathKernels& path_kernels(CpuPath path) {
+    switch (path) {
+        case CpuPath::avx512: return avx512_kernels();
+        case CpuPath::avx2: return avx2_kernels();
+        case CpuPath::scalar: break;
+    }
+    return scalar_kernels();
+}
+
+std::vector<CpuPath> supported_paths() {
+    const CpuFeatures& f = detect_cpu_features();
+    std::vector<CpuPath> paths{CpuPath::scalar};
+    if (f.avx2 && f.fma && f.f16c) {
+        paths.push_back(CpuPath::avx2);
+        if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq) paths.push_back(CpuPath::avx512);
+    }
+    return paths;
+}
+
+const char* path_name(CpuPath path) {
+    switch (path) {
+        case CpuPath::avx512: return "avx512";
+        case CpuPath::avx2: return "avx2";
+        case CpuPath::scalar: break;
+    }
+    return "scalar";
+}
+
+// The per-type table. A fused kernel for a quantised type plugs in as one more case here
+// (e.g. `case DType::Q8_0: return kernels.gemm_q8_0;`); until then it goes through dequantise+dot.
+RowsKernel matmul_kernel(DType type, const PathKernels& kernels) {
+    switch (type) {
+        case DType::F32: return kernels.gemm_f32;
+        case DType::F16: return kernels.gemm_f16;
+        case DType::BF16: return kernels.gemm_bf16;
+        default: break;
+    }
+    return block_type(type).dequantize_row ? kernels.gemm_dequantized : nullptr;
+}
+
+namespace {
+
+// One dequantised row per pool thread, grown to the widest matrix seen and then reused: the
+// pool's threads live as long as the process, so this allocates only on the first wider call.
+float* thread_row_scratch(int64_t cols) {
+    thread_local AlignedBuffer scratch;
+    const size_t bytes = size_t(cols) * sizeof(float);
+    if (scratch.size() < bytes) scratch.allocate(bytes);
+    return scratch.as<float>();
+}
+
+}  // namespace
+
+void gemm_on_path(CpuPath path, const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
+                  float* y, int64_t y_stride, ThreadPool& pool) {
+    const RowsKernel kernel = matmul_kernel(w.type, path_kernels(path));
+    if (!kernel) fail(ErrorKind::unsupported, "no CPU matmul kernel for weight type {}", dtype_name(w.type));
+    if (!row_fits_blocks(w.type, w.cols))
+        fail(ErrorKind::invalid_input, "matmul: {} columns are not whole {} blocks", w.cols, dtype_name(w.type));
+    if (w.type == DType::FP8_E4M3_B128 && !w.block_scales)
+        fail(ErrorKind::invalid_input, "matmul: FP8_E4M3_B128 matrix [{}, {}] has no block scales", w.rows, w.cols);
+    if (w.rows <= 0 || n_tokens <= 0) return;
+    const bool needs_scratch = kernel == path_kernels(path).gemm_dequantized;
+    // 16-row grains keep the register tiles whole and give every thread a contiguous stream.
+    pool.parallel_for(w.rows, [&](int64_t row_begin, int64_t row_end, int) {
+        float* row_scratch = needs_scratch ? thread_row_scratch(w.cols) : nullptr;
+        kernel(w, row_begin, row_end, x, x_stride, n_tokens, y, y_stride, row_scratch);
+    }, 16);
+}
+
+}  // namespace detail
+
+void gemv(const Matrix& w, const float* x, float* y, ThreadPool& pool) {
+    detail::gemm_on_path(cpu_path(), w, x, w.cols, 1, y, w.rows, pool);
+}
+
+void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
+          ThreadPool& pool) {
+    detail::gemm_on_path(cpu_path(), w, x, x_stride, n_tokens, y, y_stride, pool);
+}
+
+bool has_matmul_kernel(DType type) {
+    return detail::matmul_kernel(type, detail::path_kernels(cpu_path())) != nullptr;
+}
+
+}  // namespace sluice::cpu
