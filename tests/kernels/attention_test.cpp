@@ -1,0 +1,171 @@
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/kernel_paths.hpp"
+#include "kernels/cpu/ops.hpp"
+
+using namespace sluice;
+using namespace sluice::cpu;
+
+namespace {
+
+std::vector<float> random_floats(std::mt19937& rng, size_t n, float scale) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(rng);
+    return v;
+}
+
+// A small MLA layer's attention inputs: latents and roped keys for n_ctx cached tokens, queries
+// for the last n_tokens of them, and random per-head up-projections W_UK [nope, rank], W_UV [v, rank].
+struct MlaCase {
+    int n_heads = 3, kv_rank = 37, rope_dim = 8, nope_dim = 16, v_dim = 12;
+    int64_t n_ctx = 29, n_tokens = 5;
+    float scale = 0.3f;
+    std::vector<float> latent, k_pe, q_nope, q_pe, w_uk, w_uv;
+    std::vector<int64_t> n_visible;
+
+    explicit MlaCase(uint32_t seed) {
+        std::mt19937 rng(seed);
+        latent = random_floats(rng, size_t(n_ctx * kv_rank), 1.0f);
+        k_pe = random_floats(rng, size_t(n_ctx * rope_dim), 1.0f);
+        q_nope = random_floats(rng, size_t(n_tokens * n_heads * nope_dim), 1.0f);
+        q_pe = random_floats(rng, size_t(n_tokens * n_heads * rope_dim), 1.0f);
+        w_uk = random_floats(rng, size_t(n_heads * nope_dim * kv_rank), 0.2f);
+        w_uv = random_floats(rng, size_t(n_heads * v_dim * kv_rank), 0.2f);
+        for (int64_t t = 0; t < n_tokens; ++t) n_visible.push_back(n_ctx - n_tokens + t + 1);  // causal
+    }
+    float uk(int h, int i, int c) const { return w_uk[size_t((h * nope_dim + i) * kv_rank + c)]; }
+    float uv(int h, int i, int c) const { return w_uv[size_t((h * v_dim + i) * kv_rank + c)]; }
+};
+
+// Spec §2.7 in double, straight from the latents: the ground truth for both forms.
+std::vector<double> reference_attention(const MlaCase& m) {
+    const int H = m.n_heads;
+    std::vector<double> out(size_t(m.n_tokens * H * m.v_dim), 0.0);
+    for (int64_t t = 0; t < m.n_tokens; ++t) {
+        for (int h = 0; h < H; ++h) {
+            const int64_t row = t * H + h;
+            std::vector<double> s(size_t(m.n_visible[size_t(t)]));
+            double max_s = -INFINITY;
+            for (int64_t j = 0; j < m.n_visible[size_t(t)]; ++j) {
+                double dot = 0;
+                for (int i = 0; i < m.nope_dim; ++i) {
+                    double k = 0;
+                    for (int c = 0; c < m.kv_rank; ++c) k += double(m.uk(h, i, c)) * m.latent[size_t(j * m.kv_rank + c)];
+                    dot += k * m.q_nope[size_t(row * m.nope_dim + i)];
+                }
+                for (int i = 0; i < m.rope_dim; ++i)
+                    dot += double(m.q_pe[size_t(row * m.rope_dim + i)]) * m.k_pe[size_t(j * m.rope_dim + i)];
+                s[size_t(j)] = m.scale * dot;
+                max_s = std::max(max_s, s[size_t(j)]);
+            }
+            double sum = 0;
+            for (double& v : s) sum += v = std::exp(v - max_s);
+            for (int64_t j = 0; j < m.n_visible[size_t(t)]; ++j) {
+                for (int i = 0; i < m.v_dim; ++i) {
+                    double v = 0;
+                    for (int c = 0; c < m.kv_rank; ++c) v += double(m.uv(h, i, c)) * m.latent[size_t(j * m.kv_rank + c)];
+                    out[size_t(row * m.v_dim + i)] += s[size_t(j)] / sum * v;
+                }
+            }
+        }
+    }
+    return out;
+}
+
+// fp32 dots of <= 53 terms and a softmax over <= 29 rows on O(1) data.
+constexpr double kTolerance = 1e-4;
+
+}  // namespace
+
+TEST_CASE("absorbed MLA equals naive MLA and the double reference on random weights, every path") {
+    const MlaCase m(30);
+    const int H = m.n_heads, qk = m.nope_dim + m.rope_dim;
+    const std::vector<double> want = reference_attention(m);
+
+    // Absorbed inputs: q~ = W_UK^T q_nope per head; the cache holds latents and k_pe only.
+    std::vector<float> q_latent(size_t(m.n_tokens * H * m.kv_rank));
+    for (int64_t row = 0; row < m.n_tokens * H; ++row) {
+        const int h = int(row % H);
+        for (int c = 0; c < m.kv_rank; ++c) {
+            double sum = 0;
+            for (int i = 0; i < m.nope_dim; ++i) sum += double(m.uk(h, i, c)) * m.q_nope[size_t(row * m.nope_dim + i)];
+            q_latent[size_t(row * m.kv_rank + c)] = float(sum);
+        }
+    }
+    // Naive inputs: decompressed per-head K = [W_UK c ; k_pe], V = W_UV c, Q = [q_nope ; q_pe].
+    std::vector<float> k(size_t(m.n_ctx * H * qk)), v(size_t(m.n_ctx * H * m.v_dim)), q(size_t(m.n_tokens * H * qk));
+    for (int64_t j = 0; j < m.n_ctx; ++j) {
+        for (int h = 0; h < H; ++h) {
+            for (int i = 0; i < m.nope_dim; ++i) {
+                double sum = 0;
+                for (int c = 0; c < m.kv_rank; ++c) sum += double(m.uk(h, i, c)) * m.latent[size_t(j * m.kv_rank + c)];
+                k[size_t((j * H + h) * qk + i)] = float(sum);
+            }
+            for (int i = 0; i < m.rope_dim; ++i)
+                k[size_t((j * H + h) * qk + m.nope_dim + i)] = m.k_pe[size_t(j * m.rope_dim + i)];
+            for (int i = 0; i < m.v_dim; ++i) {
+                double sum = 0;
+                for (int c = 0; c < m.kv_rank; ++c) sum += double(m.uv(h, i, c)) * m.latent[size_t(j * m.kv_rank + c)];
+                v[size_t((j * H + h) * m.v_dim + i)] = float(sum);
+            }
+        }
+    }
+    for (int64_t row = 0; row < m.n_tokens * H; ++row) {
+        for (int i = 0; i < m.nope_dim; ++i) q[size_t(row * qk + i)] = m.q_nope[size_t(row * m.nope_dim + i)];
+        for (int i = 0; i < m.rope_dim; ++i) q[size_t(row * qk + m.nope_dim + i)] = m.q_pe[size_t(row * m.rope_dim + i)];
+    }
+
+    const AttentionShape shape{H, m.kv_rank, m.rope_dim, m.scale};
+    const NaiveAttentionShape naive_shape{H, qk, m.v_dim, m.scale};
+    for (int n_threads : {1, 4}) {
+        ThreadPool pool(n_threads);
+        std::vector<float> scratch(size_t(attention_scratch_floats(shape, m.n_ctx, pool.size())));
+        for (CpuPath path : detail::supported_paths()) {
+            const std::string path_label = detail::path_name(path);
+            CAPTURE(path_label);
+            CAPTURE(n_threads);
+            std::vector<float> latent_out(size_t(m.n_tokens * H * m.kv_rank), NAN);
+            detail::mla_attention_absorbed_on_path(path, shape, m.n_tokens, q_latent.data(), m.q_pe.data(),
+                                                   m.latent.data(), m.k_pe.data(), m.n_visible.data(),
+                                                   latent_out.data(), scratch.data(), pool);
+            std::vector<float> naive_out(size_t(m.n_tokens * H * m.v_dim), NAN);
+            detail::mla_attention_naive_on_path(path, naive_shape, m.n_tokens, q.data(), k.data(), v.data(),
+                                                m.n_visible.data(), naive_out.data(), scratch.data(), pool);
+            int bad_absorbed = 0, bad_naive = 0;
+            for (int64_t row = 0; row < m.n_tokens * H; ++row) {
+                const int h = int(row % H);
+                for (int i = 0; i < m.v_dim; ++i) {
+                    // Un-absorb: o = W_UV ô.
+                    double o = 0;
+                    for (int c = 0; c < m.kv_rank; ++c) o += double(m.uv(h, i, c)) * latent_out[size_t(row * m.kv_rank + c)];
+                    const double ref = want[size_t(row * m.v_dim + i)];
+                    if (!(std::abs(o - ref) <= kTolerance)) ++bad_absorbed;
+                    if (!(std::abs(naive_out[size_t(row * m.v_dim + i)] - ref) <= kTolerance)) ++bad_naive;
+                }
+            }
+            CHECK(bad_absorbed == 0);
+            CHECK(bad_naive == 0);
+        }
+    }
+}
+
+TEST_CASE("a query that sees one cache row returns that row's latent exactly") {
+    const MlaCase m(31);
+    const AttentionShape shape{m.n_heads, m.kv_rank, m.rope_dim, m.scale};
+    ThreadPool pool(2);
+    std::vector<float> scratch(size_t(attention_scratch_floats(shape, 1, pool.size())));
+    const std::vector<float> q_latent(size_t(m.n_heads * m.kv_rank), 0.5f);
+    const int64_t n_visible = 1;
+    std::vector<float> out(size_t(m.n_heads * m.kv_rank));
+    mla_attention_absorbed(shape, 1, q_latent.data(), m.q_pe.data(), m.latent.data(), m.k_pe.data(), &n_visible,
+                           out.data(), scratch.data(), pool);
+    for (int h = 0; h < m.n_heads; ++h)
+        for (int c = 0; c < m.kv_rank; ++c) CHECK(out[size_t(h * m.kv_rank + c)] == m.latent[size_t(c)]);
+}

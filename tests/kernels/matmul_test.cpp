@@ -1,0 +1,199 @@
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/half.hpp"
+#include "kernels/block_type.hpp"
+#include "kernels/cpu/kernel_paths.hpp"
+#include "kernels/cpu/matmul.hpp"
+
+using namespace sluice;
+using namespace sluice::cpu;
+
+namespace {
+
+// Stored bytes of a [rows, cols] matrix of `type` built from f32 values.
+std::vector<uint8_t> encode(DType type, const std::vector<float>& values) {
+    std::vector<uint8_t> bytes;
+    if (type == DType::F32) {
+        bytes.resize(values.size() * 4);
+        std::memcpy(bytes.data(), values.data(), bytes.size());
+        return bytes;
+    }
+    bytes.resize(values.size() * 2);
+    for (size_t i = 0; i < values.size(); ++i) {
+        const uint16_t h = type == DType::F16 ? f32_to_f16(values[i]) : f32_to_bf16(values[i]);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+    }
+    return bytes;
+}
+
+std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
+    std::uniform_real_distribution<float> dist(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(rng);
+    return v;
+}
+
+// The reference: every row dequantised by the table's scalar dequantiser (FP8: times its block
+// scale), dotted in double. Also returns sum |w x| per output, which bounds fp32 rounding.
+void reference_gemm(const Matrix& w, const std::vector<float>& x, int64_t n_tokens, std::vector<double>& y,
+                    std::vector<double>& magnitude) {
+    std::vector<float> row(static_cast<size_t>(w.cols));
+    y.assign(size_t(n_tokens * w.rows), 0.0);
+    magnitude.assign(y.size(), 0.0);
+    for (int64_t r = 0; r < w.rows; ++r) {
+        block_type(w.type).dequantize_row(w.row(r), row.data(), w.cols);
+        if (w.type == DType::FP8_E4M3_B128)
+            for (int64_t c = 0; c < w.cols; ++c) row[size_t(c)] *= w.block_scale(r, c);
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            double sum = 0, mag = 0;
+            for (int64_t c = 0; c < w.cols; ++c) {
+                const double p = double(row[size_t(c)]) * x[size_t(t * w.cols + c)];
+                sum += p;
+                mag += std::abs(p);
+            }
+            y[size_t(t * w.rows + r)] = sum;
+            magnitude[size_t(t * w.rows + r)] = mag;
+        }
+    }
+}
+
+// fp32 accumulation of n products: error well under 2e-5 of sum |w x| at these lengths.
+constexpr double kRelativeTolerance = 2e-5;
+
+void check_gemm_on_every_path(const Matrix& w, int64_t n_tokens, ThreadPool& pool, bool via_dequantize = false) {
+    std::mt19937 rng(uint32_t(w.rows * 131 + w.cols * 7 + n_tokens));
+    const std::vector<float> x = random_floats(rng, size_t(n_tokens * w.cols));
+    std::vector<double> ref, magnitude;
+    reference_gemm(w, x, n_tokens, ref, magnitude);
+    for (CpuPath path : detail::supported_paths()) {
+        const std::string path_label = detail::path_name(path);
+        CAPTURE(path_label);
+        // Outputs land in a wider buffer (y_stride > rows) to check the stride is honoured.
+        const int64_t y_stride = w.rows + 3;
+        std::vector<float> y(size_t(n_tokens * y_stride), -7.0f);
+        if (via_dequantize) {
+            std::vector<float> scratch(static_cast<size_t>(w.cols));
+            detail::path_kernels(path).gemm_dequantized(w, 0, w.rows, x.data(), w.cols, n_tokens, y.data(),
+                                                        y_stride, scratch.data());
+        } else {
+            detail::gemm_on_path(path, w, x.data(), w.cols, n_tokens, y.data(), y_stride, pool);
+        }
+        int bad = 0;
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            for (int64_t r = 0; r < w.rows; ++r) {
+                const double want = ref[size_t(t * w.rows + r)];
+                const double tol = kRelativeTolerance * magnitude[size_t(t * w.rows + r)] + 1e-6;
+                if (std::abs(y[size_t(t * y_stride + r)] - want) > tol) ++bad;
+            }
+            for (int64_t r = w.rows; r < y_stride; ++r) CHECK(y[size_t(t * y_stride + r)] == -7.0f);
+        }
+        CHECK(bad == 0);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gemm equals a double-precision reference for F32, F16 and BF16 weights on every path") {
+    for (CpuPath path : detail::supported_paths()) MESSAGE("kernel path exercised: " << std::string(detail::path_name(path)));
+    ThreadPool pool(3);
+    std::mt19937 rng(1);
+    const int64_t shapes[][2] = {{1, 1}, {37, 203}, {64, 256}, {19, 1000}, {5, 17}, {130, 2051}};
+    for (DType type : {DType::F32, DType::F16, DType::BF16}) {
+        for (const auto& shape : shapes) {
+            const std::vector<float> values = random_floats(rng, size_t(shape[0] * shape[1]));
+            const std::vector<uint8_t> bytes = encode(type, values);
+            const Matrix w{type, shape[0], shape[1], bytes.data()};
+            for (int64_t n_tokens : {1, 3, 4, 9}) {
+                CAPTURE(dtype_name(type));
+                CAPTURE(shape[0]);
+                CAPTURE(shape[1]);
+                CAPTURE(n_tokens);
+                check_gemm_on_every_path(w, n_tokens, pool);
+            }
+        }
+    }
+}
+
+TEST_CASE("gemv with one thread and with several threads writes every row") {
+    std::mt19937 rng(2);
+    const std::vector<float> values = random_floats(rng, 333 * 77);
+    const std::vector<uint8_t> bytes = encode(DType::BF16, values);
+    const Matrix w{DType::BF16, 333, 77, bytes.data()};
+    const std::vector<float> x = random_floats(rng, 77);
+    std::vector<float> y1(333, NAN), y4(333, NAN);
+    ThreadPool one(1), four(4);
+    gemv(w, x.data(), y1.data(), one);
+    gemv(w, x.data(), y4.data(), four);
+    for (int r = 0; r < 333; ++r) {
+        REQUIRE(std::isfinite(y1[size_t(r)]));
+        CHECK(y1[size_t(r)] == y4[size_t(r)]);  // same rows, same order of sums: bit-identical
+    }
+}
+
+TEST_CASE("the dequantising path agrees with the native F16 and BF16 kernels") {
+    ThreadPool pool(2);
+    std::mt19937 rng(3);
+    for (DType type : {DType::F16, DType::BF16, DType::F32}) {
+        const std::vector<float> values = random_floats(rng, size_t(41 * 300));
+        const std::vector<uint8_t> bytes = encode(type, values);
+        const Matrix w{type, 41, 300, bytes.data()};
+        CAPTURE(dtype_name(type));
+        check_gemm_on_every_path(w, 6, pool, /*via_dequantize=*/true);
+    }
+}
+
+TEST_CASE("FP8 block-128 weights apply one scale per 128x128 block, also in a row slice") {
+    ThreadPool pool(3);
+    std::mt19937 rng(4);
+    const int64_t rows = 300, cols = 333;  // 3 x 3 scale grid with ragged last blocks
+    std::uniform_int_distribution<int> byte(0, 255);
+    std::vector<uint8_t> fp8(size_t(rows * cols));
+    for (auto& b : fp8) {
+        do b = uint8_t(byte(rng));
+        while ((b & 0x7f) == 0x7f);  // 0x7f / 0xff are NaN in e4m3fn
+    }
+    const std::vector<float> scales = random_floats(rng, 9, 0.01f, 2.0f);
+    const Matrix w{DType::FP8_E4M3_B128, rows, cols, fp8.data(), scales.data(), 0};
+    for (int64_t n_tokens : {1, 5}) check_gemm_on_every_path(w, n_tokens, pool);
+    // Rows 100..229 straddle the first and second scale rows.
+    check_gemm_on_every_path(w.row_slice(100, 130), 3, pool);
+    CHECK(has_matmul_kernel(DType::FP8_E4M3_B128));
+
+    const Matrix unscaled{DType::FP8_E4M3_B128, rows, cols, fp8.data()};
+    std::vector<float> x(static_cast<size_t>(cols)), y(static_cast<size_t>(rows));
+    CHECK_THROWS_AS(gemv(unscaled, x.data(), y.data(), pool), Error);
+}
+
+TEST_CASE("every type with a dequantiser has a matmul kernel that matches its dequantised rows") {
+    ThreadPool pool(2);
+    std::mt19937 rng(5);
+    // Bytes below 0x3c keep every embedded f16/bf16/f32 scale finite and every fp8 byte non-NaN.
+    std::uniform_int_distribution<int> byte(0, 0x3b);
+    int n_types = 0;
+    for (uint32_t id = 0; id < 2000; ++id) {
+        const BlockTypeTraits* traits = find_block_type(id);
+        if (!traits || !traits->dequantize_row) {
+            if (traits) CHECK_FALSE(has_matmul_kernel(traits->type));
+            continue;
+        }
+        CAPTURE(traits->name);
+        const int64_t rows = 21, cols = 2 * 256 * traits->block_elems / std::gcd(256, traits->block_elems);
+        std::vector<uint8_t> bytes(size_t(rows * row_bytes(traits->type, cols)));
+        for (auto& b : bytes) b = uint8_t(byte(rng));
+        const std::vector<float> scales = random_floats(rng, 64, 0.5f, 1.5f);
+        const Matrix w{traits->type, rows, cols, bytes.data(), scales.data(), 0};
+        CHECK(has_matmul_kernel(traits->type));
+        check_gemm_on_every_path(w, 5, pool);
+        ++n_types;
+    }
+    CHECK(n_types >= 4);  // at least F32, F16, BF16, FP8
+}
