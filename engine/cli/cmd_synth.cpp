@@ -36,6 +36,7 @@ void register_synth(CLI::App& app) {
         std::string tokenizer;
         bool no_tokenizer = false;
         double shard_gb = 4.0;
+        int mtp_layers = 0;
     };
     auto args = std::make_shared<Args>();
     sub->add_option("-o,--output", args->output, "Directory to write (created if needed)")->required();
@@ -47,6 +48,9 @@ void register_synth(CLI::App& app) {
     sub->add_option("--tokenizer", args->tokenizer,
                     "Directory with the DeepSeek-V3 tokenizer.json (default: shared/models/deepseek-v3-tokenizer)");
     sub->add_flag("--no-tokenizer", args->no_tokenizer, "Write no tokenizer files");
+    sub->add_option("--mtp-layers", args->mtp_layers,
+                    "MTP modules after the main stack (default 0; DeepSeek-V3 ships 1, a full MoE layer)")
+        ->check(CLI::NonNegativeNumber);
     sub->add_option("--shard-gb", args->shard_gb, "Largest shard in GB (default 4)")->check(CLI::PositiveNumber);
     add_command(app, sub, [args] {
         SynthOptions options;
@@ -56,6 +60,8 @@ void register_synth(CLI::App& app) {
             // With fewer layers than the dense prefix every layer is dense; keep the config honest.
             options.config.first_k_dense_replace = std::min(options.config.first_k_dense_replace, *args->layers);
         }
+        // sluice decodes without MTP; writing it is opt-in because at v3 size it is 11 GB.
+        options.config.num_nextn_predict_layers = args->mtp_layers;
         options.output_dir = args->output;
         options.weight_dtype = args->dtype == "f32" ? "F32" : "BF16";
         options.seed = args->seed;
