@@ -14,5 +14,6 @@ void add_command(CLI::App& app, CLI::App* sub, CommandRunner run);
 // Each command file defines one of these; main.cpp calls them all.
 void register_version(CLI::App& app);
 void register_synth(CLI::App& app);
+void register_inspect(CLI::App& app);
 
 }  // namespace sluice::cli

@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", SLUICE_VERSION);
     cli::register_version(app);
     cli::register_synth(app);
+    cli::register_inspect(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -1,0 +1,287 @@
+#include "engine/deepseek_v3.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/matmul_transposed.hpp"
+#include "kernels/cpu/ops.hpp"
+
+namespace sluice {
+
+namespace {
+int64_t max_of(std::initializer_list<int64_t> v) { return *std::max_element(v.begin(), v.end()); }
+}  // namespace
+
+DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options,
+                                 ThreadPool& pool)
+    : layout_(layout), weights_(weights), options_(options), pool_(pool) {
+    const auto& d = layout_;
+    const int64_t n = options_.max_batch_tokens;
+    if (n <= 0 || options_.max_context <= 0) fail(ErrorKind::invalid_input, "batch and context sizes must be positive");
+    auto alloc = [&](AlignedBuffer& b, int64_t floats) {
+        b.allocate(size_t(std::max<int64_t>(floats, 1)) * sizeof(float));
+        allocated_bytes_ += int64_t(b.size());
+    };
+    alloc(x_, n * d.hidden);
+    alloc(normed_, n * d.hidden);
+    alloc(q_compressed_, n * std::max<int64_t>(d.q_lora, 1));
+    alloc(q_, n * d.n_heads * d.qk_head);
+    alloc(kv_compressed_, n * d.cache_width());
+    alloc(q_latent_, n * d.n_heads * d.kv_rank);
+    alloc(q_rope_, n * d.n_heads * d.rope_dim);
+    alloc(attn_latent_, n * d.n_heads * d.kv_rank);
+    alloc(attn_heads_, n * d.n_heads * d.v_dim);
+    alloc(branch_out_, n * d.hidden);
+    alloc(router_logits_, n * std::max<int64_t>(d.n_experts, 1));
+    const int64_t widest = max_of({d.dense_inter, d.moe_inter, d.n_shared * d.moe_inter, 1});
+    alloc(expert_in_, n * d.hidden);
+    alloc(expert_gate_, n * widest);
+    alloc(expert_up_, n * widest);
+    // Routed expert outputs are kept per (token, expert) pair and summed in a fixed order, so
+    // the result does not depend on the order in which experts arrive from disk.
+    alloc(expert_out_, n * std::max(d.router.top_k, 1) * d.hidden);
+    const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
+    alloc(row_scratch_, int64_t(pool_.size()) * d.kv_rank);
+    alloc(attention_scratch_, cpu::attention_scratch_floats(shape, options_.max_context, pool_.size()));
+    const int k = std::max(d.router.top_k, 1);
+    expert_ids_.resize(size_t(n * k));
+    expert_weights_.resize(size_t(n * k));
+    expert_count_.resize(size_t(d.n_experts));
+    needed_experts_.reserve(size_t(d.n_experts));
+    expert_begin_.resize(size_t(d.n_experts + 1));
+    routed_token_.resize(size_t(n * k));
+    routed_weight_.resize(size_t(n * k));
+    n_visible_.resize(size_t(n));
+    positions_.resize(size_t(n));
+    cache_latent_.resize(size_t(d.n_layers));
+    cache_rope_.resize(size_t(d.n_layers));
+    for (int l = 0; l < d.n_layers; ++l) {
+        alloc(cache_latent_[size_t(l)], options_.max_context * d.kv_rank);
+        alloc(cache_rope_[size_t(l)], options_.max_context * d.rope_dim);
+    }
+    rope_freq_ = cpu::yarn_frequencies(d.rope);
+}
+
+void DeepseekForward::truncate(int64_t n) {
+    if (n < 0 || n > n_past_) fail(ErrorKind::internal, "truncate to {} with {} positions cached", n, n_past_);
+    n_past_ = n;
+}
+
+void DeepseekForward::forward(std::span<const int32_t> tokens, bool all_logits, float* logits) {
+    const int64_t n = int64_t(tokens.size());
+    if (n == 0) return;
+    if (n_past_ + n > options_.max_context)
+        fail(ErrorKind::invalid_input, "context full: {} cached + {} new positions exceed the context of {}", n_past_,
+             n, options_.max_context);
+    for (int32_t t : tokens)
+        if (t < 0 || t >= layout_.vocab)
+            fail(ErrorKind::invalid_input, "token id {} is outside the vocabulary [0, {})", t, layout_.vocab);
+    for (int64_t begin = 0; begin < n; begin += options_.max_batch_tokens) {
+        const int64_t count = std::min(options_.max_batch_tokens, n - begin);
+        const bool last_chunk = begin + count == n;
+        float* out = nullptr;
+        if (all_logits) out = logits + begin * layout_.vocab;
+        else if (last_chunk) out = logits;
+        run_chunk(tokens.data() + begin, count, all_logits, out);
+    }
+}
+
+void DeepseekForward::run_chunk(const int32_t* tokens, int64_t n, bool all_logits, float* logits) {
+    const auto& d = layout_;
+    float* x = x_.as<float>();
+    float* normed = normed_.as<float>();
+    float* branch = branch_out_.as<float>();
+    for (int64_t t = 0; t < n; ++t) {
+        positions_[size_t(t)] = n_past_ + t;
+        n_visible_[size_t(t)] = n_past_ + t + 1;  // causal: itself and everything before
+    }
+
+    // x: [n, hidden] = Embed[tokens]
+    const ModelWeights& globals = weights_.globals();
+    const auto& embed_type = block_type(globals.embed.type);
+    for (int64_t t = 0; t < n; ++t) embed_type.dequantize_row(globals.embed.row(tokens[t]), x + t * d.hidden, d.hidden);
+
+    for (int l = 0; l < d.n_layers; ++l) {
+        const LayerWeights& w = weights_.begin_layer(l);
+        // x = x + MLA(RMSNorm(x))
+        for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.attn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
+        attention(w, l, n);
+        for (int64_t i = 0; i < n * d.hidden; ++i) x[i] += branch[i];
+        // x = x + MLP/MoE(RMSNorm(x))
+        for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.ffn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
+        if (w.is_moe) moe(w, l, n);
+        else mlp(w.dense, normed, n, branch, false, nullptr);
+        for (int64_t i = 0; i < n * d.hidden; ++i) x[i] += branch[i];
+        weights_.end_layer(l);
+    }
+
+    n_past_ += n;
+    if (!logits) return;
+    // logits = lm_head . RMSNorm(x) for the rows asked for, in fp32.
+    const int64_t first = all_logits ? 0 : n - 1;
+    const int64_t rows = n - first;
+    for (int64_t t = first; t < n; ++t)
+        cpu::rms_norm(x + t * d.hidden, globals.final_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
+    cpu::gemm(globals.lm_head, normed + first * d.hidden, d.hidden, rows, logits, d.vocab, pool_);
+}
+
+// MLA, absorbed form (spec §2.4, §2.8). Input: normed_ [n, hidden]. Output: branch_out_ [n, hidden].
+void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
+    const auto& d = layout_;
+    const float* a = normed_.as<float>();
+    float* q = q_.as<float>();                      // [n, heads, qk_head] = [nope | rope] per head
+    float* ckv = kv_compressed_.as<float>();        // [n, kv_rank + rope]
+    const int64_t q_stride = d.n_heads * d.qk_head;
+
+    if (d.q_lora > 0) {
+        float* cq = q_compressed_.as<float>();      // [n, q_lora]
+        cpu::gemm(w.q_a, a, d.hidden, n, cq, d.q_lora, pool_);
+        for (int64_t t = 0; t < n; ++t) cpu::rms_norm(cq + t * d.q_lora, w.q_a_norm, d.latent_norm_eps, d.q_lora, cq + t * d.q_lora);
+        cpu::gemm(w.q_b, cq, d.q_lora, n, q, q_stride, pool_);
+    } else {
+        cpu::gemm(w.q, a, d.hidden, n, q, q_stride, pool_);
+    }
+    cpu::gemm(w.kv_a, a, d.hidden, n, ckv, d.cache_width(), pool_);
+
+    // Cache the normalised latent and the roped key of each new position.
+    float* cache_latent = cache_latent_[size_t(layer)].as<float>();
+    float* cache_rope = cache_rope_[size_t(layer)].as<float>();
+    float* q_rope = q_rope_.as<float>();            // [n, heads, rope]
+    for (int64_t t = 0; t < n; ++t) {
+        const int64_t pos = positions_[size_t(t)];
+        const float* row = ckv + t * d.cache_width();
+        cpu::rms_norm(row, w.kv_a_norm, d.latent_norm_eps, d.kv_rank, cache_latent + pos * d.kv_rank);
+        float* k_pe = cache_rope + pos * d.rope_dim;
+        std::memcpy(k_pe, row + d.kv_rank, size_t(d.rope_dim) * sizeof(float));
+        cpu::rope_interleaved(k_pe, int(d.rope_dim), pos, rope_freq_.data(), d.rope_magnitude);
+        for (int64_t h = 0; h < d.n_heads; ++h) {
+            float* q_pe = q_rope + (t * d.n_heads + h) * d.rope_dim;
+            std::memcpy(q_pe, q + t * q_stride + h * d.qk_head + d.nope, size_t(d.rope_dim) * sizeof(float));
+            cpu::rope_interleaved(q_pe, int(d.rope_dim), pos, rope_freq_.data(), d.rope_magnitude);
+        }
+    }
+
+    // q~_h = W_UK_h^T . q_nope_h: [kv_rank] per head (absorb, spec §2.8).
+    float* q_latent = q_latent_.as<float>();        // [n, heads, kv_rank]
+    const int64_t latent_stride = d.n_heads * d.kv_rank;
+    const int64_t kv_b_head_rows = d.nope + d.v_dim;
+    if (w.kv_b.rows > 0) {
+        pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
+            float* scratch = row_scratch_.as<float>() + int64_t(thread) * d.kv_rank;
+            for (int64_t h = h0; h < h1; ++h)
+                cpu::gemm_transposed(w.kv_b.row_slice(h * kv_b_head_rows, d.nope), q + h * d.qk_head, q_stride, n,
+                                     q_latent + h * d.kv_rank, latent_stride, scratch);
+        });
+    } else {
+        for (int64_t h = 0; h < d.n_heads; ++h)
+            cpu::gemm(w.k_b.row_slice(h * d.kv_rank, d.kv_rank), q + h * d.qk_head, q_stride, n,
+                      q_latent + h * d.kv_rank, latent_stride, pool_);
+    }
+
+    float* attn = attn_latent_.as<float>();         // [n, heads, kv_rank] = sum_t P * c_t
+    const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
+    cpu::mla_attention_absorbed(shape, n, q_latent, q_rope, cache_latent, cache_rope, n_visible_.data(), attn,
+                                attention_scratch_.as<float>(), pool_);
+
+    // o_h = v_b_h . c^_h   ([v_dim, kv_rank] per head), then out = o . concat_h(o_h)
+    float* heads = attn_heads_.as<float>();         // [n, heads * v_dim]
+    const int64_t heads_stride = d.n_heads * d.v_dim;
+    for (int64_t h = 0; h < d.n_heads; ++h) {
+        const Matrix w_uv = w.kv_b.rows > 0 ? w.kv_b.row_slice(h * kv_b_head_rows + d.nope, d.v_dim)
+                                            : w.v_b.row_slice(h * d.v_dim, d.v_dim);
+        cpu::gemm(w_uv, attn + h * d.kv_rank, latent_stride, n, heads + h * d.v_dim, heads_stride, pool_);
+    }
+    cpu::gemm(w.o, heads, heads_stride, n, branch_out_.as<float>(), d.hidden, pool_);
+}
+
+// out[t] (+)= row_weights[t] * down . (silu(gate . in[t]) * (up . in[t]))  (spec §2.9)
+void DeepseekForward::mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate,
+                          const float* row_weights) {
+    const auto& d = layout_;
+    const int64_t width = w.gate.rows;
+    float* gate = expert_gate_.as<float>();
+    float* up = expert_up_.as<float>();
+    cpu::gemm(w.gate, in, d.hidden, n, gate, width, pool_);
+    cpu::gemm(w.up, in, d.hidden, n, up, width, pool_);
+    cpu::silu_mul(gate, up, n * width, gate);
+    if (!accumulate) {
+        cpu::gemm(w.down, gate, width, n, out, d.hidden, pool_);
+        return;
+    }
+    float* down = expert_out_.as<float>();
+    cpu::gemm(w.down, gate, width, n, down, d.hidden, pool_);
+    for (int64_t t = 0; t < n; ++t) {
+        const float s = row_weights ? row_weights[t] : 1.0f;
+        float* o = out + t * d.hidden;
+        const float* r = down + t * d.hidden;
+        for (int64_t i = 0; i < d.hidden; ++i) o[i] += s * r[i];
+    }
+}
+
+// MoE (spec §2.10, §2.11). Input: normed_ [n, hidden]. Output: branch_out_ [n, hidden].
+void DeepseekForward::moe(const LayerWeights& w, int layer, int64_t n) {
+    const auto& d = layout_;
+    const float* a = normed_.as<float>();
+    float* out = branch_out_.as<float>();
+    const int k = d.router.top_k;
+
+    // Route every token: fp32 router logits, then top-k selection and weights.
+    float* logits = router_logits_.as<float>();
+    cpu::gemm(w.router, a, d.hidden, n, logits, d.n_experts, pool_);
+    for (int64_t t = 0; t < n; ++t)
+        cpu::route(logits + t * d.n_experts, w.router_bias, d.router, &expert_ids_[size_t(t * k)],
+                   &expert_weights_[size_t(t * k)]);
+
+    // Group the (token, weight) pairs by expert (ascending ids) so each expert is read once.
+    std::fill(expert_count_.begin(), expert_count_.end(), 0);
+    for (int64_t i = 0; i < n * k; ++i) ++expert_count_[size_t(expert_ids_[size_t(i)])];
+    expert_begin_[0] = 0;
+    needed_experts_.clear();
+    for (int64_t e = 0; e < d.n_experts; ++e) {
+        expert_begin_[size_t(e + 1)] = expert_begin_[size_t(e)] + expert_count_[size_t(e)];
+        if (expert_count_[size_t(e)] > 0) needed_experts_.push_back(int32_t(e));
+    }
+    std::fill(expert_count_.begin(), expert_count_.end(), 0);
+    for (int64_t t = 0; t < n; ++t)
+        for (int j = 0; j < k; ++j) {
+            const int e = expert_ids_[size_t(t * k + j)];
+            const int32_t slot = expert_begin_[size_t(e)] + expert_count_[size_t(e)]++;
+            routed_token_[size_t(slot)] = int32_t(t);
+            routed_weight_[size_t(slot)] = expert_weights_[size_t(t * k + j)];
+        }
+    weights_.need_experts(layer, needed_experts_);
+
+    // Each expert runs on its tokens as soon as its weights are in memory; its outputs land
+    // in its own rows of expert_out_ (slot order).
+    float* gathered = expert_in_.as<float>();
+    float* expert_out = expert_out_.as<float>();
+    const ExpertWeights* ex = nullptr;
+    for (int32_t e; (e = weights_.next_expert(layer, &ex)) >= 0;) {
+        const int32_t begin = expert_begin_[size_t(e)], count = expert_count_[size_t(e)];
+        for (int32_t i = 0; i < count; ++i)
+            std::memcpy(gathered + int64_t(i) * d.hidden, a + int64_t(routed_token_[size_t(begin + i)]) * d.hidden,
+                        size_t(d.hidden) * sizeof(float));
+        float* gate = expert_gate_.as<float>();
+        float* up = expert_up_.as<float>();
+        const int64_t width = ex->gate.rows;
+        cpu::gemm(ex->gate, gathered, d.hidden, count, gate, width, pool_);
+        cpu::gemm(ex->up, gathered, d.hidden, count, up, width, pool_);
+        cpu::silu_mul(gate, up, int64_t(count) * width, gate);
+        cpu::gemm(ex->down, gate, width, count, expert_out + int64_t(begin) * d.hidden, d.hidden, pool_);
+    }
+
+    // Combine in slot order (experts ascending): the same sum whatever the arrival order.
+    std::fill(out, out + n * d.hidden, 0.0f);
+    for (int64_t s = 0; s < n * k; ++s) {
+        const float weight = routed_weight_[size_t(s)];
+        float* o = out + int64_t(routed_token_[size_t(s)]) * d.hidden;
+        const float* r = expert_out + s * d.hidden;
+        for (int64_t c = 0; c < d.hidden; ++c) o[c] += weight * r[c];
+    }
+    // Shared experts see every token with weight 1.
+    if (d.n_shared > 0) mlp(w.shared, a, n, out, true, nullptr);
+}
+
+}  // namespace sluice

@@ -1,0 +1,71 @@
+// The DeepSeek-V3 forward pass (spec §2), readable top to bottom: embedding, then per layer
+// RMSNorm -> MLA (absorbed form over the latent cache) -> RMSNorm -> dense MLP or MoE, then the
+// final norm and the output head. Scheduling, streaming and caching of weights live elsewhere;
+// this file only asks for a layer's weights.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "core/aligned_buffer.hpp"
+#include "core/thread_pool.hpp"
+#include "engine/model_layout.hpp"
+#include "engine/model_weights.hpp"
+#include "engine/weight_provider.hpp"
+
+namespace sluice {
+
+struct ForwardOptions {
+    int64_t max_context = 4096;       // positions the latent cache holds
+    int64_t max_batch_tokens = 128;   // tokens per internal chunk (prefill is split into chunks)
+};
+
+class DeepseekForward {
+public:
+    DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, ThreadPool& pool);
+
+    // Runs `tokens` at the next positions of the sequence, appending to the latent cache.
+    // Writes logits [tokens.size(), vocab] when all_logits, else [1, vocab] for the last token.
+    void forward(std::span<const int32_t> tokens, bool all_logits, float* logits);
+
+    int64_t position() const { return n_past_; }
+    // Forgets positions >= n (n <= position()): a restart, or a rejected draft.
+    void truncate(int64_t n);
+
+    const ModelLayout& layout() const { return layout_; }
+    // Bytes this object allocated (activations + latent cache), for the memory report.
+    int64_t allocated_bytes() const { return allocated_bytes_; }
+
+private:
+    void run_chunk(const int32_t* tokens, int64_t n, bool all_logits, float* logits);
+    void attention(const LayerWeights& w, int layer, int64_t n);
+    void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate, const float* row_weights);
+    void moe(const LayerWeights& w, int layer, int64_t n);
+
+    ModelLayout layout_;
+    WeightProvider& weights_;
+    ForwardOptions options_;
+    ThreadPool& pool_;
+    int64_t n_past_ = 0;
+
+    // Activations, [max_batch_tokens, width] each, allocated once.
+    AlignedBuffer x_, normed_, q_compressed_, q_, kv_compressed_, q_latent_, q_rope_, attn_latent_, attn_heads_,
+        branch_out_, router_logits_, expert_in_, expert_gate_, expert_up_, expert_out_, attention_scratch_,
+        row_scratch_;  // one kv_rank row per thread for the transposed absorb product
+    std::vector<int> expert_ids_;          // [max_batch_tokens, top_k]
+    std::vector<float> expert_weights_;    // [max_batch_tokens, top_k]
+    std::vector<int32_t> expert_count_;    // [n_experts]
+    std::vector<int32_t> expert_begin_;    // [n_experts + 1]
+    std::vector<int32_t> routed_token_;    // [max_batch_tokens * top_k], grouped by expert
+    std::vector<float> routed_weight_;
+    std::vector<int32_t> needed_experts_;  // ascending ids routed to in this step
+    std::vector<int64_t> n_visible_;       // [max_batch_tokens]
+    std::vector<int64_t> positions_;       // [max_batch_tokens]
+    // Latent cache per layer: normalised latent [max_context, kv_rank] and roped key [max_context, rope].
+    std::vector<AlignedBuffer> cache_latent_, cache_rope_;
+    std::vector<float> rope_freq_;
+    int64_t allocated_bytes_ = 0;
+};
+
+}  // namespace sluice
