@@ -26,6 +26,8 @@ struct PathKernels {
     // Any type with a dequantize_row (FP8_E4M3_B128 with its 128x128 scales): dequantise one row
     // into row_scratch, then the f32 kernel over all tokens.
     RowsKernel gemm_dequantized;
+    // Fused FP8_E4M3_B128 (weights widened in registers, block scale per 128 columns).
+    RowsKernel gemm_fp8_b128;
     float (*dot)(const float* a, const float* b, int64_t n);
     void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
     void (*scale)(float* y, float a, int64_t n);                  // y *= a

@@ -44,6 +44,7 @@ RowsKernel matmul_kernel(DType type, const PathKernels& kernels) {
         case DType::F32: return kernels.gemm_f32;
         case DType::F16: return kernels.gemm_f16;
         case DType::BF16: return kernels.gemm_bf16;
+        case DType::FP8_E4M3_B128: return kernels.gemm_fp8_b128;
         default: break;
     }
     return block_type(type).dequantize_row ? kernels.gemm_dequantized : nullptr;

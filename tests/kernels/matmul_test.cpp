@@ -139,7 +139,7 @@ TEST_CASE("gemv with one thread and with several threads writes every row") {
     }
 }
 
-TEST_CASE("the dequantising path agrees with the native F16 and BF16 kernels") {
+TEST_CASE("the generic dequantising path equals the reference for F32, F16, BF16 and FP8") {
     ThreadPool pool(2);
     std::mt19937 rng(3);
     for (DType type : {DType::F16, DType::BF16, DType::F32}) {
@@ -149,6 +149,11 @@ TEST_CASE("the dequantising path agrees with the native F16 and BF16 kernels") {
         CAPTURE(dtype_name(type));
         check_gemm_on_every_path(w, 6, pool, /*via_dequantize=*/true);
     }
+    std::vector<uint8_t> fp8(41 * 300);
+    for (size_t i = 0; i < fp8.size(); ++i) fp8[i] = uint8_t((i * 37 + 11) % 256 == 0x7f ? 0 : (i * 37 + 11) % 256);
+    const std::vector<float> scales = random_floats(rng, 3, 0.1f, 3.0f);
+    const Matrix w{DType::FP8_E4M3_B128, 41, 300, fp8.data(), scales.data(), 0};
+    check_gemm_on_every_path(w, 6, pool, /*via_dequantize=*/true);
 }
 
 TEST_CASE("FP8 block-128 weights apply one scale per 128x128 block, also in a row slice") {
