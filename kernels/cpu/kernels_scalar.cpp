@@ -26,8 +26,8 @@ struct Simd {
     static void store(float* p, F v) { *p = v; }
     static F load_f16(const uint16_t* p) { return f16_to_f32(*p); }
     static F load_bf16(const uint16_t* p) { return bf16_to_f32(*p); }
-    // An e4m3fn byte as f32, divided by 256 (its bits placed as an f16; see the AVX-512 path).
-    static F load_fp8(const uint8_t* p) { return f16_to_f32(uint16_t(((*p & 0x7f) << 7) | ((*p & 0x80) << 8))); }
+    // An e4m3fn byte as f32, divided by 256 (as the vector paths; exact, a power-of-two scale).
+    static F load_fp8(const uint8_t* p) { return fp8_e4m3_to_f32(*p) * (1.0f / 256.0f); }
     static F add(F a, F b) { return a + b; }
     static F sub(F a, F b) { return a - b; }
     static F mul(F a, F b) { return a * b; }
