@@ -57,26 +57,71 @@ uint64_t read_u64_le(const std::byte* p) {
     return v;
 }
 
-// Parses JSON and rejects duplicate keys in any object (nlohmann would keep the last silently,
-// which would let two tensors share a name).
-json parse_json_strict(std::string_view text, std::string_view file_name, bool& duplicate, std::string& duplicate_key) {
+// Counts object keys as the SAX parser meets them: the DOM keeps only the last of two equal keys,
+// so fewer keys in the DOM than in the text means a duplicate.
+struct KeyCounter : nlohmann::json_sax<json> {
+    uint64_t n_keys = 0;
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return true; }
+    bool key(string_t&) override {
+        ++n_keys;
+        return true;
+    }
+    bool end_object() override { return true; }
+    bool start_array(std::size_t) override { return true; }
+    bool end_array() override { return true; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+};
+
+uint64_t count_dom_keys(const json& j) {
+    uint64_t n = 0;
+    if (j.is_object()) {
+        n += j.size();
+        for (const auto& item : j.items()) n += count_dom_keys(item.value());
+    } else if (j.is_array()) {
+        for (const json& item : j) n += count_dom_keys(item);
+    }
+    return n;
+}
+
+// Names the first repeated key; slow (a callback per event), so only run once one is known to exist.
+std::string find_duplicate_key(std::string_view text) {
     std::vector<std::set<std::string>> open_objects;
-    duplicate = false;
-    json::parser_callback_t on_event = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+    std::string duplicate;
+    json::parser_callback_t on_event = [&](int, json::parse_event_t event, json& parsed) {
         if (event == json::parse_event_t::object_start) {
             open_objects.emplace_back();
         } else if (event == json::parse_event_t::object_end) {
             if (!open_objects.empty()) open_objects.pop_back();
         } else if (event == json::parse_event_t::key && !open_objects.empty() && parsed.is_string()) {
-            if (!open_objects.back().insert(parsed.get<std::string>()).second && !duplicate) {
-                duplicate = true;
-                duplicate_key = parsed.get<std::string>();
-            }
+            if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+                duplicate = parsed.get<std::string>();
         }
         return true;
     };
-    (void)file_name;
-    return json::parse(text.begin(), text.end(), on_event, /*allow_exceptions=*/false);
+    (void)json::parse(text.begin(), text.end(), on_event, /*allow_exceptions=*/false);
+    return duplicate;
+}
+
+// Parses JSON and rejects duplicate keys in any object (nlohmann would keep the last silently,
+// which would let two tensors share a name). Costs one extra SAX pass, not a callback per event.
+json parse_json_strict(std::string_view text, bool& duplicate, std::string& duplicate_key) {
+    duplicate = false;
+    json root = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+    if (root.is_discarded()) return root;
+    KeyCounter counter;
+    json::sax_parse(text.begin(), text.end(), &counter);
+    if (counter.n_keys != count_dom_keys(root)) {
+        duplicate = true;
+        duplicate_key = find_duplicate_key(text);
+    }
+    return root;
 }
 
 std::string shape_string(std::span<const int64_t> shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
@@ -152,7 +197,7 @@ SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file_bytes
     std::string_view text(reinterpret_cast<const char*>(file_bytes.data() + 8), header.header_bytes);
     bool duplicate = false;
     std::string duplicate_key;
-    json root = parse_json_strict(text, file_name, duplicate, duplicate_key);
+    json root = parse_json_strict(text, duplicate, duplicate_key);
     if (root.is_discarded()) fail(ErrorKind::invalid_input, "{}: header is not well-formed JSON", file_name);
     if (duplicate) fail(ErrorKind::invalid_input, "{}: tensor '{}': name appears twice in the header", file_name, duplicate_key);
     if (!root.is_object()) fail(ErrorKind::invalid_input, "{}: header is not a JSON object", file_name);
@@ -354,7 +399,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& p
         std::string s = text.str();
         bool duplicate = false;
         std::string duplicate_key;
-        json index = parse_json_strict(s, index_name, duplicate, duplicate_key);
+        json index = parse_json_strict(s, duplicate, duplicate_key);
         if (index.is_discarded()) fail(ErrorKind::invalid_input, "{}: not well-formed JSON", index_name);
         if (duplicate) fail(ErrorKind::invalid_input, "{}: key '{}' appears twice", index_name, duplicate_key);
         if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
@@ -372,6 +417,8 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::filesystem::path& p
             names_by_shard[shard].push_back(it.key());
         }
         if (names_by_shard.empty()) fail(ErrorKind::invalid_input, "{}: weight_map is empty", index_name);
+        ck.tensors_.reserve(index["weight_map"].size());
+        ck.by_name_.reserve(index["weight_map"].size());
         for (const auto& [shard, names] : names_by_shard) {
             if (!std::filesystem::is_regular_file(path / shard, ec))
                 fail(ErrorKind::invalid_input, "{}: tensor '{}': shard '{}' does not exist", index_name, names.front(), shard);
