@@ -1,6 +1,6 @@
 // MLA attention on the CPU: the absorbed form over the latent cache (decode and prefill), and the
 // decompressed MHA form that cross-checks it. Threads split (token, head) pairs; each thread keeps
-// its score row in its own slice of the caller's scratch.
+// its score rows in its own slice of the caller's scratch.
 #include <algorithm>
 
 #include "core/error.hpp"
@@ -18,8 +18,12 @@ int64_t score_row_floats(int64_t n_ctx) {
 
 }  // namespace
 
+// Heads per work item of the absorbed form: all heads of a group score one cache row while it is
+// in L1, so the latent cache is read n_heads / kHeadGroup times per token instead of n_heads.
+constexpr int kHeadGroup = 8;
+
 int64_t attention_scratch_floats(const AttentionShape& /*shape*/, int64_t n_ctx, int n_threads) {
-    return score_row_floats(n_ctx) * std::max(1, n_threads);
+    return score_row_floats(n_ctx) * kHeadGroup * std::max(1, n_threads);
 }
 
 namespace detail {
@@ -36,23 +40,35 @@ void mla_attention_absorbed_on_path(CpuPath path, const AttentionShape& shape, i
     }
     const int64_t row_floats = score_row_floats(n_ctx);
     const int kv_rank = shape.kv_rank, rope_dim = shape.rope_dim, n_heads = shape.n_heads;
-    pool.parallel_for(n_tokens * n_heads, [&](int64_t begin, int64_t end, int thread) {
-        float* scores = scratch + row_floats * thread;
+    const int64_t groups_per_token = (n_heads + kHeadGroup - 1) / kHeadGroup;
+    pool.parallel_for(n_tokens * groups_per_token, [&](int64_t begin, int64_t end, int thread) {
+        float* scores = scratch + row_floats * kHeadGroup * thread;  // [kHeadGroup][row_floats]
         for (int64_t item = begin; item < end; ++item) {
-            const int64_t t = item / n_heads;
-            const int64_t row = item;  // (t, h) row of the [n_tokens, n_heads, *] tensors
-            const float* ql = q_latent + row * kv_rank;
-            const float* qr = q_rope + row * rope_dim;
+            const int64_t t = item / groups_per_token;
+            const int h_begin = int(item % groups_per_token) * kHeadGroup;
+            const int n_group_heads = std::min(kHeadGroup, n_heads - h_begin);
+            const int64_t first_row = t * n_heads + h_begin;  // (t, h) row of the [n_tokens, n_heads, *] tensors
             const int64_t visible = n_visible[t];
             // s = scale * (q~ . c_j + q_pe . k_pe_j): one shared 576-wide key per cache row.
             for (int64_t j = 0; j < visible; ++j) {
-                scores[j] = shape.scale * (k.dot(ql, cache_latent + j * kv_rank, kv_rank) +
-                                           k.dot(qr, cache_rope + j * rope_dim, rope_dim));
+                const float* c = cache_latent + j * kv_rank;
+                const float* r = cache_rope + j * rope_dim;
+                for (int g = 0; g < n_group_heads; ++g) {
+                    const int64_t row = first_row + g;
+                    scores[g * row_floats + j] =
+                        shape.scale * (k.dot(q_latent + row * kv_rank, c, kv_rank) + k.dot(q_rope + row * rope_dim, r, rope_dim));
+                }
             }
-            k.softmax(scores, visible);
-            float* o = out + row * kv_rank;
-            std::fill(o, o + kv_rank, 0.0f);
-            for (int64_t j = 0; j < visible; ++j) k.axpy(scores[j], cache_latent + j * kv_rank, o, kv_rank);
+            for (int g = 0; g < n_group_heads; ++g) {
+                k.softmax(scores + g * row_floats, visible);
+                float* o = out + (first_row + g) * kv_rank;
+                std::fill(o, o + kv_rank, 0.0f);
+            }
+            for (int64_t j = 0; j < visible; ++j) {
+                const float* c = cache_latent + j * kv_rank;
+                for (int g = 0; g < n_group_heads; ++g)
+                    k.axpy(scores[g * row_floats + j], c, out + (first_row + g) * kv_rank, kv_rank);
+            }
         }
     });
 }

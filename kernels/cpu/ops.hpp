@@ -66,7 +66,7 @@ void route(const float* logits, const float* bias, const RouterConfig& config,
 //   query token t sees cache rows [0, n_visible[t]) (causal: position + 1)
 //   out: [n_tokens, n_heads, kv_rank] = sum_t P * c_t
 // scratch is sized by attention_scratch_floats(shape, n_ctx >= max n_visible, pool.size()); no
-// allocation happens inside. Work is split over (token, head) pairs.
+// allocation happens inside. Work is split over (token, group of 8 heads) items.
 struct AttentionShape {
     int n_heads = 0;
     int kv_rank = 512;

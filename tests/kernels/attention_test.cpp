@@ -30,7 +30,7 @@ struct MlaCase {
     std::vector<float> latent, k_pe, q_nope, q_pe, w_uk, w_uv;
     std::vector<int64_t> n_visible;
 
-    explicit MlaCase(uint32_t seed) {
+    MlaCase(uint32_t seed, int heads) : n_heads(heads) {
         std::mt19937 rng(seed);
         latent = random_floats(rng, size_t(n_ctx * kv_rank), 1.0f);
         k_pe = random_floats(rng, size_t(n_ctx * rope_dim), 1.0f);
@@ -84,8 +84,10 @@ constexpr double kTolerance = 1e-4;
 
 }  // namespace
 
-TEST_CASE("absorbed MLA equals naive MLA and the double reference on random weights, every path") {
-    const MlaCase m(30);
+namespace {
+
+void check_absorbed_and_naive_against_reference(int n_heads) {
+    const MlaCase m(30, n_heads);
     const int H = m.n_heads, qk = m.nope_dim + m.rope_dim;
     const std::vector<double> want = reference_attention(m);
 
@@ -156,8 +158,17 @@ TEST_CASE("absorbed MLA equals naive MLA and the double reference on random weig
     }
 }
 
+}  // namespace
+
+TEST_CASE("absorbed MLA equals naive MLA and the double reference on random weights, every path") {
+    for (int n_heads : {3, 11}) {  // one partial head group; a full group of 8 plus a partial one
+        CAPTURE(n_heads);
+        check_absorbed_and_naive_against_reference(n_heads);
+    }
+}
+
 TEST_CASE("a query that sees one cache row returns that row's latent exactly") {
-    const MlaCase m(31);
+    const MlaCase m(31, 3);
     const AttentionShape shape{m.n_heads, m.kv_rank, m.rope_dim, m.scale};
     ThreadPool pool(2);
     std::vector<float> scratch(size_t(attention_scratch_floats(shape, 1, pool.size())));
