@@ -194,6 +194,9 @@ TEST_CASE("the oracle fixtures' configs parse (transformers-written, float32)") 
     CHECK(v3.num_nextn_predict_layers == 0);
     ModelConfig lite = ModelConfig::load(std::filesystem::path(data) / "hf_tiny_v2lite" / "config.json");
     CHECK_FALSE(lite.q_lora_rank.has_value());
+    ModelConfig shared3 = ModelConfig::load(std::filesystem::path(data) / "hf_tiny_v3_shared3");
+    CHECK(shared3.n_shared_experts == 3);
+    CHECK(shared3.q_lora_rank == 24);
 }
 
 TEST_CASE("to_json round-trips through parse") {

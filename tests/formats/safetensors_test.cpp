@@ -99,6 +99,22 @@ TEST_CASE("the Python-written oracle fixture reads back with the values safetens
     CHECK(ck.metadata().at(0).at("format") == "pt");
 }
 
+TEST_CASE("every oracle fixture opens with the tensor count the Python package reports") {
+    struct Fixture {
+        const char* dir;
+        size_t n_tensors;  // len(safe_open(dir/model.safetensors).keys())
+    };
+    for (Fixture f : {Fixture{"hf_tiny_v3", 139}, Fixture{"hf_tiny_v3_shared3", 127}, Fixture{"hf_tiny_v2lite", 83}}) {
+        CAPTURE(f.dir);
+        SafetensorsCheckpoint ck = SafetensorsCheckpoint::open(test_data() / f.dir);
+        CHECK(ck.tensors().size() == f.n_tensors);
+        for (const SafetensorsTensor& t : ck.tensors()) {
+            CHECK(t.dtype == DType::F32);
+            CHECK(t.extent.length == static_cast<uint64_t>(t.n_elements()) * 4);
+        }
+    }
+}
+
 TEST_CASE("writer output parses back with dtypes, shapes, aligned data and exact bytes") {
     ScratchDir dir("roundtrip");
     write_small(dir.path / "model.safetensors");
