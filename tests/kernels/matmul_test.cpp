@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -85,7 +86,12 @@ void check_gemm_on_every_path(const Matrix& w, int64_t n_tokens, ThreadPool& poo
             detail::path_kernels(path).gemm_dequantized(w, 0, w.rows, x.data(), w.cols, n_tokens, y.data(),
                                                         y_stride, scratch.data());
         } else {
-            detail::gemm_on_path(path, w, x.data(), w.cols, n_tokens, y.data(), y_stride, pool);
+            // Activations too sit in wider rows (x_stride > cols), as a head's slice of q does.
+            const int64_t x_stride = w.cols + 5;
+            std::vector<float> x_wide(static_cast<size_t>(n_tokens * x_stride), NAN);
+            for (int64_t t = 0; t < n_tokens; ++t)
+                std::copy(x.begin() + t * w.cols, x.begin() + (t + 1) * w.cols, x_wide.begin() + t * x_stride);
+            detail::gemm_on_path(path, w, x_wide.data(), x_stride, n_tokens, y.data(), y_stride, pool);
         }
         int bad = 0;
         for (int64_t t = 0; t < n_tokens; ++t) {
