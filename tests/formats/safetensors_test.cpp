@@ -355,3 +355,26 @@ TEST_CASE("an empty directory says what it looked for") {
     CHECK(contains(open_error(dir.path), "model.safetensors"));
     CHECK(contains(open_error(dir.path / "nope"), "no such file"));
 }
+
+TEST_CASE("the fuzz seed corpus: files the safetensors package wrote parse, hand-broken ones throw") {
+    const fs::path corpus = test_data() / ".." / ".." / "fuzz" / "corpus" / "safetensors";
+    REQUIRE(fs::is_directory(corpus));
+    for (const char* good : {"f32_bf16.safetensors", "ints.safetensors", "scalar.safetensors", "fp8.safetensors"}) {
+        CAPTURE(good);
+        CHECK_NOTHROW(read_safetensors_header(corpus / good));
+    }
+    SafetensorsHeader ints = read_safetensors_header(corpus / "ints.safetensors");
+    REQUIRE(ints.tensors.size() == 3);
+    // The package puts the empty [0, 3] tensor at offset 16 with no bytes, between i64 and u8.
+    CHECK(ints.tensors[1].name == "empty");
+    CHECK(ints.tensors[1].data_begin == ints.tensors[1].data_end);
+    CHECK(ints.tensors[1].shape == std::vector<int64_t>{0, 3});
+    SafetensorsHeader scalar = read_safetensors_header(corpus / "scalar.safetensors");
+    REQUIRE(scalar.tensors.size() == 1);
+    CHECK(scalar.tensors[0].shape.empty());  // a 0-d tensor holds one element
+    CHECK(scalar.tensors[0].data_end - scalar.tensors[0].data_begin == 8);
+    for (const char* bad : {"overlap.safetensors", "past_end.safetensors", "length_lies.safetensors", "dup.safetensors"}) {
+        CAPTURE(bad);
+        CHECK_THROWS_AS(read_safetensors_header(corpus / bad), Error);
+    }
+}
