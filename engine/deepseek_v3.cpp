@@ -50,6 +50,7 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
     expert_weights_.resize(size_t(n * k));
     expert_count_.resize(size_t(d.n_experts));
     needed_experts_.reserve(size_t(d.n_experts));
+    predicted_experts_.reserve(size_t(d.n_experts));
     expert_begin_.resize(size_t(d.n_experts + 1));
     routed_token_.resize(size_t(n * k));
     routed_weight_.resize(size_t(n * k));
@@ -98,6 +99,7 @@ void DeepseekForward::run_chunk(const int32_t* tokens, int64_t n, bool all_logit
         n_visible_[size_t(t)] = n_past_ + t + 1;  // causal: itself and everything before
     }
 
+    weights_.begin_step();
     // x: [n, hidden] = Embed[tokens]
     const ModelWeights& globals = weights_.globals();
     const auto& embed_type = block_type(globals.embed.type);
@@ -109,6 +111,7 @@ void DeepseekForward::run_chunk(const int32_t* tokens, int64_t n, bool all_logit
         for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.attn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
         attention(w, l, n);
         for (int64_t i = 0; i < n * d.hidden; ++i) x[i] += branch[i];
+        if (weights_.wants_predictions()) predict_next_layer_experts(l, n);
         // x = x + MLP/MoE(RMSNorm(x))
         for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.ffn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
         if (w.is_moe) moe(w, l, n);
@@ -118,13 +121,15 @@ void DeepseekForward::run_chunk(const int32_t* tokens, int64_t n, bool all_logit
     }
 
     n_past_ += n;
-    if (!logits) return;
-    // logits = lm_head . RMSNorm(x) for the rows asked for, in fp32.
-    const int64_t first = all_logits ? 0 : n - 1;
-    const int64_t rows = n - first;
-    for (int64_t t = first; t < n; ++t)
-        cpu::rms_norm(x + t * d.hidden, globals.final_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
-    cpu::gemm(globals.lm_head, normed + first * d.hidden, d.hidden, rows, logits, d.vocab, pool_);
+    if (logits) {
+        // logits = lm_head . RMSNorm(x) for the rows asked for, in fp32.
+        const int64_t first = all_logits ? 0 : n - 1;
+        const int64_t rows = n - first;
+        for (int64_t t = first; t < n; ++t)
+            cpu::rms_norm(x + t * d.hidden, globals.final_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
+        cpu::gemm(globals.lm_head, normed + first * d.hidden, d.hidden, rows, logits, d.vocab, pool_);
+    }
+    weights_.end_step();
 }
 
 // MLA, absorbed form (spec §2.4, §2.8). Input: normed_ [n, hidden]. Output: branch_out_ [n, hidden].
@@ -194,6 +199,34 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
         cpu::gemm(w_uv, attn + h * d.kv_rank, latent_stride, n, heads + h * d.v_dim, heads_stride, pool_);
     }
     cpu::gemm(w.o, heads, heads_stride, n, branch_out_.as<float>(), d.hidden, pool_);
+}
+
+// Speculative prefetch (DESIGN: data flow): the residual after layer l's attention is a good
+// stand-in for what enters layer l+1's MoE, so layer l+1's router applied to it names the
+// experts to start reading while layer l's own experts compute. Only when l+1's dense weights
+// are already in memory; a wrong guess costs a read, never a number.
+void DeepseekForward::predict_next_layer_experts(int layer, int64_t n) {
+    const auto& d = layout_;
+    const int next = layer + 1;
+    if (next >= d.n_layers || !d.is_moe_layer(next)) return;
+    const LayerWeights* w = weights_.peek_layer(next);
+    if (!w) return;
+    const float* x = x_.as<float>();
+    float* guess_in = expert_in_.as<float>();
+    for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w->ffn_norm, d.rms_eps, d.hidden, guess_in + t * d.hidden);
+    float* logits = router_logits_.as<float>();
+    cpu::gemm(w->router, guess_in, d.hidden, n, logits, d.n_experts, pool_);
+    const int k = d.router.top_k;
+    std::fill(expert_count_.begin(), expert_count_.end(), 0);
+    for (int64_t t = 0; t < n; ++t) {
+        cpu::route(logits + t * d.n_experts, w->router_bias, d.router, &expert_ids_[size_t(t * k)],
+                   &expert_weights_[size_t(t * k)]);
+        for (int j = 0; j < k; ++j) expert_count_[size_t(expert_ids_[size_t(t * k + j)])] = 1;
+    }
+    predicted_experts_.clear();
+    for (int64_t e = 0; e < d.n_experts; ++e)
+        if (expert_count_[size_t(e)]) predicted_experts_.push_back(int32_t(e));
+    weights_.predict_experts(next, predicted_experts_);
 }
 
 // out[t] (+)= row_weights[t] * down . (silu(gate . in[t]) * (up . in[t]))  (spec §2.9)

@@ -42,6 +42,7 @@ private:
     void attention(const LayerWeights& w, int layer, int64_t n);
     void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate, const float* row_weights);
     void moe(const LayerWeights& w, int layer, int64_t n);
+    void predict_next_layer_experts(int layer, int64_t n);
 
     ModelLayout layout_;
     WeightProvider& weights_;
@@ -60,6 +61,7 @@ private:
     std::vector<int32_t> routed_token_;    // [max_batch_tokens * top_k], grouped by expert
     std::vector<float> routed_weight_;
     std::vector<int32_t> needed_experts_;  // ascending ids routed to in this step
+    std::vector<int32_t> predicted_experts_;
     std::vector<int64_t> n_visible_;       // [max_batch_tokens]
     std::vector<int64_t> positions_;       // [max_batch_tokens]
     // Latent cache per layer: normalised latent [max_context, kv_rank] and roped key [max_context, rope].

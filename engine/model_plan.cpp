@@ -294,19 +294,27 @@ void load_vectors(const ModelPlan& plan, const TensorSource& source, ModelWeight
     }
 }
 
+void load_globals(const ModelPlan& plan, const TensorSource& source, ModelWeights& out) {
+    const auto r = read_segment(plan.globals, source, out);
+    bind_globals(plan.globals, r.data.data(), r.scales.data(), out);
+}
+
+void load_dense_resident(const ModelPlan& plan, const TensorSource& source, ModelWeights& out) {
+    for (size_t i = 0; i < plan.layers.size(); ++i) {
+        const auto r = read_segment(plan.layers[i].dense, source, out);
+        bind_dense(plan.layers[i].dense, r.data.data(), r.scales.data(), out.layers[i]);
+    }
+}
+
 ModelWeights load_resident(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source) {
     (void)layout;
     ModelWeights w;
     load_vectors(plan, source, w);
-    {
-        const auto r = read_segment(plan.globals, source, w);
-        bind_globals(plan.globals, r.data.data(), r.scales.data(), w);
-    }
+    load_globals(plan, source, w);
+    load_dense_resident(plan, source, w);
     for (size_t i = 0; i < plan.layers.size(); ++i) {
         const LayerPlan& lp = plan.layers[i];
         LayerWeights& l = w.layers[i];
-        const auto r = read_segment(lp.dense, source, w);
-        bind_dense(lp.dense, r.data.data(), r.scales.data(), l);
         l.experts.resize(lp.experts.size());
         for (size_t e = 0; e < lp.experts.size(); ++e) {
             const auto re = read_segment(lp.experts[e], source, w);

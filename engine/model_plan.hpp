@@ -77,6 +77,11 @@ void bind_expert(const Segment& segment, const std::byte* const* data, const std
 // `out.storage`, and points the weights at them. Done once at start in every mode.
 void load_vectors(const ModelPlan& plan, const TensorSource& source, ModelWeights& out);
 
+// Reads the global segment (embedding, head) into `out.storage` and binds it.
+void load_globals(const ModelPlan& plan, const TensorSource& source, ModelWeights& out);
+// Reads every layer's dense segment into `out.storage` and binds it (--resident dense).
+void load_dense_resident(const ModelPlan& plan, const TensorSource& source, ModelWeights& out);
+
 // Every segment read into memory (the fully resident mode): what `run` uses when the model fits.
 ModelWeights load_resident(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source);
 

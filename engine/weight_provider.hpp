@@ -32,6 +32,14 @@ public:
     // The layer's compute is done: its dense weights and experts may be released.
     virtual void end_layer(int layer) = 0;
 
+    // A forward chunk (one step over the batch) starts / ends: providers keep per-step figures.
+    virtual void begin_step() {}
+    virtual void end_step() {}
+
+    // The dense weights of `layer` if they are already in memory, without waiting (used to
+    // run that layer's router early for speculative prefetch); null otherwise.
+    virtual const LayerWeights* peek_layer(int /*layer*/) { return nullptr; }
+
     // A guess, made before `layer` runs, of the experts it will need (speculative prefetch).
     virtual void predict_experts(int /*layer*/, std::span<const int32_t> /*experts*/) {}
     // Whether the provider wants predictions (saves the router work when it does not).

@@ -1,0 +1,462 @@
+#include "engine/streamer.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+
+namespace sluice {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// A segment's extents in the order the buffer receives them: each tensor, then its scales.
+void flatten(const Segment& s, std::vector<Extent>& out) {
+    out.clear();
+    for (const auto& t : s.tensors) {
+        out.push_back(t.extent);
+        if (t.scales.length) out.push_back(t.scales);
+    }
+}
+
+// data[i] / scales[i] per planned tensor, from the flattened extent pointers.
+void split_pointers(const Segment& s, const std::vector<const std::byte*>& flat, std::vector<const std::byte*>& data,
+                    std::vector<const std::byte*>& scales) {
+    data.clear();
+    scales.clear();
+    size_t k = 0;
+    for (const auto& t : s.tensors) {
+        data.push_back(flat[k++]);
+        scales.push_back(t.scales.length ? flat[k++] : nullptr);
+    }
+}
+}  // namespace
+
+double StepStats::overlap_efficiency() const {
+    return step_seconds > 0 ? std::max(read_seconds, compute_seconds) / step_seconds : 0;
+}
+
+nlohmann::json StepStats::to_json() const {
+    return {{"step", step},
+            {"tokens", n_tokens},
+            {"bytes_read", bytes_read},
+            {"step_s", step_seconds},
+            {"read_s", read_seconds},
+            {"compute_s", compute_seconds},
+            {"wait_s", wait_seconds},
+            {"overlap_efficiency", overlap_efficiency()},
+            {"read_gb_per_s", read_seconds > 0 ? double(bytes_read) / read_seconds / 1e9 : 0.0},
+            {"experts_needed", experts_needed},
+            {"cache_hits", cache_hits},
+            {"prefetch_hits", prefetch_hits},
+            {"predicted", predicted},
+            {"dense_reads", dense_reads},
+            {"expert_reads", expert_reads}};
+}
+
+Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source, SegmentIo& io,
+                   const StreamerOptions& options)
+    : layout_(layout), plan_(plan), source_(source), io_(io), options_(options) {
+    // Always resident: embedding, output head, norms, router biases.
+    load_vectors(plan_, source_, globals_);
+    load_globals(plan_, source_, globals_);
+    allocated_bytes_ += uint64_t(globals_.resident_bytes);
+
+    const int n_layers = int(plan_.layers.size());
+    dense_resident_ = options_.resident == ResidentMode::dense || options_.resident == ResidentMode::all;
+    if (options_.resident == ResidentMode::all || options_.resident == ResidentMode::automatic)
+        fail(ErrorKind::internal, "the streamer takes --resident none or dense; the planner resolves the others");
+    if (dense_resident_) {
+        const int64_t before = globals_.resident_bytes;
+        load_dense_resident(plan_, source_, globals_);
+        allocated_bytes_ += uint64_t(globals_.resident_bytes - before);
+    } else {
+        size_t largest = 0;
+        for (const auto& l : plan_.layers) {
+            flatten(l.dense, extent_scratch_);
+            largest = std::max(largest, io_.buffer_bytes_for(extent_scratch_));
+        }
+        dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
+        for (auto& b : dense_pool_) {
+            b.memory.allocate(largest, io_.buffer_alignment());
+            b.capacity = largest;
+            allocated_bytes_ += largest;
+        }
+    }
+
+    size_t largest_expert = 0;
+    for (const auto& l : plan_.layers)
+        for (const auto& e : l.experts) {
+            flatten(e, extent_scratch_);
+            largest_expert = std::max(largest_expert, io_.buffer_bytes_for(extent_scratch_));
+        }
+    if (largest_expert > 0) {
+        const int n = options_.expert_buffers > 0 ? options_.expert_buffers : 2 * std::max(layout_.router.top_k, 1);
+        expert_pool_.resize(size_t(std::max(n, 1)));
+        for (auto& b : expert_pool_) {
+            b.memory.allocate(largest_expert, io_.buffer_alignment());
+            b.capacity = largest_expert;
+            allocated_bytes_ += largest_expert;
+        }
+    }
+    expert_buffer_.assign(size_t(n_layers), std::vector<int>(size_t(layout_.n_experts), -1));
+    frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
+    last_step_.assign(frequency_.size(), 0);
+    needed_.reserve(size_t(layout_.n_experts));
+    handed_.reserve(size_t(layout_.n_experts));
+    deferred_.reserve(size_t(layout_.n_experts));
+    wait_tickets_.reserve(expert_pool_.size() + dense_pool_.size());
+    wait_index_.reserve(wait_tickets_.capacity());
+}
+
+Streamer::~Streamer() {
+    // Reads still in flight write into our buffers: let them land before the memory goes.
+    for (auto* pool : {&dense_pool_, &expert_pool_})
+        for (auto& b : *pool)
+            if (b.state == BufferState::reading) {
+                try {
+                    io_.wait(b.ticket);
+                } catch (...) {
+                }
+            }
+}
+
+void Streamer::note_read_interval(Clock::time_point start, Clock::time_point end) {
+    const auto from = std::max(start, read_busy_until_);
+    if (end > from) current_.read_seconds += seconds(end - from);
+    read_busy_until_ = std::max(read_busy_until_, end);
+}
+
+void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) {
+    if (b.state == BufferState::reading) wait_for(b);  // cannot reuse memory a read still targets
+    if (b.layer >= 0 && b.expert >= 0) expert_buffer_[size_t(b.layer)][size_t(b.expert)] = -1;
+    flatten(segment, extent_scratch_);
+    b.extent_data.assign(extent_scratch_.size(), nullptr);
+    const size_t need = io_.buffer_bytes_for(extent_scratch_);
+    if (need > b.capacity)
+        fail(ErrorKind::internal, "segment of layer {} needs {} bytes, buffer holds {}", layer, need, b.capacity);
+    b.layer = layer;
+    b.expert = expert;
+    b.bound = false;
+    b.predicted = false;
+    b.submitted = Clock::now();
+    b.ticket = io_.submit(extent_scratch_, b.memory.data(), b.capacity, b.extent_data.data());
+    b.state = BufferState::reading;
+    current_.bytes_read += segment.bytes();
+    if (expert >= 0) {
+        ++current_.expert_reads;
+        expert_buffer_[size_t(layer)][size_t(expert)] = int(&b - expert_pool_.data());
+    } else {
+        ++current_.dense_reads;
+    }
+}
+
+void Streamer::finish_read(Buffer& b) {
+    b.state = BufferState::ready;
+    note_read_interval(b.submitted, Clock::now());
+}
+
+void Streamer::wait_for(Buffer& b) {
+    if (b.state != BufferState::reading) return;
+    if (!io_.poll(b.ticket)) {
+        const auto t0 = Clock::now();
+        io_.wait(b.ticket);
+        current_.wait_seconds += seconds(Clock::now() - t0);
+    }
+    finish_read(b);
+}
+
+void Streamer::poll_all() {
+    for (auto* pool : {&dense_pool_, &expert_pool_})
+        for (auto& b : *pool)
+            if (b.state == BufferState::reading && io_.poll(b.ticket)) finish_read(b);
+}
+
+void Streamer::bind(Buffer& b) {
+    if (b.bound) return;
+    std::vector<const std::byte*> data, scales;
+    if (b.expert < 0) {
+        const Segment& seg = plan_.layers[size_t(b.layer)].dense;
+        split_pointers(seg, b.extent_data, data, scales);
+        b.dense = globals_.layers[size_t(b.layer)];  // vectors (and nothing else) from the resident set
+        bind_dense(seg, data.data(), scales.data(), b.dense);
+    } else {
+        const Segment& seg = plan_.layers[size_t(b.layer)].experts[size_t(b.expert)];
+        split_pointers(seg, b.extent_data, data, scales);
+        bind_expert(seg, data.data(), scales.data(), b.expert_weights);
+    }
+    b.bound = true;
+}
+
+Streamer::Buffer* Streamer::find(std::vector<Buffer>& pool, int layer, int expert) {
+    if (expert >= 0) {
+        const int i = expert_buffer_[size_t(layer)][size_t(expert)];
+        return i >= 0 ? &pool[size_t(i)] : nullptr;
+    }
+    for (auto& b : pool)
+        if (b.layer == layer && b.expert == expert && b.state != BufferState::empty) return &b;
+    return nullptr;
+}
+
+// A dense buffer for `for_layer`: an empty one, else the unpinned one whose layer comes
+// furthest after it in the cycle (it will be needed last).
+Streamer::Buffer* Streamer::acquire_dense(int for_layer) {
+    const int n = int(plan_.layers.size());
+    Buffer* best = nullptr;
+    int best_distance = -1;
+    for (auto& b : dense_pool_) {
+        if (b.pins > 0) continue;
+        if (b.state == BufferState::empty) return &b;
+        const int distance = ((b.layer - for_layer) % n + n) % n;
+        // Never evict a layer we are about to need (within the prefetch window).
+        if (distance <= options_.prefetch_layers) continue;
+        if (distance > best_distance) {
+            best_distance = distance;
+            best = &b;
+        }
+    }
+    return best;
+}
+
+// Needed by the layer computing now and not yet handed out (needed_ is ascending).
+bool Streamer::still_needed(int expert) const {
+    const auto it = std::lower_bound(needed_.begin(), needed_.end(), expert);
+    return it != needed_.end() && *it == expert && !handed_[size_t(it - needed_.begin())];
+}
+
+double Streamer::score(int layer, int expert) const {
+    const size_t i = size_t(layer) * size_t(layout_.n_experts) + size_t(expert);
+    return frequency_[i] * std::pow(options_.score_decay, double(step_index_ - last_step_[i]));
+}
+
+void Streamer::touch(int layer, int expert) {
+    const size_t i = size_t(layer) * size_t(layout_.n_experts) + size_t(expert);
+    frequency_[i] = float(score(layer, expert) + 1.0);
+    last_step_[i] = step_index_;
+}
+
+// An expert buffer to read into: empty first, else the lowest-scoring one that the current
+// layer does not need. A prediction never evicts an expert that scores higher than nothing
+// (an expert used recently), so guesses cannot flush the cache.
+Streamer::Buffer* Streamer::acquire_expert(int for_layer, bool for_prediction) {
+    Buffer* best = nullptr;
+    double best_score = 0;
+    for (auto& b : expert_pool_) {
+        if (b.pins > 0) continue;
+        if (b.state == BufferState::empty) return &b;
+        if (!for_prediction && b.layer == for_layer && still_needed(b.expert)) continue;
+        if (for_prediction && b.layer == for_layer) continue;  // a prediction for this layer already
+        if (b.state == BufferState::reading && !for_prediction) {
+            // Reusable only by waiting for its read; prefer anything else.
+            const double s = 1e30 + score(b.layer, b.expert);
+            if (!best || s < best_score) {
+                best = &b;
+                best_score = s;
+            }
+            continue;
+        }
+        if (b.state == BufferState::reading) continue;
+        const double s = score(b.layer, b.expert) + (b.predicted ? -0.5 : 0.0);
+        if (!best || s < best_score) {
+            best = &b;
+            best_score = s;
+        }
+    }
+    if (for_prediction && best && best_score >= 1.0) return nullptr;
+    return best;
+}
+
+void Streamer::prefetch_dense_after(int layer) {
+    if (dense_resident_) return;
+    const int n = int(plan_.layers.size());
+    for (int k = 1; k <= options_.prefetch_layers; ++k) {
+        const int next = (layer + k) % n;
+        if (find(dense_pool_, next, -1)) continue;
+        Buffer* b = acquire_dense(next);
+        if (!b) return;
+        submit(*b, next, -1, plan_.layers[size_t(next)].dense);
+    }
+}
+
+void Streamer::begin_step() {
+    current_ = StepStats{};
+    current_.step = step_index_;
+    step_start_ = Clock::now();
+    read_busy_until_ = step_start_;
+}
+
+void Streamer::end_step() {
+    poll_all();
+    current_.step_seconds = seconds(Clock::now() - step_start_);
+    current_.compute_seconds = std::max(0.0, current_.step_seconds - current_.wait_seconds);
+    steps_.push_back(current_);
+    ++step_index_;
+}
+
+const LayerWeights& Streamer::begin_layer(int layer) {
+    poll_all();
+    if (dense_resident_) {
+        return globals_.layers[size_t(layer)];
+    }
+    Buffer* b = find(dense_pool_, layer, -1);
+    if (!b) {
+        b = acquire_dense(layer);
+        if (!b) fail(ErrorKind::internal, "no dense buffer free for layer {}", layer);
+        submit(*b, layer, -1, plan_.layers[size_t(layer)].dense);
+    }
+    ++b->pins;
+    current_dense_ = b;
+    // Start the next layers' reads before waiting on this one, so the disk never idles.
+    prefetch_dense_after(layer);
+    wait_for(*b);
+    bind(*b);
+    return b->dense;
+}
+
+const LayerWeights* Streamer::peek_layer(int layer) {
+    if (layer < 0 || layer >= int(plan_.layers.size())) return nullptr;
+    if (dense_resident_) return &globals_.layers[size_t(layer)];
+    Buffer* b = find(dense_pool_, layer, -1);
+    if (!b) return nullptr;
+    if (b->state == BufferState::reading) {
+        if (!io_.poll(b->ticket)) return nullptr;
+        finish_read(*b);
+    }
+    bind(*b);
+    return &b->dense;
+}
+
+void Streamer::predict_experts(int layer, std::span<const int32_t> experts) {
+    if (!options_.speculate || expert_pool_.empty()) return;
+    for (int32_t e : experts) {
+        if (options_.force_wrong_predictions) e = int32_t((e + layout_.n_experts / 2) % layout_.n_experts);
+        if (find(expert_pool_, layer, e)) continue;
+        Buffer* b = acquire_expert(layer, true);
+        if (!b) return;
+        submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)]);
+        b->predicted = true;
+        ++current_.predicted;
+    }
+}
+
+void Streamer::need_experts(int layer, std::span<const int32_t> experts) {
+    needed_.assign(experts.begin(), experts.end());
+    handed_.assign(needed_.size(), 0);
+    deferred_.clear();
+    poll_all();
+    for (int32_t e : needed_) {
+        ++current_.experts_needed;
+        touch(layer, e);
+        if (Buffer* b = find(expert_pool_, layer, e)) {
+            if (b->predicted) ++current_.prefetch_hits;
+            else ++current_.cache_hits;
+            b->predicted = false;
+            continue;
+        }
+        deferred_.push_back(e);
+    }
+    submit_deferred(layer);
+}
+
+void Streamer::submit_deferred(int layer) {
+    size_t kept = 0;
+    for (size_t i = 0; i < deferred_.size(); ++i) {
+        const int32_t e = deferred_[i];
+        Buffer* b = acquire_expert(layer, false);
+        if (!b) {
+            deferred_[kept++] = e;
+            continue;
+        }
+        submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)]);
+    }
+    deferred_.resize(kept);
+}
+
+int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
+    if (current_expert_) {
+        --current_expert_->pins;
+        current_expert_ = nullptr;
+        if (!deferred_.empty()) submit_deferred(layer);
+    }
+    for (;;) {
+        // A needed expert already in memory goes first (lowest id among the ready ones).
+        wait_tickets_.clear();
+        wait_index_.clear();
+        bool any_left = false;
+        for (size_t i = 0; i < needed_.size(); ++i) {
+            if (handed_[i]) continue;
+            any_left = true;
+            Buffer* b = find(expert_pool_, layer, needed_[i]);
+            if (!b) continue;  // deferred: no buffer yet
+            if (b->state == BufferState::reading && io_.poll(b->ticket)) finish_read(*b);
+            if (b->state == BufferState::ready) {
+                handed_[i] = 1;
+                ++b->pins;
+                current_expert_ = b;
+                bind(*b);
+                *weights = &b->expert_weights;
+                return needed_[i];
+            }
+            wait_tickets_.push_back(b->ticket);
+            wait_index_.push_back(size_t(b - expert_pool_.data()));
+        }
+        if (!any_left) return -1;
+        if (wait_tickets_.empty()) {
+            // Everything left is deferred: buffers are held by reads of other layers.
+            submit_deferred(layer);
+            if (!deferred_.empty() && wait_tickets_.empty()) {
+                bool progressed = false;
+                for (auto& b : expert_pool_)
+                    if (b.state == BufferState::reading) {
+                        wait_for(b);
+                        progressed = true;
+                        break;
+                    }
+                if (!progressed)
+                    fail(ErrorKind::internal, "expert pool of {} buffers cannot make progress at layer {}",
+                         expert_pool_.size(), layer);
+            }
+            continue;
+        }
+        const auto t0 = Clock::now();
+        const size_t which = io_.wait_any(wait_tickets_);
+        current_.wait_seconds += seconds(Clock::now() - t0);
+        finish_read(expert_pool_[wait_index_[which]]);
+    }
+}
+
+void Streamer::end_layer(int layer) {
+    (void)layer;
+    if (current_expert_) {
+        --current_expert_->pins;
+        current_expert_ = nullptr;
+    }
+    if (current_dense_) {
+        --current_dense_->pins;
+        current_dense_ = nullptr;
+    }
+    needed_.clear();
+}
+
+StepStats Streamer::totals() const {
+    StepStats t;
+    for (const auto& s : steps_) {
+        t.n_tokens += s.n_tokens;
+        t.bytes_read += s.bytes_read;
+        t.step_seconds += s.step_seconds;
+        t.read_seconds += s.read_seconds;
+        t.wait_seconds += s.wait_seconds;
+        t.compute_seconds += s.compute_seconds;
+        t.experts_needed += s.experts_needed;
+        t.cache_hits += s.cache_hits;
+        t.prefetch_hits += s.prefetch_hits;
+        t.predicted += s.predicted;
+        t.dense_reads += s.dense_reads;
+        t.expert_reads += s.expert_reads;
+    }
+    t.step = int64_t(steps_.size());
+    return t;
+}
+
+}  // namespace sluice

@@ -1,0 +1,145 @@
+// The streamer: a WeightProvider that keeps only what the budget allows in memory and reads
+// the rest from disk while the previous work computes. Dense segments are read one or more
+// layers ahead into a ring of dense buffers; routed experts are read into a pool of expert
+// buffers the moment the router has run (or earlier, on a prediction), and handed to the
+// forward pass in the order they land. The expert pool doubles as the expert cache: a buffer
+// keeps its expert after use and is reused for another by a frequency-with-decay score.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/aligned_buffer.hpp"
+#include "engine/memory_planner.hpp"
+#include "engine/model_layout.hpp"
+#include "engine/model_plan.hpp"
+#include "engine/segment_io.hpp"
+#include "engine/tensor_source.hpp"
+#include "engine/weight_provider.hpp"
+
+namespace sluice {
+
+struct StreamerOptions {
+    ResidentMode resident = ResidentMode::none;  // none | dense (all dense parts resident)
+    int dense_buffers = 2;        // >= 2: the layer computing + the one being read
+    int prefetch_layers = 1;      // dense segments read ahead of compute
+    int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k
+    bool speculate = true;        // predict layer L+1's experts from the state entering it
+    double score_decay = 0.9;     // per step, for the cache's frequency score
+    // Tests: replace every prediction by experts that will not be needed.
+    bool force_wrong_predictions = false;
+};
+
+struct StepStats {
+    int64_t step = 0;
+    int64_t n_tokens = 0;
+    uint64_t bytes_read = 0;
+    double step_seconds = 0;
+    double read_seconds = 0;     // wall time with at least one read in flight
+    double wait_seconds = 0;     // compute blocked on data
+    double compute_seconds = 0;  // step - wait
+    int64_t experts_needed = 0;
+    int64_t cache_hits = 0;      // needed experts already in memory from earlier steps
+    int64_t prefetch_hits = 0;   // needed experts read early on a prediction
+    int64_t predicted = 0;       // experts read on a prediction
+    int64_t dense_reads = 0;
+    int64_t expert_reads = 0;
+    // max(read, compute) / step: 1.0 when reading and computing fully overlap.
+    double overlap_efficiency() const;
+    nlohmann::json to_json() const;
+};
+
+class Streamer final : public WeightProvider {
+public:
+    Streamer(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source, SegmentIo& io,
+             const StreamerOptions& options);
+    ~Streamer() override;
+
+    const ModelWeights& globals() override { return globals_; }
+    const LayerWeights& begin_layer(int layer) override;
+    void need_experts(int layer, std::span<const int32_t> experts) override;
+    int32_t next_expert(int layer, const ExpertWeights** weights) override;
+    void end_layer(int layer) override;
+    void begin_step() override;
+    void end_step() override;
+    const LayerWeights* peek_layer(int layer) override;
+    void predict_experts(int layer, std::span<const int32_t> experts) override;
+    bool wants_predictions() const override { return options_.speculate && !expert_pool_.empty(); }
+
+    void set_step_tokens(int64_t n) { current_.n_tokens = n; }
+    const std::vector<StepStats>& steps() const { return steps_; }
+    StepStats totals() const;
+    // Bytes of buffers this streamer allocated (staging + cache + resident parts).
+    uint64_t allocated_bytes() const { return allocated_bytes_; }
+
+private:
+    enum class BufferState { empty, reading, ready };
+    struct Buffer {
+        AlignedBuffer memory;
+        size_t capacity = 0;
+        int layer = -1;
+        int expert = -1;                         // -1: a dense segment
+        BufferState state = BufferState::empty;
+        uint64_t ticket = 0;
+        std::vector<const std::byte*> extent_data;  // per flattened extent
+        int pins = 0;
+        bool predicted = false;                  // read on a prediction, not yet used
+        std::chrono::steady_clock::time_point submitted;
+        LayerWeights dense;                      // views, when expert == -1 and bound
+        ExpertWeights expert_weights;            // views, when expert >= 0 and bound
+        bool bound = false;
+    };
+
+    void submit(Buffer& b, int layer, int expert, const Segment& segment);
+    void finish_read(Buffer& b);
+    void wait_for(Buffer& b);
+    void poll_all();
+    void bind(Buffer& b);
+    Buffer* find(std::vector<Buffer>& pool, int layer, int expert);
+    Buffer* acquire_dense(int for_layer);
+    Buffer* acquire_expert(int for_layer, bool for_prediction);
+    double score(int layer, int expert) const;
+    bool still_needed(int expert) const;
+    void touch(int layer, int expert);
+    void prefetch_dense_after(int layer);
+    void submit_deferred(int layer);
+    void note_read_interval(std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point end);
+
+    ModelLayout layout_;
+    const ModelPlan& plan_;
+    const TensorSource& source_;
+    SegmentIo& io_;
+    StreamerOptions options_;
+
+    ModelWeights globals_;                     // embedding, head, every vector; resident dense parts
+    bool dense_resident_ = false;
+    std::vector<Buffer> dense_pool_;
+    std::vector<Buffer> expert_pool_;
+    std::vector<std::vector<int>> expert_buffer_;  // [layer][expert] -> buffer index or -1
+    std::vector<float> frequency_;             // [layer * n_experts + expert], decayed
+    std::vector<int64_t> last_step_;           // step of the last decay update per entry
+
+    // The layer being computed.
+    Buffer* current_dense_ = nullptr;
+    Buffer* current_expert_ = nullptr;
+    std::vector<int32_t> needed_;
+    std::vector<uint8_t> handed_;
+    std::vector<int32_t> deferred_;            // needed but waiting for a free buffer
+    std::vector<uint64_t> wait_tickets_;       // scratch for wait_any
+    std::vector<size_t> wait_index_;
+
+    std::vector<Extent> extent_scratch_;
+    StepStats current_;
+    std::vector<StepStats> steps_;
+    int64_t step_index_ = 0;
+    std::chrono::steady_clock::time_point step_start_;
+    // Union of read intervals inside the step.
+    std::chrono::steady_clock::time_point read_busy_until_{};
+    uint64_t allocated_bytes_ = 0;
+};
+
+}  // namespace sluice
