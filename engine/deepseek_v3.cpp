@@ -99,7 +99,7 @@ void DeepseekForward::run_chunk(const int32_t* tokens, int64_t n, bool all_logit
         n_visible_[size_t(t)] = n_past_ + t + 1;  // causal: itself and everything before
     }
 
-    weights_.begin_step();
+    weights_.begin_step(n);
     // x: [n, hidden] = Embed[tokens]
     const ModelWeights& globals = weights_.globals();
     const auto& embed_type = block_type(globals.embed.type);

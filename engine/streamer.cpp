@@ -279,8 +279,9 @@ void Streamer::prefetch_dense_after(int layer) {
     }
 }
 
-void Streamer::begin_step() {
+void Streamer::begin_step(int64_t n_tokens) {
     current_ = StepStats{};
+    current_.n_tokens = n_tokens;
     current_.step = step_index_;
     step_start_ = Clock::now();
     read_busy_until_ = step_start_;

@@ -64,13 +64,12 @@ public:
     void need_experts(int layer, std::span<const int32_t> experts) override;
     int32_t next_expert(int layer, const ExpertWeights** weights) override;
     void end_layer(int layer) override;
-    void begin_step() override;
+    void begin_step(int64_t n_tokens) override;
     void end_step() override;
     const LayerWeights* peek_layer(int layer) override;
     void predict_experts(int layer, std::span<const int32_t> experts) override;
     bool wants_predictions() const override { return options_.speculate && !expert_pool_.empty(); }
 
-    void set_step_tokens(int64_t n) { current_.n_tokens = n; }
     const std::vector<StepStats>& steps() const { return steps_; }
     StepStats totals() const;
     // Bytes of buffers this streamer allocated (staging + cache + resident parts).

@@ -33,7 +33,7 @@ public:
     virtual void end_layer(int layer) = 0;
 
     // A forward chunk (one step over the batch) starts / ends: providers keep per-step figures.
-    virtual void begin_step() {}
+    virtual void begin_step(int64_t /*n_tokens*/) {}
     virtual void end_step() {}
 
     // The dense weights of `layer` if they are already in memory, without waiting (used to
