@@ -1,5 +1,7 @@
 #include "kernels/cpu/cpu_features.hpp"
 
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -11,7 +13,10 @@ const CpuFeatures& detect_cpu_features() {
         __builtin_cpu_init();
         f.avx2 = __builtin_cpu_supports("avx2");
         f.fma = __builtin_cpu_supports("fma");
-        f.f16c = __builtin_cpu_supports("f16c");
+        // F16C straight from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports lacks it.
+        // The OS saving YMM state is covered by the avx2 check this is always paired with.
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        f.f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
         f.avx512f = __builtin_cpu_supports("avx512f");
         f.avx512bw = __builtin_cpu_supports("avx512bw");
         f.avx512vl = __builtin_cpu_supports("avx512vl");

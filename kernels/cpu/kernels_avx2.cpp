@@ -12,8 +12,12 @@
 #include "kernels/dequantize.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
 
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#endif
 
 namespace sluice::cpu::detail {
 namespace avx2_path {
@@ -79,4 +83,8 @@ const PathKernels& avx2_kernels() { return avx2_path::kKernels; }
 
 }  // namespace sluice::cpu::detail
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif

@@ -12,12 +12,16 @@
 #include "kernels/dequantize.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
 
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC push_options
 // GCC 12 reports its own _mm512_undefined_ps() temporaries inside the intrinsics headers.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+#endif
 
 namespace sluice::cpu::detail {
 namespace avx512_path {
@@ -75,5 +79,9 @@ const PathKernels& avx512_kernels() { return avx512_path::kKernels; }
 
 }  // namespace sluice::cpu::detail
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
+#endif
