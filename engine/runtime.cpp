@@ -1,0 +1,112 @@
+#include "engine/runtime.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cctype>
+#include <fstream>
+#include <thread>
+
+#include "core/error.hpp"
+#include "engine/pread_segment_io.hpp"
+
+namespace sluice {
+
+uint64_t parse_byte_size(const std::string& text) {
+    size_t used = 0;
+    double value = 0;
+    try {
+        value = std::stod(text, &used);
+    } catch (const std::exception&) {
+        fail(ErrorKind::invalid_input, "'{}' is not a size (examples: 16G, 512M, 1.5GiB)", text);
+    }
+    std::string unit = text.substr(used);
+    for (auto& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+    if (!unit.empty() && unit.back() == 'B') unit.pop_back();
+    if (!unit.empty() && unit.back() == 'I') unit.pop_back();
+    double scale = 1;
+    if (unit == "K") scale = 1024.0;
+    else if (unit == "M") scale = 1024.0 * 1024;
+    else if (unit == "G") scale = 1024.0 * 1024 * 1024;
+    else if (unit == "T") scale = 1024.0 * 1024 * 1024 * 1024;
+    else if (!unit.empty()) fail(ErrorKind::invalid_input, "'{}': unknown size unit '{}'", text, unit);
+    if (value < 0) fail(ErrorKind::invalid_input, "'{}': a size cannot be negative", text);
+    return uint64_t(value * scale);
+}
+
+uint64_t available_ram_bytes() {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    uint64_t kib = 0;
+    std::string unit;
+    while (in >> key >> kib >> unit)
+        if (key == "MemAvailable:") return kib * 1024;
+    return 0;
+}
+
+void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
+    c.add_option_function<std::string>(
+         "--ram", [&o](const std::string& s) { o.ram_budget_bytes = parse_byte_size(s); },
+         "Memory budget for weights, caches and activations (default: 85% of available RAM)");
+    c.add_option_function<std::string>(
+         "--resident", [&o](const std::string& s) { o.resident = parse_resident_mode(s); },
+         "What stays in memory: none (only segments in flight), dense, auto (fill the budget), all")
+        ->default_str("auto");
+    c.add_option("--prefetch", o.prefetch_layers, "Dense segments read ahead of compute")->capture_default_str();
+    c.add_option("--expert-buffers", o.expert_buffers, "Expert staging/cache buffers (0: from the budget)");
+    c.add_flag("!--no-speculate", o.speculate, "Do not prefetch experts predicted from the previous layer");
+    c.add_option("--io", o.io_backend, "Weight reader: auto, uring or pread")->capture_default_str();
+    c.add_option("--io-threads", o.io_threads, "Reader threads of the pread backend")->capture_default_str();
+}
+
+std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options) {
+    auto rt = std::make_unique<Runtime>();
+    rt->model = open_model(path);
+    const auto& layout = rt->model->layout;
+
+    MemoryRequest req;
+    req.ram_budget_bytes = options.ram_budget_bytes ? options.ram_budget_bytes : available_ram_bytes() / 100 * 85;
+    req.context = options.context;
+    req.batch_tokens = options.batch_tokens;
+    req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
+    req.expert_slots = options.expert_buffers;
+    req.resident = options.resident;
+    if (req.resident == ResidentMode::automatic) {
+        // Everything resident when it fits; else stream with what the budget allows.
+        const MemoryPlan p = plan_memory(layout, rt->model->plan, MemoryRequest{0, req.context, req.batch_tokens,
+                                                                                 req.n_threads, 2, req.expert_slots,
+                                                                                 ResidentMode::all});
+        if (p.total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
+    }
+    rt->memory = plan_memory(layout, rt->model->plan, req);
+    rt->mode = req.resident;
+    if (options.verbose)
+        fmt::print(stderr, "memory: --resident {} under a budget of {:.2f} GiB: {}\n", resident_mode_name(rt->mode),
+                   double(req.ram_budget_bytes) / (1 << 30), rt->memory.describe());
+
+    if (rt->mode == ResidentMode::all) {
+        rt->resident = load_resident(layout, rt->model->plan, *rt->model->source);
+        rt->provider = std::make_unique<ResidentWeights>(rt->resident);
+        return rt;
+    }
+    if (options.io_backend != "auto" && options.io_backend != "pread" && options.io_backend != "uring")
+        fail(ErrorKind::invalid_input, "--io must be auto, uring or pread, not '{}'", options.io_backend);
+    rt->io = std::make_unique<PreadSegmentIo>(rt->model->source->files(), options.io_threads, options.io_rate_cap);
+
+    StreamerOptions so;
+    // auto keeps the dense parts resident when the planner found room for them.
+    so.resident = rt->memory.resident_dense_bytes > 0 ? ResidentMode::dense : ResidentMode::none;
+    so.dense_buffers = std::max(rt->memory.dense_slots, 2);
+    so.prefetch_layers = options.prefetch_layers;
+    so.speculate = options.speculate;
+    int expert_buffers = rt->memory.expert_slots;
+    if (rt->memory.expert_slot_bytes > 0)
+        expert_buffers += int(rt->memory.expert_cache_bytes / rt->memory.expert_slot_bytes);
+    so.expert_buffers = std::max(expert_buffers, 1);
+    auto streamer = std::make_unique<Streamer>(layout, rt->model->plan, *rt->model->source, *rt->io, so);
+    rt->streamer = streamer.get();
+    rt->provider = std::move(streamer);
+    return rt;
+}
+
+}  // namespace sluice
