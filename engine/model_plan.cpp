@@ -84,10 +84,7 @@ public:
     void matrix(Segment& seg, WeightRole role, const std::string& name, int64_t rows, int64_t cols) const {
         const auto& t = require(name);
         check_shape(t, {rows, cols});
-        const auto& traits = block_type(t.type);
-        if (!traits.dequantize_row)
-            fail(ErrorKind::unsupported, "{}: tensor '{}' has type {}, which sluice cannot compute with",
-                 source_.describe(), name, traits.name);
+        check_computable(t);
         PlannedTensor p{role, name, t.type, rows, cols, t.extent, {}, 0};
         if (t.type == DType::FP8_E4M3_B128) {
             // Official FP8 release: W = fp8 * weight_scale_inv[r/128][c/128] (spec §3.3).
@@ -100,6 +97,40 @@ public:
             p.scales = s.extent;
         }
         seg.tensors.push_back(std::move(p));
+    }
+
+    // A 3-D tensor [n, rows, cols] used as one matrix of n * rows rows (per-head blocks).
+    void stacked(Segment& seg, WeightRole role, const std::string& name, int64_t n, int64_t rows, int64_t cols) const {
+        const auto& t = require(name);
+        check_shape(t, {n, rows, cols});
+        check_computable(t);
+        seg.tensors.push_back({role, name, t.type, n * rows, cols, t.extent, {}, 0});
+    }
+
+    // A 3-D expert tensor [n_experts, rows, cols]: expert e is the contiguous slab
+    // e * rows * row_bytes(cols) from its start (spec §3.8) — one extent, read as stored.
+    void expert_slabs(std::vector<Segment>& experts, WeightRole role, const std::string& name, int64_t n_experts,
+                      int64_t rows, int64_t cols) const {
+        const auto& t = require(name);
+        check_shape(t, {n_experts, rows, cols});
+        check_computable(t);
+        const uint64_t slab = uint64_t(rows) * uint64_t(row_bytes(t.type, cols));
+        for (int64_t e = 0; e < n_experts; ++e) {
+            Extent x{t.extent.file_index, t.extent.offset + uint64_t(e) * slab, slab};
+            experts[size_t(e)].tensors.push_back(
+                {role, fmt::format("{}[expert {}]", name, e), t.type, rows, cols, x, {}, 0});
+        }
+    }
+
+    void check_computable(const SourceTensor& t) const {
+        const auto& traits = block_type(t.type);
+        if (!traits.dequantize_row)
+            fail(ErrorKind::unsupported, "{}: tensor '{}' has type {}, which sluice cannot compute with",
+                 source_.describe(), t.name, traits.name);
+        const int64_t cols = t.shape.empty() ? 0 : t.shape.back();
+        if (!row_fits_blocks(t.type, cols))
+            fail(ErrorKind::invalid_input, "{}: tensor '{}': rows of {} values are not whole {} blocks of {}",
+                 source_.describe(), t.name, cols, traits.name, traits.block_elems);
     }
 
 private:
@@ -160,6 +191,65 @@ ModelPlan plan_hf_model(const ModelLayout& d, const TensorSource& source) {
             plan.matrix(seg, WeightRole::expert_up, x + "up_proj.weight", d.moe_inter, d.hidden);
             plan.matrix(seg, WeightRole::expert_down, x + "down_proj.weight", d.hidden, d.moe_inter);
         }
+    }
+    return mp;
+}
+
+ModelPlan plan_gguf_model(const ModelLayout& d, const TensorSource& source) {
+    HfPlanner plan(source);  // the same presence / shape / type checks, under GGUF names
+    ModelPlan mp;
+    mp.files = source.files();
+    plan.matrix(mp.globals, WeightRole::embed, "token_embd.weight", d.vocab, d.hidden);
+    // Files converted with tied embeddings have no output.weight: the head is the embedding.
+    if (source.find("output.weight")) plan.matrix(mp.globals, WeightRole::lm_head, "output.weight", d.vocab, d.hidden);
+    else plan.matrix(mp.globals, WeightRole::lm_head, "token_embd.weight", d.vocab, d.hidden);
+    plan.vector(mp.global_vectors, WeightRole::final_norm, "output_norm.weight", d.hidden);
+
+    mp.layers.resize(size_t(d.n_layers));
+    for (int i = 0; i < d.n_layers; ++i) {
+        LayerPlan& l = mp.layers[size_t(i)];
+        const std::string p = fmt::format("blk.{}.", i);
+        plan.vector(l.vectors, WeightRole::attn_norm, p + "attn_norm.weight", d.hidden);
+        plan.vector(l.vectors, WeightRole::ffn_norm, p + "ffn_norm.weight", d.hidden);
+        plan.vector(l.vectors, WeightRole::kv_a_norm, p + "attn_kv_a_norm.weight", d.kv_rank);
+        if (d.q_lora > 0) {
+            plan.vector(l.vectors, WeightRole::q_a_norm, p + "attn_q_a_norm.weight", d.q_lora);
+            plan.matrix(l.dense, WeightRole::q_a, p + "attn_q_a.weight", d.q_lora, d.hidden);
+            plan.matrix(l.dense, WeightRole::q_b, p + "attn_q_b.weight", d.n_heads * d.qk_head, d.q_lora);
+        } else {
+            plan.matrix(l.dense, WeightRole::q, p + "attn_q.weight", d.n_heads * d.qk_head, d.hidden);
+        }
+        plan.matrix(l.dense, WeightRole::kv_a, p + "attn_kv_a_mqa.weight", d.cache_width(), d.hidden);
+        if (source.find(p + "attn_k_b.weight")) {
+            // MLA-era files: k_b [heads][kv_rank][nope], v_b [heads][v_dim][kv_rank] (3-D, head-major).
+            plan.stacked(l.dense, WeightRole::k_b, p + "attn_k_b.weight", d.n_heads, d.kv_rank, d.nope);
+            plan.stacked(l.dense, WeightRole::v_b, p + "attn_v_b.weight", d.n_heads, d.v_dim, d.kv_rank);
+        } else {
+            plan.matrix(l.dense, WeightRole::kv_b, p + "attn_kv_b.weight", d.n_heads * (d.nope + d.v_dim), d.kv_rank);
+        }
+        plan.matrix(l.dense, WeightRole::o, p + "attn_output.weight", d.hidden, d.n_heads * d.v_dim);
+
+        l.is_moe = d.is_moe_layer(i);
+        if (!l.is_moe) {
+            plan.matrix(l.dense, WeightRole::dense_gate, p + "ffn_gate.weight", d.dense_inter, d.hidden);
+            plan.matrix(l.dense, WeightRole::dense_up, p + "ffn_up.weight", d.dense_inter, d.hidden);
+            plan.matrix(l.dense, WeightRole::dense_down, p + "ffn_down.weight", d.hidden, d.dense_inter);
+            continue;
+        }
+        plan.matrix(l.dense, WeightRole::router, p + "ffn_gate_inp.weight", d.n_experts, d.hidden);
+        if (d.router_has_bias) plan.vector(l.vectors, WeightRole::router_bias, p + "exp_probs_b.bias", d.n_experts);
+        if (d.n_shared > 0) {
+            const int64_t width = d.n_shared * d.moe_inter;
+            plan.matrix(l.dense, WeightRole::shared_gate, p + "ffn_gate_shexp.weight", width, d.hidden);
+            plan.matrix(l.dense, WeightRole::shared_up, p + "ffn_up_shexp.weight", width, d.hidden);
+            plan.matrix(l.dense, WeightRole::shared_down, p + "ffn_down_shexp.weight", d.hidden, width);
+        }
+        l.experts.resize(size_t(d.n_experts));
+        plan.expert_slabs(l.experts, WeightRole::expert_gate, p + "ffn_gate_exps.weight", d.n_experts, d.moe_inter,
+                          d.hidden);
+        plan.expert_slabs(l.experts, WeightRole::expert_up, p + "ffn_up_exps.weight", d.n_experts, d.moe_inter, d.hidden);
+        plan.expert_slabs(l.experts, WeightRole::expert_down, p + "ffn_down_exps.weight", d.n_experts, d.hidden,
+                          d.moe_inter);
     }
     return mp;
 }

@@ -64,6 +64,11 @@ struct ModelPlan {
 // presence, shape and type against the layout; errors name the checkpoint and the tensor.
 ModelPlan plan_hf_model(const ModelLayout& layout, const TensorSource& source);
 
+// Plans a llama.cpp `deepseek2` GGUF (spec §3.8): legacy attn_kv_b or MLA-era attn_k_b /
+// attn_v_b, 3-D expert tensors sliced into one extent per expert (no copy), shared experts.
+// Tensor shapes in `source` are PyTorch order (GGUF ne reversed).
+ModelPlan plan_gguf_model(const ModelLayout& layout, const TensorSource& source);
+
 // Builds the views of a segment's matrices whose bytes are at data[i] (and FP8 scales at
 // scales[i], null when none). The pointers must stay valid while the views are used.
 void bind_globals(const Segment& segment, const std::byte* const* data, const std::byte* const* scales,
