@@ -17,6 +17,7 @@
 #include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/ops.hpp"
 
 using namespace sluice;
 
@@ -169,6 +170,52 @@ int main(int argc, char** argv) {
                             (long long)n_tokens, threads, s * 1e3, 2.0 * rows * cols * n_tokens / s / 1e9,
                             gemv_s * n_tokens * 1e3, gemv_s * n_tokens / s);
             }
+        }
+    }
+
+    // Attention for one decoded token: absorbed MLA over the 576-wide latent cache beside the naive
+    // MHA form over per-head K [192] / V [128] (its decompressed cache built beforehand, untimed).
+    std::printf("\nMLA attention, 1 decoded token, 32 heads (V3 has 128): absorbed vs naive over a prebuilt K/V cache\n");
+    std::printf("%7s %7s %14s %14s %9s\n", "n_ctx", "threads", "absorbed us", "naive us", "speedup");
+    const int n_heads = 32, kv_rank = 512, rope_dim = 64;
+    for (int64_t n_ctx : {512, 4096}) {
+        if (quick && n_ctx > 512) continue;
+        std::mt19937 rng(9);
+        std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+        auto random_vector = [&](int64_t n) {
+            std::vector<float> v(static_cast<size_t>(n));
+            for (auto& e : v) e = value(rng);
+            return v;
+        };
+        const std::vector<float> cache_latent = random_vector(n_ctx * kv_rank), cache_rope = random_vector(n_ctx * rope_dim);
+        const std::vector<float> q_latent = random_vector(n_heads * kv_rank), q_rope = random_vector(n_heads * rope_dim);
+        const std::vector<float> k = random_vector(n_ctx * n_heads * 192), v = random_vector(n_ctx * n_heads * 128);
+        const std::vector<float> q = random_vector(n_heads * 192);
+        std::vector<float> out_latent(size_t(n_heads * kv_rank)), out_v(size_t(n_heads * 128));
+        const cpu::AttentionShape shape{n_heads, kv_rank, rope_dim, 0.1352338f};
+        const cpu::NaiveAttentionShape naive_shape{n_heads, 192, 128, 0.1352338f};
+        for (int threads : thread_counts) {
+            ThreadPool pool(threads);
+            std::vector<float> scratch(size_t(cpu::attention_scratch_floats(shape, n_ctx, pool.size())));
+            auto time_us = [&](auto&& call) {
+                int64_t calls = 0;
+                const auto start = Clock::now();
+                do {
+                    call();
+                    ++calls;
+                } while (seconds_since(start) < kMinSeconds);
+                return seconds_since(start) / double(calls) * 1e6;
+            };
+            const double absorbed_us = time_us([&] {
+                cpu::mla_attention_absorbed(shape, 1, q_latent.data(), q_rope.data(), cache_latent.data(),
+                                            cache_rope.data(), &n_ctx, out_latent.data(), scratch.data(), pool);
+            });
+            const double naive_us = time_us([&] {
+                cpu::mla_attention_naive(naive_shape, 1, q.data(), k.data(), v.data(), &n_ctx, out_v.data(),
+                                         scratch.data(), pool);
+            });
+            std::printf("%7lld %7d %14.1f %14.1f %9.2f\n", (long long)n_ctx, threads, absorbed_us, naive_us,
+                        naive_us / absorbed_us);
         }
     }
     return 0;

@@ -50,25 +50,19 @@ void mla_attention_absorbed_on_path(CpuPath path, const AttentionShape& shape, i
             const int64_t first_row = t * n_heads + h_begin;  // (t, h) row of the [n_tokens, n_heads, *] tensors
             const int64_t visible = n_visible[t];
             // s = scale * (q~ . c_j + q_pe . k_pe_j): one shared 576-wide key per cache row.
+            float latent_dots[kHeadGroup], rope_dots[kHeadGroup];
             for (int64_t j = 0; j < visible; ++j) {
-                const float* c = cache_latent + j * kv_rank;
-                const float* r = cache_rope + j * rope_dim;
-                for (int g = 0; g < n_group_heads; ++g) {
-                    const int64_t row = first_row + g;
-                    scores[g * row_floats + j] =
-                        shape.scale * (k.dot(q_latent + row * kv_rank, c, kv_rank) + k.dot(q_rope + row * rope_dim, r, rope_dim));
-                }
-            }
-            for (int g = 0; g < n_group_heads; ++g) {
-                k.softmax(scores + g * row_floats, visible);
-                float* o = out + (first_row + g) * kv_rank;
-                std::fill(o, o + kv_rank, 0.0f);
-            }
-            for (int64_t j = 0; j < visible; ++j) {
-                const float* c = cache_latent + j * kv_rank;
+                k.dot_group(q_latent + first_row * kv_rank, kv_rank, n_group_heads, cache_latent + j * kv_rank,
+                            kv_rank, latent_dots);
+                k.dot_group(q_rope + first_row * rope_dim, rope_dim, n_group_heads, cache_rope + j * rope_dim,
+                            rope_dim, rope_dots);
                 for (int g = 0; g < n_group_heads; ++g)
-                    k.axpy(scores[g * row_floats + j], c, out + (first_row + g) * kv_rank, kv_rank);
+                    scores[g * row_floats + j] = shape.scale * (latent_dots[g] + rope_dots[g]);
             }
+            for (int g = 0; g < n_group_heads; ++g) k.softmax(scores + g * row_floats, visible);
+            // ô_h = sum_j P_hj c_j for the whole group, the latent rows shared by every head.
+            k.weighted_sum(scores, row_floats, n_group_heads, cache_latent, kv_rank, visible, kv_rank,
+                           out + first_row * kv_rank, kv_rank);
         }
     });
 }

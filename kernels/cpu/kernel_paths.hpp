@@ -29,6 +29,11 @@ struct PathKernels {
     // Fused FP8_E4M3_B128 (weights widened in registers, block scale per 128 columns).
     RowsKernel gemm_fp8_b128;
     float (*dot)(const float* a, const float* b, int64_t n);
+    // out[g] = q[g * q_stride ..] . c for g < n_q: several queries against one shared row.
+    void (*dot_group)(const float* q, int64_t q_stride, int n_q, const float* c, int64_t n, float* out);
+    // out[g][:n_cols] = sum_j p[g][j] * rows[j][:n_cols] for g < n_p (strides in floats).
+    void (*weighted_sum)(const float* p, int64_t p_stride, int n_p, const float* rows, int64_t row_stride,
+                         int64_t n_rows, int64_t n_cols, float* out, int64_t out_stride);
     void (*axpy)(float a, const float* x, float* y, int64_t n);  // y += a * x
     void (*scale)(float* y, float a, int64_t n);                  // y *= a
     void (*rms_norm)(const float* x, const float* w, float eps, int64_t n, float* out);

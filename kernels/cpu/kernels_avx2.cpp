@@ -30,6 +30,8 @@ struct Simd {
     // 2 rows x 4 tokens = 8 accumulators + 2 weights + 1 activation of the 16 ymm registers.
     static constexpr int kTileRows = 2;
     static constexpr int kTileTokens = 4;
+    // 8 heads x 1 vector = 8 accumulators in the attention weighted sum.
+    static constexpr int kSumTileVectors = 1;
     static F zero() { return _mm256_setzero_ps(); }
     static F set1(float v) { return _mm256_set1_ps(v); }
     static F load(const float* p) { return _mm256_loadu_ps(p); }

@@ -34,6 +34,8 @@ struct Simd {
     // 4 rows x 4 tokens = 16 accumulators + 4 weights + 1 activation of the 32 zmm registers.
     static constexpr int kTileRows = 4;
     static constexpr int kTileTokens = 4;
+    // 8 heads x 2 vectors = 16 accumulators in the attention weighted sum.
+    static constexpr int kSumTileVectors = 2;
     static F zero() { return _mm512_setzero_ps(); }
     static F set1(float v) { return _mm512_set1_ps(v); }
     static F load(const float* p) { return _mm512_loadu_ps(p); }
