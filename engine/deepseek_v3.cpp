@@ -56,54 +56,89 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
     routed_weight_.resize(size_t(n * k));
     n_visible_.resize(size_t(n));
     positions_.resize(size_t(n));
-    cache_latent_.resize(size_t(d.n_layers));
-    cache_rope_.resize(size_t(d.n_layers));
-    for (int l = 0; l < d.n_layers; ++l) {
-        alloc(cache_latent_[size_t(l)], options_.max_context * d.kv_rank);
-        alloc(cache_rope_[size_t(l)], options_.max_context * d.rope_dim);
+    step_tokens_.resize(size_t(n));
+    step_sequence_.resize(size_t(n));
+    groups_.reserve(size_t(n));
+    logit_rows_.reserve(size_t(n));
+    if (options_.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
+    n_past_.assign(size_t(options_.n_sequences), 0);
+    const size_t n_caches = size_t(options_.n_sequences) * size_t(d.n_layers);
+    cache_latent_.resize(n_caches);
+    cache_rope_.resize(n_caches);
+    for (size_t c = 0; c < n_caches; ++c) {
+        alloc(cache_latent_[c], options_.max_context * d.kv_rank);
+        alloc(cache_rope_[c], options_.max_context * d.rope_dim);
     }
     rope_freq_ = cpu::yarn_frequencies(d.rope);
 }
 
-void DeepseekForward::truncate(int64_t n) {
-    if (n < 0 || n > n_past_) fail(ErrorKind::internal, "truncate to {} with {} positions cached", n, n_past_);
-    n_past_ = n;
+void DeepseekForward::truncate(int64_t n, int sequence) {
+    if (sequence < 0 || sequence >= options_.n_sequences)
+        fail(ErrorKind::internal, "sequence {} of {}", sequence, options_.n_sequences);
+    if (n < 0 || n > n_past_[size_t(sequence)])
+        fail(ErrorKind::internal, "truncate to {} with {} positions cached", n, n_past_[size_t(sequence)]);
+    n_past_[size_t(sequence)] = n;
 }
 
 void DeepseekForward::forward(std::span<const int32_t> tokens, bool all_logits, float* logits) {
     const int64_t n = int64_t(tokens.size());
-    if (n == 0) return;
-    if (n_past_ + n > options_.max_context)
-        fail(ErrorKind::invalid_input, "context full: {} cached + {} new positions exceed the context of {}", n_past_,
-             n, options_.max_context);
-    for (int32_t t : tokens)
-        if (t < 0 || t >= layout_.vocab)
-            fail(ErrorKind::invalid_input, "token id {} is outside the vocabulary [0, {})", t, layout_.vocab);
     for (int64_t begin = 0; begin < n; begin += options_.max_batch_tokens) {
         const int64_t count = std::min(options_.max_batch_tokens, n - begin);
         const bool last_chunk = begin + count == n;
-        float* out = nullptr;
-        if (all_logits) out = logits + begin * layout_.vocab;
-        else if (last_chunk) out = logits;
-        run_chunk(tokens.data() + begin, count, all_logits, out);
+        const SequenceTokens entry{0, tokens.subspan(size_t(begin), size_t(count)), all_logits};
+        if (all_logits) forward_batch({&entry, 1}, logits + begin * layout_.vocab);
+        else forward_batch({&entry, 1}, last_chunk ? logits : nullptr);
     }
 }
 
-void DeepseekForward::run_chunk(const int32_t* tokens, int64_t n, bool all_logits, float* logits) {
+void DeepseekForward::forward_batch(std::span<const SequenceTokens> batch, float* logits) {
+    int64_t n = 0;
+    groups_.clear();
+    logit_rows_.clear();
+    for (const auto& entry : batch) {
+        const int64_t count = int64_t(entry.tokens.size());
+        if (entry.sequence < 0 || entry.sequence >= options_.n_sequences)
+            fail(ErrorKind::invalid_input, "sequence {} is outside [0, {})", entry.sequence, options_.n_sequences);
+        const int64_t past = n_past_[size_t(entry.sequence)];
+        if (past + count > options_.max_context)
+            fail(ErrorKind::invalid_input, "context full: {} cached + {} new positions exceed the context of {}", past,
+                 count, options_.max_context);
+        if (n + count > options_.max_batch_tokens)
+            fail(ErrorKind::invalid_input, "a step of more than {} tokens", options_.max_batch_tokens);
+        for (const auto& g : groups_)
+            if (g.sequence == entry.sequence)
+                fail(ErrorKind::invalid_input, "sequence {} appears twice in one step", entry.sequence);
+        if (count == 0) continue;
+        groups_.push_back({entry.sequence, n, count});
+        for (int64_t i = 0; i < count; ++i) {
+            const int32_t token = entry.tokens[size_t(i)];
+            if (token < 0 || token >= layout_.vocab)
+                fail(ErrorKind::invalid_input, "token id {} is outside the vocabulary [0, {})", token, layout_.vocab);
+            step_tokens_[size_t(n + i)] = token;
+            step_sequence_[size_t(n + i)] = entry.sequence;
+            positions_[size_t(n + i)] = past + i;
+            n_visible_[size_t(n + i)] = past + i + 1;  // causal: itself and everything before
+            if (entry.all_logits || i == count - 1) logit_rows_.push_back(n + i);
+        }
+        n += count;
+    }
+    if (n == 0) return;
+    run_step(n, logits);
+    for (const auto& g : groups_) n_past_[size_t(g.sequence)] += g.count;
+}
+
+void DeepseekForward::run_step(int64_t n, float* logits) {
     const auto& d = layout_;
     float* x = x_.as<float>();
     float* normed = normed_.as<float>();
     float* branch = branch_out_.as<float>();
-    for (int64_t t = 0; t < n; ++t) {
-        positions_[size_t(t)] = n_past_ + t;
-        n_visible_[size_t(t)] = n_past_ + t + 1;  // causal: itself and everything before
-    }
 
     weights_.begin_step(n);
     // x: [n, hidden] = Embed[tokens]
     const ModelWeights& globals = weights_.globals();
     const auto& embed_type = block_type(globals.embed.type);
-    for (int64_t t = 0; t < n; ++t) embed_type.dequantize_row(globals.embed.row(tokens[t]), x + t * d.hidden, d.hidden);
+    for (int64_t t = 0; t < n; ++t)
+        embed_type.dequantize_row(globals.embed.row(step_tokens_[size_t(t)]), x + t * d.hidden, d.hidden);
 
     for (int l = 0; l < d.n_layers; ++l) {
         const LayerWeights& w = weights_.begin_layer(l);
@@ -120,14 +155,13 @@ void DeepseekForward::run_chunk(const int32_t* tokens, int64_t n, bool all_logit
         weights_.end_layer(l);
     }
 
-    n_past_ += n;
-    if (logits) {
+    if (logits && !logit_rows_.empty()) {
         // logits = lm_head . RMSNorm(x) for the rows asked for, in fp32.
-        const int64_t first = all_logits ? 0 : n - 1;
-        const int64_t rows = n - first;
-        for (int64_t t = first; t < n; ++t)
-            cpu::rms_norm(x + t * d.hidden, globals.final_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
-        cpu::gemm(globals.lm_head, normed + first * d.hidden, d.hidden, rows, logits, d.vocab, pool_);
+        const int64_t rows = int64_t(logit_rows_.size());
+        for (int64_t r = 0; r < rows; ++r)
+            cpu::rms_norm(x + logit_rows_[size_t(r)] * d.hidden, globals.final_norm, d.rms_eps, d.hidden,
+                          normed + r * d.hidden);
+        cpu::gemm(globals.lm_head, normed, d.hidden, rows, logits, d.vocab, pool_);
     }
     weights_.end_step();
 }
@@ -150,15 +184,14 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
     }
     cpu::gemm(w.kv_a, a, d.hidden, n, ckv, d.cache_width(), pool_);
 
-    // Cache the normalised latent and the roped key of each new position.
-    float* cache_latent = cache_latent_[size_t(layer)].as<float>();
-    float* cache_rope = cache_rope_[size_t(layer)].as<float>();
+    // Cache the normalised latent and the roped key of each new position, in its sequence's cache.
     float* q_rope = q_rope_.as<float>();            // [n, heads, rope]
     for (int64_t t = 0; t < n; ++t) {
         const int64_t pos = positions_[size_t(t)];
+        const size_t cache = size_t(step_sequence_[size_t(t)]) * size_t(d.n_layers) + size_t(layer);
         const float* row = ckv + t * d.cache_width();
-        cpu::rms_norm(row, w.kv_a_norm, d.latent_norm_eps, d.kv_rank, cache_latent + pos * d.kv_rank);
-        float* k_pe = cache_rope + pos * d.rope_dim;
+        cpu::rms_norm(row, w.kv_a_norm, d.latent_norm_eps, d.kv_rank, cache_latent_[cache].as<float>() + pos * d.kv_rank);
+        float* k_pe = cache_rope_[cache].as<float>() + pos * d.rope_dim;
         std::memcpy(k_pe, row + d.kv_rank, size_t(d.rope_dim) * sizeof(float));
         cpu::rope_interleaved(k_pe, int(d.rope_dim), pos, rope_freq_.data(), d.rope_magnitude);
         for (int64_t h = 0; h < d.n_heads; ++h) {
@@ -187,8 +220,13 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
 
     float* attn = attn_latent_.as<float>();         // [n, heads, kv_rank] = sum_t P * c_t
     const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
-    cpu::mla_attention_absorbed(shape, n, q_latent, q_rope, cache_latent, cache_rope, n_visible_.data(), attn,
-                                attention_scratch_.as<float>(), pool_);
+    for (const auto& g : groups_) {
+        const size_t cache = size_t(g.sequence) * size_t(d.n_layers) + size_t(layer);
+        cpu::mla_attention_absorbed(shape, g.count, q_latent + g.begin * latent_stride, q_rope + g.begin * d.n_heads * d.rope_dim,
+                                    cache_latent_[cache].as<float>(), cache_rope_[cache].as<float>(),
+                                    n_visible_.data() + g.begin, attn + g.begin * latent_stride,
+                                    attention_scratch_.as<float>(), pool_);
+    }
 
     // o_h = v_b_h . c^_h   ([v_dim, kv_rank] per head), then out = o . concat_h(o_h)
     float* heads = attn_heads_.as<float>();         // [n, heads * v_dim]

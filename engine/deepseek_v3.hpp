@@ -17,28 +17,42 @@
 namespace sluice {
 
 struct ForwardOptions {
-    int64_t max_context = 4096;       // positions the latent cache holds
-    int64_t max_batch_tokens = 128;   // tokens per internal chunk (prefill is split into chunks)
+    int64_t max_context = 4096;       // positions the latent cache holds, per sequence
+    int64_t max_batch_tokens = 128;   // tokens per step (prefill is split into steps)
+    int n_sequences = 1;              // independent sequences, each with its own latent cache
+};
+
+// One sequence's part of a batched step: its next tokens, and whether logits are wanted for
+// all of them or only the last.
+struct SequenceTokens {
+    int sequence = 0;
+    std::span<const int32_t> tokens;
+    bool all_logits = false;
 };
 
 class DeepseekForward {
 public:
     DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, ThreadPool& pool);
 
-    // Runs `tokens` at the next positions of the sequence, appending to the latent cache.
+    // Runs `tokens` at the next positions of sequence 0, appending to its latent cache.
     // Writes logits [tokens.size(), vocab] when all_logits, else [1, vocab] for the last token.
     void forward(std::span<const int32_t> tokens, bool all_logits, float* logits);
 
-    int64_t position() const { return n_past_; }
+    // One step over several sequences (at most max_batch_tokens tokens in all): every
+    // sequence's tokens share the weights read for the step. Logits rows are written in batch
+    // order: all positions of entries with all_logits, the last position of the others.
+    void forward_batch(std::span<const SequenceTokens> batch, float* logits);
+
+    int64_t position(int sequence = 0) const { return n_past_[size_t(sequence)]; }
     // Forgets positions >= n (n <= position()): a restart, or a rejected draft.
-    void truncate(int64_t n);
+    void truncate(int64_t n, int sequence = 0);
 
     const ModelLayout& layout() const { return layout_; }
     // Bytes this object allocated (activations + latent cache), for the memory report.
     int64_t allocated_bytes() const { return allocated_bytes_; }
 
 private:
-    void run_chunk(const int32_t* tokens, int64_t n, bool all_logits, float* logits);
+    void run_step(int64_t n, float* logits);
     void attention(const LayerWeights& w, int layer, int64_t n);
     void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate, const float* row_weights);
     void moe(const LayerWeights& w, int layer, int64_t n);
@@ -48,7 +62,7 @@ private:
     WeightProvider& weights_;
     ForwardOptions options_;
     ThreadPool& pool_;
-    int64_t n_past_ = 0;
+    std::vector<int64_t> n_past_;         // [n_sequences]
 
     // Activations, [max_batch_tokens, width] each, allocated once.
     AlignedBuffer x_, normed_, q_compressed_, q_, kv_compressed_, q_latent_, q_rope_, attn_latent_, attn_heads_,
@@ -64,7 +78,13 @@ private:
     std::vector<int32_t> predicted_experts_;
     std::vector<int64_t> n_visible_;       // [max_batch_tokens]
     std::vector<int64_t> positions_;       // [max_batch_tokens]
-    // Latent cache per layer: normalised latent [max_context, kv_rank] and roped key [max_context, rope].
+    std::vector<int32_t> step_tokens_;     // [max_batch_tokens]
+    std::vector<int32_t> step_sequence_;   // [max_batch_tokens]
+    struct Group { int sequence; int64_t begin, count; };
+    std::vector<Group> groups_;            // consecutive tokens of one sequence in this step
+    std::vector<int64_t> logit_rows_;      // rows of this step whose logits are wanted
+    // Latent cache per (sequence, layer): normalised latent [max_context, kv_rank] and roped
+    // key [max_context, rope]; index sequence * n_layers + layer.
     std::vector<AlignedBuffer> cache_latent_, cache_rope_;
     std::vector<float> rope_freq_;
     int64_t allocated_bytes_ = 0;

@@ -144,3 +144,51 @@ TEST_CASE("a full context is refused with a clear error instead of overrunning t
     CHECK_THROWS_WITH_AS(forward.forward(bad, false, logits.data()), doctest::Contains("outside the vocabulary"),
                          sluice::Error);
 }
+
+TEST_CASE("a step over several sequences gives each the logits it gets alone") {
+    const Fixture f = load_fixture("hf_tiny_v3");
+    ThreadPool pool(2);
+    const auto model = load_model(f.dir);
+    const int64_t vocab = model->layout().vocab;
+    // Three different prompts: prefixes of the fixture prompt, and a reversed copy.
+    const std::vector<int32_t> a(f.prompt.begin(), f.prompt.begin() + 9);
+    const std::vector<int32_t> b(f.prompt.rbegin(), f.prompt.rend());
+    const std::vector<int32_t> c(f.prompt.begin() + 3, f.prompt.begin() + 7);
+
+    auto alone = [&](const std::vector<int32_t>& p) {
+        DeepseekForward fw(model->layout(), *model->provider, ForwardOptions{32, 64, 1}, pool);
+        std::vector<float> out(p.size() * size_t(vocab));
+        fw.forward(p, true, out.data());
+        return out;
+    };
+    DeepseekForward batched(model->layout(), *model->provider, ForwardOptions{32, 64, 3}, pool);
+    const std::vector<SequenceTokens> step = {{2, c, true}, {0, a, true}, {1, b, false}};
+    std::vector<float> out((c.size() + a.size() + 1) * size_t(vocab));
+    batched.forward_batch(step, out.data());
+    CHECK(batched.position(0) == int64_t(a.size()));
+    CHECK(batched.position(1) == int64_t(b.size()));
+    CHECK(batched.position(2) == int64_t(c.size()));
+
+    const double bound = kRelativeTolerance * max_abs(f.logits.data);
+    auto worst_diff = [&](const float* got, const float* want, size_t n) {
+        double w = 0;
+        for (size_t i = 0; i < n; ++i) w = std::max(w, double(std::fabs(got[i] - want[i])));
+        return w;
+    };
+    const auto la = alone(a), lb = alone(b), lc = alone(c);
+    CHECK(worst_diff(out.data(), lc.data(), lc.size()) <= bound);
+    CHECK(worst_diff(out.data() + lc.size(), la.data(), la.size()) <= bound);
+    CHECK(worst_diff(out.data() + lc.size() + la.size(), lb.data() + (b.size() - 1) * size_t(vocab), size_t(vocab)) <=
+          bound);
+
+    // The next step decodes one token for each sequence at its own position.
+    const int32_t t0 = 5, t1 = 7;
+    const std::vector<SequenceTokens> decode = {{0, {&t0, 1}, false}, {1, {&t1, 1}, false}};
+    std::vector<float> next(2 * size_t(vocab));
+    batched.forward_batch(decode, next.data());
+    std::vector<int32_t> a_next = a;
+    a_next.push_back(t0);
+    const auto la_next = alone(a_next);
+    CHECK(worst_diff(next.data(), la_next.data() + a.size() * size_t(vocab), size_t(vocab)) <= bound);
+    CHECK_THROWS_AS(batched.forward_batch(std::vector<SequenceTokens>{{3, a, false}}, next.data()), sluice::Error);
+}
