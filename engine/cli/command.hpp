@@ -15,5 +15,6 @@ void add_command(CLI::App& app, CLI::App* sub, CommandRunner run);
 void register_version(CLI::App& app);
 void register_synth(CLI::App& app);
 void register_inspect(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace sluice::cli

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     cli::register_version(app);
     cli::register_synth(app);
     cli::register_inspect(app);
+    cli::register_bench(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

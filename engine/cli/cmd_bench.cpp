@@ -1,0 +1,199 @@
+// `sluice bench`: end-to-end speed of a model under a memory budget — prompt processing at
+// several prompt lengths, decode, and decode with several sequences per step — with the
+// streaming figures behind each (bytes read, read rate, overlap, hit rates). Prints a table,
+// or one JSON object with --json. Token ids are drawn at random (seeded): speed, not text.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/thread_pool.hpp"
+#include "engine/cli/command.hpp"
+#include "engine/deepseek_v3.hpp"
+#include "engine/runtime.hpp"
+#include "engine/sampler.hpp"
+
+namespace sluice::cli {
+
+namespace {
+
+std::vector<int64_t> parse_list(const std::string& text, const char* what) {
+    std::vector<int64_t> out;
+    std::stringstream ss(text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        try {
+            out.push_back(std::stoll(item));
+        } catch (const std::exception&) {
+            fail(ErrorKind::invalid_input, "{}: '{}' is not a number", what, item);
+        }
+        if (out.back() <= 0) fail(ErrorKind::invalid_input, "{}: {} must be positive", what, out.back());
+    }
+    return out;
+}
+
+struct Phase {
+    std::string name;
+    int64_t tokens = 0;
+    double seconds = 0;
+    StepStats io;  // summed over the phase's steps (zero when fully resident)
+};
+
+nlohmann::json phase_json(const Phase& p) {
+    nlohmann::json j = {{"phase", p.name}, {"tokens", p.tokens}, {"seconds", p.seconds},
+                        {"tokens_per_s", p.seconds > 0 ? double(p.tokens) / p.seconds : 0.0}};
+    j["streaming"] = p.io.to_json();
+    return j;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+    auto* sub = app.add_subcommand("bench", "Prompt and decode speed of a model under a memory budget");
+    struct Args {
+        std::string model;
+        std::string prompt_lengths = "16,128,512";
+        int64_t decode = 16;
+        std::string batch_sizes = "1,4,16";
+        int threads = 0;
+        int64_t batch_tokens = 512;
+        uint64_t seed = 1;
+        bool json = false;
+        RuntimeOptions runtime;
+    };
+    auto args = std::make_shared<Args>();
+    sub->add_option("-m,--model", args->model, "Model directory or .gguf file")->required();
+    sub->add_option("--prompt-lengths", args->prompt_lengths, "Prompt lengths to time")->capture_default_str();
+    sub->add_option("--decode", args->decode, "Decode steps to time")->capture_default_str();
+    sub->add_option("--batch-sizes", args->batch_sizes, "Sequences decoded together per step")->capture_default_str();
+    sub->add_option("-t,--threads", args->threads, "Compute threads (0 = all CPUs)")->capture_default_str();
+    sub->add_option("-b,--batch", args->batch_tokens, "Tokens per prefill step")->capture_default_str();
+    sub->add_option("--seed", args->seed, "Seed of the random token ids")->capture_default_str();
+    sub->add_flag("--json", args->json, "Print one JSON object");
+    add_runtime_options(*sub, args->runtime);
+    add_command(app, sub, [args] {
+        const auto prompt_lengths = parse_list(args->prompt_lengths, "--prompt-lengths");
+        const auto batch_sizes = parse_list(args->batch_sizes, "--batch-sizes");
+        int64_t longest = 0, widest = 1;
+        for (auto p : prompt_lengths) longest = std::max(longest, p);
+        for (auto b : batch_sizes) widest = std::max(widest, b);
+
+        ThreadPool pool(args->threads);
+        RuntimeOptions ro = args->runtime;
+        ro.context = longest + args->decode + 2;
+        ro.batch_tokens = std::max(args->batch_tokens, widest);
+        ro.n_threads = pool.size();
+        ro.verbose = !args->json;
+        const auto rt = make_runtime(args->model, ro);
+        const auto& layout = rt->layout();
+        std::mt19937_64 rng(args->seed);
+        std::uniform_int_distribution<int32_t> token(2, int32_t(std::min<int64_t>(layout.vocab, 128000) - 1));
+
+        auto io_since = [&](size_t first_step) {
+            StepStats sum;
+            if (!rt->streamer) return sum;
+            const auto& steps = rt->streamer->steps();
+            for (size_t i = first_step; i < steps.size(); ++i) {
+                const auto& s = steps[i];
+                sum.step += 1;
+                sum.n_tokens += s.n_tokens;
+                sum.bytes_read += s.bytes_read;
+                sum.step_seconds += s.step_seconds;
+                sum.read_seconds += s.read_seconds;
+                sum.wait_seconds += s.wait_seconds;
+                sum.compute_seconds += s.compute_seconds;
+                sum.experts_needed += s.experts_needed;
+                sum.cache_hits += s.cache_hits;
+                sum.prefetch_hits += s.prefetch_hits;
+                sum.predicted += s.predicted;
+                sum.dense_reads += s.dense_reads;
+                sum.expert_reads += s.expert_reads;
+            }
+            return sum;
+        };
+        auto steps_now = [&] { return rt->streamer ? rt->streamer->steps().size() : size_t(0); };
+        using Clock = std::chrono::steady_clock;
+        std::vector<Phase> phases;
+        std::vector<float> logits(size_t(std::max<int64_t>(widest, 1) * layout.vocab));
+
+        for (int64_t len : prompt_lengths) {
+            ForwardOptions fo{len + args->decode + 2, std::min(args->batch_tokens, len), 1};
+            DeepseekForward forward(layout, *rt->provider, fo, pool);
+            std::vector<int32_t> prompt(static_cast<size_t>(len));
+            for (auto& t : prompt) t = token(rng);
+            prompt[0] = layout.bos_id;
+            const size_t first = steps_now();
+            const auto t0 = Clock::now();
+            forward.forward(prompt, false, logits.data());
+            Phase p{fmt::format("prompt {}", len), len, std::chrono::duration<double>(Clock::now() - t0).count(),
+                    io_since(first)};
+            phases.push_back(p);
+            if (len == prompt_lengths.front()) {
+                // Decode after the first prompt, one token per step.
+                const size_t first_decode = steps_now();
+                const auto t1 = Clock::now();
+                for (int64_t i = 0; i < args->decode; ++i) {
+                    const int32_t next = argmax(logits.data(), layout.vocab);
+                    forward.forward(std::span<const int32_t>(&next, 1), false, logits.data());
+                }
+                phases.push_back(Phase{"decode", args->decode,
+                                       std::chrono::duration<double>(Clock::now() - t1).count(),
+                                       io_since(first_decode)});
+            }
+        }
+        for (int64_t b : batch_sizes) {
+            // b sequences, each with a 4-token prompt, decoding together.
+            ForwardOptions fo{4 + args->decode + 2, std::max<int64_t>(b * 4, b), int(b)};
+            DeepseekForward forward(layout, *rt->provider, fo, pool);
+            std::vector<std::vector<int32_t>> prompts(size_t(b), std::vector<int32_t>(4));
+            std::vector<SequenceTokens> step;
+            for (int64_t s = 0; s < b; ++s) {
+                for (auto& t : prompts[size_t(s)]) t = token(rng);
+                step.push_back({int(s), prompts[size_t(s)], false});
+            }
+            forward.forward_batch(step, logits.data());
+            std::vector<int32_t> next(static_cast<size_t>(b));
+            const size_t first = steps_now();
+            const auto t0 = Clock::now();
+            for (int64_t i = 0; i < args->decode; ++i) {
+                step.clear();
+                for (int64_t s = 0; s < b; ++s) {
+                    next[size_t(s)] = argmax(logits.data() + s * layout.vocab, layout.vocab);
+                    step.push_back({int(s), {&next[size_t(s)], 1}, false});
+                }
+                forward.forward_batch(step, logits.data());
+            }
+            phases.push_back(Phase{fmt::format("decode x{}", b), b * args->decode,
+                                   std::chrono::duration<double>(Clock::now() - t0).count(), io_since(first)});
+        }
+
+        if (args->json) {
+            nlohmann::json j;
+            j["model"] = args->model;
+            j["resident"] = resident_mode_name(rt->mode);
+            j["threads"] = pool.size();
+            j["memory_plan"] = rt->memory.describe();
+            for (const auto& p : phases) j["phases"].push_back(phase_json(p));
+            fmt::print("{}\n", j.dump(2));
+            return 0;
+        }
+        fmt::print("{:<14} {:>8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>8}\n", "phase", "tokens", "seconds",
+                   "tokens/s", "GB read", "read GB/s", "wait s", "overlap", "hits %");
+        for (const auto& p : phases) {
+            const auto& s = p.io;
+            const double hits =
+                s.experts_needed ? 100.0 * double(s.cache_hits + s.prefetch_hits) / double(s.experts_needed) : 0;
+            fmt::print("{:<14} {:>8} {:>10.3f} {:>10.2f} {:>10.3f} {:>10.2f} {:>9.3f} {:>9.2f} {:>8.1f}\n", p.name,
+                       p.tokens, p.seconds, double(p.tokens) / p.seconds, double(s.bytes_read) / 1e9,
+                       s.read_seconds > 0 ? double(s.bytes_read) / s.read_seconds / 1e9 : 0.0, s.wait_seconds,
+                       s.step_seconds > 0 ? std::max(s.read_seconds, s.compute_seconds) / s.step_seconds : 0.0, hits);
+        }
+        return 0;
+    });
+}
+
+}  // namespace sluice::cli
