@@ -1,0 +1,40 @@
+// A pread thread pool behind the completion seam: the portable backend (io_uring refused,
+// or for comparison). Each worker takes a request, preads once (a short read is reported as
+// such; the reader resubmits), and posts the completion.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "io/completion_source.hpp"
+
+namespace sluice::io {
+
+class PreadCompletionSource final : public CompletionSource {
+public:
+    PreadCompletionSource(int n_threads, size_t queue_depth);
+    ~PreadCompletionSource() override;
+
+    const char* name() const override { return "pread"; }
+    size_t capacity() const override { return queue_depth_; }
+    void enqueue(const ReadRequest& request) override;
+    void flush() override;
+    size_t reap(std::span<ReadCompletion> out, bool block) override;
+
+private:
+    void worker();
+    size_t queue_depth_;
+    std::mutex mutex_;
+    std::condition_variable work_ready_;
+    std::condition_variable completion_ready_;
+    std::vector<ReadRequest> staged_;      // enqueued, not yet flushed (caller's thread only)
+    std::deque<ReadRequest> work_;         // guarded by mutex_
+    std::deque<ReadCompletion> finished_;  // guarded by mutex_
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace sluice::io

@@ -1,0 +1,92 @@
+#include "io/staging_ring.hpp"
+
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "core/error.hpp"
+
+namespace sluice::io {
+
+namespace {
+constexpr size_t huge_page_bytes = size_t(2) << 20;
+size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+}  // namespace
+
+StagingRing::StagingRing(size_t n_slots, size_t slot_bytes, size_t max_extents_per_slot)
+    : slot_bytes_(round_up(slot_bytes, 4096)), max_extents_(max_extents_per_slot) {
+    if (n_slots == 0 || slot_bytes == 0) fail(ErrorKind::invalid_input, "staging ring: {} slots of {} bytes", n_slots, slot_bytes);
+    const size_t total = round_up(n_slots * slot_bytes_, huge_page_bytes);
+    // Over-map by one huge page and trim, so the region starts on a 2 MiB boundary.
+    mapped_bytes_ = total + huge_page_bytes;
+    void* p = mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail(ErrorKind::out_of_memory, "staging ring: mmap {} bytes: {}", mapped_bytes_, std::strerror(errno));
+    auto base = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t aligned = (base + huge_page_bytes - 1) & ~(uintptr_t(huge_page_bytes) - 1);
+    if (aligned > base) munmap(p, aligned - base);
+    const uintptr_t end = base + mapped_bytes_;
+    if (end > aligned + total) munmap(reinterpret_cast<void*>(aligned + total), end - (aligned + total));
+    memory_ = reinterpret_cast<std::byte*>(aligned);
+    mapped_bytes_ = total;
+    region_ = {memory_, total};
+    madvise(memory_, total, MADV_HUGEPAGE);
+    // Touch now: first touch of fresh memory is slow (~0.4 GB/s here) and must not be timed.
+    std::memset(memory_, 0, total);
+    rlimit limit{};
+    getrlimit(RLIMIT_MEMLOCK, &limit);
+    if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= total) {
+        memory_locked_ = mlock(memory_, total) == 0;
+    }
+    if (!memory_locked_)
+        std::fprintf(stderr,
+                     "sluice: warning: staging ring of %zu MiB not locked in memory (RLIMIT_MEMLOCK %s); "
+                     "raise `ulimit -l` so it cannot be swapped or migrated\n",
+                     total >> 20, limit.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(limit.rlim_cur).c_str());
+    slots_.resize(n_slots);
+    for (size_t i = 0; i < n_slots; ++i) {
+        auto& s = slots_[i];
+        s.index = uint32_t(i);
+        s.bytes = {memory_ + i * slot_bytes_, slot_bytes_};
+        s.extent_data.resize(max_extents_);
+        s.extent_length.resize(max_extents_);
+    }
+}
+
+StagingRing::~StagingRing() {
+    if (memory_) munmap(memory_, mapped_bytes_);
+}
+
+StagingSlot& StagingRing::acquire() {
+    std::unique_lock lock(mutex_);
+    released_.wait(lock, [&] { return acquired_count_ - released_count_ < slots_.size(); });
+    return slots_[acquired_count_++ % slots_.size()];
+}
+
+StagingSlot* StagingRing::try_acquire() {
+    std::lock_guard lock(mutex_);
+    if (acquired_count_ - released_count_ >= slots_.size()) return nullptr;
+    return &slots_[acquired_count_++ % slots_.size()];
+}
+
+void StagingRing::release(StagingSlot& slot) {
+    {
+        std::lock_guard lock(mutex_);
+        if (released_count_ == acquired_count_)
+            fail(ErrorKind::internal, "staging ring: slot {} released but none is outstanding", slot.index);
+        const size_t oldest = released_count_ % slots_.size();
+        if (slot.index != oldest)
+            fail(ErrorKind::internal, "staging ring: slot {} released out of order (oldest is {})", slot.index, oldest);
+        ++released_count_;
+    }
+    released_.notify_one();
+}
+
+size_t StagingRing::outstanding() const {
+    std::lock_guard lock(mutex_);
+    return size_t(acquired_count_ - released_count_);
+}
+
+}  // namespace sluice::io

@@ -1,0 +1,83 @@
+#include "io/uring_completion_source.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <sys/uio.h>
+#include <vector>
+
+#include "core/error.hpp"
+
+namespace sluice::io {
+
+std::unique_ptr<UringCompletionSource> UringCompletionSource::create(unsigned queue_depth, int* errno_out) {
+    std::unique_ptr<UringCompletionSource> source(new UringCompletionSource(queue_depth));
+    // The CQ is twice the SQ by default; queue_depth bounds what the reader keeps outstanding.
+    const int rc = io_uring_queue_init(queue_depth, &source->ring_, 0);
+    if (rc < 0) {
+        if (errno_out) *errno_out = -rc;
+        source->queue_depth_ = 0;  // ring not initialised: the destructor must not exit it
+        return nullptr;
+    }
+    return source;
+}
+
+UringCompletionSource::~UringCompletionSource() {
+    if (queue_depth_ == 0) return;
+    if (buffers_registered_) io_uring_unregister_buffers(&ring_);
+    io_uring_queue_exit(&ring_);
+}
+
+void UringCompletionSource::enqueue(const ReadRequest& request) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) {  // SQ full: push what is queued and take a fresh entry
+        io_uring_submit(&ring_);
+        sqe = io_uring_get_sqe(&ring_);
+        if (!sqe) fail(ErrorKind::internal, "io_uring: no submission entry free (queue depth {})", queue_depth_);
+    }
+    if (request.fixed_buffer_index >= 0 && buffers_registered_)
+        io_uring_prep_read_fixed(sqe, request.fd, request.dest, request.length, request.offset,
+                                 request.fixed_buffer_index);
+    else
+        io_uring_prep_read(sqe, request.fd, request.dest, request.length, request.offset);
+    io_uring_sqe_set_data64(sqe, request.user_data);
+}
+
+void UringCompletionSource::flush() {
+    for (;;) {
+        const int rc = io_uring_submit(&ring_);
+        if (rc >= 0) return;
+        if (rc == -EINTR || rc == -EAGAIN || rc == -EBUSY) continue;
+        fail(ErrorKind::io, "io_uring_submit: {}", std::strerror(-rc));
+    }
+}
+
+size_t UringCompletionSource::reap(std::span<ReadCompletion> out, bool block) {
+    size_t n = 0;
+    while (n < out.size()) {
+        io_uring_cqe* cqe = nullptr;
+        int rc;
+        if (n == 0 && block)
+            rc = io_uring_wait_cqe(&ring_, &cqe);
+        else
+            rc = io_uring_peek_cqe(&ring_, &cqe);
+        if (rc == -EINTR && n == 0 && block) continue;
+        if (rc < 0 || !cqe) break;
+        out[n++] = ReadCompletion{io_uring_cqe_get_data64(cqe), cqe->res};
+        io_uring_cqe_seen(&ring_, cqe);
+    }
+    return n;
+}
+
+bool UringCompletionSource::register_buffers(std::span<const std::span<std::byte>> buffers) {
+    if (buffers_registered_) {
+        io_uring_unregister_buffers(&ring_);
+        buffers_registered_ = false;
+    }
+    std::vector<iovec> iovecs;
+    for (auto b : buffers) iovecs.push_back(iovec{b.data(), b.size()});
+    const int rc = io_uring_register_buffers(&ring_, iovecs.data(), unsigned(iovecs.size()));
+    buffers_registered_ = rc == 0;
+    return buffers_registered_;
+}
+
+}  // namespace sluice::io
