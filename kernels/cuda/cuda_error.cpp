@@ -1,0 +1,21 @@
+#include "kernels/cuda/cuda_error.hpp"
+
+#include <cublas_api.h>
+#include <cuda_runtime_api.h>
+
+#include "core/error.hpp"
+
+namespace sluice::cuda {
+
+void throw_cuda_error(int code, const char* call, const char* file, int line) {
+    const auto err = cudaError_t(code);
+    fail(ErrorKind::internal, "CUDA: {} failed with {} ({}: {}) at {}:{}", call, code, cudaGetErrorName(err),
+         cudaGetErrorString(err), file, line);
+}
+
+void throw_cublas_error(int code, const char* call, const char* file, int line) {
+    fail(ErrorKind::internal, "cuBLAS: {} failed with {} ({}) at {}:{}", call, code,
+         cublasGetStatusString(cublasStatus_t(code)), file, line);
+}
+
+}  // namespace sluice::cuda

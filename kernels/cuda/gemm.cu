@@ -1,0 +1,125 @@
+#include "kernels/cuda/gemm.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/quant_codecs.cuh"
+
+namespace sluice::cuda {
+
+namespace {
+
+// One thread per 32-weight group of one row.
+template <DType T>
+__global__ void dequantize_bf16_kernel(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes,
+                                       const float* scales, int64_t scale_row_offset, __nv_bfloat16* out) {
+    const int64_t groups_per_row = (cols + 31) / 32;
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= rows * groups_per_row) return;
+    const int64_t r = i / groups_per_row, g = i % groups_per_row;
+    const uint8_t* row = w + r * row_bytes;
+    __nv_bfloat16* o = out + r * cols + g * 32;
+    if constexpr (T == DType::Q8_0 || T == DType::Q4_K || T == DType::Q6_K) {
+        float v[32];
+        detail::Codec<T>::decode(row, g, v);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) o[j] = __float2bfloat16_rn(v[j]);
+    } else {
+        float scale = 1.0f;
+        if constexpr (T == DType::FP8_E4M3_B128)
+            scale = scales[((scale_row_offset + r) / 128) * ((cols + 127) / 128) + (g * 32) / 128];
+        const int64_t n = cols - g * 32 < 32 ? cols - g * 32 : 32;
+        for (int j = 0; j < n; ++j) o[j] = __float2bfloat16_rn(detail::plain_weight<T>(row, g * 32 + j) * scale);
+    }
+}
+
+__global__ void f32_to_bf16_kernel(const float* in, int64_t in_stride, int64_t n_rows, int64_t cols,
+                                   __nv_bfloat16* out) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= n_rows * cols) return;
+    const int64_t r = i / cols, c = i % cols;
+    out[i] = __float2bfloat16_rn(in[r * in_stride + c]);
+}
+
+unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+}  // namespace
+
+void dequantize_to_bf16(const Matrix& w, void* out_bf16, cudaStream_t stream) {
+    const int64_t n = w.rows * ((w.cols + 31) / 32);
+    if (n == 0) return;
+    constexpr int threads = 256;
+    const auto* data = static_cast<const uint8_t*>(w.data);
+    auto* out = static_cast<__nv_bfloat16*>(out_bf16);
+    const int64_t rb = w.bytes_per_row();
+#define SLUICE_DEQ(T)                                                                                       \
+    dequantize_bf16_kernel<T><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb,     \
+                                                                               w.block_scales, w.scale_row_offset, out)
+    switch (w.type) {
+        case DType::F32: SLUICE_DEQ(DType::F32); break;
+        case DType::F16: SLUICE_DEQ(DType::F16); break;
+        case DType::BF16: SLUICE_DEQ(DType::BF16); break;
+        case DType::FP8_E4M3_B128: SLUICE_DEQ(DType::FP8_E4M3_B128); break;
+        case DType::Q8_0: SLUICE_DEQ(DType::Q8_0); break;
+        case DType::Q4_K: SLUICE_DEQ(DType::Q4_K); break;
+        case DType::Q6_K: SLUICE_DEQ(DType::Q6_K); break;
+        default: throw_cuda_error(int(cudaErrorNotSupported), "dequantize_to_bf16: no device kernel for this weight type", __FILE__, __LINE__);
+    }
+#undef SLUICE_DEQ
+    SLUICE_CUDA_CHECK(cudaGetLastError());
+}
+
+void convert_f32_to_bf16(const float* in, int64_t in_stride, int64_t n_rows, int64_t cols, void* out_bf16,
+                         cudaStream_t stream) {
+    const int64_t n = n_rows * cols;
+    if (n == 0) return;
+    f32_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(in, in_stride, n_rows, cols,
+                                                               static_cast<__nv_bfloat16*>(out_bf16));
+    SLUICE_CUDA_CHECK(cudaGetLastError());
+}
+
+Gemm::Gemm() {
+    cublasHandle_t h = nullptr;
+    SLUICE_CUBLAS_CHECK(cublasCreate(&h));
+    handle_ = h;
+}
+
+Gemm::~Gemm() {
+    if (handle_) cublasDestroy(handle_);
+}
+
+void Gemm::reserve(int64_t max_weight_elems, int64_t max_activation_elems) {
+    weight_bf16_.ensure(size_t(max_weight_elems) * 2);
+    activation_bf16_.ensure(size_t(max_activation_elems) * 2);
+}
+
+void Gemm::run(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
+               cudaStream_t stream) {
+    if (w.rows == 0 || n_tokens == 0) return;
+    SLUICE_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    const float alpha = 1.0f, beta = 0.0f;
+    // Row-major Y [n, rows] is column-major [rows, n]; W row-major [rows, cols] is column-major
+    // [cols, rows], hence op(A) = T with lda = cols; X row-major [n, cols] is column-major [cols, n].
+    const int m = int(w.rows), n = int(n_tokens), k = int(w.cols);
+    if (w.type == DType::F32) {
+        SLUICE_CUBLAS_CHECK(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
+                                        static_cast<const float*>(w.data), k, x, int(x_stride), &beta, y,
+                                        int(y_stride)));
+        return;
+    }
+    const void* a = w.data;
+    if (w.type != DType::BF16) {
+        reserve(w.rows * w.cols, 0);
+        dequantize_to_bf16(w, weight_bf16_.data(), stream);
+        a = weight_bf16_.data();
+    }
+    reserve(0, n_tokens * w.cols);
+    convert_f32_to_bf16(x, x_stride, n_tokens, w.cols, activation_bf16_.data(), stream);
+    SLUICE_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, a, CUDA_R_16BF, k,
+                                     activation_bf16_.data(), CUDA_R_16BF, k, &beta, y, CUDA_R_32F, int(y_stride),
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+}  // namespace sluice::cuda
