@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
     cli::register_synth(app);
     cli::register_inspect(app);
     cli::register_bench(app);
+    cli::register_bench_io(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
