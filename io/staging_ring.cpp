@@ -37,9 +37,8 @@ StagingRing::StagingRing(size_t n_slots, size_t slot_bytes, size_t max_extents_p
     std::memset(memory_, 0, total);
     rlimit limit{};
     getrlimit(RLIMIT_MEMLOCK, &limit);
-    if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= total) {
-        memory_locked_ = mlock(memory_, total) == 0;
-    }
+    // Try even above the limit: a process with CAP_IPC_LOCK (root) may lock past RLIMIT_MEMLOCK.
+    memory_locked_ = mlock(memory_, total) == 0;
     if (!memory_locked_)
         std::fprintf(stderr,
                      "sluice: warning: staging ring of %zu MiB not locked in memory (RLIMIT_MEMLOCK %s); "

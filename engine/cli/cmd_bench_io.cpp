@@ -49,6 +49,7 @@ struct BenchArgs {
     int rounds = 3;
     bool json = false;
     bool no_fio = false;
+    bool keep_cache = false;
 };
 
 uint64_t parse_size(const std::string& text) {
@@ -282,10 +283,11 @@ int run_bench_io(const BenchArgs& a) {
     }
     const auto blocks = sequential_blocks(sizes, bs);
     const bool root = ::geteuid() == 0;
-    bool can_drop = root && drop_caches();
+    bool can_drop = root && !a.keep_cache && drop_caches();
     if (!can_drop) {
         const uint64_t avail = uint64_t(::sysconf(_SC_AVPHYS_PAGES)) * uint64_t(::sysconf(_SC_PAGESIZE));
-        std::fprintf(stderr, "sluice: warning: cannot drop the page cache (not root)%s\n",
+        std::fprintf(stderr, "sluice: warning: page cache not dropped (%s)%s\n",
+                     a.keep_cache ? "--keep-cache" : "not root",
                      total < avail ? "; the files fit in free RAM, so the page cache may serve reads" : "");
     }
     const bool fio = !a.no_fio && fio_available();
@@ -368,6 +370,7 @@ void register_bench_io(CLI::App& app) {
     sub->add_option("--seconds", args->seconds, "Longest time per run");
     sub->add_option("--rounds", args->rounds, "Rounds (each runs every method once, alternating with fio)");
     sub->add_flag("--no-fio", args->no_fio, "Do not run fio even if it is on PATH");
+    sub->add_flag("--keep-cache", args->keep_cache, "Do not drop the page cache between runs (even as root)");
     sub->add_flag("--json", args->json, "Print one JSON object");
     add_command(app, sub, [args] { return run_bench_io(*args); });
 }
