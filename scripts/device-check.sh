@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The ONE script for a borrowed GPU machine (no meson deps, no registries there). From a copy of
+# the repo, in one call well under ten minutes, it:
+#   1. builds the CUDA tests and bench with nvcc + g++ directly (header-only deps from
+#      .device-deps, made here first by scripts/prepare-device-deps.sh and carried),
+#   2. runs the host decoder test and every CUDA test against the CPU backend,
+#   3. runs the CUDA test under compute-sanitizer memcheck when the tool is present and works,
+#   4. runs bench_cuda,
+# and writes logs plus summary.json under $OUT (./device-out when OUT is unset; at most 8 files,
+# as the device tool returns no more). Exit: 0 ok, 1 failed, 77 built but no device to run on.
+#
+#   device run:  bash scripts/device-check.sh        (carry: .device-deps)
+#   here:        OUT=/tmp/dc bash scripts/device-check.sh   (builds, then reports the skip)
+# Env: GPU_ARCH=90 to override the detected SM, JOBS=N, SKIP_SANITIZER=1, BENCH_ARGS="--quick".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+OUT=${OUT:-$root/device-out}
+mkdir -p "$OUT"
+build=${BUILD_DIR:-/tmp/sluice-device-build}
+mkdir -p "$build/obj"
+deps=$root/.device-deps/include
+jobs=${JOBS:-$(nproc)}
+start_all=$(date +%s)
+steps_json=""
+
+log() { echo "[device-check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/device-check.log"; }
+# step NAME LOGFILE CMD...: runs CMD with output to $OUT/LOGFILE, records rc and seconds.
+step() {
+  local name=$1 logfile=$2; shift 2
+  local t0=$(date +%s)
+  log "$name: $*"
+  "$@" >"$OUT/$logfile" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  log "$name: rc=$rc in ${dt}s (log $logfile)"
+  steps_json+="${steps_json:+, }{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $dt, \"log\": \"$logfile\"}"
+  return $rc
+}
+write_summary() {
+  local status=$1
+  local device_name=""
+  command -v nvidia-smi >/dev/null && device_name=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+  cat >"$OUT/summary.json" <<JSON
+{"status": "$status", "device": "$device_name", "gpu_arch": "$arch", "seconds": $(( $(date +%s) - start_all )),
+ "commit": "$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)",
+ "steps": [$steps_json]}
+JSON
+  log "summary: $status (summary.json)"
+}
+
+# --- toolchain --------------------------------------------------------------------------
+for d in /usr/local/cuda/bin /usr/local/cuda-13.0/bin; do [[ -d $d ]] && export PATH="$d:$PATH"; done
+arch=${GPU_ARCH:-}
+if [[ -z $arch ]] && command -v nvidia-smi >/dev/null; then
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+fi
+arch=${arch:-90}
+if ! command -v nvcc >/dev/null; then log "nvcc not found"; write_summary "no-nvcc"; exit 1; fi
+if [[ ! -f $deps/fmt/format.h || ! -f $deps/doctest/doctest.h ]]; then
+  log "missing $deps: run scripts/prepare-device-deps.sh on the dev machine and carry .device-deps"
+  write_summary "no-deps"; exit 1
+fi
+cuda_home=$(dirname "$(dirname "$(command -v nvcc)")")
+# cuBLAS: the toolkit's, else the pip wheel's (the GPU image ships nvidia-cublas for PyTorch).
+cublas_dir=""
+for d in "$cuda_home/lib64" "$cuda_home/targets/x86_64-linux/lib"; do
+  [[ -e $d/libcublas.so ]] && { cublas_dir=$d; break; }
+done
+if [[ -z $cublas_dir ]]; then
+  cublas_dir=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
+  if [[ -n $cublas_dir && ! -e $cublas_dir/libcublas.so ]]; then
+    so=$(ls "$cublas_dir"/libcublas.so.* 2>/dev/null | head -1)
+    [[ -n $so ]] && { mkdir -p "$build/lib"; ln -sf "$so" "$build/lib/libcublas.so"; ln -sf "$(ls "$cublas_dir"/libcublasLt.so.* | head -1)" "$build/lib/libcublasLt.so"; cublas_dir=$build/lib; export LD_LIBRARY_PATH="$(dirname "$so"):${LD_LIBRARY_PATH:-}"; }
+  fi
+fi
+log "nvcc $(nvcc --version | tail -1), g++ $(g++ -dumpfullversion), sm_$arch, cuBLAS in ${cublas_dir:-?}, $jobs jobs"
+{ nvidia-smi 2>&1 || true; } >>"$OUT/device-check.log"  # $OUT returns at most 8 files
+
+# --- build ------------------------------------------------------------------------------
+common=(-I"$root" -I"$deps" -I"$cuda_home/include" -DFMT_HEADER_ONLY -DNDEBUG -DSLUICE_HAVE_CUDA=1 '-DSLUICE_VERSION="device-check"')
+cxx_flags=(-std=c++20 -O2 -pthread "${common[@]}")
+nvcc_flags=(-std=c++20 -O3 --expt-relaxed-constexpr -gencode "arch=compute_$arch,code=sm_$arch" "${common[@]}")
+host_sources=(core/error.cpp core/thread_pool.cpp kernels/block_type.cpp kernels/dequantize.cpp kernels/cpu/*.cpp
+              kernels/cuda/cuda_error.cpp kernels/cuda/router_check.cpp tests/doctest_main.cpp
+              tests/cuda/cuda_test.cpp bench/bench_cuda.cpp)
+cuda_sources=(kernels/cuda/*.cu tests/cuda/codec_test.cu)
+
+compile_all() {
+  local f
+  for f in "${host_sources[@]}"; do
+    echo "g++ ${cxx_flags[*]@Q} -c ${f@Q} -o ${build@Q}/obj/$(echo "$f" | tr / _).o"
+  done
+  for f in "${cuda_sources[@]}"; do
+    echo "nvcc ${nvcc_flags[*]@Q} -c ${f@Q} -o ${build@Q}/obj/$(echo "$f" | tr / _).o"
+  done
+} 
+build_step() {
+  compile_all | xargs -P "$jobs" -I{} bash -c '{} || exit 255' || return 1
+  local o=$build/obj
+  local libs=("$o"/core_*.o "$o"/kernels_block_type.cpp.o "$o"/kernels_dequantize.cpp.o "$o"/kernels_cpu_*.o
+              "$o"/kernels_cuda_*.o)
+  local link=(-L"${cublas_dir:-$cuda_home/lib64}" -lcublas -lcudart -lpthread)
+  nvcc -o "$build/cuda_test" "$o/tests_cuda_cuda_test.cpp.o" "${libs[@]}" "${link[@]}" &&
+  nvcc -o "$build/cuda_codec_test" "$o/tests_cuda_codec_test.cu.o" "$o/tests_doctest_main.cpp.o" "${libs[@]}" "${link[@]}" &&
+  nvcc -o "$build/bench_cuda" "$o/bench_bench_cuda.cpp.o" "${libs[@]}" "${link[@]}"
+}
+if ! step build build.log build_step; then
+  tail -30 "$OUT/build.log"
+  write_summary "build-failed"; exit 1
+fi
+
+# --- tests ------------------------------------------------------------------------------
+export SLUICE_TEST_DATA=$root/tests/data
+status=ok
+step codec_test codec_test.log "$build/cuda_codec_test" || status=failed
+step cuda_test cuda_test.log timeout 300 "$build/cuda_test" --duration=true
+rc=$?
+if [[ $rc -eq 77 ]]; then
+  status=skipped-no-device
+  log "cuda_test: $(head -1 "$OUT/cuda_test.log")"
+elif [[ $rc -ne 0 ]]; then
+  status=failed
+fi
+tail -5 "$OUT/cuda_test.log"
+
+if [[ $status != skipped-no-device ]]; then
+  if [[ -z ${SKIP_SANITIZER:-} ]] && command -v compute-sanitizer >/dev/null; then
+    # memcheck: out-of-bounds and misaligned device accesses in every kernel the tests launch.
+    step memcheck memcheck.log timeout 240 compute-sanitizer --tool memcheck --error-exitcode 86 "$build/cuda_test"
+    case $? in
+      0) ;;
+      86) status=failed; log "memcheck found errors" ;;
+      *) log "memcheck did not complete (tool or device refused; see memcheck.log); not counted as a failure" ;;
+    esac
+  else
+    log "compute-sanitizer not run"
+  fi
+  step bench bench.log timeout 240 "$build/bench_cuda" --json "$OUT/bench.json" ${BENCH_ARGS:-} || status=failed
+  cat "$OUT/bench.log"
+fi
+write_summary "$status"
+cat "$OUT/summary.json"
+[[ $status == failed ]] && exit 1
+[[ $status == skipped-no-device ]] && exit 77  # never a silent pass
+exit 0

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run HERE (the development machine) before a device check: copies the header-only libraries the
+# CUDA test and bench need into .device-deps/include (git-ignored), because the borrowed GPU
+# machine has nvcc, g++, cmake and ninja but no fmt, doctest, nlohmann-json or CLI11 and no
+# package registry. fmt is used header-only there (-DFMT_HEADER_ONLY). Name .device-deps in the
+# device run's `carry`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest=.device-deps/include
+rm -rf .device-deps
+mkdir -p "$dest"
+for lib in fmt doctest nlohmann CLI; do
+  if [[ ! -d /usr/include/$lib ]]; then
+    echo "prepare-device-deps: /usr/include/$lib is missing (run scripts/install-deps.sh)" >&2
+    exit 1
+  fi
+  cp -r "/usr/include/$lib" "$dest/"
+done
+# fmt header-only needs its implementation headers (format-inl.h, os.cc is not needed).
+[[ -f $dest/fmt/format-inl.h ]] || { echo "prepare-device-deps: fmt/format-inl.h missing" >&2; exit 1; }
+du -sh .device-deps
