@@ -1,5 +1,7 @@
 #include "io/pread_completion_source.hpp"
 
+#include "core/error.hpp"
+
 #include <cerrno>
 #include <unistd.h>
 
@@ -7,6 +9,8 @@ namespace sluice::io {
 
 PreadCompletionSource::PreadCompletionSource(int n_threads, size_t queue_depth) : queue_depth_(queue_depth) {
     staged_.reserve(queue_depth);
+    work_.items.resize(queue_depth);
+    finished_.items.resize(queue_depth);
     for (int i = 0; i < n_threads; ++i) threads_.emplace_back([this] { worker(); });
 }
 
@@ -25,7 +29,9 @@ void PreadCompletionSource::flush() {
     if (staged_.empty()) return;
     {
         std::lock_guard lock(mutex_);
-        for (const auto& r : staged_) work_.push_back(r);
+        for (const auto& r : staged_)
+            if (!work_.push(r))
+                fail(ErrorKind::internal, "pread pool: more than {} reads outstanding", queue_depth_);
     }
     staged_.clear();
     work_ready_.notify_all();
@@ -33,12 +39,9 @@ void PreadCompletionSource::flush() {
 
 size_t PreadCompletionSource::reap(std::span<ReadCompletion> out, bool block) {
     std::unique_lock lock(mutex_);
-    if (block) completion_ready_.wait(lock, [&] { return !finished_.empty(); });
+    if (block) completion_ready_.wait(lock, [&] { return finished_.count > 0; });
     size_t n = 0;
-    while (n < out.size() && !finished_.empty()) {
-        out[n++] = finished_.front();
-        finished_.pop_front();
-    }
+    while (n < out.size() && finished_.count > 0) out[n++] = finished_.pop();
     return n;
 }
 
@@ -47,16 +50,16 @@ void PreadCompletionSource::worker() {
         ReadRequest request;
         {
             std::unique_lock lock(mutex_);
-            work_ready_.wait(lock, [&] { return stopping_ || !work_.empty(); });
+            work_ready_.wait(lock, [&] { return stopping_ || work_.count > 0; });
             if (stopping_) return;
-            request = work_.front();
-            work_.pop_front();
+            request = work_.pop();
         }
         const ssize_t n = ::pread(request.fd, request.dest, request.length, off_t(request.offset));
         const int64_t result = n >= 0 ? int64_t(n) : -int64_t(errno);
         {
             std::lock_guard lock(mutex_);
-            finished_.push_back(ReadCompletion{request.user_data, result});
+            // Cannot overflow: a request leaves work_ before its completion enters finished_.
+            finished_.push(ReadCompletion{request.user_data, result});
         }
         completion_ready_.notify_one();
     }

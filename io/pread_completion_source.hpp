@@ -4,7 +4,6 @@
 #pragma once
 
 #include <condition_variable>
-#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -30,9 +29,26 @@ private:
     std::mutex mutex_;
     std::condition_variable work_ready_;
     std::condition_variable completion_ready_;
-    std::vector<ReadRequest> staged_;      // enqueued, not yet flushed (caller's thread only)
-    std::deque<ReadRequest> work_;         // guarded by mutex_
-    std::deque<ReadCompletion> finished_;  // guarded by mutex_
+    // Fixed rings sized to the queue depth (the reader never has more outstanding), so the hot
+    // path does not allocate. work_/finished_ are guarded by mutex_; staged_ is the caller's.
+    template <typename T> struct FixedRing {
+        std::vector<T> items;
+        size_t head = 0, count = 0;
+        bool push(const T& v) {
+            if (count == items.size()) return false;
+            items[(head + count++) % items.size()] = v;
+            return true;
+        }
+        T pop() {
+            T v = items[head];
+            head = (head + 1) % items.size();
+            --count;
+            return v;
+        }
+    };
+    std::vector<ReadRequest> staged_;
+    FixedRing<ReadRequest> work_;
+    FixedRing<ReadCompletion> finished_;
     bool stopping_ = false;
     std::vector<std::thread> threads_;
 };
