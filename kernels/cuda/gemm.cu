@@ -11,27 +11,30 @@ namespace sluice::cuda {
 
 namespace {
 
-// One thread per 32-weight group of one row.
-template <DType T>
-__global__ void dequantize_bf16_kernel(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes,
-                                       const float* scales, int64_t scale_row_offset, __nv_bfloat16* out) {
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+
+// One thread per 32-weight group of one row; Out is __nv_bfloat16 or float.
+template <DType T, typename Out>
+__global__ void dequantize_kernel(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes,
+                                  const float* scales, int64_t scale_row_offset, Out* out) {
     const int64_t groups_per_row = (cols + 31) / 32;
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= rows * groups_per_row) return;
     const int64_t r = i / groups_per_row, g = i % groups_per_row;
     const uint8_t* row = w + r * row_bytes;
-    __nv_bfloat16* o = out + r * cols + g * 32;
+    Out* o = out + r * cols + g * 32;
     if constexpr (T == DType::Q8_0 || T == DType::Q4_K || T == DType::Q6_K) {
         float v[32];
         detail::Codec<T>::decode(row, g, v);
 #pragma unroll
-        for (int j = 0; j < 32; ++j) o[j] = __float2bfloat16_rn(v[j]);
+        for (int j = 0; j < 32; ++j) store(o + j, v[j]);
     } else {
         float scale = 1.0f;
         if constexpr (T == DType::FP8_E4M3_B128)
             scale = scales[((scale_row_offset + r) / 128) * ((cols + 127) / 128) + (g * 32) / 128];
         const int64_t n = cols - g * 32 < 32 ? cols - g * 32 : 32;
-        for (int j = 0; j < n; ++j) o[j] = __float2bfloat16_rn(detail::plain_weight<T>(row, g * 32 + j) * scale);
+        for (int j = 0; j < n; ++j) store(o + j, detail::plain_weight<T>(row, g * 32 + j) * scale);
     }
 }
 
@@ -47,15 +50,15 @@ unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) 
 
 }  // namespace
 
-void dequantize_to_bf16(const Matrix& w, void* out_bf16, cudaStream_t stream) {
+template <typename Out>
+void dequantize(const Matrix& w, Out* out, cudaStream_t stream) {
     const int64_t n = w.rows * ((w.cols + 31) / 32);
     if (n == 0) return;
     constexpr int threads = 256;
     const auto* data = static_cast<const uint8_t*>(w.data);
-    auto* out = static_cast<__nv_bfloat16*>(out_bf16);
     const int64_t rb = w.bytes_per_row();
 #define SLUICE_DEQ(T)                                                                                       \
-    dequantize_bf16_kernel<T><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb,     \
+    dequantize_kernel<T, Out><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb,     \
                                                                                w.block_scales, w.scale_row_offset, out)
     switch (w.type) {
         case DType::F32: SLUICE_DEQ(DType::F32); break;
@@ -65,11 +68,17 @@ void dequantize_to_bf16(const Matrix& w, void* out_bf16, cudaStream_t stream) {
         case DType::Q8_0: SLUICE_DEQ(DType::Q8_0); break;
         case DType::Q4_K: SLUICE_DEQ(DType::Q4_K); break;
         case DType::Q6_K: SLUICE_DEQ(DType::Q6_K); break;
-        default: throw_cuda_error(int(cudaErrorNotSupported), "dequantize_to_bf16: no device kernel for this weight type", __FILE__, __LINE__);
+        default: throw_cuda_error(int(cudaErrorNotSupported), "dequantize: no device kernel for this weight type", __FILE__, __LINE__);
     }
 #undef SLUICE_DEQ
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
+
+void dequantize_to_bf16(const Matrix& w, void* out_bf16, cudaStream_t stream) {
+    dequantize(w, static_cast<__nv_bfloat16*>(out_bf16), stream);
+}
+
+void dequantize_to_f32(const Matrix& w, float* out, cudaStream_t stream) { dequantize(w, out, stream); }
 
 void convert_f32_to_bf16(const float* in, int64_t in_stride, int64_t n_rows, int64_t cols, void* out_bf16,
                          cudaStream_t stream) {

@@ -18,6 +18,9 @@ namespace sluice::cuda {
 // Writes W as BF16 [w.rows, w.cols] row-major to out (device). Any type gemv supports.
 void dequantize_to_bf16(const Matrix& w, void* out_bf16, cudaStream_t stream);
 
+// Writes W as f32 [w.rows, w.cols] row-major to out (device), FP8 block scales applied.
+void dequantize_to_f32(const Matrix& w, float* out, cudaStream_t stream);
+
 // f32 [n_rows, cols] (row stride in_stride) -> packed bf16 [n_rows, cols].
 void convert_f32_to_bf16(const float* in, int64_t in_stride, int64_t n_rows, int64_t cols, void* out_bf16,
                          cudaStream_t stream);

@@ -33,10 +33,11 @@ __device__ float block_reduce(float v, float* shared) {
     return v;
 }
 
-__global__ void rms_norm_kernel(const float* x, const float* w, float eps, int64_t n, int64_t stride, float* out) {
+__global__ void rms_norm_kernel(const float* x, int64_t x_stride, const float* w, float eps, int64_t n, float* out,
+                                int64_t out_stride) {
     __shared__ float shared[32];
-    const float* xr = x + blockIdx.x * stride;
-    float* o = out + blockIdx.x * stride;
+    const float* xr = x + blockIdx.x * x_stride;
+    float* o = out + blockIdx.x * out_stride;
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_reduce<false>(ss, shared);
@@ -68,6 +69,28 @@ __global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, f
     if (i >= n) return;
     const float g = gate[i];
     out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+__global__ void gather_kernel(const float* rows, const int32_t* index, int64_t width, float* out) {
+    const float* src = rows + int64_t(index[blockIdx.x]) * width;
+    float* dst = out + int64_t(blockIdx.x) * width;
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = src[i];
+}
+
+__global__ void combine_kernel(const float* expert_out, const int32_t* token_slots, const float* slot_weight,
+                               int per_token, int64_t width, float* out) {
+    const int32_t* slots = token_slots + int64_t(blockIdx.x) * per_token;
+    float* o = out + int64_t(blockIdx.x) * width;
+    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < per_token; ++j) acc += slot_weight[slots[j]] * expert_out[int64_t(slots[j]) * width + c];
+        o[c] = acc;
+    }
 }
 
 __global__ void softmax_kernel(float* x, int64_t n, int64_t stride) {
@@ -168,10 +191,30 @@ unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) 
 
 }  // namespace
 
-void rms_norm(const float* x, const float* w, float eps, int64_t n_rows, int64_t n, int64_t stride, float* out,
-              cudaStream_t stream) {
+void rms_norm(const float* x, int64_t x_stride, const float* w, float eps, int64_t n_rows, int64_t n, float* out,
+              int64_t out_stride, cudaStream_t stream) {
     if (n_rows == 0) return;
-    rms_norm_kernel<<<unsigned(n_rows), kRowThreads, 0, stream>>>(x, w, eps, n, stride, out);
+    rms_norm_kernel<<<unsigned(n_rows), kRowThreads, 0, stream>>>(x, x_stride, w, eps, n, out, out_stride);
+    SLUICE_CUDA_CHECK(cudaGetLastError());
+}
+
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(x, y, n);
+    SLUICE_CUDA_CHECK(cudaGetLastError());
+}
+
+void gather_rows(const float* rows, const int32_t* index, int64_t n_rows, int64_t width, float* out,
+                 cudaStream_t stream) {
+    if (n_rows == 0) return;
+    gather_kernel<<<unsigned(n_rows), 256, 0, stream>>>(rows, index, width, out);
+    SLUICE_CUDA_CHECK(cudaGetLastError());
+}
+
+void combine_slots(const float* expert_out, const int32_t* token_slots, const float* slot_weight, int64_t n_tokens,
+                   int per_token, int64_t width, float* out, cudaStream_t stream) {
+    if (n_tokens == 0) return;
+    combine_kernel<<<unsigned(n_tokens), 256, 0, stream>>>(expert_out, token_slots, slot_weight, per_token, width, out);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -11,10 +11,22 @@
 
 namespace sluice::cuda {
 
-// out[t][i] = w[i] * x[t][i] / sqrt(mean(x[t]^2) + eps) for n_rows rows of n (row stride `stride`
-// for both x and out). out may alias x.
-void rms_norm(const float* x, const float* w, float eps, int64_t n_rows, int64_t n, int64_t stride, float* out,
-              cudaStream_t stream);
+// out[t][i] = w[i] * x[t][i] / sqrt(mean(x[t]^2) + eps) for n_rows rows of n (row strides
+// x_stride and out_stride). out may alias x.
+void rms_norm(const float* x, int64_t x_stride, const float* w, float eps, int64_t n_rows, int64_t n, float* out,
+              int64_t out_stride, cudaStream_t stream);
+
+// x[i] += y[i] for i < n.
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t stream);
+
+// out[r] = rows[index[r]] for r < n_rows (rows of `width` floats, packed).
+void gather_rows(const float* rows, const int32_t* index, int64_t n_rows, int64_t width, float* out,
+                 cudaStream_t stream);
+
+// The MoE combine in a fixed order: out[t] = sum_{j < per_token} weight[slot] * expert_out[slot],
+// slot = token_slots[t * per_token + j], summed in j order (ascending slots: the CPU's order).
+void combine_slots(const float* expert_out, const int32_t* token_slots, const float* slot_weight, int64_t n_tokens,
+                   int per_token, int64_t width, float* out, cudaStream_t stream);
 
 // Rotates adjacent pairs of the first `dim` floats of each of n_heads vectors per token:
 // vector (t, h) starts at x + t * token_stride + h * head_stride; token t is at positions[t]

@@ -312,7 +312,7 @@ TEST_CASE("rms_norm, silu_mul and softmax match the CPU ops row by row") {
     auto dx = upload(x);
     auto dw = upload(w);
     cuda::DeviceBuffer dout(x.size() * 4);
-    cuda::rms_norm(dx.as<float>(), dw.as<float>(), 1e-6f, rows, n, stride, dout.as<float>(), nullptr);
+    cuda::rms_norm(dx.as<float>(), stride, dw.as<float>(), 1e-6f, rows, n, dout.as<float>(), stride, nullptr);
     auto got = download<float>(dout, x.size());
     for (int64_t r = 0; r < rows; ++r) {
         std::vector<float> want(static_cast<size_t>(n));
