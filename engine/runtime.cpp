@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "core/error.hpp"
-#include "engine/pread_segment_io.hpp"
+#include "engine/reader_segment_io.hpp"
 
 namespace sluice {
 
@@ -55,8 +55,16 @@ void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
     c.add_option("--prefetch", o.prefetch_layers, "Dense segments read ahead of compute")->capture_default_str();
     c.add_option("--expert-buffers", o.expert_buffers, "Expert staging/cache buffers (0: from the budget)");
     c.add_flag("!--no-speculate", o.speculate, "Do not prefetch experts predicted from the previous layer");
-    c.add_option("--io", o.io_backend, "Weight reader: auto, uring or pread")->capture_default_str();
-    c.add_option("--io-threads", o.io_threads, "Reader threads of the pread backend")->capture_default_str();
+    c.add_option("--io", o.io_backend, "Weight reader: auto (io_uring, else pread), uring or pread")
+        ->capture_default_str();
+    c.add_option("--qd", o.io_queue_depth, "Reads in flight")->capture_default_str();
+    c.add_option_function<std::string>(
+         "--bs", [&o](const std::string& s) { o.io_request_bytes = size_t(parse_byte_size(s)); },
+         "Largest single read (multiple of 4 KiB)")
+        ->default_str("4M");
+    c.add_option_function<std::string>(
+         "--io-rate-cap", [&o](const std::string& s) { o.io_rate_cap = double(parse_byte_size(s)); },
+         "Deliver weights no faster than this many bytes/s (what-if runs)");
 }
 
 std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options) {
@@ -89,9 +97,17 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
         rt->provider = std::make_unique<ResidentWeights>(rt->resident);
         return rt;
     }
-    if (options.io_backend != "auto" && options.io_backend != "pread" && options.io_backend != "uring")
-        fail(ErrorKind::invalid_input, "--io must be auto, uring or pread, not '{}'", options.io_backend);
-    rt->io = std::make_unique<PreadSegmentIo>(rt->model->source->files(), options.io_threads, options.io_rate_cap);
+    io::ReaderOptions reader;
+    reader.backend = io::parse_backend(options.io_backend);
+    reader.queue_depth = unsigned(std::max(options.io_queue_depth, 1));
+    reader.request_bytes = options.io_request_bytes;
+    auto base = std::make_unique<ReaderSegmentIo>(rt->model->source->files(), reader);
+    if (options.verbose) fmt::print(stderr, "io: {} reader, queue depth {}\n", base->backend_name(), reader.queue_depth);
+    rt->io = std::move(base);
+    if (options.io_rate_cap > 0) {
+        rt->io_base = std::move(rt->io);
+        rt->io = std::make_unique<RateCappedSegmentIo>(*rt->io_base, options.io_rate_cap);
+    }
 
     StreamerOptions so;
     // auto keeps the dense parts resident when the planner found room for them.

@@ -26,12 +26,13 @@ struct RuntimeOptions {
     int expert_buffers = 0;            // 0: from the plan
     bool speculate = true;
     std::string io_backend = "auto";   // auto | uring | pread
-    int io_threads = 4;
+    int io_queue_depth = 8;
+    size_t io_request_bytes = size_t(4) << 20;
     double io_rate_cap = 0;            // bytes/s, 0 = none (what-if runs and tests)
     bool verbose = true;               // print the memory plan on stderr
 };
 
-// Adds --ram --resident --prefetch --expert-buffers --no-speculate --io --io-threads to a command.
+// Adds --ram --resident --prefetch --expert-buffers --no-speculate --io --qd --bs --io-rate-cap.
 void add_runtime_options(CLI::App& command, RuntimeOptions& options);
 uint64_t parse_byte_size(const std::string& text);  // "16G", "512M", "1.5GiB", "1000000"
 uint64_t available_ram_bytes();
@@ -42,6 +43,7 @@ struct Runtime {
     ResidentMode mode = ResidentMode::all;
     ModelWeights resident;                      // mode == all
     std::unique_ptr<SegmentIo> io;              // streaming modes
+    std::unique_ptr<SegmentIo> io_base;         // the real reader under a rate cap
     std::unique_ptr<WeightProvider> provider;
     Streamer* streamer = nullptr;               // provider, when streaming
 

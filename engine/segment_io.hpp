@@ -1,6 +1,6 @@
 // What the streamer needs from io/: start reading a segment's extents into a buffer it owns,
 // learn when the bytes have landed, and where each extent's exact bytes lie in the buffer
-// (reads are rounded out to the device block for O_DIRECT). engine/io_segment_reader.cpp
+// (reads are rounded out to the device block for O_DIRECT). engine/reader_segment_io.hpp
 // adapts io/'s reader to it.
 #pragma once
 
@@ -20,6 +20,9 @@ public:
     virtual size_t buffer_bytes_for(std::span<const Extent> extents) const = 0;
     // Alignment the destination buffers must have.
     virtual size_t buffer_alignment() const = 0;
+    // The buffers later submits land in, once at start (io_uring registers them for
+    // READ_FIXED). False when the reader keeps plain reads.
+    virtual bool register_buffers(std::span<const std::span<std::byte>> /*buffers*/) { return false; }
 
     // Starts reading; `extent_data` (extents.size() entries) receives, once the ticket has
     // completed, the address of each extent's first byte inside `buffer`.

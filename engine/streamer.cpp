@@ -33,6 +33,9 @@ void split_pointers(const Segment& s, const std::vector<const std::byte*>& flat,
 }
 }  // namespace
 
+// 2 MiB (a huge page) or the reader's alignment, whichever is larger.
+size_t Streamer::buffer_alignment() const { return std::max<size_t>(io_.buffer_alignment(), size_t(2) << 20); }
+
 double StepStats::overlap_efficiency() const {
     return step_seconds > 0 ? std::max(read_seconds, compute_seconds) / step_seconds : 0;
 }
@@ -79,7 +82,7 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
         }
         dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
         for (auto& b : dense_pool_) {
-            b.memory.allocate(largest, io_.buffer_alignment());
+            b.memory.allocate(largest, buffer_alignment(), true);
             b.capacity = largest;
             allocated_bytes_ += largest;
         }
@@ -95,11 +98,16 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
         const int n = options_.expert_buffers > 0 ? options_.expert_buffers : 2 * std::max(layout_.router.top_k, 1);
         expert_pool_.resize(size_t(std::max(n, 1)));
         for (auto& b : expert_pool_) {
-            b.memory.allocate(largest_expert, io_.buffer_alignment());
+            b.memory.allocate(largest_expert, buffer_alignment(), true);
             b.capacity = largest_expert;
             allocated_bytes_ += largest_expert;
         }
     }
+    // Registered once, so io_uring can use READ_FIXED into them.
+    std::vector<std::span<std::byte>> regions;
+    for (auto* pool : {&dense_pool_, &expert_pool_})
+        for (auto& b : *pool) regions.emplace_back(b.memory.data(), b.capacity);
+    if (!regions.empty()) io_.register_buffers(regions);
     expert_buffer_.assign(size_t(n_layers), std::vector<int>(size_t(layout_.n_experts), -1));
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
     last_step_.assign(frequency_.size(), 0);

@@ -101,6 +101,7 @@ private:
     Buffer* find(std::vector<Buffer>& pool, int layer, int expert);
     Buffer* acquire_dense(int for_layer);
     Buffer* acquire_expert(int for_layer, bool for_prediction);
+    size_t buffer_alignment() const;
     double score(int layer, int expert) const;
     bool still_needed(int expert) const;
     void touch(int layer, int expert);

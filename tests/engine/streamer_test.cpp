@@ -18,7 +18,7 @@
 #include "core/thread_pool.hpp"
 #include "engine/deepseek_v3.hpp"
 #include "engine/model_loader.hpp"
-#include "engine/pread_segment_io.hpp"
+#include "engine/reader_segment_io.hpp"
 #include "engine/sampler.hpp"
 #include "engine/streamer.hpp"
 
@@ -57,6 +57,13 @@ std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights
     return out;
 }
 
+io::ReaderOptions reader_options(const char* backend) {
+    io::ReaderOptions o;
+    o.backend = io::parse_backend(backend);
+    o.queue_depth = 4;
+    return o;
+}
+
 bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
@@ -72,11 +79,13 @@ TEST_CASE("streamed with --resident none and minimal buffers equals resident, bi
         const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 5);
 
         const auto model = open_model(dir);
+        for (const char* backend : {"uring", "pread"})
         for (int expert_buffers : {1, 2, 7}) {
             for (bool speculate : {false, true}) {
+                CAPTURE(backend);
                 CAPTURE(expert_buffers);
                 CAPTURE(speculate);
-                PreadSegmentIo io(model->source->files(), 2);
+                ReaderSegmentIo io(model->source->files(), reader_options(backend));
                 StreamerOptions so;
                 so.resident = ResidentMode::none;
                 so.dense_buffers = 2;
@@ -102,7 +111,7 @@ TEST_CASE("wrong speculative predictions cost reads, never a number") {
     const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 16);
 
     const auto model = open_model(dir);
-    PreadSegmentIo io(model->source->files(), 2);
+    ReaderSegmentIo io(model->source->files(), reader_options("auto"));
     StreamerOptions so;
     so.expert_buffers = 6;
     so.force_wrong_predictions = true;
@@ -119,7 +128,7 @@ TEST_CASE("--resident dense reads only experts during steps and still matches") 
     const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 128);
 
     const auto model = open_model(dir);
-    PreadSegmentIo io(model->source->files(), 1);
+    ReaderSegmentIo io(model->source->files(), reader_options("pread"));
     StreamerOptions so;
     so.resident = ResidentMode::dense;
     so.expert_buffers = 3;
@@ -137,7 +146,8 @@ TEST_CASE("with the reader throttled, step time tracks the read time and waiting
     const std::string dir = fixture("hf_tiny_v3");
     const auto model = open_model(dir);
     const double rate = 20e6;  // bytes per second
-    PreadSegmentIo io(model->source->files(), 2, rate);
+    ReaderSegmentIo reader(model->source->files(), reader_options("auto"));
+    RateCappedSegmentIo io(reader, rate);
     StreamerOptions so;
     so.expert_buffers = 8;
     so.speculate = false;
@@ -168,7 +178,7 @@ TEST_CASE("an I/O error in the middle of a step ends the run with an error namin
     const auto model = open_model(tmp.string());
     // The file shrinks after it was planned: the last layers' bytes are gone.
     fs::resize_file(tmp / "model.safetensors", fs::file_size(tmp / "model.safetensors") / 2);
-    PreadSegmentIo io(model->source->files(), 1);
+    ReaderSegmentIo io(model->source->files(), reader_options("auto"));
     StreamerOptions so;
     so.expert_buffers = 2;
     bool threw = false;
