@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <deque>
 #include <vector>
 
 #include "core/aligned_buffer.hpp"
@@ -54,7 +55,8 @@ struct ModelWeights {
     std::vector<LayerWeights> layers;
 
     // Everything above points into these.
-    std::vector<AlignedBuffer> storage;
+    // A deque: references to earlier buffers stay valid while more are added.
+    std::deque<AlignedBuffer> storage;
     int64_t resident_bytes = 0;
 };
 
