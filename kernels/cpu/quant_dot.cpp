@@ -1,0 +1,207 @@
+#include "kernels/cpu/quant_dot.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/half.hpp"
+#include "kernels/cpu/cpu_features.hpp"
+#include "kernels/cpu/quantize_activations.hpp"
+#include "kernels/quant_blocks.hpp"
+
+namespace sluice::cpu {
+namespace {
+using quant::BlockQ4_0;
+using quant::BlockQ8_0;
+
+// Tokens that share one pass over a weight row: each weight block is unpacked once and
+// multiplied against this many activation blocks.
+constexpr int kTokenGroup = 4;
+
+// ---- scalar ---------------------------------------------------------------------------------
+inline void unpack_scalar(const BlockQ8_0& b, int8_t out[32]) {
+    for (int i = 0; i < 32; ++i) out[i] = b.qs[i];
+}
+inline void unpack_scalar(const BlockQ4_0& b, int8_t out[32]) {
+    for (int i = 0; i < 16; ++i) {
+        out[i] = int8_t((b.qs[i] & 0xF) - 8);
+        out[i + 16] = int8_t((b.qs[i] >> 4) - 8);
+    }
+}
+
+template <typename Block>
+void row_group_scalar(const Block* w, int64_t n_blocks, const ActivationBlockQ8* const* a,
+                      int n_tok, float* sums) {
+    float acc[kTokenGroup] = {};
+    int8_t wq[32];
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        unpack_scalar(w[b], wq);
+        const float dw = f16_to_f32(w[b].d);
+        for (int t = 0; t < n_tok; ++t) {
+            int32_t s = 0;
+            for (int i = 0; i < 32; ++i) s += int32_t(wq[i]) * int32_t(a[t][b].qs[i]);
+            acc[t] += float(s) * (dw * a[t][b].d);
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];
+}
+
+// ---- AVX2 / AVX-512 VNNI --------------------------------------------------------------------
+#define SLUICE_AVX2 __attribute__((target("avx2,fma")))
+#define SLUICE_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
+
+SLUICE_AVX2 inline __m256i load_weights(const BlockQ8_0& b) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+}
+SLUICE_AVX2 inline __m256i load_weights(const BlockQ4_0& b) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+    const __m256i nibbles = _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+    return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+}
+SLUICE_VNNI inline __m256i load_weights_vnni(const BlockQ8_0& b) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+}
+SLUICE_VNNI inline __m256i load_weights_vnni(const BlockQ4_0& b) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+    const __m256i nibbles = _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0F));
+    return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+}
+
+SLUICE_AVX2 inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Signed x signed via the unsigned x signed instructions: |w| * (a with w's sign).
+template <typename Block>
+SLUICE_AVX2 void row_group_avx2(const Block* w, int64_t n_blocks, const ActivationBlockQ8* const* a,
+                                int n_tok, float* sums) {
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        const __m256i wq = load_weights(w[b]);
+        const __m256i wabs = _mm256_sign_epi8(wq, wq);
+        const float dw = f16_to_f32(w[b].d);
+        for (int t = 0; t < n_tok; ++t) {
+            const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[t][b].qs));
+            const __m256i p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(aq, wq));
+            const __m256i p32 = _mm256_madd_epi16(p16, ones16);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dw * a[t][b].d), acc[t]);
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) sums[t] = hsum(acc[t]);
+}
+
+template <typename Block>
+SLUICE_VNNI void row_group_vnni(const Block* w, int64_t n_blocks, const ActivationBlockQ8* const* a,
+                                int n_tok, float* sums) {
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        const __m256i wq = load_weights_vnni(w[b]);
+        const __m256i wabs = _mm256_sign_epi8(wq, wq);
+        const float dw = f16_to_f32(w[b].d);
+        for (int t = 0; t < n_tok; ++t) {
+            const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[t][b].qs));
+            const __m256i p32 =
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, wq));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(dw * a[t][b].d), acc[t]);
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sums[t] = _mm_cvtss_f32(s);
+    }
+}
+
+using RowGroupFn = void (*)(const void*, int64_t, const ActivationBlockQ8* const*, int, float*);
+
+template <typename Block>
+RowGroupFn pick(QuantDotPath path) {
+    switch (path) {
+        case QuantDotPath::scalar:
+            return [](const void* w, int64_t n, const ActivationBlockQ8* const* a, int t, float* s) {
+                row_group_scalar(static_cast<const Block*>(w), n, a, t, s);
+            };
+        case QuantDotPath::avx2:
+            return [](const void* w, int64_t n, const ActivationBlockQ8* const* a, int t, float* s) {
+                row_group_avx2(static_cast<const Block*>(w), n, a, t, s);
+            };
+        case QuantDotPath::avx512_vnni:
+            return [](const void* w, int64_t n, const ActivationBlockQ8* const* a, int t, float* s) {
+                row_group_vnni(static_cast<const Block*>(w), n, a, t, s);
+            };
+    }
+    return nullptr;
+}
+
+// Grows only: after the first call of a given size no further allocation happens.
+thread_local std::vector<ActivationBlockQ8> t_activation_scratch;
+
+}  // namespace
+
+bool quant_dot_supports(DType type) { return type == DType::Q8_0 || type == DType::Q4_0; }
+
+bool quant_dot_path_available(QuantDotPath path) {
+    const auto& f = detect_cpu_features();
+    switch (path) {
+        case QuantDotPath::scalar: return true;
+        case QuantDotPath::avx2: return f.avx2 && f.fma;
+        case QuantDotPath::avx512_vnni: return f.avx2 && f.fma && f.avx512f && f.avx512vl && f.avx512vnni;
+    }
+    return false;
+}
+
+QuantDotPath best_quant_dot_path() {
+    if (cpu_path() == CpuPath::scalar) return QuantDotPath::scalar;
+    if (cpu_path() == CpuPath::avx512 && quant_dot_path_available(QuantDotPath::avx512_vnni))
+        return QuantDotPath::avx512_vnni;
+    return QuantDotPath::avx2;
+}
+
+void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int64_t x_stride,
+                        int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool) {
+    if (!quant_dot_supports(w.type))
+        fail(ErrorKind::unsupported, "quant_gemm: no fused kernel for {}", dtype_name(w.type));
+    if (w.cols % 32 != 0)
+        fail(ErrorKind::invalid_input, "quant_gemm: {} columns not a multiple of 32", w.cols);
+    if (!quant_dot_path_available(path))
+        fail(ErrorKind::unsupported, "quant_gemm: requested kernel path not available on this CPU");
+    const int64_t n_blocks = w.cols / 32;
+    auto& scratch = t_activation_scratch;
+    if (scratch.size() < size_t(n_blocks * n_tokens)) scratch.resize(size_t(n_blocks * n_tokens));
+    for (int64_t t = 0; t < n_tokens; ++t)
+        quantize_activations_q8(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
+    const ActivationBlockQ8* acts = scratch.data();
+    const RowGroupFn fn = w.type == DType::Q8_0 ? pick<BlockQ8_0>(path) : pick<BlockQ4_0>(path);
+    const int64_t row_bytes = w.bytes_per_row();
+    const auto* base = static_cast<const uint8_t*>(w.data);
+    pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
+        const ActivationBlockQ8* a[kTokenGroup];
+        float sums[kTokenGroup];
+        for (int64_t r = r0; r < r1; ++r) {
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokenGroup) {
+                const int n_tok = int(std::min<int64_t>(kTokenGroup, n_tokens - t0));
+                for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * n_blocks;
+                fn(base + r * row_bytes, n_blocks, a, n_tok, sums);
+                for (int t = 0; t < n_tok; ++t) y[(t0 + t) * y_stride + r] = sums[t];
+            }
+        }
+    }, 16);
+}
+
+void quant_gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y,
+                int64_t y_stride, ThreadPool& pool) {
+    quant_gemm_on_path(best_quant_dot_path(), w, x, x_stride, n_tokens, y, y_stride, pool);
+}
+
+}  // namespace sluice::cpu
