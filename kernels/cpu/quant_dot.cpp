@@ -48,6 +48,30 @@ void row_group_scalar(const Block* w, int64_t n_blocks, const ActivationBlockQ8*
     for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];
 }
 
+// Q4_K: 8 sub-blocks of 32 per super-block, each w = d*sc*q - dmin*m with q in [0, 15]; the
+// activations' 32-blocks line up with the sub-blocks, so the min term is dmin*m*da*sum(a).
+void row_group_q4_k_scalar(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+                           int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ4_K*>(wv);
+    float acc[kTokenGroup] = {};
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d), dmin = f16_to_f32(w[sb].dmin);
+        for (int j = 0; j < 8; ++j) {
+            uint8_t sc, m;
+            quant::k4_scale_min(j, w[sb].scales, sc, m);
+            const uint8_t* q = w[sb].qs + 32 * (j / 2);
+            const int shift = 4 * (j % 2);
+            for (int t = 0; t < n_tok; ++t) {
+                const ActivationBlockQ8& ab = a[t][sb * 8 + j];
+                int32_t s = 0;
+                for (int i = 0; i < 32; ++i) s += int32_t((q[i] >> shift) & 0xF) * ab.qs[i];
+                acc[t] += (d * float(sc)) * ab.d * float(s) - (dmin * float(m)) * ab.d * float(ab.sum);
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];
+}
+
 // ---- AVX2 / AVX-512 VNNI --------------------------------------------------------------------
 #define SLUICE_AVX2 __attribute__((target("avx2,fma")))
 #define SLUICE_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
@@ -123,6 +147,89 @@ SLUICE_VNNI void row_group_vnni(const Block* w, int64_t n_blocks, const Activati
     }
 }
 
+// unsigned x signed byte dots summed per 4 into int32: maddubs+madd on AVX2, vpdpbusd on VNNI.
+SLUICE_AVX2 inline __m256i dot_u8_s8_avx2(__m256i u, __m256i s8) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s8), _mm256_set1_epi16(1));
+}
+SLUICE_VNNI inline __m256i dot_u8_s8_vnni(__m256i u, __m256i s8) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s8);
+}
+
+// The same Q4_K body compiled for each target (a shared template cannot carry both targets).
+SLUICE_AVX2 void row_group_q4_k_avx2(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+        int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ4_K*>(wv);
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    float min_acc[kTokenGroup] = {};
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d), dmin = f16_to_f32(w[sb].dmin);
+        uint8_t sc[8], m[8];
+        for (int j = 0; j < 8; ++j) quant::k4_scale_min(j, w[sb].scales, sc[j], m[j]);
+        for (int pair = 0; pair < 4; ++pair) {
+            const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qs + 32 * pair));
+            const __m256i q_lo = _mm256_and_si256(packed, low4);
+            const __m256i q_hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+            const int j0 = 2 * pair, j1 = 2 * pair + 1;
+            const float s0 = d * float(sc[j0]), s1 = d * float(sc[j1]);
+            const float m0 = dmin * float(m[j0]), m1 = dmin * float(m[j1]);
+            for (int t = 0; t < n_tok; ++t) {
+                const ActivationBlockQ8& a0 = a[t][sb * 8 + j0];
+                const ActivationBlockQ8& a1 = a[t][sb * 8 + j1];
+                const __m256i p0 = dot_u8_s8_avx2(q_lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0.qs)));
+                const __m256i p1 = dot_u8_s8_avx2(q_hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1.qs)));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0 * a0.d), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s1 * a1.d), acc[t]);
+                min_acc[t] += m0 * a0.d * float(a0.sum) + m1 * a1.d * float(a1.sum);
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sums[t] = _mm_cvtss_f32(s) - min_acc[t];
+    }
+}
+
+SLUICE_VNNI void row_group_q4_k_vnni(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+        int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ4_K*>(wv);
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    float min_acc[kTokenGroup] = {};
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d), dmin = f16_to_f32(w[sb].dmin);
+        uint8_t sc[8], m[8];
+        for (int j = 0; j < 8; ++j) quant::k4_scale_min(j, w[sb].scales, sc[j], m[j]);
+        for (int pair = 0; pair < 4; ++pair) {
+            const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qs + 32 * pair));
+            const __m256i q_lo = _mm256_and_si256(packed, low4);
+            const __m256i q_hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+            const int j0 = 2 * pair, j1 = 2 * pair + 1;
+            const float s0 = d * float(sc[j0]), s1 = d * float(sc[j1]);
+            const float m0 = dmin * float(m[j0]), m1 = dmin * float(m[j1]);
+            for (int t = 0; t < n_tok; ++t) {
+                const ActivationBlockQ8& a0 = a[t][sb * 8 + j0];
+                const ActivationBlockQ8& a1 = a[t][sb * 8 + j1];
+                const __m256i p0 = dot_u8_s8_vnni(q_lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0.qs)));
+                const __m256i p1 = dot_u8_s8_vnni(q_hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1.qs)));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0 * a0.d), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s1 * a1.d), acc[t]);
+                min_acc[t] += m0 * a0.d * float(a0.sum) + m1 * a1.d * float(a1.sum);
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sums[t] = _mm_cvtss_f32(s) - min_acc[t];
+    }
+}
+
 using RowGroupFn = void (*)(const void*, int64_t, const ActivationBlockQ8* const*, int, float*);
 
 template <typename Block>
@@ -147,9 +254,20 @@ RowGroupFn pick(QuantDotPath path) {
 // Grows only: after the first call of a given size no further allocation happens.
 thread_local std::vector<ActivationBlockQ8> t_activation_scratch;
 
+RowGroupFn pick_q4_k(QuantDotPath path) {
+    switch (path) {
+        case QuantDotPath::scalar: return row_group_q4_k_scalar;
+        case QuantDotPath::avx2: return row_group_q4_k_avx2;
+        case QuantDotPath::avx512_vnni: return row_group_q4_k_vnni;
+    }
+    return nullptr;
+}
+
 }  // namespace
 
-bool quant_dot_supports(DType type) { return type == DType::Q8_0 || type == DType::Q4_0; }
+bool quant_dot_supports(DType type) {
+    return type == DType::Q8_0 || type == DType::Q4_0 || type == DType::Q4_K;
+}
 
 bool quant_dot_path_available(QuantDotPath path) {
     const auto& f = detect_cpu_features();
@@ -172,8 +290,9 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                         int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool) {
     if (!quant_dot_supports(w.type))
         fail(ErrorKind::unsupported, "quant_gemm: no fused kernel for {}", dtype_name(w.type));
-    if (w.cols % 32 != 0)
-        fail(ErrorKind::invalid_input, "quant_gemm: {} columns not a multiple of 32", w.cols);
+    if (!row_fits_blocks(w.type, w.cols))
+        fail(ErrorKind::invalid_input, "quant_gemm: {} columns are not whole {} blocks", w.cols,
+             dtype_name(w.type));
     if (!quant_dot_path_available(path))
         fail(ErrorKind::unsupported, "quant_gemm: requested kernel path not available on this CPU");
     const int64_t n_blocks = w.cols / 32;
@@ -182,7 +301,9 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     for (int64_t t = 0; t < n_tokens; ++t)
         quantize_activations_q8(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
     const ActivationBlockQ8* acts = scratch.data();
-    const RowGroupFn fn = w.type == DType::Q8_0 ? pick<BlockQ8_0>(path) : pick<BlockQ4_0>(path);
+    const RowGroupFn fn = w.type == DType::Q8_0   ? pick<BlockQ8_0>(path)
+                          : w.type == DType::Q4_0 ? pick<BlockQ4_0>(path)
+                                                  : pick_q4_k(path);
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {

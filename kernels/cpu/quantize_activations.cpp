@@ -11,7 +11,12 @@ void quantize_activations_q8(const float* x, ActivationBlockQ8* out, int64_t n) 
         const float d = amax / 127.0f;
         const float inv = d != 0.0f ? 1.0f / d : 0.0f;
         out[b].d = d;
-        for (int i = 0; i < 32; ++i) out[b].qs[i] = int8_t(std::lround(x[i] * inv));
+        int32_t sum = 0;
+        for (int i = 0; i < 32; ++i) {
+            out[b].qs[i] = int8_t(std::lround(x[i] * inv));
+            sum += out[b].qs[i];
+        }
+        out[b].sum = sum;
     }
 }
 
