@@ -8,7 +8,11 @@
 #include "kernels/quant_blocks.hpp"
 
 // Fused multiply-add would change the rounding of d*q - m versus the reference.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace sluice {
 namespace {
