@@ -72,6 +72,29 @@ void row_group_q4_k_scalar(const void* wv, int64_t n_sub, const ActivationBlockQ
     for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];
 }
 
+// Q5_K: as Q4_K with a fifth bit per weight, bit j of qh[i] for sub-block j.
+void row_group_q5_k_scalar(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+                           int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ5_K*>(wv);
+    float acc[kTokenGroup] = {};
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d), dmin = f16_to_f32(w[sb].dmin);
+        for (int j = 0; j < 8; ++j) {
+            uint8_t sc, m;
+            quant::k4_scale_min(j, w[sb].scales, sc, m);
+            const uint8_t* q = w[sb].qs + 32 * (j / 2);
+            const int shift = 4 * (j % 2);
+            for (int t = 0; t < n_tok; ++t) {
+                const ActivationBlockQ8& ab = a[t][sb * 8 + j];
+                int32_t s = 0;
+                for (int i = 0; i < 32; ++i) s += int32_t(((q[i] >> shift) & 0xF) | (((w[sb].qh[i] >> j) & 1) << 4)) * ab.qs[i];
+                acc[t] += (d * float(sc)) * ab.d * float(s) - (dmin * float(m)) * ab.d * float(ab.sum);
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];
+}
+
 // ---- AVX2 / AVX-512 VNNI --------------------------------------------------------------------
 #define SLUICE_AVX2 __attribute__((target("avx2,fma")))
 #define SLUICE_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
@@ -193,6 +216,47 @@ SLUICE_AVX2 void row_group_q4_k_avx2(const void* wv, int64_t n_sub, const Activa
     }
 }
 
+SLUICE_AVX2 void row_group_q5_k_avx2(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+        int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ5_K*>(wv);
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    float min_acc[kTokenGroup] = {};
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i one = _mm256_set1_epi8(1);
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d), dmin = f16_to_f32(w[sb].dmin);
+        uint8_t sc[8], m[8];
+        for (int j = 0; j < 8; ++j) quant::k4_scale_min(j, w[sb].scales, sc[j], m[j]);
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qh));
+        for (int pair = 0; pair < 4; ++pair) {
+            const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qs + 32 * pair));
+            const __m256i q_lo = _mm256_or_si256(_mm256_and_si256(packed, low4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair), one), 4));
+            const __m256i q_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), low4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair + 1), one), 4));
+            const int j0 = 2 * pair, j1 = 2 * pair + 1;
+            const float s0 = d * float(sc[j0]), s1 = d * float(sc[j1]);
+            const float m0 = dmin * float(m[j0]), m1 = dmin * float(m[j1]);
+            for (int t = 0; t < n_tok; ++t) {
+                const ActivationBlockQ8& a0 = a[t][sb * 8 + j0];
+                const ActivationBlockQ8& a1 = a[t][sb * 8 + j1];
+                const __m256i p0 = dot_u8_s8_avx2(q_lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0.qs)));
+                const __m256i p1 = dot_u8_s8_avx2(q_hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1.qs)));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0 * a0.d), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s1 * a1.d), acc[t]);
+                min_acc[t] += m0 * a0.d * float(a0.sum) + m1 * a1.d * float(a1.sum);
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sums[t] = _mm_cvtss_f32(s) - min_acc[t];
+    }
+}
+
 SLUICE_VNNI void row_group_q4_k_vnni(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
         int n_tok, float* sums) {
     const auto* w = static_cast<const quant::BlockQ4_K*>(wv);
@@ -208,6 +272,47 @@ SLUICE_VNNI void row_group_q4_k_vnni(const void* wv, int64_t n_sub, const Activa
             const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qs + 32 * pair));
             const __m256i q_lo = _mm256_and_si256(packed, low4);
             const __m256i q_hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+            const int j0 = 2 * pair, j1 = 2 * pair + 1;
+            const float s0 = d * float(sc[j0]), s1 = d * float(sc[j1]);
+            const float m0 = dmin * float(m[j0]), m1 = dmin * float(m[j1]);
+            for (int t = 0; t < n_tok; ++t) {
+                const ActivationBlockQ8& a0 = a[t][sb * 8 + j0];
+                const ActivationBlockQ8& a1 = a[t][sb * 8 + j1];
+                const __m256i p0 = dot_u8_s8_vnni(q_lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0.qs)));
+                const __m256i p1 = dot_u8_s8_vnni(q_hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1.qs)));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0 * a0.d), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s1 * a1.d), acc[t]);
+                min_acc[t] += m0 * a0.d * float(a0.sum) + m1 * a1.d * float(a1.sum);
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sums[t] = _mm_cvtss_f32(s) - min_acc[t];
+    }
+}
+
+SLUICE_VNNI void row_group_q5_k_vnni(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+        int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ5_K*>(wv);
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    float min_acc[kTokenGroup] = {};
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i one = _mm256_set1_epi8(1);
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d), dmin = f16_to_f32(w[sb].dmin);
+        uint8_t sc[8], m[8];
+        for (int j = 0; j < 8; ++j) quant::k4_scale_min(j, w[sb].scales, sc[j], m[j]);
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qh));
+        for (int pair = 0; pair < 4; ++pair) {
+            const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qs + 32 * pair));
+            const __m256i q_lo = _mm256_or_si256(_mm256_and_si256(packed, low4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair), one), 4));
+            const __m256i q_hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), low4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * pair + 1), one), 4));
             const int j0 = 2 * pair, j1 = 2 * pair + 1;
             const float s0 = d * float(sc[j0]), s1 = d * float(sc[j1]);
             const float m0 = dmin * float(m[j0]), m1 = dmin * float(m[j1]);
@@ -263,10 +368,19 @@ RowGroupFn pick_q4_k(QuantDotPath path) {
     return nullptr;
 }
 
+RowGroupFn pick_q5_k(QuantDotPath path) {
+    switch (path) {
+        case QuantDotPath::scalar: return row_group_q5_k_scalar;
+        case QuantDotPath::avx2: return row_group_q5_k_avx2;
+        case QuantDotPath::avx512_vnni: return row_group_q5_k_vnni;
+    }
+    return nullptr;
+}
+
 }  // namespace
 
 bool quant_dot_supports(DType type) {
-    return type == DType::Q8_0 || type == DType::Q4_0 || type == DType::Q4_K;
+    return type == DType::Q8_0 || type == DType::Q4_0 || type == DType::Q4_K || type == DType::Q5_K;
 }
 
 bool quant_dot_path_available(QuantDotPath path) {
@@ -303,7 +417,8 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const ActivationBlockQ8* acts = scratch.data();
     const RowGroupFn fn = w.type == DType::Q8_0   ? pick<BlockQ8_0>(path)
                           : w.type == DType::Q4_0 ? pick<BlockQ4_0>(path)
-                                                  : pick_q4_k(path);
+                          : w.type == DType::Q4_K ? pick_q4_k(path)
+                                                  : pick_q5_k(path);
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {

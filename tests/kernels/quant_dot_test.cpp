@@ -26,10 +26,10 @@ std::vector<uint8_t> random_blocks(DType type, int64_t rows, int64_t cols, std::
     std::uniform_int_distribution<int> byte(0, 255);
     std::uniform_real_distribution<float> scale(0.001f, 0.05f);
     for (auto& v : bytes) v = uint8_t(byte(rng));
-    for (int64_t b = 0; b < n_blocks; ++b) {  // the f16 scale sits at offset 0 in Q8_0 / Q4_0 / Q4_K
+    for (int64_t b = 0; b < n_blocks; ++b) {  // the f16 scale sits at offset 0 in Q8_0 / Q4_0 / Q4_K / Q5_K
         const uint16_t d = f32_to_f16(rng() % 2 ? scale(rng) : -scale(rng));
         std::memcpy(bytes.data() + b * tr.block_bytes, &d, 2);
-        if (type == DType::Q4_K) {  // and Q4_K's dmin follows it
+        if (type == DType::Q4_K || type == DType::Q5_K) {  // and their dmin follows it
             const uint16_t dmin = f32_to_f16(scale(rng));
             std::memcpy(bytes.data() + b * tr.block_bytes + 2, &dmin, 2);
         }
@@ -45,7 +45,7 @@ TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activatio
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const cpu::QuantDotPath paths[] = {cpu::QuantDotPath::scalar, cpu::QuantDotPath::avx2,
                                        cpu::QuantDotPath::avx512_vnni};
-    for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
+    for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K}) {
         const int64_t unit = block_type(type).block_elems;
         for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1, unit}, {37, 3 * unit}, {129, 17 * unit}}) {
             const auto w_bytes = random_blocks(type, rows, cols, rng);
