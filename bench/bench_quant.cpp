@@ -38,7 +38,7 @@ int main() {
                 "dequant GB/s", "read GB/s", "fused/read");
     for (int threads : {1, 2}) {
         ThreadPool pool(threads);
-        for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K}) {
+        for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
             for (const auto& [rows, cols] : shapes) {
                 const auto& tr = block_type(type);
                 const int64_t n_blocks = rows * cols / tr.block_elems;
@@ -47,7 +47,7 @@ int main() {
                 for (auto& b : bytes) b = uint8_t(rng());
                 for (int64_t b = 0; b < n_blocks; ++b) {
                     const uint16_t d = f32_to_f16(0.01f);
-                    std::memcpy(bytes.data() + b * tr.block_bytes, &d, 2);
+                    std::memcpy(bytes.data() + b * tr.block_bytes + (type == DType::Q6_K ? 208 : 0), &d, 2);
                     if (type == DType::Q4_K || type == DType::Q5_K) std::memcpy(bytes.data() + b * tr.block_bytes + 2, &d, 2);
                 }
                 Matrix w;

@@ -95,6 +95,38 @@ void row_group_q5_k_scalar(const void* wv, int64_t n_sub, const ActivationBlockQ
     for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];
 }
 
+// Q6_K: 16 signed 6-bit sub-blocks of 16 (q - 32) with int8 scales; each 32-element activation
+// block covers two of them. Chunk c of half h holds ql nibbles and a 2-bit slice of qh.
+void row_group_q6_k_scalar(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+                           int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ6_K*>(wv);
+    float acc[kTokenGroup] = {};
+    int8_t q[32];
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* ql = w[sb].ql + 64 * h;
+            const uint8_t* qh = w[sb].qh + 32 * h;
+            for (int c = 0; c < 4; ++c) {
+                for (int l = 0; l < 32; ++l) {
+                    const int nib = (c < 2 ? ql[l + 32 * c] & 0xF : ql[l + 32 * (c - 2)] >> 4);
+                    q[l] = int8_t((nib | (((qh[l] >> (2 * c)) & 3) << 4)) - 32);
+                }
+                const float s0 = d * float(w[sb].scales[8 * h + 2 * c]);
+                const float s1 = d * float(w[sb].scales[8 * h + 2 * c + 1]);
+                for (int t = 0; t < n_tok; ++t) {
+                    const ActivationBlockQ8& ab = a[t][sb * 8 + 4 * h + c];
+                    int32_t p0 = 0, p1 = 0;
+                    for (int l = 0; l < 16; ++l) p0 += int32_t(q[l]) * ab.qs[l];
+                    for (int l = 16; l < 32; ++l) p1 += int32_t(q[l]) * ab.qs[l];
+                    acc[t] += (s0 * ab.d) * float(p0) + (s1 * ab.d) * float(p1);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];
+}
+
 // ---- AVX2 / AVX-512 VNNI --------------------------------------------------------------------
 #define SLUICE_AVX2 __attribute__((target("avx2,fma")))
 #define SLUICE_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
@@ -335,6 +367,86 @@ SLUICE_VNNI void row_group_q5_k_vnni(const void* wv, int64_t n_sub, const Activa
     }
 }
 
+SLUICE_AVX2 void row_group_q6_k_avx2(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+        int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ6_K*>(wv);
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(3), bias = _mm256_set1_epi8(32);
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qh + 32 * h));
+            for (int c = 0; c < 4; ++c) {
+                const __m256i src = c % 2 == 0 ? ql0 : ql1;
+                const __m256i nib = c < 2 ? _mm256_and_si256(src, low4)
+                                          : _mm256_and_si256(_mm256_srli_epi16(src, 4), low4);
+                const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), low2), 4);
+                const __m256i wq = _mm256_sub_epi8(_mm256_or_si256(nib, high), bias);
+                const __m256i wabs = _mm256_sign_epi8(wq, wq);
+                const float s0 = d * float(w[sb].scales[8 * h + 2 * c]);
+                const float s1 = d * float(w[sb].scales[8 * h + 2 * c + 1]);
+                for (int t = 0; t < n_tok; ++t) {
+                    const ActivationBlockQ8& ab = a[t][sb * 8 + 4 * h + c];
+                    const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
+                    const __m256i p32 = dot_u8_s8_avx2(wabs, _mm256_sign_epi8(aq, wq));
+                    // int32 lanes 0-3 hold elements 0-15 (scale s0), lanes 4-7 elements 16-31 (s1)
+                    const __m256 scale = _mm256_set_m128(_mm_set1_ps(s1 * ab.d), _mm_set1_ps(s0 * ab.d));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc[t]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sums[t] = _mm_cvtss_f32(s);
+    }
+}
+
+SLUICE_VNNI void row_group_q6_k_vnni(const void* wv, int64_t n_sub, const ActivationBlockQ8* const* a,
+        int n_tok, float* sums) {
+    const auto* w = static_cast<const quant::BlockQ6_K*>(wv);
+    __m256 acc[kTokenGroup] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                               _mm256_setzero_ps()};
+    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(3), bias = _mm256_set1_epi8(32);
+    for (int64_t sb = 0; sb < n_sub / 8; ++sb) {
+        const float d = f16_to_f32(w[sb].d);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].ql + 64 * h));
+            const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[sb].qh + 32 * h));
+            for (int c = 0; c < 4; ++c) {
+                const __m256i src = c % 2 == 0 ? ql0 : ql1;
+                const __m256i nib = c < 2 ? _mm256_and_si256(src, low4)
+                                          : _mm256_and_si256(_mm256_srli_epi16(src, 4), low4);
+                const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), low2), 4);
+                const __m256i wq = _mm256_sub_epi8(_mm256_or_si256(nib, high), bias);
+                const __m256i wabs = _mm256_sign_epi8(wq, wq);
+                const float s0 = d * float(w[sb].scales[8 * h + 2 * c]);
+                const float s1 = d * float(w[sb].scales[8 * h + 2 * c + 1]);
+                for (int t = 0; t < n_tok; ++t) {
+                    const ActivationBlockQ8& ab = a[t][sb * 8 + 4 * h + c];
+                    const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
+                    const __m256i p32 = dot_u8_s8_vnni(wabs, _mm256_sign_epi8(aq, wq));
+                    // int32 lanes 0-3 hold elements 0-15 (scale s0), lanes 4-7 elements 16-31 (s1)
+                    const __m256 scale = _mm256_set_m128(_mm_set1_ps(s1 * ab.d), _mm_set1_ps(s0 * ab.d));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), scale, acc[t]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < n_tok; ++t) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        sums[t] = _mm_cvtss_f32(s);
+    }
+}
+
 using RowGroupFn = void (*)(const void*, int64_t, const ActivationBlockQ8* const*, int, float*);
 
 template <typename Block>
@@ -368,6 +480,15 @@ RowGroupFn pick_q4_k(QuantDotPath path) {
     return nullptr;
 }
 
+RowGroupFn pick_q6_k(QuantDotPath path) {
+    switch (path) {
+        case QuantDotPath::scalar: return row_group_q6_k_scalar;
+        case QuantDotPath::avx2: return row_group_q6_k_avx2;
+        case QuantDotPath::avx512_vnni: return row_group_q6_k_vnni;
+    }
+    return nullptr;
+}
+
 RowGroupFn pick_q5_k(QuantDotPath path) {
     switch (path) {
         case QuantDotPath::scalar: return row_group_q5_k_scalar;
@@ -380,7 +501,8 @@ RowGroupFn pick_q5_k(QuantDotPath path) {
 }  // namespace
 
 bool quant_dot_supports(DType type) {
-    return type == DType::Q8_0 || type == DType::Q4_0 || type == DType::Q4_K || type == DType::Q5_K;
+    return type == DType::Q8_0 || type == DType::Q4_0 || type == DType::Q4_K || type == DType::Q5_K ||
+           type == DType::Q6_K;
 }
 
 bool quant_dot_path_available(QuantDotPath path) {
@@ -418,7 +540,8 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const RowGroupFn fn = w.type == DType::Q8_0   ? pick<BlockQ8_0>(path)
                           : w.type == DType::Q4_0 ? pick<BlockQ4_0>(path)
                           : w.type == DType::Q4_K ? pick_q4_k(path)
-                                                  : pick_q5_k(path);
+                          : w.type == DType::Q5_K ? pick_q5_k(path)
+                                                  : pick_q6_k(path);
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {

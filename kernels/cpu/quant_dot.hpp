@@ -1,5 +1,5 @@
 // Fused dots of quantised weight rows (as stored) with activations quantised once per call to
-// Q8_0-style blocks: int8 products summed in int32 per block, then scaled. Q8_0, Q4_0, Q4_K and Q5_K
+// Q8_0-style blocks: int8 products summed in int32 per block, then scaled. Q8_0, Q4_0, Q4_K, Q5_K and Q6_K
 // weights so far (K-quant sub-blocks of 32 line up with the activation blocks); paths: scalar, AVX2 (maddubs) and AVX-512 VNNI (vpdpbusd), picked at run time.
 #pragma once
 

@@ -28,7 +28,8 @@ std::vector<uint8_t> random_blocks(DType type, int64_t rows, int64_t cols, std::
     for (auto& v : bytes) v = uint8_t(byte(rng));
     for (int64_t b = 0; b < n_blocks; ++b) {  // the f16 scale sits at offset 0 in Q8_0 / Q4_0 / Q4_K / Q5_K
         const uint16_t d = f32_to_f16(rng() % 2 ? scale(rng) : -scale(rng));
-        std::memcpy(bytes.data() + b * tr.block_bytes, &d, 2);
+        // Q6_K keeps its f16 scale last (offset 208); the others first
+        std::memcpy(bytes.data() + b * tr.block_bytes + (type == DType::Q6_K ? 208 : 0), &d, 2);
         if (type == DType::Q4_K || type == DType::Q5_K) {  // and their dmin follows it
             const uint16_t dmin = f32_to_f16(scale(rng));
             std::memcpy(bytes.data() + b * tr.block_bytes + 2, &dmin, 2);
@@ -45,7 +46,7 @@ TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activatio
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const cpu::QuantDotPath paths[] = {cpu::QuantDotPath::scalar, cpu::QuantDotPath::avx2,
                                        cpu::QuantDotPath::avx512_vnni};
-    for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K}) {
+    for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
         const int64_t unit = block_type(type).block_elems;
         for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1, unit}, {37, 3 * unit}, {129, 17 * unit}}) {
             const auto w_bytes = random_blocks(type, rows, cols, rng);
@@ -95,13 +96,13 @@ TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activatio
 
 TEST_CASE("fused gemm refuses types and shapes it has no kernel for") {
     ThreadPool pool(1);
-    std::vector<uint8_t> bytes(210 * 2);
+    std::vector<uint8_t> bytes(110 * 2);
     float x[256] = {}, y[2] = {};
     Matrix w;
-    w.type = DType::Q6_K;
+    w.type = DType::Q3_K;
     w.rows = 1;
     w.cols = 256;
     w.data = bytes.data();
-    CHECK_FALSE(cpu::quant_dot_supports(DType::Q6_K));
+    CHECK_FALSE(cpu::quant_dot_supports(DType::Q3_K));
     CHECK_THROWS_AS(cpu::quant_gemm(w, x, 256, 1, y, 1, pool), Error);
 }
