@@ -41,10 +41,13 @@ write_summary() {
   local status=$1
   local device_name=""
   command -v nvidia-smi >/dev/null && device_name=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+  local bench_json=null
+  [[ -s $build/bench.json ]] && bench_json=$(cat "$build/bench.json")
   cat >"$OUT/summary.json" <<JSON
 {"status": "$status", "device": "$device_name", "gpu_arch": "$arch", "seconds": $(( $(date +%s) - start_all )),
  "commit": "$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)",
- "steps": [$steps_json]}
+ "steps": [$steps_json],
+ "bench": $bench_json}
 JSON
   log "summary: $status (summary.json)"
 }
@@ -79,12 +82,17 @@ log "nvcc $(nvcc --version | tail -1), g++ $(g++ -dumpfullversion), sm_$arch, cu
 
 # --- build ------------------------------------------------------------------------------
 common=(-I"$root" -I"$deps" -I"$cuda_home/include" -DFMT_HEADER_ONLY -DNDEBUG -DSLUICE_HAVE_CUDA=1 '-DSLUICE_VERSION="device-check"')
-cxx_flags=(-std=c++20 -O2 -pthread "${common[@]}")
+cxx_flags=(-std=c++20 -O3 -pthread "${common[@]}")
 nvcc_flags=(-std=c++20 -O3 --expt-relaxed-constexpr -gencode "arch=compute_$arch,code=sm_$arch" "${common[@]}")
-host_sources=(core/error.cpp core/thread_pool.cpp kernels/block_type.cpp kernels/dequantize.cpp kernels/cpu/*.cpp
-              kernels/cuda/cuda_error.cpp kernels/cuda/router_check.cpp tests/doctest_main.cpp
-              tests/cuda/cuda_test.cpp bench/bench_cuda.cpp)
-cuda_sources=(kernels/cuda/*.cu tests/cuda/codec_test.cu)
+# Source lists come from the meson files, so this build follows the real one.
+meson_sources() {  # meson_sources DIR EXT: the files('...') entries of DIR/meson.build with that extension
+  grep -oE "'[A-Za-z0-9_./-]+\.$2'" "$1/meson.build" | tr -d "'" | sed "s|^|$1/|"
+}
+mapfile -t host_sources < <(meson_sources core cpp; meson_sources kernels cpp; meson_sources kernels/cpu cpp;
+                            meson_sources kernels/cuda cpp | grep -v device_stub)
+host_sources+=(tests/doctest_main.cpp tests/cuda/cuda_main.cpp tests/cuda/cuda_test.cpp bench/bench_cuda.cpp)
+mapfile -t cuda_sources < <(meson_sources kernels/cuda cu)
+cuda_sources+=(tests/cuda/codec_test.cu)
 
 compile_all() {
   local f
@@ -96,12 +104,12 @@ compile_all() {
   done
 } 
 build_step() {
+  rm -f "$build"/obj/*.o
   compile_all | xargs -P "$jobs" -I{} bash -c '{} || exit 255' || return 1
   local o=$build/obj
-  local libs=("$o"/core_*.o "$o"/kernels_block_type.cpp.o "$o"/kernels_dequantize.cpp.o "$o"/kernels_cpu_*.o
-              "$o"/kernels_cuda_*.o)
+  local libs=("$o"/core_*.o "$o"/kernels_*.o)
   local link=(-L"${cublas_dir:-$cuda_home/lib64}" -lcublas -lcudart -lpthread)
-  nvcc -o "$build/cuda_test" "$o/tests_cuda_cuda_test.cpp.o" "${libs[@]}" "${link[@]}" &&
+  nvcc -o "$build/cuda_test" "$o/tests_cuda_cuda_test.cpp.o" "$o/tests_cuda_cuda_main.cpp.o" "${libs[@]}" "${link[@]}" &&
   nvcc -o "$build/cuda_codec_test" "$o/tests_cuda_codec_test.cu.o" "$o/tests_doctest_main.cpp.o" "${libs[@]}" "${link[@]}" &&
   nvcc -o "$build/bench_cuda" "$o/bench_bench_cuda.cpp.o" "${libs[@]}" "${link[@]}"
 }
@@ -124,6 +132,17 @@ elif [[ $rc -ne 0 ]]; then
 fi
 tail -5 "$OUT/cuda_test.log"
 
+# The whole-forward check (engine + formats need fmt, json, liburing... that the GPU machine
+# lacks): a binary built here for sm_90 by scripts/prepare-device-deps.sh, carried with libfmt.
+forward_bin=$root/.device-deps/bin/cuda_forward_test
+if [[ $status != skipped-no-device && -x $forward_bin ]]; then
+  export LD_LIBRARY_PATH="$root/.device-deps/lib:$cuda_home/lib64:${cublas_dir:+$cublas_dir:}${LD_LIBRARY_PATH:-}"
+  step forward_test forward_test.log timeout 300 "$forward_bin" --duration=true || status=failed
+  tail -5 "$OUT/forward_test.log"
+elif [[ $status != skipped-no-device ]]; then
+  log "forward_test: no carried .device-deps/bin/cuda_forward_test (SLUICE_CARRY_BUILD=... scripts/prepare-device-deps.sh)"
+fi
+
 if [[ $status != skipped-no-device ]]; then
   if [[ -z ${SKIP_SANITIZER:-} ]] && command -v compute-sanitizer >/dev/null; then
     # memcheck: out-of-bounds and misaligned device accesses in every kernel the tests launch.
@@ -136,7 +155,7 @@ if [[ $status != skipped-no-device ]]; then
   else
     log "compute-sanitizer not run"
   fi
-  step bench bench.log timeout 240 "$build/bench_cuda" --json "$OUT/bench.json" ${BENCH_ARGS:-} || status=failed
+  step bench bench.log timeout 240 "$build/bench_cuda" --json "$build/bench.json" ${BENCH_ARGS:-} || status=failed
   cat "$OUT/bench.log"
 fi
 write_summary "$status"

@@ -18,4 +18,15 @@ for lib in fmt doctest nlohmann CLI; do
 done
 # fmt header-only needs its implementation headers (format-inl.h, os.cc is not needed).
 [[ -f $dest/fmt/format-inl.h ]] || { echo "prepare-device-deps: fmt/format-inl.h missing" >&2; exit 1; }
+# Optional: the CUDA forward test, built here (the engine needs libraries the GPU machine lacks)
+# for sm_90, with the shared libraries it needs beyond glibc/libstdc++ and CUDA's own.
+#   SLUICE_CARRY_BUILD=build-cuda bash scripts/prepare-device-deps.sh
+if [[ -n ${SLUICE_CARRY_BUILD:-} ]]; then
+  bin=$SLUICE_CARRY_BUILD/tests/cuda/cuda_forward_test
+  [[ -x $bin ]] || { echo "prepare-device-deps: $bin not built (ninja -C $SLUICE_CARRY_BUILD tests/cuda/cuda_forward_test)" >&2; exit 1; }
+  mkdir -p .device-deps/bin .device-deps/lib
+  cp "$bin" .device-deps/bin/
+  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'lib(fmt|uring|pcre2|CLI)' | while read -r lib; do cp -L "$lib" .device-deps/lib/; done
+  ls .device-deps/bin .device-deps/lib
+fi
 du -sh .device-deps
