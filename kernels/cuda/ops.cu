@@ -121,6 +121,10 @@ __global__ void route_kernel(const float* logits, const float* bias, RouterArgs 
     __shared__ float affinity[kMaxExperts];
     __shared__ float selection[kMaxExperts];
     __shared__ float reduce[32];
+    // Group state in shared memory, not thread 0's local arrays: local memory is reserved for
+    // every resident thread of the device, 5 KiB each here would pin over a GiB.
+    __shared__ float group_score[kMaxExperts];
+    __shared__ bool kept[kMaxExperts];
     const int n = cfg.n_experts;
     const float* l = logits + int64_t(blockIdx.x) * n;
     if (cfg.sigmoid) {
@@ -142,8 +146,6 @@ __global__ void route_kernel(const float* logits, const float* bias, RouterArgs 
 
     const int group_size = n / cfg.n_group;
     if (cfg.n_group > 1) {
-        float group_score[kMaxExperts];
-        bool kept[kMaxExperts];
         for (int g = 0; g < cfg.n_group; ++g) {
             float best = -INFINITY, second = -INFINITY;
             for (int e = g * group_size; e < (g + 1) * group_size; ++e) {

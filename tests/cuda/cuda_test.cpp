@@ -458,3 +458,57 @@ TEST_CASE("pinned H2D copies on the copy stream are ordered before compute by an
         CHECK(got[i] == doctest::Approx(v / (1.0f + std::exp(-v))).epsilon(1e-5));
     }
 }
+
+TEST_CASE("dequantize_to_f32 reproduces the reference values of every type, FP8 scales applied") {
+    std::mt19937 rng(10);
+    for (DType type : {DType::F32, DType::F16, DType::BF16, DType::FP8_E4M3_B128, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+        CAPTURE(dtype_name(type));
+        const int64_t rows = 130, cols = 512;
+        const auto m = random_matrix(rng, type, rows, cols);
+        auto dw = upload(m.bytes);
+        auto ds = upload(m.scales.empty() ? std::vector<float>{0.0f} : m.scales);
+        cuda::DeviceBuffer out(size_t(rows * cols) * 4);
+        cuda::dequantize_to_f32(Matrix{type, rows, cols, dw.data(), ds.as<float>(), 0}, out.as<float>(), nullptr);
+        const auto got = download<float>(out, size_t(rows * cols));
+        int bad = 0;
+        for (size_t i = 0; i < got.size(); ++i)
+            if (!(std::fabs(got[i] - m.dense[i]) <= 1e-6f * std::fabs(m.dense[i]))) ++bad;
+        CHECK(bad == 0);
+    }
+}
+
+TEST_CASE("gather, add and the fixed-order MoE combine compute what their host loops do") {
+    std::mt19937 rng(11);
+    const int64_t width = 300, n_rows = 7, n_tokens = 3;
+    const int per_token = 2;
+    const auto rows = random_floats(rng, size_t(n_rows * width));
+    const std::vector<int32_t> index = {6, 0, 3, 3};
+    auto drows = upload(rows);
+    auto dindex = upload(index);
+    cuda::DeviceBuffer gathered(index.size() * size_t(width) * 4);
+    cuda::gather_rows(drows.as<float>(), dindex.as<int32_t>(), int64_t(index.size()), width, gathered.as<float>(), nullptr);
+    auto got = download<float>(gathered, index.size() * size_t(width));
+    for (size_t r = 0; r < index.size(); ++r)
+        for (int64_t c = 0; c < width; c += 13) CHECK(got[r * size_t(width) + size_t(c)] == rows[size_t(index[r] * width + c)]);
+
+    // expert_out rows are slots; token t sums its two slots with their weights.
+    const std::vector<int32_t> token_slots = {0, 4, 1, 2, 3, 5};
+    const std::vector<float> slot_weight = {0.5f, 2.0f, -1.0f, 0.25f, 3.0f, 1.5f};
+    auto dslots = upload(token_slots);
+    auto dweights = upload(slot_weight);
+    cuda::DeviceBuffer combined(size_t(n_tokens * width) * 4);
+    cuda::combine_slots(drows.as<float>(), dslots.as<int32_t>(), dweights.as<float>(), n_tokens, per_token, width,
+                        combined.as<float>(), nullptr);
+    cuda::add_inplace(combined.as<float>(), drows.as<float>(), n_tokens * width, nullptr);
+    got = download<float>(combined, size_t(n_tokens * width));
+    for (int64_t t = 0; t < n_tokens; ++t)
+        for (int64_t c = 0; c < width; ++c) {
+            float want = 0.0f;
+            for (int j = 0; j < per_token; ++j) {
+                const int32_t s = token_slots[size_t(t * per_token + j)];
+                want += slot_weight[size_t(s)] * rows[size_t(s * width + c)];
+            }
+            want += rows[size_t(t * width + c)];
+            CHECK(got[size_t(t * width + c)] == doctest::Approx(want).epsilon(1e-6));
+        }
+}
