@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""llama.cpp as an outside oracle: convert the tiny transformers DeepSeek models with llama.cpp's
+own converter and quantiser, run them with llama.cpp, and commit the GGUFs, llama.cpp's logits and
+greedy tokens, and a manifest (per-tensor types, sizes, agreement with transformers).
+
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" pip install llama-cpp-python   # builds llama.cpp
+  pip download --no-deps --no-binary :all: llama-cpp-python -d /tmp/lcp && tar xzf ... -C /tmp/lcp
+  python3 scripts/make_llamacpp_fixtures.py --llama-cpp-src /tmp/lcp/llama_cpp_python-X/vendor/llama.cpp
+
+Inputs: tests/data/hf_tiny_v3, hf_tiny_v2lite, hf_tiny_v3_shared3 (scripts/make_hf_fixtures.py),
+plus tests/data/hf_small_v3, which this script builds itself (see make_small_model) because with
+hidden 64 llama.cpp cannot use K-quants at all (K-quant rows must be multiples of 256): every
+"Q4_K_M" tensor of the tiny models falls back to Q5_0/Q5_1/Q8_0/F16, so the small model is the one
+where Q4_K/Q6_K/Q2_K/Q3_K blocks really appear.
+
+Outputs in tests/data/llamacpp/: <model>.<type>.gguf, <model>.<type>.logits.npy (float32
+[prompt positions, vocab], llama.cpp's logits for every prompt position), manifest.json
+(per file: tensor types, sizes, greedy ids, cosine / max |delta| vs transformers' logits), and
+tokenizer/ (the stand-in tokenizer the converter requires, see write_tokenizer).
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+OUT = DATA / "llamacpp"
+N_GREEDY = 16
+TINY_MODELS = ["hf_tiny_v3", "hf_tiny_v2lite", "hf_tiny_v3_shared3"]
+SMALL_MODEL = "hf_small_v3"
+
+# llama.cpp's llama_ftype values (include/llama.h).
+FTYPE = {"Q4_K_M": 15, "Q2_K": 10}
+# Which files are committed. The small model's F16/Q8_0 files (3-4 MB) are produced and measured
+# but kept out of the repository to stay inside the size budget; its K-quant files are the point.
+COMMIT = {m: ["F16", "Q8_0", "Q4_K_M", "Q2_K"] for m in TINY_MODELS}
+COMMIT[SMALL_MODEL] = ["Q4_K_M", "Q2_K"]
+
+# A V3-like model whose matrix rows (the dimension llama.cpp quantises along) are 256 or 512 wide,
+# so K-quants apply to the experts, the dense FFN, q_a/kv_a/o and attn_v_b. Still small: ~1.6 M
+# parameters. Two layers: one dense, one MoE (4 routed experts, 2 groups keep 1, sigmoid + bias).
+SMALL_CFG = dict(
+    vocab_size=320, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
+    num_hidden_layers=2, first_k_dense_replace=1, n_routed_experts=4, n_shared_experts=1,
+    num_experts_per_tok=2, n_group=2, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+    num_attention_heads=2, num_key_value_heads=2, q_lora_rank=128, kv_lora_rank=256,
+    qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=128, max_position_embeddings=2560,
+    rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=40.0,
+                         original_max_position_embeddings=64, beta_fast=32.0, beta_slow=1.0,
+                         mscale=1.0, mscale_all_dim=1.0),
+    rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=0, eos_token_id=1)
+
+
+def make_small_model():
+    """Build tests/data/hf_small_v3 the way scripts/make_hf_fixtures.py builds the tiny ones
+    (transformers classes, re-randomised weights, per-expert tensor names), reusing its functions.
+    Weights are rounded to F16-representable values first, so transformers' logits are the exact
+    oracle for an F16 GGUF of this model too. model.safetensors (~6 MB F32) is not committed:
+    this function regenerates it deterministically (seeded), the committed GGUFs carry the weights."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_hf_fixtures as hf
+
+    torch.set_grad_enabled(False)
+    config = DeepseekV3Config(**SMALL_CFG)
+    model = DeepseekV3ForCausalLM(config)
+    config._attn_implementation = "eager"
+    model = model.to(torch.float32).eval()
+    hf.randomise(model, seed=4242)
+    for p in model.parameters():
+        p.copy_(p.half().float())
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(b.half().float())
+
+    prompt = hf.PROMPT
+    logits = model(torch.tensor([prompt])).logits[0].to(torch.float32).numpy()
+    seq, greedy, min_gap = list(prompt), [], float("inf")
+    for _ in range(hf.N_GREEDY):
+        last = model(torch.tensor([seq])).logits[0, -1].to(torch.float64)
+        top2 = torch.topk(last, 2)
+        min_gap = min(min_gap, float(top2.values[0] - top2.values[1]))
+        greedy.append(int(top2.indices[0]))
+        seq.append(greedy[-1])
+
+    d = DATA / SMALL_MODEL
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(hf.official_state_dict(model, SMALL_CFG), str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps(hf.hf_config_json("v3", SMALL_CFG), indent=2) + "\n")
+    np.save(d / "logits.npy", logits.astype(np.float32))
+    (d / "expected.json").write_text(json.dumps({
+        "prompt_ids": prompt,
+        "greedy_ids": greedy,
+        "greedy_min_top2_gap": min_gap,
+        "max_abs_logit": float(np.abs(logits).max()),
+        "generator": f"transformers {transformers.__version__}, torch {torch.__version__}, "
+                     f"DeepseekV3ForCausalLM, float32 (weights rounded to F16 values), eager attention; "
+                     f"scripts/make_llamacpp_fixtures.py make_small_model, seed 4242",
+    }, indent=2) + "\n")
+    print(f"{SMALL_MODEL}: logits {logits.shape}, max|logit| {np.abs(logits).max():.3f}, greedy min gap {min_gap:.4f}")
+
+
+def write_tokenizer(directory: pathlib.Path):
+    """llama.cpp's converter refuses a model without a tokenizer (it writes the vocabulary into the
+    GGUF, which is what makes a GGUF self-contained). The test models have none: their prompts are
+    token ids. This writes a minimal valid byte-level BPE tokenizer with exactly vocab_size = 320
+    tokens (2 specials at ids 0/1 = bos/eos as in config.json, 256 byte tokens, 62 merges) using
+    the `tokenizers` package. It does not affect logits; it only lets the converter run and gives
+    the GGUF a real, loadable gpt2-style vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["the quick brown fox jumps over the lazy dog. " * 4,
+            "streaming layers from disk through a mixture of experts, one token at a time. " * 4,
+            "0123456789 hello world, this is a tiny tokenizer for test models only. " * 4]
+    tok.train_from_iterator(text, trainer)
+    if tok.get_vocab_size() != 320:
+        raise SystemExit(f"stand-in tokenizer has {tok.get_vocab_size()} tokens, need 320")
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
+        "add_bos_token": True, "add_eos_token": False, "model_max_length": 2560,
+    }, indent=2) + "\n")
+
+
+# The converter identifies the pre-tokenizer by hashing the token ids a long test string encodes
+# to; our stand-in vocabulary cannot reproduce any known hash, so it would raise. We tell it the
+# pre-tokenizer is DeepSeek-V3's ("deepseek-v3", which llama.cpp implements), the one a real
+# DeepSeek-V3 GGUF carries. Everything else is the converter unmodified.
+CONVERT_WRAPPER = r"""
+import runpy, sys
+src = sys.argv.pop(1)
+sys.path.insert(0, src); sys.path.insert(1, src + "/gguf-py")
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "deepseek-v3"
+sys.argv[0] = src + "/convert_hf_to_gguf.py"
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def convert(src: pathlib.Path, model_dir: pathlib.Path, tok_dir: pathlib.Path, outtype: str, out: pathlib.Path, log):
+    with tempfile.TemporaryDirectory() as tmp:
+        t = pathlib.Path(tmp)
+        for f in ("config.json", "model.safetensors"):
+            os.symlink(model_dir / f, t / f)
+        for f in tok_dir.iterdir():
+            shutil.copy(f, t / f.name)
+        r = subprocess.run([sys.executable, "-c", CONVERT_WRAPPER, str(src), str(t), "--outtype", outtype,
+                            "--outfile", str(out)], capture_output=True, text=True)
+        log.write(f"=== convert {model_dir.name} {outtype}\n{r.stdout}\n{r.stderr}\n")
+        if r.returncode != 0:
+            return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+    return None
+
+
+def quantize(inp: pathlib.Path, out: pathlib.Path, qtype: str):
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPE[qtype]
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(inp).encode(), str(out).encode(), params)
+    return None if rc == 0 else f"llama_model_quantize returned {rc}"
+
+
+def tensor_types(path: pathlib.Path):
+    from gguf import GGUFReader
+    r = GGUFReader(str(path))
+    return {t.name: {"type": t.tensor_type.name, "shape": [int(x) for x in t.shape]} for t in r.tensors}
+
+
+def run_llamacpp(path: pathlib.Path, prompt):
+    """llama.cpp's logits for every prompt position (one batch, logits_all), then greedy decode:
+    argmax over llama.cpp's own logits step by step with its KV cache (temperature 0)."""
+    import llama_cpp
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, seed=0, n_threads=2,
+                          n_threads_batch=2, vocab_only=False, verbose=False)
+    llm.eval(prompt)
+    logits = np.array(llm.scores[: len(prompt)], dtype=np.float32)
+    greedy = []
+    for _ in range(N_GREEDY):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        greedy.append(nxt)
+        llm.eval([nxt])
+    # llama.cpp's own sampler at temperature 0, from a fresh context, as a cross-check.
+    llm.reset()
+    sampled = []
+    for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        sampled.append(int(tok))
+        if len(sampled) == N_GREEDY:
+            break
+    del llm
+    return logits, greedy, sampled
+
+
+def compare(a, b):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cos = [float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a64, b64)]
+    return {"cosine_min": min(cos), "cosine_mean": float(np.mean(cos)),
+            "max_abs_delta": float(np.abs(a64 - b64).max()),
+            "argmax_agree_positions": int(sum(int(np.argmax(x) == np.argmax(y)) for x, y in zip(a64, b64))),
+            "positions": len(cos)}
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llama-cpp-src", required=True, type=pathlib.Path,
+                    help="llama.cpp source tree (vendor/llama.cpp of the llama-cpp-python sdist)")
+    ap.add_argument("--skip-small", action="store_true", help="do not (re)build tests/data/hf_small_v3")
+    ap.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/llamacpp_fixtures"),
+                    help="where uncommitted intermediates (F32 GGUFs, the small model's F16/Q8_0) go")
+    args = ap.parse_args()
+    import llama_cpp
+
+    if not args.skip_small:
+        make_small_model()
+    OUT.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    for old in OUT.glob("*.gguf"):
+        old.unlink()
+    for old in OUT.glob("*.logits.npy"):
+        old.unlink()
+    tok_dir = OUT / "tokenizer"
+    write_tokenizer(tok_dir)
+    log = open(args.work / "convert.log", "w")
+
+    manifest = {
+        "generator": "scripts/make_llamacpp_fixtures.py",
+        "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode(errors="replace"),
+        "converter": "vendor/llama.cpp/convert_hf_to_gguf.py of the llama-cpp-python sdist "
+                     "(pre-tokenizer forced to 'deepseek-v3', see CONVERT_WRAPPER)",
+        "quantiser": "llama_cpp.llama_model_quantize (llama.cpp's llama-quant.cpp), input = converter's F32 GGUF",
+        "logits": "<file>.logits.npy: float32 [prompt positions, vocab], llama.cpp CPU, one batch, n_threads 2",
+        "greedy": f"first {N_GREEDY} greedy ids: argmax over llama.cpp's logits step by step with its KV cache",
+        "tolerance_notes": ("compare against transformers' tests/data/<model>/logits.npy: cosine per prompt position "
+                            "(min over positions) and max |delta|. F16/Q8_0 should agree closely; the tiny models' "
+                            "Q4_K_M/Q2_K are not real K-quants (rows of 64/48 fall back), hf_small_v3's are."),
+        "files": [],
+    }
+    for model in TINY_MODELS + [SMALL_MODEL]:
+        mdir = DATA / model
+        expected = json.loads((mdir / "expected.json").read_text())
+        hf_logits = np.load(mdir / "logits.npy")
+        prompt = expected["prompt_ids"]
+        f32 = args.work / f"{model}.F32.gguf"
+        sources = {"F32": ("f32", f32), "F16": ("f16", None), "Q8_0": ("q8_0", None)}
+        produced = {}
+        for qtype in ["F32", "F16", "Q8_0", "Q4_K_M", "Q2_K"]:
+            committed = qtype in COMMIT[model]
+            dest = (OUT if committed else args.work) / f"{model}.{qtype}.gguf"
+            entry = {"model": model, "type": qtype, "file": dest.name if committed else None}
+            if qtype in sources:
+                err = convert(args.llama_cpp_src, mdir, tok_dir, sources[qtype][0], dest, log)
+            elif "F32" in produced:
+                err = quantize(produced["F32"], dest, qtype)
+            else:
+                err = "no F32 GGUF to quantise (conversion failed)"
+            if err is None and not dest.exists():
+                err = "tool reported success but wrote no file"
+            if err:
+                entry["error"] = err
+                print(f"{model} {qtype}: FAILED: {err}")
+                if qtype != "F32":
+                    manifest["files"].append(entry)
+                continue
+            produced[qtype] = dest
+            if qtype == "F32":
+                continue  # intermediate only
+            entry["size_bytes"] = dest.stat().st_size
+            entry["sha256"] = sha256(dest)
+            types = tensor_types(dest)
+            entry["tensor_types"] = {k: v["type"] for k, v in types.items()}
+            entry["tensor_shapes"] = {k: v["shape"] for k, v in types.items()}
+            counts = {}
+            for v in types.values():
+                counts[v["type"]] = counts.get(v["type"], 0) + 1
+            entry["type_counts"] = counts
+            try:
+                logits, greedy, sampled = run_llamacpp(dest, prompt)
+            except Exception as e:  # llama.cpp refused the file: record why
+                entry["error"] = f"llama.cpp could not run it: {e}"
+                print(f"{model} {qtype}: llama.cpp FAILED: {e}")
+                manifest["files"].append(entry)
+                continue
+            if committed:
+                np.save(OUT / f"{model}.{qtype}.logits.npy", logits)
+                entry["logits_file"] = f"{model}.{qtype}.logits.npy"
+            entry["greedy_ids"] = greedy
+            entry["sampler_temp0_ids"] = sampled
+            entry["vs_transformers"] = compare(logits, hf_logits)
+            hg = expected["greedy_ids"][:N_GREEDY]
+            entry["vs_transformers"]["greedy_prefix_agree"] = next(
+                (i for i, (a, b) in enumerate(zip(greedy, hg)) if a != b), N_GREEDY)
+            manifest["files"].append(entry)
+            c = entry["vs_transformers"]
+            print(f"{model} {qtype}: {entry['size_bytes']} B, types {counts}, cos min {c['cosine_min']:.6f}, "
+                  f"max|d| {c['max_abs_delta']:.4g}, greedy prefix agree {c['greedy_prefix_agree']}/{N_GREEDY}")
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+    print(f"tests/data/llamacpp: {total} bytes")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
