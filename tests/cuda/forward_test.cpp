@@ -99,8 +99,8 @@ TEST_CASE("CUDA forward equals the CPU forward with three shared experts") {
     compare("hf_tiny_v3_shared3", 64, 1 << 30, 2e-5);
 }
 
-TEST_CASE("CUDA forward with tensor-core BF16 prefill stays within BF16 rounding of the CPU") {
-    compare("hf_tiny_v3", 64, 1, 2e-2);
+TEST_CASE("CUDA forward through the cuBLAS GEMM path for every step equals the CPU forward (F32 weights: SGEMM)") {
+    compare("hf_tiny_v3", 64, 1, 1e-4);
 }
 
 TEST_CASE("truncate rewinds the device cache: the same prompt again gives the same logits") {
