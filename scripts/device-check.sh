@@ -71,12 +71,21 @@ for d in "$cuda_home/lib64" "$cuda_home/targets/x86_64-linux/lib"; do
   [[ -e $d/libcublas.so ]] && { cublas_dir=$d; break; }
 done
 if [[ -z $cublas_dir ]]; then
-  cublas_dir=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-  if [[ -n $cublas_dir && ! -e $cublas_dir/libcublas.so ]]; then
-    so=$(ls "$cublas_dir"/libcublas.so.* 2>/dev/null | head -1)
-    [[ -n $so ]] && { mkdir -p "$build/lib"; ln -sf "$so" "$build/lib/libcublas.so"; ln -sf "$(ls "$cublas_dir"/libcublasLt.so.* | head -1)" "$build/lib/libcublasLt.so"; cublas_dir=$build/lib; export LD_LIBRARY_PATH="$(dirname "$so"):${LD_LIBRARY_PATH:-}"; }
+  so=""
+  for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    so=$(find "$sp/nvidia" -name 'libcublas.so.*' 2>/dev/null | head -1)
+    [[ -n $so ]] && break
+  done
+  if [[ -n $so ]]; then
+    mkdir -p "$build/lib"
+    ln -sf "$so" "$build/lib/libcublas.so"
+    ln -sf "$(ls "$(dirname "$so")"/libcublasLt.so.* | head -1)" "$build/lib/libcublasLt.so"
+    cublas_dir=$build/lib
+    export LD_LIBRARY_PATH="$(dirname "$so"):${LD_LIBRARY_PATH:-}"
   fi
 fi
+# The toolkit's lib64 may not be in ld.so.conf there.
+export LD_LIBRARY_PATH="${cublas_dir:+$cublas_dir:}$cuda_home/lib64:${LD_LIBRARY_PATH:-}"
 log "nvcc $(nvcc --version | tail -1), g++ $(g++ -dumpfullversion), sm_$arch, cuBLAS in ${cublas_dir:-?}, $jobs jobs"
 { nvidia-smi 2>&1 || true; } >>"$OUT/device-check.log"  # $OUT returns at most 8 files
 
@@ -108,7 +117,7 @@ build_step() {
   compile_all | xargs -P "$jobs" -I{} bash -c '{} || exit 255' || return 1
   local o=$build/obj
   local libs=("$o"/core_*.o "$o"/kernels_*.o)
-  local link=(-L"${cublas_dir:-$cuda_home/lib64}" -lcublas -lcudart -lpthread)
+  local link=(-L"${cublas_dir:-$cuda_home/lib64}" -lcublas -lpthread)  # nvcc links cudart statically
   nvcc -o "$build/cuda_test" "$o/tests_cuda_cuda_test.cpp.o" "$o/tests_cuda_cuda_main.cpp.o" "${libs[@]}" "${link[@]}" &&
   nvcc -o "$build/cuda_codec_test" "$o/tests_cuda_codec_test.cu.o" "$o/tests_doctest_main.cpp.o" "${libs[@]}" "${link[@]}" &&
   nvcc -o "$build/bench_cuda" "$o/bench_bench_cuda.cpp.o" "${libs[@]}" "${link[@]}"
