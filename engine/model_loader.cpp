@@ -13,15 +13,11 @@ namespace {
 
 // tokenizer.json beside the model (HF layout), if any.
 void open_hf_tokenizer(const fs::path& dir, OpenModel& m) {
-#ifndef SLUICE_HAVE_TOKENIZER
-    (void)dir; (void)m; return;
-#else
     const fs::path tokenizer_json = dir / "tokenizer.json";
     if (!fs::exists(tokenizer_json)) return;
     m.tokenizer.emplace(Tokenizer::from_hf_json(tokenizer_json.string()));
     const fs::path tokenizer_config = dir / "tokenizer_config.json";
     if (fs::exists(tokenizer_config)) m.chat_template = chat_template_from_config_file(tokenizer_config.string());
-#endif
 }
 
 std::unique_ptr<OpenModel> open_hf(const fs::path& dir) {

@@ -14,13 +14,8 @@
 #include "engine/tensor_source.hpp"
 #include "engine/weight_provider.hpp"
 #include "formats/model_config.hpp"
-#if __has_include("formats/tokenizer.hpp")
 #include "formats/chat_template.hpp"
 #include "formats/tokenizer.hpp"
-#define SLUICE_HAVE_TOKENIZER 1
-#else
-namespace sluice { struct Tokenizer {}; enum class ChatTemplateKind {}; }
-#endif
 
 namespace sluice {
 

@@ -16,6 +16,9 @@ void register_version(CLI::App& app);
 void register_synth(CLI::App& app);
 void register_inspect(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_run(CLI::App& app);
+void register_perplexity(CLI::App& app);
+void register_tokenize(CLI::App& app);
 void register_bench_io(CLI::App& app);
 
 }  // namespace sluice::cli

@@ -30,6 +30,9 @@ int main(int argc, char** argv) {
     cli::register_version(app);
     cli::register_synth(app);
     cli::register_inspect(app);
+    cli::register_run(app);
+    cli::register_tokenize(app);
+    cli::register_perplexity(app);
     cli::register_bench(app);
     cli::register_bench_io(app);
     try {
