@@ -145,7 +145,7 @@ def run_capped(args, child_argv) -> dict:
                          "hierarchy at /sys/fs/cgroup/memory, and systemd is not running")
     if r.returncode != 0:
         raise SystemExit(f"benchmark under {limit} bytes ({method}) failed with exit {r.returncode} "
-                         f"(137 = killed by the OOM killer):\n{r.stderr[-2000:]}")
+                         f"(-9 or 137: SIGKILL, i.e. the OOM killer at the cap):\n{r.stderr[-2000:]}")
     out = json.loads(r.stdout)
     out["memory_cap"] = {"bytes": limit, "method": method, "peak_bytes": peak, "limit_hits": hits}
     return out
