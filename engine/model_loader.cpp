@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/error.hpp"
+#include "engine/gguf_source.hpp"
 #include "engine/safetensors_source.hpp"
 
 namespace sluice {
@@ -32,6 +33,26 @@ std::unique_ptr<OpenModel> open_hf(const fs::path& dir) {
     return m;
 }
 
+std::unique_ptr<OpenModel> open_gguf_model(const fs::path& file) {
+    auto m = std::make_unique<OpenModel>();
+    m->path = file.string();
+    m->format = "gguf";
+    auto source = std::make_unique<GgufSource>(gguf::open_gguf(file.string()));
+    m->config = model_config_from_gguf(source->model());
+    m->layout = ModelLayout::from(m->config);
+    m->plan = plan_gguf_model(m->layout, *source);
+    const auto md = source->model().metadata();
+    if (md.has("tokenizer.ggml.tokens")) {
+        const std::string pre = md.has("tokenizer.ggml.pre") ? md.get_string("tokenizer.ggml.pre") : "";
+        // A vocabulary whose pre-tokenizer sluice does not implement still runs from ids.
+        if (pre == "deepseek-v3" || pre == "deepseek-v3-llm") m->tokenizer.emplace(tokenizer_from_gguf(source->model()));
+        if (md.has("tokenizer.chat_template"))
+            m->chat_template = chat_template_from_text(md.get_string("tokenizer.chat_template"));
+    }
+    m->source = std::move(source);
+    return m;
+}
+
 }  // namespace
 
 std::unique_ptr<OpenModel> open_model(const std::string& path) {
@@ -43,6 +64,7 @@ std::unique_ptr<OpenModel> open_model(const std::string& path) {
             fail(ErrorKind::invalid_input, "{}: missing config.json (expected a Hugging Face model directory)", path);
         return open_hf(p);
     }
+    if (p.extension() == ".gguf") return open_gguf_model(p);
     fail(ErrorKind::invalid_input, "{}: not a model directory (config.json + safetensors) or a .gguf file", path);
 }
 
