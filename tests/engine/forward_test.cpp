@@ -192,3 +192,24 @@ TEST_CASE("a step over several sequences gives each the logits it gets alone") {
     CHECK(worst_diff(next.data(), la_next.data() + a.size() * size_t(vocab), size_t(vocab)) <= bound);
     CHECK_THROWS_AS(batched.forward_batch(std::vector<SequenceTokens>{{3, a, false}}, next.data()), sluice::Error);
 }
+
+TEST_CASE("the official FP8 format (e4m3 + 128x128 weight_scale_inv) runs as stored and matches transformers") {
+    // tests/data/hf_small_v3_fp8 (scripts/make_fp8_fixture.py): transformers' logits on exactly
+    // fp8 * scale_inv. sluice computes on the fp8 bytes with the block scales: float rounding only.
+    const std::string dir = data_dir() + "/hf_small_v3_fp8";
+    const auto expected = read_npy_f32(dir + "/logits.npy");
+    const auto prompt = read_json(dir + "/expected.json")["prompt_ids"].get<std::vector<int32_t>>();
+    ThreadPool pool(2);
+    const auto model = load_model(dir);
+    int fp8_matrices = 0;
+    for (const auto& l : model->open->plan.layers)
+        for (const auto& t : l.dense.tensors) fp8_matrices += t.type == DType::FP8_E4M3_B128;
+    CHECK(fp8_matrices > 0);
+    DeepseekForward forward(model->layout(), *model->provider, ForwardOptions{32, 32, 1}, pool);
+    std::vector<float> logits(prompt.size() * size_t(model->layout().vocab));
+    forward.forward(prompt, true, logits.data());
+    double worst = 0;
+    for (size_t i = 0; i < logits.size(); ++i) worst = std::max(worst, double(std::fabs(logits[i] - expected.data[i])));
+    MESSAGE("FP8: max |logit - transformers on the dequantised weights| = " << worst);
+    CHECK(worst <= kRelativeTolerance * max_abs(expected.data));
+}
