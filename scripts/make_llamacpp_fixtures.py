@@ -167,6 +167,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def convert(src: pathlib.Path, model_dir: pathlib.Path, tok_dir: pathlib.Path, outtype: str, out: pathlib.Path, log):
+    # --model-name: otherwise general.name comes from the temporary directory's random name and the
+    # committed files would change on every run
     with tempfile.TemporaryDirectory() as tmp:
         t = pathlib.Path(tmp)
         for f in ("config.json", "model.safetensors"):
@@ -174,7 +176,7 @@ def convert(src: pathlib.Path, model_dir: pathlib.Path, tok_dir: pathlib.Path, o
         for f in tok_dir.iterdir():
             shutil.copy(f, t / f.name)
         r = subprocess.run([sys.executable, "-c", CONVERT_WRAPPER, str(src), str(t), "--outtype", outtype,
-                            "--outfile", str(out)], capture_output=True, text=True)
+                            "--outfile", str(out), "--model-name", model_dir.name], capture_output=True, text=True)
         log.write(f"=== convert {model_dir.name} {outtype}\n{r.stdout}\n{r.stderr}\n")
         if r.returncode != 0:
             return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
