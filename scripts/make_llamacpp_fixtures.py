@@ -6,6 +6,8 @@ greedy tokens, and a manifest (per-tensor types, sizes, agreement with transform
   CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" pip install llama-cpp-python   # builds llama.cpp
   pip download --no-deps --no-binary :all: llama-cpp-python -d /tmp/lcp && tar xzf ... -C /tmp/lcp
   python3 scripts/make_llamacpp_fixtures.py --llama-cpp-src /tmp/lcp/llama_cpp_python-X/vendor/llama.cpp
+  python3 scripts/make_llamacpp_fixtures.py --small-only   # just tests/data/hf_small_v3 (incl. the
+                                                           # uncommitted model.safetensors)
 
 Inputs: tests/data/hf_tiny_v3, hf_tiny_v2lite, hf_tiny_v3_shared3 (scripts/make_hf_fixtures.py),
 plus tests/data/hf_small_v3, which this script builds itself (see make_small_model) because with
@@ -310,12 +312,19 @@ def sha256(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--llama-cpp-src", required=True, type=pathlib.Path,
+    ap.add_argument("--small-only", action="store_true",
+                    help="only (re)build tests/data/hf_small_v3 (needs torch/transformers, not llama.cpp)")
+    ap.add_argument("--llama-cpp-src", type=pathlib.Path,
                     help="llama.cpp source tree (vendor/llama.cpp of the llama-cpp-python sdist)")
     ap.add_argument("--skip-small", action="store_true", help="do not (re)build tests/data/hf_small_v3")
     ap.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/llamacpp_fixtures"),
                     help="where uncommitted intermediates (F32 GGUFs, the small model's F16/Q8_0) go")
     args = ap.parse_args()
+    if args.small_only:
+        make_small_model()
+        return 0
+    if args.llama_cpp_src is None:
+        ap.error("--llama-cpp-src is required (unless --small-only)")
     import llama_cpp
 
     if not args.skip_small:
