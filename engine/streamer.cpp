@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "kernels/cuda/device.hpp"
 
 namespace sluice {
 
@@ -108,6 +109,9 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     for (auto* pool : {&dense_pool_, &expert_pool_})
         for (auto& b : *pool) regions.emplace_back(b.memory.data(), b.capacity);
     if (!regions.empty()) io_.register_buffers(regions);
+    // With a CUDA device, page-lock them too, so device copies come straight from here.
+    for (auto& r : regions)
+        if (cuda::pin_host_memory(r.data(), r.size())) pinned_.push_back(r.data());
     expert_buffer_.assign(size_t(n_layers), std::vector<int>(size_t(layout_.n_experts), -1));
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
     last_step_.assign(frequency_.size(), 0);
@@ -119,6 +123,7 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
 }
 
 Streamer::~Streamer() {
+    for (void* p : pinned_) cuda::unpin_host_memory(p);
     // Reads still in flight write into our buffers: let them land before the memory goes.
     for (auto* pool : {&dense_pool_, &expert_pool_})
         for (auto& b : *pool)
@@ -448,23 +453,26 @@ void Streamer::end_layer(int layer) {
     needed_.clear();
 }
 
+StepStats& StepStats::operator+=(const StepStats& s) {
+    step += 1;
+    n_tokens += s.n_tokens;
+    bytes_read += s.bytes_read;
+    step_seconds += s.step_seconds;
+    read_seconds += s.read_seconds;
+    wait_seconds += s.wait_seconds;
+    compute_seconds += s.compute_seconds;
+    experts_needed += s.experts_needed;
+    cache_hits += s.cache_hits;
+    prefetch_hits += s.prefetch_hits;
+    predicted += s.predicted;
+    dense_reads += s.dense_reads;
+    expert_reads += s.expert_reads;
+    return *this;
+}
+
 StepStats Streamer::totals() const {
     StepStats t;
-    for (const auto& s : steps_) {
-        t.n_tokens += s.n_tokens;
-        t.bytes_read += s.bytes_read;
-        t.step_seconds += s.step_seconds;
-        t.read_seconds += s.read_seconds;
-        t.wait_seconds += s.wait_seconds;
-        t.compute_seconds += s.compute_seconds;
-        t.experts_needed += s.experts_needed;
-        t.cache_hits += s.cache_hits;
-        t.prefetch_hits += s.prefetch_hits;
-        t.predicted += s.predicted;
-        t.dense_reads += s.dense_reads;
-        t.expert_reads += s.expert_reads;
-    }
-    t.step = int64_t(steps_.size());
+    for (const auto& s : steps_) t += s;
     return t;
 }
 

@@ -50,6 +50,8 @@ struct StepStats {
     int64_t expert_reads = 0;
     // max(read, compute) / step: 1.0 when reading and computing fully overlap.
     double overlap_efficiency() const;
+    // Adds another step's figures (totals over a phase; `step` counts the steps added).
+    StepStats& operator+=(const StepStats& s);
     nlohmann::json to_json() const;
 };
 
@@ -140,6 +142,7 @@ private:
     // Union of read intervals inside the step.
     std::chrono::steady_clock::time_point read_busy_until_{};
     uint64_t allocated_bytes_ = 0;
+    std::vector<void*> pinned_;                // buffers page-locked for a CUDA device
 };
 
 }  // namespace sluice

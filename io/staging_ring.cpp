@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/error.hpp"
+#include "kernels/cuda/device.hpp"
 
 namespace sluice::io {
 
@@ -44,6 +45,9 @@ StagingRing::StagingRing(size_t n_slots, size_t slot_bytes, size_t max_extents_p
                      "sluice: warning: staging ring of %zu MiB not locked in memory (RLIMIT_MEMLOCK %s); "
                      "raise `ulimit -l` so it cannot be swapped or migrated\n",
                      total >> 20, limit.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(limit.rlim_cur).c_str());
+    // Pinned for the GPU when CUDA is built and a device exists (cudaHostRegister on this same
+    // memory: the device copies read the slots directly); ordinary memory otherwise.
+    pinned_ = cuda::pin_host_memory(memory_, total);
     slots_.resize(n_slots);
     for (size_t i = 0; i < n_slots; ++i) {
         auto& s = slots_[i];
@@ -55,6 +59,7 @@ StagingRing::StagingRing(size_t n_slots, size_t slot_bytes, size_t max_extents_p
 }
 
 StagingRing::~StagingRing() {
+    if (pinned_) cuda::unpin_host_memory(memory_);
     if (memory_) munmap(memory_, mapped_bytes_);
 }
 

@@ -37,6 +37,8 @@ public:
     size_t slot_bytes() const { return slot_bytes_; }
     size_t max_extents_per_slot() const { return max_extents_; }
     bool memory_locked() const { return memory_locked_; }
+    // Page-locked for a CUDA device (cudaHostRegister); false without CUDA or a device.
+    bool pinned_for_device() const { return pinned_; }
     // The whole allocation as one region, for io_uring buffer registration.
     std::span<const std::span<std::byte>> regions() const { return {&region_, 1}; }
 
@@ -55,6 +57,7 @@ private:
     size_t mapped_bytes_ = 0;
     std::span<std::byte> region_;
     bool memory_locked_ = false;
+    bool pinned_ = false;
     std::vector<StagingSlot> slots_;
     mutable std::mutex mutex_;
     std::condition_variable released_;

@@ -97,22 +97,7 @@ void register_bench(CLI::App& app) {
             StepStats sum;
             if (!rt->streamer) return sum;
             const auto& steps = rt->streamer->steps();
-            for (size_t i = first_step; i < steps.size(); ++i) {
-                const auto& s = steps[i];
-                sum.step += 1;
-                sum.n_tokens += s.n_tokens;
-                sum.bytes_read += s.bytes_read;
-                sum.step_seconds += s.step_seconds;
-                sum.read_seconds += s.read_seconds;
-                sum.wait_seconds += s.wait_seconds;
-                sum.compute_seconds += s.compute_seconds;
-                sum.experts_needed += s.experts_needed;
-                sum.cache_hits += s.cache_hits;
-                sum.prefetch_hits += s.prefetch_hits;
-                sum.predicted += s.predicted;
-                sum.dense_reads += s.dense_reads;
-                sum.expert_reads += s.expert_reads;
-            }
+            for (size_t i = first_step; i < steps.size(); ++i) sum += steps[i];
             return sum;
         };
         auto steps_now = [&] { return rt->streamer ? rt->streamer->steps().size() : size_t(0); };

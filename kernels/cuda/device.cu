@@ -27,4 +27,14 @@ DeviceQuery query_devices() {
     return q;
 }
 
+bool pin_host_memory(void* data, size_t bytes) {
+    static const bool have_device = !query_devices().devices.empty();
+    if (!have_device || !data || bytes == 0) return false;
+    return cudaHostRegister(data, bytes, cudaHostRegisterDefault) == cudaSuccess;
+}
+
+void unpin_host_memory(void* data) {
+    if (data) cudaHostUnregister(data);
+}
+
 }  // namespace sluice::cuda

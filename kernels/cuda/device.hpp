@@ -25,4 +25,11 @@ struct DeviceQuery {
 
 DeviceQuery query_devices();
 
+// Page-locks host memory for fast, asynchronous host-to-device copies (cudaHostRegister), when
+// CUDA is built and a device exists; false otherwise (the memory stays ordinary, and usable).
+// The staging buffers the io layer fills are pinned this way so the CUDA path copies straight
+// from them, with no bounce through another buffer.
+bool pin_host_memory(void* data, size_t bytes);
+void unpin_host_memory(void* data);
+
 }  // namespace sluice::cuda
