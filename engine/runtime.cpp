@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "engine/reader_segment_io.hpp"
+#include "kernels/cpu/matmul.hpp"
 
 namespace sluice {
 
@@ -55,6 +56,9 @@ void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
     c.add_option("--prefetch", o.prefetch_layers, "Dense segments read ahead of compute")->capture_default_str();
     c.add_option("--expert-buffers", o.expert_buffers, "Expert staging/cache buffers (0: from the budget)");
     c.add_flag("!--no-speculate", o.speculate, "Do not prefetch experts predicted from the previous layer");
+    c.add_flag_function(
+        "--exact-dot", [](int64_t) { cpu::set_quant_dot(cpu::QuantDot::exact); },
+        "Dequantise quantised weights to f32 for every dot product instead of the fused 8-bit path");
     c.add_option("--io", o.io_backend, "Weight reader: auto (io_uring, else pread), uring or pread")
         ->capture_default_str();
     c.add_option("--qd", o.io_queue_depth, "Reads in flight")->capture_default_str();

@@ -2,9 +2,14 @@
 // one table, split the rows over the pool. Each weight row is streamed once per call.
 #include "kernels/cpu/matmul.hpp"
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
 #include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
+#include "kernels/cpu/quant_dot.hpp"
 
 namespace sluice::cpu {
 namespace detail {
@@ -82,12 +87,27 @@ void gemm_on_path(CpuPath path, const Matrix& w, const float* x, int64_t x_strid
 
 }  // namespace detail
 
+namespace {
+std::atomic<QuantDot>& quant_dot_mode() {
+    static std::atomic<QuantDot> mode{[] {
+        const char* e = std::getenv("SLUICE_EXACT_DOT");
+        return e && std::string_view(e) == "1" ? QuantDot::exact : QuantDot::fused;
+    }()};
+    return mode;
+}
+}  // namespace
+
+void set_quant_dot(QuantDot mode) { quant_dot_mode().store(mode); }
+QuantDot quant_dot() { return quant_dot_mode().load(); }
+
 void gemv(const Matrix& w, const float* x, float* y, ThreadPool& pool) {
-    detail::gemm_on_path(cpu_path(), w, x, w.cols, 1, y, w.rows, pool);
+    gemm(w, x, w.cols, 1, y, w.rows, pool);
 }
 
 void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
           ThreadPool& pool) {
+    if (quant_dot() == QuantDot::fused && quant_dot_supports(w.type) && w.rows > 0 && n_tokens > 0)
+        return quant_gemm(w, x, x_stride, n_tokens, y, y_stride, pool);
     detail::gemm_on_path(cpu_path(), w, x, x_stride, n_tokens, y, y_stride, pool);
 }
 
