@@ -9,4 +9,7 @@ DeviceQuery query_devices() {
     return q;
 }
 
+bool pin_host_memory(void*, size_t) { return false; }
+void unpin_host_memory(void*) {}
+
 }  // namespace sluice::cuda
