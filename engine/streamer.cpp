@@ -249,34 +249,31 @@ void Streamer::touch(int layer, int expert) {
     last_step_[i] = step_index_;
 }
 
-// An expert buffer to read into: empty first, else the lowest-scoring one that the current
-// layer does not need. A prediction never evicts an expert that scores higher than nothing
-// (an expert used recently), so guesses cannot flush the cache.
-Streamer::Buffer* Streamer::acquire_expert(int for_layer, bool for_prediction) {
+// An expert buffer to read into: empty first, else the lowest-scoring one that is not pinned
+// and not still needed by the layer computing now. A prediction (for layer `for_layer`, made
+// while layer for_layer - 1 computes) spares both those layers' experts and only evicts an
+// expert that scores below the predicted one (`prediction_score`), so guesses cannot flush
+// the experts that are actually being used.
+Streamer::Buffer* Streamer::acquire_expert(int for_layer, bool for_prediction, double prediction_score) {
     Buffer* best = nullptr;
     double best_score = 0;
     for (auto& b : expert_pool_) {
         if (b.pins > 0) continue;
         if (b.state == BufferState::empty) return &b;
-        if (!for_prediction && b.layer == for_layer && still_needed(b.expert)) continue;
-        if (for_prediction && b.layer == for_layer) continue;  // a prediction for this layer already
-        if (b.state == BufferState::reading && !for_prediction) {
-            // Reusable only by waiting for its read; prefer anything else.
-            const double s = 1e30 + score(b.layer, b.expert);
-            if (!best || s < best_score) {
-                best = &b;
-                best_score = s;
-            }
+        if (for_prediction) {
+            if (b.layer == for_layer || b.layer == for_layer - 1 || b.state == BufferState::reading) continue;
+        } else if (b.layer == for_layer && still_needed(b.expert)) {
             continue;
         }
-        if (b.state == BufferState::reading) continue;
-        const double s = score(b.layer, b.expert) + (b.predicted ? -0.5 : 0.0);
+        // A buffer still being read is reusable only by waiting for its read: last resort.
+        const double s = (b.state == BufferState::reading ? 1e30 : 0.0) + score(b.layer, b.expert) +
+                         (b.predicted ? -0.5 : 0.0);
         if (!best || s < best_score) {
             best = &b;
             best_score = s;
         }
     }
-    if (for_prediction && best && best_score >= 1.0) return nullptr;
+    if (for_prediction && best && best_score >= prediction_score) return nullptr;
     return best;
 }
 
@@ -346,8 +343,12 @@ void Streamer::predict_experts(int layer, std::span<const int32_t> experts) {
     for (int32_t e : experts) {
         if (options_.force_wrong_predictions) e = int32_t((e + layout_.n_experts / 2) % layout_.n_experts);
         if (find(expert_pool_, layer, e)) continue;
-        Buffer* b = acquire_expert(layer, true);
-        if (!b) return;
+        // At most half the pool holds guesses at a time.
+        int guesses = 0;
+        for (const auto& g : expert_pool_) guesses += g.predicted;
+        if (2 * guesses >= int(expert_pool_.size())) return;
+        Buffer* b = acquire_expert(layer, true, score(layer, e) + 1.0);
+        if (!b) continue;
         submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)]);
         b->predicted = true;
         ++current_.predicted;
@@ -377,7 +378,7 @@ void Streamer::submit_deferred(int layer) {
     size_t kept = 0;
     for (size_t i = 0; i < deferred_.size(); ++i) {
         const int32_t e = deferred_[i];
-        Buffer* b = acquire_expert(layer, false);
+        Buffer* b = acquire_expert(layer, false, 0);
         if (!b) {
             deferred_[kept++] = e;
             continue;

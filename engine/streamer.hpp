@@ -102,7 +102,7 @@ private:
     void bind(Buffer& b);
     Buffer* find(std::vector<Buffer>& pool, int layer, int expert);
     Buffer* acquire_dense(int for_layer);
-    Buffer* acquire_expert(int for_layer, bool for_prediction);
+    Buffer* acquire_expert(int for_layer, bool for_prediction, double prediction_score);
     size_t buffer_alignment() const;
     double score(int layer, int expert) const;
     bool still_needed(int expert) const;
