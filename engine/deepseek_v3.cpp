@@ -150,7 +150,7 @@ void DeepseekForward::run_step(int64_t n, float* logits) {
         // x = x + MLP/MoE(RMSNorm(x))
         for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.ffn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
         if (w.is_moe) moe(w, l, n);
-        else mlp(w.dense, normed, n, branch, false, nullptr);
+        else mlp(w.dense, normed, n, branch, false);
         for (int64_t i = 0; i < n * d.hidden; ++i) x[i] += branch[i];
         weights_.end_layer(l);
     }
@@ -267,9 +267,8 @@ void DeepseekForward::predict_next_layer_experts(int layer, int64_t n) {
     weights_.predict_experts(next, predicted_experts_);
 }
 
-// out[t] (+)= row_weights[t] * down . (silu(gate . in[t]) * (up . in[t]))  (spec §2.9)
-void DeepseekForward::mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate,
-                          const float* row_weights) {
+// out[t] (+)= down . (silu(gate . in[t]) * (up . in[t]))  (spec §2.9)
+void DeepseekForward::mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate) {
     const auto& d = layout_;
     const int64_t width = w.gate.rows;
     float* gate = expert_gate_.as<float>();
@@ -284,10 +283,9 @@ void DeepseekForward::mlp(const ExpertWeights& w, const float* in, int64_t n, fl
     float* down = expert_out_.as<float>();
     cpu::gemm(w.down, gate, width, n, down, d.hidden, pool_);
     for (int64_t t = 0; t < n; ++t) {
-        const float s = row_weights ? row_weights[t] : 1.0f;
         float* o = out + t * d.hidden;
         const float* r = down + t * d.hidden;
-        for (int64_t i = 0; i < d.hidden; ++i) o[i] += s * r[i];
+        for (int64_t i = 0; i < d.hidden; ++i) o[i] += r[i];
     }
 }
 
@@ -352,7 +350,7 @@ void DeepseekForward::moe(const LayerWeights& w, int layer, int64_t n) {
         for (int64_t c = 0; c < d.hidden; ++c) o[c] += weight * r[c];
     }
     // Shared experts see every token with weight 1.
-    if (d.n_shared > 0) mlp(w.shared, a, n, out, true, nullptr);
+    if (d.n_shared > 0) mlp(w.shared, a, n, out, true);
 }
 
 }  // namespace sluice

@@ -54,7 +54,7 @@ public:
 private:
     void run_step(int64_t n, float* logits);
     void attention(const LayerWeights& w, int layer, int64_t n);
-    void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate, const float* row_weights);
+    void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate);
     void moe(const LayerWeights& w, int layer, int64_t n);
     void predict_next_layer_experts(int layer, int64_t n);
 

@@ -55,9 +55,10 @@ uint64_t ModelPlan::total_bytes() const {
 
 namespace {
 
-class HfPlanner {
+// Presence, shape and type checks shared by the HF and GGUF planners.
+class Planner {
 public:
-    explicit HfPlanner(const TensorSource& source) : source_(source) {}
+    explicit Planner(const TensorSource& source) : source_(source) {}
 
     const SourceTensor& require(const std::string& name) const {
         const auto* t = source_.find(name);
@@ -140,7 +141,7 @@ private:
 }  // namespace
 
 ModelPlan plan_hf_model(const ModelLayout& d, const TensorSource& source) {
-    HfPlanner plan(source);
+    Planner plan(source);
     ModelPlan mp;
     mp.files = source.files();
     plan.matrix(mp.globals, WeightRole::embed, "model.embed_tokens.weight", d.vocab, d.hidden);
@@ -196,7 +197,7 @@ ModelPlan plan_hf_model(const ModelLayout& d, const TensorSource& source) {
 }
 
 ModelPlan plan_gguf_model(const ModelLayout& d, const TensorSource& source) {
-    HfPlanner plan(source);  // the same presence / shape / type checks, under GGUF names
+    Planner plan(source);
     ModelPlan mp;
     mp.files = source.files();
     plan.matrix(mp.globals, WeightRole::embed, "token_embd.weight", d.vocab, d.hidden);
