@@ -25,14 +25,63 @@ Sampler::Sampler(const SamplerOptions& options, int64_t n_vocab)
 
 int32_t Sampler::sample(const float* logits) {
     if (options_.temperature == 0.0f) return argmax(logits, n_vocab_);
-
-    // Candidates: the top_k best (or all), sorted by logit, highest first; ties by lower id.
-    const int64_t k = options_.top_k > 0 ? std::min<int64_t>(options_.top_k, n_vocab_) : n_vocab_;
-    std::iota(order_.begin(), order_.begin() + n_vocab_, 0);
+    const float inv_t = 1.0f / options_.temperature;
     auto better = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+
+    if (options_.top_k == 0) {
+        // No top-k cut: weights over the whole vocabulary in id order (no sort of 129k ids per token).
+        const float top = logits[argmax(logits, n_vocab_)] * inv_t;
+        double sum = 0;
+        for (int64_t i = 0; i < n_vocab_; ++i) {
+            probs_[size_t(i)] = std::exp(logits[i] * inv_t - top);
+            sum += probs_[size_t(i)];
+        }
+        if (options_.top_p >= 1.0f) {
+            std::uniform_real_distribution<double> uniform(0.0, sum);
+            double r = uniform(rng_);
+            for (int64_t i = 0; i < n_vocab_; ++i) {
+                r -= probs_[size_t(i)];
+                if (r < 0) return int32_t(i);
+            }
+            return argmax(logits, n_vocab_);
+        }
+        // Nucleus: the smallest best-first prefix reaching top_p. Sort only a growing head of the
+        // ranking (the nucleus is usually a few dozen ids); a sorted head of the full ranking gives
+        // the same prefix as sorting everything.
+        std::iota(order_.begin(), order_.begin() + n_vocab_, 0);
+        const double need = double(options_.top_p) * sum;
+        int64_t sorted = 0, head = std::min<int64_t>(64, n_vocab_);
+        double acc = 0;
+        int64_t keep = n_vocab_;
+        for (;;) {
+            std::partial_sort(order_.begin() + sorted, order_.begin() + head, order_.begin() + n_vocab_, better);
+            for (; sorted < head; ++sorted) {
+                acc += probs_[size_t(order_[size_t(sorted)])];
+                if (acc >= need) break;
+            }
+            if (sorted < head) {
+                keep = sorted + 1;
+                break;
+            }
+            if (head == n_vocab_) break;
+            head = std::min<int64_t>(head * 4, n_vocab_);
+        }
+        double kept = 0;
+        for (int64_t i = 0; i < keep; ++i) kept += probs_[size_t(order_[size_t(i)])];
+        std::uniform_real_distribution<double> uniform(0.0, kept);
+        double r = uniform(rng_);
+        for (int64_t i = 0; i < keep; ++i) {
+            r -= probs_[size_t(order_[size_t(i)])];
+            if (r < 0) return order_[size_t(i)];
+        }
+        return order_[size_t(keep - 1)];
+    }
+
+    // Top-k candidates sorted by logit, highest first; ties by lower id.
+    const int64_t k = std::min<int64_t>(options_.top_k, n_vocab_);
+    std::iota(order_.begin(), order_.begin() + n_vocab_, 0);
     std::partial_sort(order_.begin(), order_.begin() + k, order_.begin() + n_vocab_, better);
 
-    const float inv_t = 1.0f / options_.temperature;
     const float top = logits[order_[0]] * inv_t;
     double sum = 0;
     for (int64_t i = 0; i < k; ++i) {
