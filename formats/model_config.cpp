@@ -442,34 +442,19 @@ ModelConfig ModelConfig::deepseek_v2_236b() {
 }
 
 ModelConfig ModelConfig::deepseek_v2_lite() {
-    ModelConfig c = defaults_for("deepseek_v2");
-    c.architectures = {"DeepseekV2ForCausalLM"};
-    c.vocab_size = 102400;
+    // V2-Lite is V2 shrunk: no q LoRA, 16 heads, 64 experts in one group, plain greedy top-k.
+    ModelConfig c = deepseek_v2_236b();
     c.hidden_size = 2048;
     c.n_layers = 27;
-    c.first_k_dense_replace = 1;
     c.intermediate_size = 10944;
     c.moe_intermediate_size = 1408;
     c.n_routed_experts = 64;
-    c.n_shared_experts = 2;
-    c.num_experts_per_tok = 6;
     c.n_group = 1;
     c.topk_group = 1;
     c.topk_method = TopkMethod::greedy;
-    c.scoring_func = ScoringFunc::softmax;
-    c.norm_topk_prob = false;
     c.routed_scaling_factor = 1.0;
     c.n_heads = 16;
     c.q_lora_rank = std::nullopt;
-    c.kv_lora_rank = 512;
-    c.qk_nope_head_dim = 128;
-    c.qk_rope_head_dim = 64;
-    c.v_head_dim = 128;
-    c.rope_scaling = YarnRopeScaling{40.0, 4096, 32.0, 1.0, 0.707, 0.707};
-    c.max_position_embeddings = 163840;
-    c.bos_token_id = 100000;
-    c.eos_token_ids = {100001};
-    c.torch_dtype = "bfloat16";
     return c;
 }
 
