@@ -241,13 +241,15 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
 
 // Speculative prefetch (DESIGN: data flow): the residual after layer l's attention is a good
 // stand-in for what enters layer l+1's MoE, so layer l+1's router applied to it names the
-// experts to start reading while layer l's own experts compute. Only when l+1's dense weights
-// are already in memory; a wrong guess costs a read, never a number.
+// experts to start reading while layer l's own experts compute. The router, its bias and the
+// norm are resident in the globals (model_plan.hpp), so this works even when l+1's dense segment
+// is still on disk; a wrong guess costs a read, never a number.
 void DeepseekForward::predict_next_layer_experts(int layer, int64_t n) {
     const auto& d = layout_;
     const int next = layer + 1;
     if (next >= d.n_layers || !d.is_moe_layer(next)) return;
-    const LayerWeights* w = weights_.peek_layer(next);
+    const LayerWeights* w = &weights_.globals().layers[size_t(next)];
+    if (w->router.rows == 0) w = weights_.peek_layer(next);  // a provider without resident routers
     if (!w) return;
     const float* x = x_.as<float>();
     float* guess_in = expert_in_.as<float>();

@@ -175,7 +175,7 @@ ModelPlan plan_hf_model(const ModelLayout& d, const TensorSource& source) {
             plan.matrix(l.dense, WeightRole::dense_down, m + "down_proj.weight", d.hidden, d.dense_inter);
             continue;
         }
-        plan.matrix(l.dense, WeightRole::router, m + "gate.weight", d.n_experts, d.hidden);
+        plan.matrix(l.vectors, WeightRole::router, m + "gate.weight", d.n_experts, d.hidden);
         if (d.router_has_bias)
             plan.vector(l.vectors, WeightRole::router_bias, m + "gate.e_score_correction_bias", d.n_experts);
         if (d.n_shared > 0) {
@@ -237,7 +237,7 @@ ModelPlan plan_gguf_model(const ModelLayout& d, const TensorSource& source) {
             plan.matrix(l.dense, WeightRole::dense_down, p + "ffn_down.weight", d.hidden, d.dense_inter);
             continue;
         }
-        plan.matrix(l.dense, WeightRole::router, p + "ffn_gate_inp.weight", d.n_experts, d.hidden);
+        plan.matrix(l.vectors, WeightRole::router, p + "ffn_gate_inp.weight", d.n_experts, d.hidden);
         if (d.router_has_bias) plan.vector(l.vectors, WeightRole::router_bias, p + "exp_probs_b.bias", d.n_experts);
         if (d.n_shared > 0) {
             const int64_t width = d.n_shared * d.moe_inter;
@@ -355,6 +355,7 @@ ReadSegment read_segment(const Segment& segment, const TensorSource& source, Mod
 void load_vectors(const ModelPlan& plan, const TensorSource& source, ModelWeights& out) {
     auto load = [&](const Segment& seg, auto&& assign) {
         for (const auto& t : seg.tensors) {
+            if (t.role == WeightRole::router) continue;  // a matrix: below
             auto& buf = out.storage.emplace_back(size_t(t.extent.length), 64);
             source.read(SourceTensor{t.name, t.type, {}, t.extent}, std::span<std::byte>(buf.data(), t.extent.length));
             const float* values = buf.as<float>();
@@ -382,6 +383,14 @@ void load_vectors(const ModelPlan& plan, const TensorSource& source, ModelWeight
                 default: fail(ErrorKind::internal, "role {} is not a layer vector", weight_role_name(role));
             }
         });
+        // The router matrix, as stored (and FP8 scales, if any).
+        for (const auto& t : plan.layers[i].vectors.tensors) {
+            if (t.role != WeightRole::router) continue;
+            Segment one;
+            one.tensors.push_back(t);
+            const auto r = read_segment(one, source, out);
+            l.router = view(t, r.data[0], r.scales[0]);
+        }
     }
 }
 

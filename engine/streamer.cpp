@@ -62,7 +62,7 @@ nlohmann::json StepStats::to_json() const {
 Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source, SegmentIo& io,
                    const StreamerOptions& options)
     : layout_(layout), plan_(plan), source_(source), io_(io), options_(options) {
-    // Always resident: embedding, output head, norms, router biases.
+    // Always resident: embedding, output head, norms, every layer's router and its bias.
     load_vectors(plan_, source_, globals_);
     load_globals(plan_, source_, globals_);
     allocated_bytes_ += uint64_t(globals_.resident_bytes);
@@ -192,7 +192,7 @@ void Streamer::bind(Buffer& b) {
     if (b.expert < 0) {
         const Segment& seg = plan_.layers[size_t(b.layer)].dense;
         split_pointers(seg, b.extent_data, data, scales);
-        b.dense = globals_.layers[size_t(b.layer)];  // vectors (and nothing else) from the resident set
+        b.dense = globals_.layers[size_t(b.layer)];  // vectors and router from the resident set
         bind_dense(seg, data.data(), scales.data(), b.dense);
     } else {
         const Segment& seg = plan_.layers[size_t(b.layer)].experts[size_t(b.expert)];

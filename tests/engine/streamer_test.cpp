@@ -223,3 +223,32 @@ TEST_CASE("speculative prefetch keeps predicting once the expert pool is warm, a
     CHECK(predicted_late > 0);
     CHECK(hits_late >= 3);  // measured 7 (the policy that spared every used expert: 1)
 }
+
+TEST_CASE("with --resident none the routers stay resident, so speculation predicts and hits, and no number changes") {
+    // Before the routers were resident, layer L+1's router lived in its streamed dense segment,
+    // which had not landed while layer L computed: --resident none predicted nothing.
+    for (const char* name : {"hf_tiny_v3", "hf_tiny_v3_shared3"}) {
+        CAPTURE(name);
+        const std::string dir = fixture(name);
+        const auto prompt = prompt_of(dir);
+        const auto resident = load_model(dir);
+        const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 1);
+
+        const auto model = open_model(dir);
+        ReaderSegmentIo io(model->source->files(), reader_options("auto"));
+        StreamerOptions so;
+        so.resident = ResidentMode::none;
+        so.dense_buffers = 2;
+        so.expert_buffers = 12;
+        Streamer streamer(model->layout, model->plan, *model->source, io, so);
+        CHECK(bit_identical(run_logits(model->layout, streamer, prompt, 1), reference));
+        const auto t = streamer.totals();
+        MESSAGE(std::string(name) << ": " << t.predicted << " predicted, " << t.prefetch_hits << " prefetch hits of "
+                     << t.experts_needed << " needed");
+        CHECK(t.predicted > 0);
+        CHECK(t.prefetch_hits > 0);
+        // The router is not part of any streamed segment.
+        for (const auto& l : model->plan.layers)
+            for (const auto& tensor : l.dense.tensors) CHECK(tensor.role != WeightRole::router);
+    }
+}
