@@ -3,6 +3,18 @@
 #include <cmath>
 
 namespace sluice::cpu {
+namespace {
+
+// Round to nearest (ties to even) without a libm call: adding 1.5 * 2^23 leaves the rounded
+// integer in the low mantissa bits. Valid for |v| <= 2^22; ours are within [-127, 127].
+inline int32_t round_small(float v) {
+    float shifted = v + 12582912.0f;
+    int32_t bits;
+    __builtin_memcpy(&bits, &shifted, sizeof bits);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+}  // namespace
 
 void quantize_activations_q8(const float* x, ActivationBlockQ8* out, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b, x += 32) {
@@ -13,10 +25,28 @@ void quantize_activations_q8(const float* x, ActivationBlockQ8* out, int64_t n) 
         out[b].d = d;
         int32_t sum = 0;
         for (int i = 0; i < 32; ++i) {
-            out[b].qs[i] = int8_t(std::lround(x[i] * inv));
+            out[b].qs[i] = int8_t(round_small(x[i] * inv));
             sum += out[b].qs[i];
         }
         out[b].sum = sum;
+    }
+}
+
+void quantize_activations_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
+    for (int64_t b = 0; b < n / 256; ++b, x += 256) {
+        float amax = 0.0f;
+        for (int i = 0; i < 256; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+        const float d = amax / 127.0f;
+        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        for (int g = 0; g < 16; ++g) {
+            int32_t sum = 0;
+            for (int i = 16 * g; i < 16 * g + 16; ++i) {
+                out[b].qs[i] = int8_t(round_small(x[i] * inv));
+                sum += out[b].qs[i];
+            }
+            out[b].bsums[g] = int16_t(sum);
+        }
     }
 }
 

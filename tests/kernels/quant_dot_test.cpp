@@ -1,5 +1,6 @@
 // Fused quantised GEMV/GEMM against our (gguf-py-exact) dequantiser followed by a double dot of
-// the unquantised activations. The fused path quantises activations to int8 per 32, so the bound
+// the unquantised activations. The fused path quantises activations to int8 (per 32 for Q8_0 /
+// Q4_0, per 256 for K-quants), so the bound
 // is relative to sum |w||x|: 1e-2 of it, far above int8 rounding (~0.4%/sqrt(n) typical) yet far
 // below any indexing or scale error (which is O(1) of it).
 #include <doctest/doctest.h>
@@ -19,6 +20,21 @@ using namespace sluice;
 
 namespace {
 
+// Where each type keeps its f16 scale d and (for the min-carrying types) dmin inside a block.
+struct ScaleOffsets {
+    int d, dmin;  // dmin < 0: none
+};
+ScaleOffsets scale_offsets(DType type) {
+    switch (type) {
+        case DType::Q2_K: return {80, 82};
+        case DType::Q3_K: return {108, -1};
+        case DType::Q4_K: case DType::Q5_K: return {0, 2};
+        case DType::Q6_K: return {208, -1};
+        default: return {0, -1};  // Q8_0, Q4_0
+    }
+}
+
+// Random bytes with sane f16 scales (random bits there would give inf / NaN).
 std::vector<uint8_t> random_blocks(DType type, int64_t rows, int64_t cols, std::mt19937& rng) {
     const auto& tr = block_type(type);
     const int64_t n_blocks = rows * cols / tr.block_elems;
@@ -26,17 +42,20 @@ std::vector<uint8_t> random_blocks(DType type, int64_t rows, int64_t cols, std::
     std::uniform_int_distribution<int> byte(0, 255);
     std::uniform_real_distribution<float> scale(0.001f, 0.05f);
     for (auto& v : bytes) v = uint8_t(byte(rng));
-    for (int64_t b = 0; b < n_blocks; ++b) {  // the f16 scale sits at offset 0 in Q8_0 / Q4_0 / Q4_K / Q5_K
+    const ScaleOffsets off = scale_offsets(type);
+    for (int64_t b = 0; b < n_blocks; ++b) {
         const uint16_t d = f32_to_f16(rng() % 2 ? scale(rng) : -scale(rng));
-        // Q6_K keeps its f16 scale last (offset 208); the others first
-        std::memcpy(bytes.data() + b * tr.block_bytes + (type == DType::Q6_K ? 208 : 0), &d, 2);
-        if (type == DType::Q4_K || type == DType::Q5_K) {  // and their dmin follows it
+        std::memcpy(bytes.data() + b * tr.block_bytes + off.d, &d, 2);
+        if (off.dmin >= 0) {
             const uint16_t dmin = f32_to_f16(scale(rng));
-            std::memcpy(bytes.data() + b * tr.block_bytes + 2, &dmin, 2);
+            std::memcpy(bytes.data() + b * tr.block_bytes + off.dmin, &dmin, 2);
         }
     }
     return bytes;
 }
+
+constexpr DType kFusedTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q2_K, DType::Q3_K,
+                                 DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
 }  // namespace
 
@@ -46,7 +65,7 @@ TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activatio
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const cpu::QuantDotPath paths[] = {cpu::QuantDotPath::scalar, cpu::QuantDotPath::avx2,
                                        cpu::QuantDotPath::avx512_vnni};
-    for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    for (DType type : kFusedTypes) {
         const int64_t unit = block_type(type).block_elems;
         for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1, unit}, {37, 3 * unit}, {129, 17 * unit}}) {
             const auto w_bytes = random_blocks(type, rows, cols, rng);
@@ -99,10 +118,53 @@ TEST_CASE("fused gemm refuses types and shapes it has no kernel for") {
     std::vector<uint8_t> bytes(110 * 2);
     float x[256] = {}, y[2] = {};
     Matrix w;
-    w.type = DType::Q3_K;
+    w.type = DType::IQ4_XS;
     w.rows = 1;
     w.cols = 256;
     w.data = bytes.data();
-    CHECK_FALSE(cpu::quant_dot_supports(DType::Q3_K));
+    CHECK_FALSE(cpu::quant_dot_supports(DType::IQ4_XS));
     CHECK_THROWS_AS(cpu::quant_gemm(w, x, 256, 1, y, 1, pool), Error);
+    w.type = DType::Q3_K;
+    w.cols = 96;  // not a whole super-block
+    CHECK(cpu::quant_dot_supports(DType::Q3_K));
+    CHECK_THROWS_AS(cpu::quant_gemm(w, x, 256, 1, y, 1, pool), Error);
+}
+
+// The SIMD paths do the scalar reference's integer arithmetic exactly and differ only in the
+// order of float additions, so they agree with it far more tightly than with the f32 reference:
+// a lane, scale or offset slip that the 1e-2 bound above might forgive shows up here.
+TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
+    ThreadPool pool(2);
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (DType type : kFusedTypes) {
+        const int64_t rows = 23, cols = 8 * 256, n_tokens = 6;
+        const auto w_bytes = random_blocks(type, rows, cols, rng);
+        Matrix w;
+        w.type = type;
+        w.rows = rows;
+        w.cols = cols;
+        w.data = w_bytes.data();
+        std::vector<float> w_f32(size_t(rows * cols));
+        block_type(type).dequantize_row(w_bytes.data(), w_f32.data(), rows * cols);
+        std::vector<float> x(size_t(cols * n_tokens));
+        for (auto& v : x) v = normal(rng);
+        std::vector<float> ref(size_t(rows * n_tokens));
+        cpu::quant_gemm_on_path(cpu::QuantDotPath::scalar, w, x.data(), cols, n_tokens, ref.data(), rows, pool);
+        for (auto path : {cpu::QuantDotPath::avx2, cpu::QuantDotPath::avx512_vnni}) {
+            if (!cpu::quant_dot_path_available(path)) continue;
+            CAPTURE(dtype_name(type));
+            CAPTURE(int(path));
+            std::vector<float> y(size_t(rows * n_tokens));
+            cpu::quant_gemm_on_path(path, w, x.data(), cols, n_tokens, y.data(), rows, pool);
+            for (int64_t t = 0; t < n_tokens; ++t) {
+                for (int64_t r = 0; r < rows; ++r) {
+                    double mag = 0;
+                    for (int64_t c = 0; c < cols; ++c)
+                        mag += std::fabs(double(w_f32[size_t(r * cols + c)]) * x[size_t(t * cols + c)]);
+                    CHECK(std::fabs(double(y[size_t(t * rows + r)]) - ref[size_t(t * rows + r)]) <= 1e-5 * mag);
+                }
+            }
+        }
+    }
 }

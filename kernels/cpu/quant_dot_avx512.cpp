@@ -1,0 +1,331 @@
+// The AVX-512 VNNI path of the fused quantised dots (quant_dot.hpp), on 512-bit vectors: each
+// K-quant super-block is four vectors of 64 unsigned weights against 64 activation bytes each;
+// products are summed in int16 pairs (vpmaddubsw), times the per-16 scales into int32 (vpmaddwd),
+// kept in int32 across the super-block and turned to float once per super-block. The offset /
+// minimum term comes from the activations' per-16 sums (one vpmaddwd per super-block). See
+// quant_dot_scalar.cpp for the decomposition every type is read into.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/cpu/quant_dot_kernels.hpp"
+#include "kernels/quant_blocks.hpp"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+#endif
+
+namespace sluice::cpu::quant_kernels {
+namespace {
+
+using namespace sluice::quant;
+
+inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+// 32 bytes into both 256-bit halves.
+inline __m512i broadcast32(const uint8_t* p) {
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// Lower half shifted right by lo bits, upper half by hi bits (64-bit lanes: the bits that cross
+// into a neighbouring byte are masked off by every caller).
+inline __m512i shift_halves(__m512i v, int lo, int hi) {
+    return _mm512_srlv_epi64(v, _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo));
+}
+// A byte in the lower half selects bit lo, in the upper half bit hi.
+inline __m512i bit_halves(int lo, int hi) {
+    return _mm512_inserti64x4(_mm512_set1_epi8(char(1 << lo)), _mm256_set1_epi8(char(1 << hi)), 1);
+}
+
+// Q4_K / Q5_K: eight 6-bit (scale, min) pairs in 12 bytes, unpacked with 32-bit word operations
+// into scales in bytes 0-7 and mins in bytes 8-15.
+inline __m128i k4_scales_mins(const uint8_t* packed) {
+    uint32_t w[4];
+    std::memcpy(w, packed, 12);
+    constexpr uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    w[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & low2) << 4);  // mins 4-7
+    const uint32_t mins_0_3 = w[1] & low6;
+    w[1] = (w[2] & low4) | (((w[0] >> 6) & low2) << 4);  // scales 4-7
+    w[2] = mins_0_3;
+    w[0] &= low6;  // scales 0-3
+    // from registers: a 16-byte load of the four 4-byte stores would miss store forwarding
+    return _mm_setr_epi32(int(w[0]), int(w[1]), int(w[2]), int(w[3]));
+}
+// Each of 8 bytes twice, widened to 16 int16: one entry per 16 elements.
+inline __m256i per16_from_per32(__m128i bytes8) { return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(bytes8, bytes8)); }
+
+struct Q2K {
+    using Block = BlockQ2_K;
+    static constexpr bool kOffsetAtScaleD = false;
+    const Block& b;
+    __m256i s, c;
+    float d, cd;
+    explicit Q2K(const Block& blk) : b(blk) {
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
+        s = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0xF)));
+        c = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0xF)));
+        d = half_to_float(b.d);
+        cd = half_to_float(b.dmin);
+    }
+    // elements 64v..64v+63: 2-bit fields 2(v%2) and 2(v%2)+1 of qs[32(v/2) ..]
+    __m512i weights(int v) const {
+        const int shift = 4 * (v % 2);
+        return _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * (v / 2)), shift, shift + 2), _mm512_set1_epi8(3));
+    }
+};
+
+struct Q3K {
+    using Block = BlockQ3_K;
+    static constexpr bool kOffsetAtScaleD = true;
+    const Block& b;
+    __m256i s, c;
+    __m512i hmask;
+    float d, cd;
+    explicit Q3K(const Block& blk) : b(blk) {
+        // the 12 scale bytes, read as 8 + 4 (a 16-byte read could pass the end of the last block)
+        uint64_t lo8;
+        uint32_t hi4;
+        std::memcpy(&lo8, b.scales, 8);
+        std::memcpy(&hi4, b.scales + 8, 4);
+        const __m128i p = _mm_insert_epi32(_mm_cvtsi64_si128(int64_t(lo8)), int(hi4), 2);
+        const __m128i low4 = _mm_set1_epi8(0xF);
+        const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(p, low4), _mm_and_si128(_mm_srli_epi16(p, 4), low4));
+        // scale i takes bits 2(i/4), 2(i/4)+1 of byte 8 + i%4: bytes 8-11 repeated per 32-bit lane,
+        // lane j shifted by 2j
+        __m128i high = _mm_shuffle_epi8(p, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11));
+        high = _mm_and_si128(_mm_srlv_epi32(high, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+        const __m128i s8 = _mm_sub_epi8(_mm_or_si128(low, _mm_slli_epi16(high, 4)), _mm_set1_epi8(32));
+        s = _mm256_cvtepi8_epi16(s8);
+        c = _mm256_slli_epi16(s, 2);
+        hmask = broadcast32(b.hmask);
+        d = cd = half_to_float(b.d);
+    }
+    // as Q2_K, plus 4 where the hmask bit 4(v/2)+2(v%2) (+1 for the upper half) is set
+    __m512i weights(int v) const {
+        const int shift = 4 * (v % 2), bit = 4 * (v / 2) + 2 * (v % 2);
+        const __m512i q2 = _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * (v / 2)), shift, shift + 2),
+                                            _mm512_set1_epi8(3));
+        const __mmask64 high = _mm512_test_epi8_mask(hmask, bit_halves(bit, bit + 1));
+        return _mm512_mask_add_epi8(q2, high, q2, _mm512_set1_epi8(4));
+    }
+};
+
+struct Q4K {
+    using Block = BlockQ4_K;
+    static constexpr bool kOffsetAtScaleD = false;
+    const Block& b;
+    __m256i s, c;
+    float d, cd;
+    explicit Q4K(const Block& blk) : b(blk) {
+        const __m128i sm = k4_scales_mins(b.scales);
+        s = per16_from_per32(sm);
+        c = per16_from_per32(_mm_unpackhi_epi64(sm, sm));
+        d = half_to_float(b.d);
+        cd = half_to_float(b.dmin);
+    }
+    // elements 64v..64v+63: low then high nibbles of qs[32v ..]
+    __m512i weights(int v) const {
+        return _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * v), 0, 4), _mm512_set1_epi8(0xF));
+    }
+};
+
+struct Q5K {
+    using Block = BlockQ5_K;
+    static constexpr bool kOffsetAtScaleD = false;
+    const Block& b;
+    __m256i s, c;
+    __m512i qh;
+    float d, cd;
+    explicit Q5K(const Block& blk) : b(blk) {
+        const __m128i sm = k4_scales_mins(b.scales);
+        s = per16_from_per32(sm);
+        c = per16_from_per32(_mm_unpackhi_epi64(sm, sm));
+        qh = broadcast32(b.qh);
+        d = half_to_float(b.d);
+        cd = half_to_float(b.dmin);
+    }
+    // Q4_K's nibbles plus 16 where bit 2v (2v+1 for the upper half) of qh is set
+    __m512i weights(int v) const {
+        const __m512i q4 = _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * v), 0, 4), _mm512_set1_epi8(0xF));
+        const __mmask64 high = _mm512_test_epi8_mask(qh, bit_halves(2 * v, 2 * v + 1));
+        return _mm512_mask_add_epi8(q4, high, q4, _mm512_set1_epi8(16));
+    }
+};
+
+struct Q6K {
+    using Block = BlockQ6_K;
+    static constexpr bool kOffsetAtScaleD = true;
+    const Block& b;
+    __m256i s, c;
+    float d, cd;
+    explicit Q6K(const Block& blk) : b(blk) {
+        s = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
+        c = _mm256_slli_epi16(s, 5);
+        d = cd = half_to_float(b.d);
+    }
+    // elements 64v..64v+63: nibbles (low for even v, high for odd) of ql[64(v/2) .. +64], with
+    // 2-bit fields 2(v%2)*2 and +2 of qh[32(v/2) ..] as bits 4-5
+    __m512i weights(int v) const {
+        const __m512i ql = _mm512_loadu_si512(b.ql + 64 * (v / 2));
+        const __m512i nib = _mm512_and_si512(v % 2 ? _mm512_srli_epi16(ql, 4) : ql, _mm512_set1_epi8(0xF));
+        const int shift = 4 * (v % 2);
+        const __m512i high = _mm512_and_si512(shift_halves(broadcast32(b.qh + 32 * (v / 2)), shift, shift + 2),
+                                              _mm512_set1_epi8(3));
+        return _mm512_or_si512(nib, _mm512_slli_epi16(high, 4));
+    }
+};
+
+// int16 lane j of vector v takes scale 4v + j/8: each 128-bit lane is one 16-element sub-block.
+alignas(64) constexpr int16_t kScaleIndex[4][32] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
+     14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+
+constexpr int kPrefetchSuperBlocks = 4;
+
+template <typename K, int NT>
+void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float* sums) {
+    const auto* w = static_cast<const typename K::Block*>(wv);
+    const ActivationBlockQ8K* a[NT];
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) {
+        a[t] = static_cast<const ActivationBlockQ8K*>(acts[t]);
+        acc[t] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < n_sb; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchSuperBlocks), _MM_HINT_T0);
+        const K k(w[i]);
+        const __m512i scales = _mm512_castsi256_si512(k.s);  // indices stay below 16
+        __m512i dot[NT];
+        for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+            const __m512i u = k.weights(v);
+            const __m512i sv = _mm512_permutexvar_epi16(_mm512_load_si512(kScaleIndex[v]), scales);
+            for (int t = 0; t < NT; ++t) {
+                const __m512i p = _mm512_maddubs_epi16(u, _mm512_load_si512(a[t][i].qs + 64 * v));
+                dot[t] = _mm512_add_epi32(dot[t], _mm512_madd_epi16(p, sv));
+            }
+        }
+        for (int t = 0; t < NT; ++t) {
+            const __m256i offset = _mm256_madd_epi16(k.c, _mm256_load_si256(reinterpret_cast<const __m256i*>(a[t][i].bsums)));
+            const float da = a[t][i].d;
+            if constexpr (K::kOffsetAtScaleD) {
+                dot[t] = _mm512_sub_epi32(dot[t], _mm512_zextsi256_si512(offset));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(k.d * da), acc[t]);
+            } else {
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(k.d * da), acc[t]);
+                acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(offset)),
+                                          _mm512_set1_ps(k.cd * da), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) sums[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+template <typename K>
+void row_group_k(const void* w, int64_t n_sb, const void* const* acts, int n_tok, float* sums) {
+    static_assert(kTokenGroup == 4);
+    switch (n_tok) {
+        case 1: return row_group_k_n<K, 1>(w, n_sb, acts, sums);
+        case 2: return row_group_k_n<K, 2>(w, n_sb, acts, sums);
+        case 3: return row_group_k_n<K, 3>(w, n_sb, acts, sums);
+        default: return row_group_k_n<K, 4>(w, n_sb, acts, sums);
+    }
+}
+
+// ---- Q8_0 / Q4_0 against per-32 activations ------------------------------------------------
+// 32 signed weights of a block, and the activation adjustment that makes the product unsigned x
+// signed: Q8_0 uses |w| against a with w's sign; Q4_0 uses its nibbles as they are (u = w + 8)
+// and subtracts 8 * sum(a) through the accumulator's start value.
+struct Q8_0W {
+    using Block = BlockQ8_0;
+    __m256i w, wabs;
+    explicit Q8_0W(const Block& b)
+        : w(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs))), wabs(_mm256_abs_epi8(w)) {}
+    __m256i dot(const ActivationBlockQ8& a) const {
+        const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+        return _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, w));
+    }
+};
+struct Q4_0W {
+    using Block = BlockQ4_0;
+    __m256i u;
+    explicit Q4_0W(const Block& b) {
+        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+        u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0xF));
+    }
+    __m256i dot(const ActivationBlockQ8& a) const {
+        const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
+        // 8 lanes of -sum(a) add up to -8 * sum(a)
+        return _mm256_dpbusd_epi32(_mm256_set1_epi32(-a.sum), u, aq);
+    }
+};
+
+inline float reduce(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Two accumulators per token, alternating blocks, so consecutive blocks' fmadds do not wait on
+// each other's latency.
+template <typename W, int NT>
+void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, float* sums) {
+    const auto* w = static_cast<const typename W::Block*>(wv);
+    const ActivationBlockQ8* a[NT];
+    __m256 acc[2][NT];
+    for (int t = 0; t < NT; ++t) {
+        a[t] = static_cast<const ActivationBlockQ8*>(acts[t]);
+        acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+    }
+    int64_t b = 0;
+    auto step = [&](int64_t blk, __m256* acc_t) {
+        const W wq(w[blk]);
+        const float dw = half_to_float(w[blk].d);
+        for (int t = 0; t < NT; ++t)
+            acc_t[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(wq.dot(a[t][blk])), _mm256_set1_ps(dw * a[t][blk].d), acc_t[t]);
+    };
+    for (; b + 2 <= n_blocks; b += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + b + 16), _MM_HINT_T0);
+        step(b, acc[0]);
+        step(b + 1, acc[1]);
+    }
+    if (b < n_blocks) step(b, acc[0]);
+    for (int t = 0; t < NT; ++t) sums[t] = reduce(_mm256_add_ps(acc[0][t], acc[1][t]));
+}
+
+template <typename W>
+void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int n_tok, float* sums) {
+    switch (n_tok) {
+        case 1: return row_group_32_n<W, 1>(w, n_blocks, acts, sums);
+        case 2: return row_group_32_n<W, 2>(w, n_blocks, acts, sums);
+        case 3: return row_group_32_n<W, 3>(w, n_blocks, acts, sums);
+        default: return row_group_32_n<W, 4>(w, n_blocks, acts, sums);
+    }
+}
+
+}  // namespace
+
+const RowGroupTable& avx512_vnni_row_groups() {
+    static const RowGroupTable table{row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K>, row_group_k<Q3K>,
+                                     row_group_k<Q4K>,    row_group_k<Q5K>,    row_group_k<Q6K>};
+    return table;
+}
+
+}  // namespace sluice::cpu::quant_kernels
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif

@@ -1,0 +1,27 @@
+// Internal to the fused quantised dots: the per-path kernel tables quant_dot.cpp dispatches on.
+// One "row group" call is one weight row against up to kTokenGroup tokens' activations, so each
+// weight block is unpacked once and used for every token of the group.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/quantize_activations.hpp"
+
+namespace sluice::cpu::quant_kernels {
+
+inline constexpr int kTokenGroup = 4;
+
+// sums[t] = dot(weight row w of n_blocks blocks, activations acts[t]) for t < n_tok. Blocks are
+// the weight type's own (32 elements for Q8_0 / Q4_0, 256-element super-blocks for K-quants), and
+// acts[t] points at that token's ActivationBlockQ8 (32-element types) or ActivationBlockQ8K array.
+using RowGroupFn = void (*)(const void* w, int64_t n_blocks, const void* const* acts, int n_tok, float* sums);
+
+struct RowGroupTable {
+    RowGroupFn q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k;
+};
+
+const RowGroupTable& scalar_row_groups();
+const RowGroupTable& avx2_row_groups();
+const RowGroupTable& avx512_vnni_row_groups();
+
+}  // namespace sluice::cpu::quant_kernels
