@@ -14,7 +14,7 @@
 namespace sluice::cpu {
 namespace {
 
-using quant_kernels::kTokenGroup;
+using quant_kernels::kMaxTokenGroup;
 using quant_kernels::RowGroupFn;
 using quant_kernels::RowGroupTable;
 
@@ -79,7 +79,9 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     if (!quant_dot_path_available(path))
         fail(ErrorKind::unsupported, "quant_gemm: requested kernel path not available on this CPU");
     if (w.rows <= 0 || n_tokens <= 0) return;
-    const RowGroupFn fn = row_group_for(w.type, row_groups(path));
+    const RowGroupTable& table = row_groups(path);
+    const RowGroupFn fn = row_group_for(w.type, table);
+    const int64_t token_group = table.token_group;
     const int64_t n_blocks = w.cols / block_type(w.type).block_elems;
     // Activations of token t start at acts + t * act_token_bytes.
     const uint8_t* acts;
@@ -101,18 +103,36 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     }
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
+    // Many tokens: a tile of rows (kept in L1/L2) meets one token group's activations at a time,
+    // over column chunks small enough that the group's activations for a chunk stay in L1, instead
+    // of every row streaming all tokens' activations from L2 again. GEMV (one chunk) is unchanged.
+    constexpr int64_t kRowTile = 16;
+    constexpr int64_t kL1ActivationBytes = 32 * 1024;
+    const int64_t act_block_bytes = act_token_bytes / n_blocks;
+    const int64_t w_block_bytes = block_type(w.type).block_bytes;
+    const int64_t chunk_blocks =
+        std::clamp<int64_t>(kL1ActivationBytes / (std::min(token_group, n_tokens) * act_block_bytes), 1, n_blocks);
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
-        const void* a[kTokenGroup];
-        float sums[kTokenGroup];
-        for (int64_t r = r0; r < r1; ++r) {
-            for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokenGroup) {
-                const int n_tok = int(std::min<int64_t>(kTokenGroup, n_tokens - t0));
-                for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes;
-                fn(base + r * row_bytes, n_blocks, a, n_tok, sums);
-                for (int t = 0; t < n_tok; ++t) y[(t0 + t) * y_stride + r] = sums[t];
+        const void* a[kMaxTokenGroup];
+        float sums[kMaxTokenGroup];
+        float partial[kRowTile][kMaxTokenGroup];
+        for (int64_t tile = r0; tile < r1; tile += kRowTile) {
+            const int64_t tile_rows = std::min(kRowTile, r1 - tile);
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += token_group) {
+                const int n_tok = int(std::min(token_group, n_tokens - t0));
+                for (int64_t c0 = 0; c0 < n_blocks; c0 += chunk_blocks) {
+                    const int64_t nb = std::min(chunk_blocks, n_blocks - c0);
+                    for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes + c0 * act_block_bytes;
+                    for (int64_t i = 0; i < tile_rows; ++i) {
+                        fn(base + (tile + i) * row_bytes + c0 * w_block_bytes, nb, a, n_tok, sums);
+                        for (int t = 0; t < n_tok; ++t) partial[i][t] = c0 == 0 ? sums[t] : partial[i][t] + sums[t];
+                    }
+                }
+                for (int64_t i = 0; i < tile_rows; ++i)
+                    for (int t = 0; t < n_tok; ++t) y[(t0 + t) * y_stride + tile + i] = partial[i][t];
             }
         }
-    }, 16);
+    }, kRowTile);
 }
 
 void quant_gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y,

@@ -158,7 +158,15 @@ alignas(32) constexpr int8_t kScaleShuffle[4][32] = {
     {12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13,
      14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15}};
 
-constexpr int kPrefetchSuperBlocks = 4;
+// Software prefetch this far ahead of the row being read, every cache line of each super-block:
+// the hardware prefetcher alone leaves gaps when a thread moves between rows.
+constexpr int kPrefetchBytes = 1024;
+
+template <typename Block>
+inline void prefetch_ahead(const Block* block) {
+    const char* p = reinterpret_cast<const char*>(block) + kPrefetchBytes;
+    for (size_t line = 0; line < (sizeof(Block) + 63) / 64; ++line) _mm_prefetch(p + 64 * line, _MM_HINT_T0);
+}
 
 inline float reduce(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -177,7 +185,7 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
         acc[t] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < n_sb; ++i) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchSuperBlocks), _MM_HINT_T0);
+        prefetch_ahead(w + i);
         const K k(w[i]);
         const __m256i scales_half[2] = {_mm256_permute2x128_si256(k.s, k.s, 0x00),
                                         _mm256_permute2x128_si256(k.s, k.s, 0x11)};
@@ -208,7 +216,6 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
 
 template <typename K>
 void row_group_k(const void* w, int64_t n_sb, const void* const* acts, int n_tok, float* sums) {
-    static_assert(kTokenGroup == 4);
     switch (n_tok) {
         case 1: return row_group_k_n<K, 1>(w, n_sb, acts, sums);
         case 2: return row_group_k_n<K, 2>(w, n_sb, acts, sums);
@@ -280,7 +287,7 @@ void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int 
 }  // namespace
 
 const RowGroupTable& avx2_row_groups() {
-    static const RowGroupTable table{row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K>, row_group_k<Q3K>,
+    static const RowGroupTable table{4, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K>, row_group_k<Q3K>,
                                      row_group_k<Q4K>,    row_group_k<Q5K>,    row_group_k<Q6K>};
     return table;
 }

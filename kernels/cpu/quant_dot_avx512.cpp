@@ -1,6 +1,6 @@
 // The AVX-512 VNNI path of the fused quantised dots (quant_dot.hpp), on 512-bit vectors: each
 // K-quant super-block is four vectors of 64 unsigned weights against 64 activation bytes each;
-// products are summed in int16 pairs (vpmaddubsw), times the per-16 scales into int32 (vpmaddwd),
+// products are summed in int16 pairs (vpmaddubsw), times the per-16 scales into int32 (vpdpwssd),
 // kept in int32 across the super-block and turned to float once per super-block. The offset /
 // minimum term comes from the activations' per-16 sums (one vpmaddwd per super-block). See
 // quant_dot_scalar.cpp for the decomposition every type is read into.
@@ -188,7 +188,15 @@ alignas(64) constexpr int16_t kScaleIndex[4][32] = {
     {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
      14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
 
-constexpr int kPrefetchSuperBlocks = 4;
+// Software prefetch this far ahead of the row being read, every cache line of each super-block:
+// the hardware prefetcher alone leaves gaps when a thread moves between rows.
+constexpr int kPrefetchBytes = 1024;
+
+template <typename Block>
+inline void prefetch_ahead(const Block* block) {
+    const char* p = reinterpret_cast<const char*>(block) + kPrefetchBytes;
+    for (size_t line = 0; line < (sizeof(Block) + 63) / 64; ++line) _mm_prefetch(p + 64 * line, _MM_HINT_T0);
+}
 
 template <typename K, int NT>
 void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float* sums) {
@@ -200,7 +208,7 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
         acc[t] = _mm512_setzero_ps();
     }
     for (int64_t i = 0; i < n_sb; ++i) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + i + kPrefetchSuperBlocks), _MM_HINT_T0);
+        prefetch_ahead(w + i);
         const K k(w[i]);
         const __m512i scales = _mm512_castsi256_si512(k.s);  // indices stay below 16
         __m512i dot[NT];
@@ -211,7 +219,7 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
             const __m512i sv = _mm512_permutexvar_epi16(_mm512_load_si512(kScaleIndex[v]), scales);
             for (int t = 0; t < NT; ++t) {
                 const __m512i p = _mm512_maddubs_epi16(u, _mm512_load_si512(a[t][i].qs + 64 * v));
-                dot[t] = _mm512_add_epi32(dot[t], _mm512_madd_epi16(p, sv));
+                dot[t] = _mm512_dpwssd_epi32(dot[t], p, sv);  // += pairs of p * scale
             }
         }
         for (int t = 0; t < NT; ++t) {
@@ -232,12 +240,15 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
 
 template <typename K>
 void row_group_k(const void* w, int64_t n_sb, const void* const* acts, int n_tok, float* sums) {
-    static_assert(kTokenGroup == 4);
     switch (n_tok) {
         case 1: return row_group_k_n<K, 1>(w, n_sb, acts, sums);
         case 2: return row_group_k_n<K, 2>(w, n_sb, acts, sums);
         case 3: return row_group_k_n<K, 3>(w, n_sb, acts, sums);
-        default: return row_group_k_n<K, 4>(w, n_sb, acts, sums);
+        case 4: return row_group_k_n<K, 4>(w, n_sb, acts, sums);
+        case 5: return row_group_k_n<K, 5>(w, n_sb, acts, sums);
+        case 6: return row_group_k_n<K, 6>(w, n_sb, acts, sums);
+        case 7: return row_group_k_n<K, 7>(w, n_sb, acts, sums);
+        default: return row_group_k_n<K, 8>(w, n_sb, acts, sums);
     }
 }
 
@@ -309,14 +320,19 @@ void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int 
         case 1: return row_group_32_n<W, 1>(w, n_blocks, acts, sums);
         case 2: return row_group_32_n<W, 2>(w, n_blocks, acts, sums);
         case 3: return row_group_32_n<W, 3>(w, n_blocks, acts, sums);
-        default: return row_group_32_n<W, 4>(w, n_blocks, acts, sums);
+        case 4: return row_group_32_n<W, 4>(w, n_blocks, acts, sums);
+        case 5: return row_group_32_n<W, 5>(w, n_blocks, acts, sums);
+        case 6: return row_group_32_n<W, 6>(w, n_blocks, acts, sums);
+        case 7: return row_group_32_n<W, 7>(w, n_blocks, acts, sums);
+        default: return row_group_32_n<W, 8>(w, n_blocks, acts, sums);
     }
 }
 
 }  // namespace
 
 const RowGroupTable& avx512_vnni_row_groups() {
-    static const RowGroupTable table{row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K>, row_group_k<Q3K>,
+    // 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers
+    static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K>, row_group_k<Q3K>,
                                      row_group_k<Q4K>,    row_group_k<Q5K>,    row_group_k<Q6K>};
     return table;
 }

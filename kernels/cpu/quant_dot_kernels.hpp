@@ -1,6 +1,6 @@
 // Internal to the fused quantised dots: the per-path kernel tables quant_dot.cpp dispatches on.
-// One "row group" call is one weight row against up to kTokenGroup tokens' activations, so each
-// weight block is unpacked once and used for every token of the group.
+// One "row group" call is one weight row against up to token_group tokens' activations (at most
+// kMaxTokenGroup), so each weight block is unpacked once and used for every token of the group.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 
 namespace sluice::cpu::quant_kernels {
 
-inline constexpr int kTokenGroup = 4;
+inline constexpr int kMaxTokenGroup = 8;
 
 // sums[t] = dot(weight row w of n_blocks blocks, activations acts[t]) for t < n_tok. Blocks are
 // the weight type's own (32 elements for Q8_0 / Q4_0, 256-element super-blocks for K-quants), and
@@ -17,6 +17,7 @@ inline constexpr int kTokenGroup = 4;
 using RowGroupFn = void (*)(const void* w, int64_t n_blocks, const void* const* acts, int n_tok, float* sums);
 
 struct RowGroupTable {
+    int token_group;  // tokens per call: as many as the path's registers hold accumulators for
     RowGroupFn q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k;
 };
 

@@ -99,7 +99,7 @@ void unpack(const BlockQ6_K& b, SuperBlock& o) {
 template <typename Block>
 void row_group_k(const void* wv, int64_t n_sb, const void* const* acts, int n_tok, float* sums) {
     const auto* w = static_cast<const Block*>(wv);
-    float acc[kTokenGroup] = {};
+    float acc[kMaxTokenGroup] = {};
     SuperBlock sb;
     for (int64_t i = 0; i < n_sb; ++i) {
         unpack(w[i], sb);
@@ -129,7 +129,7 @@ inline void signed_weights(const BlockQ4_0& b, int8_t out[32]) {
 template <typename Block>
 void row_group_32(const void* wv, int64_t n_blocks, const void* const* acts, int n_tok, float* sums) {
     const auto* w = static_cast<const Block*>(wv);
-    float acc[kTokenGroup] = {};
+    float acc[kMaxTokenGroup] = {};
     int8_t wq[32];
     for (int64_t b = 0; b < n_blocks; ++b) {
         signed_weights(w[b], wq);
@@ -147,7 +147,7 @@ void row_group_32(const void* wv, int64_t n_blocks, const void* const* acts, int
 }  // namespace
 
 const RowGroupTable& scalar_row_groups() {
-    static const RowGroupTable table{row_group_32<BlockQ8_0>, row_group_32<BlockQ4_0>, row_group_k<BlockQ2_K>,
+    static const RowGroupTable table{4, row_group_32<BlockQ8_0>, row_group_32<BlockQ4_0>, row_group_k<BlockQ2_K>,
                                      row_group_k<BlockQ3_K>,  row_group_k<BlockQ4_K>,   row_group_k<BlockQ5_K>,
                                      row_group_k<BlockQ6_K>};
     return table;

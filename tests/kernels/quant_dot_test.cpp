@@ -138,7 +138,7 @@ TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (DType type : kFusedTypes) {
-        const int64_t rows = 23, cols = 8 * 256, n_tokens = 6;
+        const int64_t rows = 23, cols = 8 * 256, n_tokens = 11;  // a full 8-token group and a partial one
         const auto w_bytes = random_blocks(type, rows, cols, rng);
         Matrix w;
         w.type = type;
