@@ -400,6 +400,7 @@ struct Options {
     bool repack = true;
     bool json = false;
     std::string ggml_dir;
+    std::vector<std::pair<int64_t, int64_t>> shapes;  // rows x cols; empty: the expert shapes
 };
 
 std::vector<std::string> split_commas(const std::string& s) {
@@ -458,12 +459,14 @@ bool repack_probe(GgmlApi& api, DType type) {
 void usage() {
     std::printf(
         "bench_gemv_ggml [--ggml-lib DIR] [--types q4_K,q8_0,...] [--threads 1,2] [--batch 1,4,16]\n"
-        "                [--reps N] [--working-set-mb M] [--no-big] [--no-repack] [--json]\n"
+        "                [--reps N] [--working-set-mb M] [--shapes ROWSxCOLS,...] [--no-big] [--no-repack] [--json]\n"
         "  GB/s of weight bytes for sluice (quant_gemm where fused, else gemv/gemm) and llama.cpp's ggml\n"
         "  kernels on the same tensors, with a read loop over the same bytes. ggml from --ggml-lib, else\n"
         "  $SLUICE_GGML_LIB (libggml-base.so + libggml-cpu.so; scripts/bench-gemv.sh finds llama_cpp's).\n"
         "  --working-set-mb M: distinct copies of each small matrix totalling >= M MiB, all read per pass\n"
-        "  (a decode touching many experts: memory, not cache). Default 0: one copy, cache-resident.\n");
+        "  (a decode touching many experts: memory, not cache). Default 0: one copy, cache-resident.\n"
+        "  --shapes: these instead of the expert shapes 2048x7168 and 7168x2048 (rows = outputs).\n"
+        "  GB/s counts weight bytes per product whatever the batch; a batch of n does n tokens' work.\n");
 }
 
 }  // namespace
@@ -485,6 +488,13 @@ int main(int argc, char** argv) {
         else if (a == "--batch") { opt.batches.clear(); for (auto& s : split_commas(value())) opt.batches.push_back(std::stoll(s)); }
         else if (a == "--reps") opt.reps = std::stoi(value());
         else if (a == "--working-set-mb") opt.working_set_mb = std::stod(value());
+        else if (a == "--shapes") {
+            for (auto& sh : split_commas(value())) {
+                const size_t x = sh.find('x');
+                if (x == std::string::npos) { std::fprintf(stderr, "--shapes takes ROWSxCOLS,...\n"); return 2; }
+                opt.shapes.emplace_back(std::stoll(sh.substr(0, x)), std::stoll(sh.substr(x + 1)));
+            }
+        }
         else if (a == "--no-big") opt.big = false;
         else if (a == "--no-repack") opt.repack = false;
         else if (a == "--json") opt.json = true;
@@ -523,8 +533,17 @@ int main(int argc, char** argv) {
 
     std::vector<Case> cases;
     for (DType t : opt.types) {
-        cases.push_back({t, 2048, 7168, "expert gate/up"});
-        cases.push_back({t, 7168, 2048, "expert down"});
+        if (opt.shapes.empty()) {
+            cases.push_back({t, 2048, 7168, "expert gate/up"});
+            cases.push_back({t, 7168, 2048, "expert down"});
+        }
+        for (const auto& [r, c] : opt.shapes) {
+            if (!row_fits_blocks(t, c)) {
+                std::fprintf(stderr, "%lld columns are not whole %s blocks\n", (long long)c, std::string(dtype_name(t)).c_str());
+                return 2;
+            }
+            cases.push_back({t, r, c, "custom"});
+        }
     }
     if (opt.big) {
         // Bigger than the LLC (this VM reports 260 MiB of L3): what streaming a large tensor costs.
