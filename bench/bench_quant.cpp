@@ -146,7 +146,7 @@ int main(int argc, char** argv) {
     const int64_t rows = 2048, cols = 7168;  // a V3 routed expert's gate/up ([moe_inter, hidden])
     std::printf("expert matrix %lldx%lld; GB/s of weight bytes, best of N (shared machine: noisy)\n",
                 (long long)rows, (long long)cols);
-    std::printf("%-6s %-5s %-12s %3s %4s %10s %10s %10s %10s %9s %10s\n", "type", "set", "path", "thr", "tok",
+    std::printf("%-6s %-5s %-16s %3s %4s %10s %10s %10s %10s %9s %10s\n", "type", "set", "path", "thr", "tok",
                 "fused GB/s", "cpu GB/s", "exact GB/s", "read GB/s", "fused/rd", "us/token");
     std::vector<float> x(size_t(cols) * 64), y(size_t(rows) * 64);
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 2654435761u % 2001) - 1000) / 1000.0f;
@@ -163,9 +163,7 @@ int main(int argc, char** argv) {
             if (all_paths) paths = {cpu::QuantDotPath::avx512_vnni, cpu::QuantDotPath::avx2, cpu::QuantDotPath::scalar};
             for (auto path : paths) {
                 if (!cpu::quant_dot_path_available(path)) continue;
-                const char* path_name = path == cpu::QuantDotPath::avx512_vnni ? "avx512_vnni"
-                                        : path == cpu::QuantDotPath::avx2      ? "avx2"
-                                                                               : "scalar";
+                const char* path_name = cpu::quant_dot_path_name(path);
                 for (int64_t n_tok : {1, 4, 16, 64}) {
                     if (path == cpu::QuantDotPath::scalar && n_tok > 4) continue;
                     const int reps = n_tok == 1 ? 20 : n_tok <= 16 ? 5 : 3;
@@ -181,7 +179,7 @@ int main(int argc, char** argv) {
                     }
                     char exact_col[32] = "";
                     if (exact > 0) std::snprintf(exact_col, sizeof exact_col, "%10.2f", gb / exact);
-                    std::printf("%-6s %-5s %-12s %3d %4lld %10.2f %10.2f %10s %10.2f %9.2f %10.1f\n", name.c_str(), "hot",
+                    std::printf("%-6s %-5s %-16s %3d %4lld %10.2f %10.2f %10s %10.2f %9.2f %10.1f\n", name.c_str(), "hot",
                                 path_name, threads, (long long)n_tok, gb / fused, gb / fused_cpu, exact_col, gb / read, read / fused,
                                 fused / double(n_tok) * 1e6);
                 }
@@ -200,7 +198,7 @@ int main(int argc, char** argv) {
                         cpu::quant_gemm(matrix_of(type, rows, cols, r), x.data(), cols, 1, y.data(), rows, pool);
                 }, 3, threads);
                 const double ring_cpu = g_last_cpu_seconds;
-                std::printf("%-6s %-5s %-12s %3d %4d %10.2f %10.2f %10s %10.2f %9.2f %10.1f\n", name.c_str(), "dram", "best",
+                std::printf("%-6s %-5s %-16s %3d %4d %10.2f %10.2f %10s %10.2f %9.2f %10.1f\n", name.c_str(), "dram", "best",
                             threads, 1, ring_gb / ring_fused, ring_gb / ring_cpu, "", ring_gb / ring_read, ring_read / ring_fused,
                             ring_fused / double(copies) * 1e6);
             }

@@ -4,6 +4,7 @@
 #include "kernels/cpu/quant_dot.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "core/error.hpp"
@@ -20,7 +21,9 @@ using quant_kernels::RowGroupTable;
 
 const RowGroupTable& row_groups(QuantDotPath path) {
     switch (path) {
-        case QuantDotPath::avx512_vnni: return quant_kernels::avx512_vnni_row_groups();
+        case QuantDotPath::avx512_vnni:
+            return quant_dot_uses_gfni() ? quant_kernels::avx512_vnni_gfni_row_groups()
+                                         : quant_kernels::avx512_vnni_row_groups();
         case QuantDotPath::avx2: return quant_kernels::avx2_row_groups();
         case QuantDotPath::scalar: break;
     }
@@ -41,6 +44,8 @@ RowGroupFn row_group_for(DType type, const RowGroupTable& table) {
     return nullptr;
 }
 
+std::atomic<bool> g_gfni_allowed{true};
+
 bool is_k_quant(DType type) { return block_type(type).block_elems == 256; }
 
 // Grow only: after the first call of a given size no further allocation happens.
@@ -60,6 +65,23 @@ bool quant_dot_path_available(QuantDotPath path) {
             return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni;
     }
     return false;
+}
+
+void set_quant_dot_gfni(bool allowed) { g_gfni_allowed.store(allowed); }
+
+bool quant_dot_uses_gfni() {
+    // cpu_features has no GFNI bit; the compiler's own CPUID reading does
+    static const bool has_gfni = __builtin_cpu_supports("gfni");
+    return has_gfni && g_gfni_allowed.load(std::memory_order_relaxed);
+}
+
+const char* quant_dot_path_name(QuantDotPath path) {
+    switch (path) {
+        case QuantDotPath::scalar: return "scalar";
+        case QuantDotPath::avx2: return "avx2";
+        case QuantDotPath::avx512_vnni: return "avx512_vnni";
+    }
+    return "?";
 }
 
 QuantDotPath best_quant_dot_path() {

@@ -1,6 +1,8 @@
-// Fused dots of quantised weight rows (as stored) with activations quantised once per call to
-// Q8_0-style blocks: int8 products summed in int32 per block, then scaled. Q8_0, Q4_0, Q4_K, Q5_K and Q6_K
-// weights so far (K-quant sub-blocks of 32 line up with the activation blocks); paths: scalar, AVX2 (maddubs) and AVX-512 VNNI (vpdpbusd), picked at run time.
+// Fused dots of quantised weight rows (as stored) with activations quantised once per call to int8:
+// per 32 (Q8_0-style) for Q8_0 / Q4_0 weights, per 256 with per-16 sums (Q8_K-style, as llama.cpp)
+// for the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K. Integer products are summed in int32 (per block,
+// or per super-block with the integer sub-block scales), then scaled in float. Paths: scalar
+// (the reference), AVX2, AVX-512 VNNI on 512-bit vectors (with GFNI where present), picked at run time.
 #pragma once
 
 #include <cstdint>
@@ -12,10 +14,17 @@
 namespace sluice::cpu {
 
 enum class QuantDotPath { scalar, avx2, avx512_vnni };
+const char* quant_dot_path_name(QuantDotPath path);
 
 bool quant_dot_supports(DType type);
 bool quant_dot_path_available(QuantDotPath path);
 QuantDotPath best_quant_dot_path();
+
+// The avx512_vnni path unpacks K-quant bit fields with GFNI's vgf2p8affineqb where the CPU has it
+// (Ice Lake and later; Cascade Lake has VNNI without GFNI). false forces the plain AVX-512 unpacking
+// (tests and benches cover both on one machine); process-wide, default true.
+void set_quant_dot_gfni(bool allowed);
+bool quant_dot_uses_gfni();
 
 // y[t * y_stride + r] = dot(w row r, x[t * x_stride ...]) for t < n_tokens. w.cols must be whole
 // blocks of w.type and w.type supported. Activations are quantised into a per-thread scratch that

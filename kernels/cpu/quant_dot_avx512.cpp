@@ -12,13 +12,13 @@
 #include "kernels/quant_blocks.hpp"
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,gfni,avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,gfni,avx2,fma,f16c")
 #endif
 
 namespace sluice::cpu::quant_kernels {
@@ -42,6 +42,25 @@ inline __m512i bit_halves(int lo, int hi) {
     return _mm512_inserti64x4(_mm512_set1_epi8(char(1 << lo)), _mm256_set1_epi8(char(1 << hi)), 1);
 }
 
+// Bit fields of every byte, `width` bits from bit `from` (lower 256 bits) / `from_hi` (upper 256
+// bits), moved to bit `to`. With GFNI one vgf2p8affineqb does the shift and the mask: its 8x8 bit
+// matrix per 64-bit lane has row `to + i` (byte 7 - to - i of the qword) selecting input bit from + i.
+constexpr uint64_t bit_select_matrix(int from, int width, int to) {
+    uint64_t m = 0;
+    for (int i = 0; i < width; ++i) m |= uint64_t(1u << (from + i)) << (8 * (7 - to - i));
+    return m;
+}
+template <bool kGfni>
+inline __m512i bit_fields(__m512i x, int from, int from_hi, int width, int to = 0) {
+    if constexpr (kGfni) {
+        const auto lo = int64_t(bit_select_matrix(from, width, to)), hi = int64_t(bit_select_matrix(from_hi, width, to));
+        return _mm512_gf2p8affine_epi64_epi8(x, _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo), 0);
+    } else {
+        const __m512i field = _mm512_and_si512(shift_halves(x, from, from_hi), _mm512_set1_epi8(char((1 << width) - 1)));
+        return to == 0 ? field : _mm512_slli_epi16(field, to);
+    }
+}
+
 // Q4_K / Q5_K: eight 6-bit (scale, min) pairs in 12 bytes, unpacked with 32-bit word operations
 // into scales in bytes 0-7 and mins in bytes 8-15.
 inline __m128i k4_scales_mins(const uint8_t* packed) {
@@ -59,33 +78,44 @@ inline __m128i k4_scales_mins(const uint8_t* packed) {
 // Each of 8 bytes twice, widened to 16 int16: one entry per 16 elements.
 inline __m256i per16_from_per32(__m128i bytes8) { return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(bytes8, bytes8)); }
 
+// The f16 pair (d, dmin) at p as two all-lane float vectors; the single d of Q3_K / Q6_K as one.
+inline void half_pair(const uint16_t* p, __m512& d, __m512& dmin) {
+    uint32_t both;
+    std::memcpy(&both, p, 4);
+    const __m512 pairs = _mm512_cvtph_ps(_mm256_set1_epi32(int(both)));  // d, dmin, d, dmin, ...
+    d = _mm512_permute_ps(pairs, 0x00);
+    dmin = _mm512_permute_ps(pairs, 0x55);
+}
+inline __m512 half_all(uint16_t h) { return _mm512_cvtph_ps(_mm256_set1_epi16(short(h))); }
+
+template <bool kGfni>
 struct Q2K {
     using Block = BlockQ2_K;
     static constexpr bool kOffsetAtScaleD = false;
     const Block& b;
     __m256i s, c;
-    float d, cd;
+    __m512 d, cd;
     explicit Q2K(const Block& blk) : b(blk) {
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
         s = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0xF)));
         c = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0xF)));
-        d = half_to_float(b.d);
-        cd = half_to_float(b.dmin);
+        half_pair(&b.d, d, cd);
     }
     // elements 64v..64v+63: 2-bit fields 2(v%2) and 2(v%2)+1 of qs[32(v/2) ..]
     __m512i weights(int v) const {
         const int shift = 4 * (v % 2);
-        return _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * (v / 2)), shift, shift + 2), _mm512_set1_epi8(3));
+        return bit_fields<kGfni>(broadcast32(b.qs + 32 * (v / 2)), shift, shift + 2, 2);
     }
 };
 
+template <bool kGfni>
 struct Q3K {
     using Block = BlockQ3_K;
     static constexpr bool kOffsetAtScaleD = true;
     const Block& b;
     __m256i s, c;
     __m512i hmask;
-    float d, cd;
+    __m512 d, cd;
     explicit Q3K(const Block& blk) : b(blk) {
         // the 12 scale bytes, read as 8 + 4 (a 16-byte read could pass the end of the last block)
         uint64_t lo8;
@@ -103,80 +133,76 @@ struct Q3K {
         s = _mm256_cvtepi8_epi16(s8);
         c = _mm256_slli_epi16(s, 2);
         hmask = broadcast32(b.hmask);
-        d = cd = half_to_float(b.d);
+        d = cd = half_all(b.d);
     }
     // as Q2_K, plus 4 where the hmask bit 4(v/2)+2(v%2) (+1 for the upper half) is set
     __m512i weights(int v) const {
         const int shift = 4 * (v % 2), bit = 4 * (v / 2) + 2 * (v % 2);
-        const __m512i q2 = _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * (v / 2)), shift, shift + 2),
-                                            _mm512_set1_epi8(3));
+        const __m512i q2 = bit_fields<kGfni>(broadcast32(b.qs + 32 * (v / 2)), shift, shift + 2, 2);
         const __mmask64 high = _mm512_test_epi8_mask(hmask, bit_halves(bit, bit + 1));
         return _mm512_mask_add_epi8(q2, high, q2, _mm512_set1_epi8(4));
     }
 };
 
+template <bool kGfni>
 struct Q4K {
     using Block = BlockQ4_K;
     static constexpr bool kOffsetAtScaleD = false;
     const Block& b;
     __m256i s, c;
-    float d, cd;
+    __m512 d, cd;
     explicit Q4K(const Block& blk) : b(blk) {
         const __m128i sm = k4_scales_mins(b.scales);
         s = per16_from_per32(sm);
         c = per16_from_per32(_mm_unpackhi_epi64(sm, sm));
-        d = half_to_float(b.d);
-        cd = half_to_float(b.dmin);
+        half_pair(&b.d, d, cd);
     }
     // elements 64v..64v+63: low then high nibbles of qs[32v ..]
-    __m512i weights(int v) const {
-        return _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * v), 0, 4), _mm512_set1_epi8(0xF));
-    }
+    __m512i weights(int v) const { return bit_fields<kGfni>(broadcast32(b.qs + 32 * v), 0, 4, 4); }
 };
 
+template <bool kGfni>
 struct Q5K {
     using Block = BlockQ5_K;
     static constexpr bool kOffsetAtScaleD = false;
     const Block& b;
     __m256i s, c;
     __m512i qh;
-    float d, cd;
+    __m512 d, cd;
     explicit Q5K(const Block& blk) : b(blk) {
         const __m128i sm = k4_scales_mins(b.scales);
         s = per16_from_per32(sm);
         c = per16_from_per32(_mm_unpackhi_epi64(sm, sm));
         qh = broadcast32(b.qh);
-        d = half_to_float(b.d);
-        cd = half_to_float(b.dmin);
+        half_pair(&b.d, d, cd);
     }
     // Q4_K's nibbles plus 16 where bit 2v (2v+1 for the upper half) of qh is set
     __m512i weights(int v) const {
-        const __m512i q4 = _mm512_and_si512(shift_halves(broadcast32(b.qs + 32 * v), 0, 4), _mm512_set1_epi8(0xF));
+        const __m512i q4 = bit_fields<kGfni>(broadcast32(b.qs + 32 * v), 0, 4, 4);
         const __mmask64 high = _mm512_test_epi8_mask(qh, bit_halves(2 * v, 2 * v + 1));
         return _mm512_mask_add_epi8(q4, high, q4, _mm512_set1_epi8(16));
     }
 };
 
+template <bool kGfni>
 struct Q6K {
     using Block = BlockQ6_K;
     static constexpr bool kOffsetAtScaleD = true;
     const Block& b;
     __m256i s, c;
-    float d, cd;
+    __m512 d, cd;
     explicit Q6K(const Block& blk) : b(blk) {
         s = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
         c = _mm256_slli_epi16(s, 5);
-        d = cd = half_to_float(b.d);
+        d = cd = half_all(b.d);
     }
     // elements 64v..64v+63: nibbles (low for even v, high for odd) of ql[64(v/2) .. +64], with
     // 2-bit fields 2(v%2)*2 and +2 of qh[32(v/2) ..] as bits 4-5
     __m512i weights(int v) const {
         const __m512i ql = _mm512_loadu_si512(b.ql + 64 * (v / 2));
-        const __m512i nib = _mm512_and_si512(v % 2 ? _mm512_srli_epi16(ql, 4) : ql, _mm512_set1_epi8(0xF));
-        const int shift = 4 * (v % 2);
-        const __m512i high = _mm512_and_si512(shift_halves(broadcast32(b.qh + 32 * (v / 2)), shift, shift + 2),
-                                              _mm512_set1_epi8(3));
-        return _mm512_or_si512(nib, _mm512_slli_epi16(high, 4));
+        const int nib = 4 * (v % 2), shift = 4 * (v % 2);
+        const __m512i high = bit_fields<kGfni>(broadcast32(b.qh + 32 * (v / 2)), shift, shift + 2, 2, 4);
+        return _mm512_or_si512(bit_fields<kGfni>(ql, nib, nib, 4), high);
     }
 };
 
@@ -222,17 +248,17 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
                 dot[t] = _mm512_dpwssd_epi32(dot[t], p, sv);  // += pairs of p * scale
             }
         }
+        // acc += da * (d * dot - cd * offset), the activation scale broadcast straight from memory
         for (int t = 0; t < NT; ++t) {
             const __m256i offset = _mm256_madd_epi16(k.c, _mm256_load_si256(reinterpret_cast<const __m256i*>(a[t][i].bsums)));
-            const float da = a[t][i].d;
+            __m512 f;
             if constexpr (K::kOffsetAtScaleD) {
-                dot[t] = _mm512_sub_epi32(dot[t], _mm512_zextsi256_si512(offset));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(k.d * da), acc[t]);
+                f = _mm512_mul_ps(k.d, _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[t], _mm512_zextsi256_si512(offset))));
             } else {
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(k.d * da), acc[t]);
-                acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(offset)),
-                                          _mm512_set1_ps(k.cd * da), acc[t]);
+                const __m512 off = _mm512_mul_ps(k.cd, _mm512_cvtepi32_ps(_mm512_zextsi256_si512(offset)));
+                f = _mm512_fmsub_ps(k.d, _mm512_cvtepi32_ps(dot[t]), off);
             }
+            acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(a[t][i].d), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) sums[t] = _mm512_reduce_add_ps(acc[t]);
@@ -330,10 +356,17 @@ void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int 
 
 }  // namespace
 
+// 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers
 const RowGroupTable& avx512_vnni_row_groups() {
-    // 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers
-    static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K>, row_group_k<Q3K>,
-                                     row_group_k<Q4K>,    row_group_k<Q5K>,    row_group_k<Q6K>};
+    static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K<false>>,
+                                     row_group_k<Q3K<false>>, row_group_k<Q4K<false>>, row_group_k<Q5K<false>>,
+                                     row_group_k<Q6K<false>>};
+    return table;
+}
+const RowGroupTable& avx512_vnni_gfni_row_groups() {
+    static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K<true>>,
+                                     row_group_k<Q3K<true>>, row_group_k<Q4K<true>>, row_group_k<Q5K<true>>,
+                                     row_group_k<Q6K<true>>};
     return table;
 }
 

@@ -24,5 +24,6 @@ struct RowGroupTable {
 const RowGroupTable& scalar_row_groups();
 const RowGroupTable& avx2_row_groups();
 const RowGroupTable& avx512_vnni_row_groups();
+const RowGroupTable& avx512_vnni_gfni_row_groups();  // bit fields extracted with vgf2p8affineqb
 
 }  // namespace sluice::cpu::quant_kernels

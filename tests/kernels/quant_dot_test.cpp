@@ -57,9 +57,7 @@ std::vector<uint8_t> random_blocks(DType type, int64_t rows, int64_t cols, std::
 constexpr DType kFusedTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q2_K, DType::Q3_K,
                                  DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
-}  // namespace
-
-TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activation-quantisation bound") {
+void check_against_dequantised_reference() {
     ThreadPool pool(2);
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -82,11 +80,11 @@ TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activatio
                 for (auto& v : x) v = normal(rng);
                 for (auto path : paths) {
                     if (!cpu::quant_dot_path_available(path)) {
-                        MESSAGE("path not available here: ", int(path));
+                        MESSAGE("path not available here: ", cpu::quant_dot_path_name(path));
                         continue;
                     }
                     CAPTURE(dtype_name(type));
-                    CAPTURE(int(path));
+                    CAPTURE(cpu::quant_dot_path_name(path));
                     CAPTURE(rows);
                     CAPTURE(n_tokens);
                     std::vector<float> y(size_t(y_stride * n_tokens), -12345.0f);
@@ -113,6 +111,18 @@ TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activatio
     }
 }
 
+}  // namespace
+
+// The AVX-512 path runs with and (where the CPU has it) without GFNI's bit-field unpacking.
+TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activation-quantisation bound") {
+    for (bool gfni : {true, false}) {
+        cpu::set_quant_dot_gfni(gfni);
+        CAPTURE(cpu::quant_dot_uses_gfni());
+        check_against_dequantised_reference();
+    }
+    cpu::set_quant_dot_gfni(true);
+}
+
 TEST_CASE("fused gemm refuses types and shapes it has no kernel for") {
     ThreadPool pool(1);
     std::vector<uint8_t> bytes(110 * 2);
@@ -133,7 +143,9 @@ TEST_CASE("fused gemm refuses types and shapes it has no kernel for") {
 // The SIMD paths do the scalar reference's integer arithmetic exactly and differ only in the
 // order of float additions, so they agree with it far more tightly than with the f32 reference:
 // a lane, scale or offset slip that the 1e-2 bound above might forgive shows up here.
-TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
+namespace {
+
+void check_simd_against_scalar() {
     ThreadPool pool(2);
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -154,7 +166,7 @@ TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
         for (auto path : {cpu::QuantDotPath::avx2, cpu::QuantDotPath::avx512_vnni}) {
             if (!cpu::quant_dot_path_available(path)) continue;
             CAPTURE(dtype_name(type));
-            CAPTURE(int(path));
+            CAPTURE(cpu::quant_dot_path_name(path));
             std::vector<float> y(size_t(rows * n_tokens));
             cpu::quant_gemm_on_path(path, w, x.data(), cols, n_tokens, y.data(), rows, pool);
             for (int64_t t = 0; t < n_tokens; ++t) {
@@ -167,4 +179,15 @@ TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
             }
         }
     }
+}
+
+}  // namespace
+
+TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
+    for (bool gfni : {true, false}) {
+        cpu::set_quant_dot_gfni(gfni);
+        CAPTURE(cpu::quant_dot_uses_gfni());
+        check_simd_against_scalar();
+    }
+    cpu::set_quant_dot_gfni(true);
 }
