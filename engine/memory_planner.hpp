@@ -31,7 +31,7 @@ struct MemoryPlan {
     int dense_slots = 0;
     int expert_slots = 0;
     uint64_t staging_bytes = 0;
-    uint64_t global_bytes = 0;       // embedding, head, every norm and router bias (always resident)
+    uint64_t global_bytes = 0;       // embedding, head, every norm, router and router bias (always resident)
     uint64_t resident_dense_bytes = 0;
     uint64_t expert_cache_bytes = 0; // what is left for the expert cache (auto)
     uint64_t mla_cache_bytes = 0;

@@ -10,21 +10,15 @@ llama.cpp runs as llama_cpp.Llama with use_mmap=True (its default), so under a c
 are page cache that the kernel evicts and re-reads, like any mmap-streaming baseline.
 
 Memory cap: the benchmark re-runs itself in a child process placed in a fresh cgroup with the
-limit, then reports the cgroup's peak usage and how often the limit was hit. It tries, in order:
-  1. cgroup v2 (/sys/fs/cgroup/cgroup.controllers lists "memory"): <dir>/memory.max
-  2. cgroup v1 (/sys/fs/cgroup/memory mounted): <dir>/memory.limit_in_bytes  (page cache of the
-     mmapped model is charged to the group, so clean file pages are reclaimed under the cap)
-  3. systemd-run --scope -p MemoryMax=... (only when systemd is PID 1)
-On this dev container (root, no systemd, cgroup v1 memory controller mounted, v2 "unified" has
-no memory controller) method 2 works; systemd-run does not (systemd is "offline").
+limit (scripts/memcap.py: cgroup v2, else v1, else systemd-run), then reports the cgroup's peak
+usage and how often the limit was hit. Page cache of the mmapped model is charged to the group,
+so clean file pages are reclaimed under the cap.
 Each measurement: prompt of random ids (seeded) evaluated as one batch from an empty cache
 (prefill), then --decode single-token steps feeding back the argmax (decode); best of --repeat.
 """
 import argparse
 import json
 import os
-import pathlib
-import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +32,15 @@ def parse_bytes(text: str) -> int:
     if t and t[-1] in units:
         return int(float(t[:-1]) * units[t[-1]])
     return int(t)
+
+
+def read_bytes() -> int:
+    """Bytes this process has caused to be read from storage (page-cache misses included)."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return 0
 
 
 def bench(args) -> dict:
@@ -56,30 +59,38 @@ def bench(args) -> dict:
     for _ in range(min(args.decode, 4)):
         llm.eval([2])
     results = []
-    for n in lengths:
+    for i, n in enumerate(lengths):
         prompt = [int(x) for x in rng.integers(2, n_vocab, size=n)]
+        n_decode = args.decode if i == 0 or not args.decode_first_only else 0
         best_prefill, best_decode = float("inf"), float("inf")
+        prompt_read = decode_read = None
         for _ in range(args.repeat):
             llm.reset()  # n_tokens = 0; eval() then drops the cached positions >= 0
+            r0 = read_bytes()
             t0 = time.perf_counter()
             llm.eval(prompt)
             t1 = time.perf_counter()
-            for _ in range(args.decode):
+            r1 = read_bytes()
+            for _ in range(n_decode):
                 # logits_all is off (as in normal use), so llm.scores is not filled: read the
                 # last position's logits straight from the context
                 last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
                 nxt = int(np.argmax(last))
                 llm.eval([nxt])
             t2 = time.perf_counter()
-            best_prefill = min(best_prefill, t1 - t0)
-            best_decode = min(best_decode, t2 - t1)
+            if t1 - t0 < best_prefill:
+                best_prefill, prompt_read = t1 - t0, r1 - r0
+            if t2 - t1 < best_decode:
+                best_decode, decode_read = t2 - t1, read_bytes() - r1
         results.append({
             "prompt_tokens": n,
             "prompt_tokens_per_s": n / best_prefill,
             "prompt_s": best_prefill,
-            "decode_tokens": args.decode,
-            "decode_tokens_per_s": args.decode / best_decode if args.decode else None,
-            "decode_s": best_decode,
+            "prompt_read_bytes": prompt_read,
+            "decode_tokens": n_decode,
+            "decode_tokens_per_s": n_decode / best_decode if n_decode else None,
+            "decode_s": best_decode if n_decode else None,
+            "decode_read_bytes": decode_read if n_decode else None,
         })
     return {
         "engine": "llama.cpp via llama-cpp-python " + llama_cpp.__version__,
@@ -94,60 +105,19 @@ def bench(args) -> dict:
     }
 
 
-def cgroup_v2_root():
-    p = pathlib.Path("/sys/fs/cgroup")
-    ctl = p / "cgroup.controllers"
-    if ctl.exists() and "memory" in ctl.read_text().split():
-        return p
-    return None
-
-
 def run_capped(args, child_argv) -> dict:
-    """Run child_argv inside a fresh memory cgroup limited to args.memory_max; return its JSON
-    plus the cgroup's peak usage and limit hits."""
+    """Run child_argv inside a fresh memory cgroup limited to args.memory_max (scripts/memcap.py,
+    the same cap sluice's benchmark uses); return its JSON plus the group's peak and limit hits."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from memcap import run_capped as memcap_run
     limit = parse_bytes(args.memory_max)
-    name = f"sluice_llamacpp_bench_{os.getpid()}"
-    v2, v1 = cgroup_v2_root(), pathlib.Path("/sys/fs/cgroup/memory")
-    if v2 is not None or (v1 / "memory.limit_in_bytes").exists():
-        if v2 is not None:
-            cg = v2 / name
-            cg.mkdir()
-            (cg / "memory.max").write_text(str(limit))
-            (cg / "memory.swap.max").write_text("0") if (cg / "memory.swap.max").exists() else None
-            method = "cgroup v2 memory.max"
-        else:
-            cg = v1 / name
-            cg.mkdir()
-            (cg / "memory.limit_in_bytes").write_text(str(limit))
-            method = "cgroup v1 memory.limit_in_bytes"
-        procs = str(cg / "cgroup.procs")
-        try:
-            # the child joins the group before it execs, so everything it maps is charged there
-            r = subprocess.run(child_argv, capture_output=True, text=True,
-                               preexec_fn=lambda: open(procs, "w").write(str(os.getpid())))
-            if v2 is not None:
-                peak_file = cg / "memory.peak"
-                peak = int(peak_file.read_text()) if peak_file.exists() else None
-                events = dict(l.split() for l in (cg / "memory.events").read_text().splitlines())
-                hits = int(events.get("max", 0))
-            else:
-                peak = int((cg / "memory.max_usage_in_bytes").read_text())
-                hits = int((cg / "memory.failcnt").read_text())
-        finally:
-            cg.rmdir()
-    elif shutil.which("systemd-run") and subprocess.run(["systemctl", "is-system-running"],
-                                                         capture_output=True, text=True).stdout.strip() in ("running", "degraded"):
-        method, peak, hits = "systemd-run --scope MemoryMax", None, None
-        r = subprocess.run(["systemd-run", "--scope", "-q", "-p", f"MemoryMax={limit}", "-p", "MemorySwapMax=0"]
-                           + child_argv, capture_output=True, text=True)
-    else:
-        raise SystemExit("no way to cap memory here: no cgroup v2 memory controller, no cgroup v1 memory "
-                         "hierarchy at /sys/fs/cgroup/memory, and systemd is not running")
+    r, cap = memcap_run(child_argv, limit, capture_stdout=True, stderr=subprocess.PIPE,
+                        name_hint="sluice_llamacpp_bench")
     if r.returncode != 0:
-        raise SystemExit(f"benchmark under {limit} bytes ({method}) failed with exit {r.returncode} "
+        raise SystemExit(f"benchmark under {limit} bytes ({cap['method']}) failed with exit {r.returncode} "
                          f"(-9 or 137: SIGKILL, i.e. the OOM killer at the cap):\n{r.stderr[-2000:]}")
     out = json.loads(r.stdout)
-    out["memory_cap"] = {"bytes": limit, "method": method, "peak_bytes": peak, "limit_hits": hits}
+    out["memory_cap"] = cap
     return out
 
 
@@ -158,12 +128,14 @@ def main():
     ap.add_argument("--prompt-lengths", default="16,128,512")
     ap.add_argument("--decode", type=int, default=32, help="decode steps after each prompt")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per prompt length")
+    ap.add_argument("--decode-first-only", action="store_true",
+                    help="decode only after the first prompt length (as sluice bench does)")
     ap.add_argument("--memory-max", help="cap, e.g. 512M or 8G: run inside a memory cgroup")
     args = ap.parse_args()
     if args.memory_max:
         child = [sys.executable, os.path.abspath(__file__), args.gguf, "--threads", str(args.threads),
                  "--prompt-lengths", args.prompt_lengths, "--decode", str(args.decode),
-                 "--repeat", str(args.repeat)]
+                 "--repeat", str(args.repeat)] + (["--decode-first-only"] if args.decode_first_only else [])
         out = run_capped(args, child)
     else:
         out = bench(args)

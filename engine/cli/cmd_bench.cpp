@@ -2,6 +2,9 @@
 // several prompt lengths, decode, and decode with several sequences per step — with the
 // streaming figures behind each (bytes read, read rate, overlap, hit rates). Prints a table,
 // or one JSON object with --json. Token ids are drawn at random (seeded): speed, not text.
+// With --json it also reports the inputs of a roofline (scripts/bench-streaming.py): the bytes a
+// full pass streams, the matmul FLOPs per token, and the measured GEMM rate of the model's own
+// expert and dense matrices at the token counts a prompt gives them.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -10,12 +13,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
 #include "engine/cli/command.hpp"
 #include "engine/deepseek_v3.hpp"
 #include "engine/runtime.hpp"
 #include "engine/sampler.hpp"
+#include "kernels/cpu/matmul.hpp"
 
 namespace sluice::cli {
 
@@ -50,6 +55,95 @@ nlohmann::json phase_json(const Phase& p) {
     return j;
 }
 
+// FLOP/s of cpu::gemm on one planned matrix as stored, at n_tokens activations: the matrix is
+// read into memory once, then multiplied until at least min_seconds have passed (best rate of
+// the runs, so a busy neighbour costs less).
+nlohmann::json gemm_rate(const PlannedTensor& t, const TensorSource& source, int64_t n_tokens, ThreadPool& pool,
+                         const char* what, double min_seconds = 0.6) {
+    AlignedBuffer data(size_t(t.extent.length), 64), scales(size_t(std::max<uint64_t>(t.scales.length, 64)), 64);
+    source.read(SourceTensor{t.name, t.type, {}, t.extent}, std::span<std::byte>(data.data(), t.extent.length));
+    if (t.scales.length)
+        source.read(SourceTensor{t.name + " (scales)", DType::F32, {}, t.scales},
+                    std::span<std::byte>(scales.data(), t.scales.length));
+    const Matrix m{t.type, t.rows, t.cols, data.data(), t.scales.length ? scales.as<float>() : nullptr,
+                   t.scale_row_offset};
+    std::vector<float> x(size_t(n_tokens * t.cols)), y(size_t(n_tokens * t.rows));
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (auto& v : x) v = normal(rng);
+    using Clock = std::chrono::steady_clock;
+    cpu::gemm(m, x.data(), t.cols, n_tokens, y.data(), t.rows, pool);  // warm: caches, quantised-activation buffers
+    double best = 1e300, total = 0;
+    int runs = 0;
+    while (total < min_seconds || runs < 3) {
+        const auto t0 = Clock::now();
+        cpu::gemm(m, x.data(), t.cols, n_tokens, y.data(), t.rows, pool);
+        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+        best = std::min(best, s);
+        total += s;
+        ++runs;
+    }
+    const double flops = 2.0 * double(t.rows) * double(t.cols) * double(n_tokens);
+    return {{"what", what},           {"tensor", t.name},  {"type", dtype_name(t.type)},
+            {"rows", t.rows},         {"cols", t.cols},    {"tokens", n_tokens},
+            {"runs", runs},           {"best_s", best},    {"flops_per_s", flops / best},
+            {"weight_gb_per_s", double(t.extent.length) / best / 1e9}};
+}
+
+uint64_t matmul_flops(const Segment& s) {
+    uint64_t f = 0;
+    for (const auto& t : s.tensors)
+        if (t.rows > 1) f += 2 * uint64_t(t.rows) * uint64_t(t.cols);
+    return f;
+}
+
+// What a roofline of this model needs besides the disk rate: bytes a full pass streams, FLOPs
+// per token by kind, and the GEMM rate measured on the model's own matrices at the token counts
+// a prompt of `prompt_tokens` gives them (all tokens for the dense parts, tokens x top_k /
+// n_experts for each routed expert).
+nlohmann::json roofline_inputs(const Runtime& rt, int64_t prompt_tokens, int64_t batch_tokens, ThreadPool& pool) {
+    const auto& d = rt.layout();
+    const auto& plan = rt.model->plan;
+    uint64_t layer_bytes = 0, dense_flops = 0, expert_flops = 0, router_flops = 0;
+    const PlannedTensor* expert_matrix = nullptr;
+    const PlannedTensor* dense_matrix = nullptr;
+    for (const auto& l : plan.layers) {
+        layer_bytes += l.dense.bytes();
+        for (const auto& e : l.experts) layer_bytes += e.bytes();
+        dense_flops += matmul_flops(l.dense);
+        router_flops += matmul_flops(l.vectors);
+        if (!l.experts.empty()) {
+            expert_flops += uint64_t(d.router.top_k) * matmul_flops(l.experts[0]);
+            if (!expert_matrix) expert_matrix = &l.experts[0].tensors[0];
+        }
+        for (const auto& t : l.dense.tensors)
+            if (t.rows > 1 && (!dense_matrix || t.extent.length > dense_matrix->extent.length)) dense_matrix = &t;
+    }
+    // Attention over the latent cache, per token per visible position: scores over kv_rank + rope
+    // and values over kv_rank, for every head and layer.
+    const uint64_t attention_flops_per_position =
+        2 * uint64_t(d.n_heads) * uint64_t(2 * d.kv_rank + d.rope_dim) * uint64_t(d.n_layers);
+    uint64_t head_flops = 0;
+    for (const auto& t : plan.globals.tensors)
+        if (t.role == WeightRole::lm_head) head_flops = 2 * uint64_t(t.rows) * uint64_t(t.cols);
+    nlohmann::json j = {{"prompt_tokens", prompt_tokens},
+                        {"layer_bytes", layer_bytes},
+                        {"resident_weight_bytes", rt.memory.resident_dense_bytes + rt.memory.expert_cache_bytes},
+                        {"dense_flops_per_token", dense_flops + router_flops},
+                        {"expert_flops_per_token", expert_flops},
+                        {"attention_flops_per_token_per_position", attention_flops_per_position},
+                        {"head_flops_per_sequence", head_flops},
+                        {"gemm", nlohmann::json::array()}};
+    const int64_t expert_tokens =
+        std::max<int64_t>(1, prompt_tokens * std::max(d.router.top_k, 1) / std::max<int64_t>(d.n_experts, 1));
+    if (expert_matrix)
+        j["gemm"].push_back(gemm_rate(*expert_matrix, *rt.model->source, expert_tokens, pool, "expert"));
+    if (dense_matrix)
+        j["gemm"].push_back(gemm_rate(*dense_matrix, *rt.model->source, std::min(prompt_tokens, batch_tokens), pool,
+                                      "dense"));
+    return j;
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app) {
@@ -63,6 +157,7 @@ void register_bench(CLI::App& app) {
         int64_t batch_tokens = 512;
         uint64_t seed = 1;
         bool json = false;
+        bool no_roofline = false;
         RuntimeOptions runtime;
     };
     auto args = std::make_shared<Args>();
@@ -73,7 +168,8 @@ void register_bench(CLI::App& app) {
     sub->add_option("-t,--threads", args->threads, "Compute threads (0 = all CPUs)")->capture_default_str();
     sub->add_option("-b,--batch", args->batch_tokens, "Tokens per prefill step")->capture_default_str();
     sub->add_option("--seed", args->seed, "Seed of the random token ids")->capture_default_str();
-    sub->add_flag("--json", args->json, "Print one JSON object");
+    sub->add_flag("--json", args->json, "Print one JSON object (with the roofline inputs: bytes, FLOPs, GEMM rate)");
+    sub->add_flag("--no-roofline", args->no_roofline, "With --json: skip the GEMM-rate measurement");
     add_runtime_options(*sub, args->runtime);
     add_command(app, sub, [args] {
         const auto prompt_lengths = parse_list(args->prompt_lengths, "--prompt-lengths");
@@ -162,7 +258,15 @@ void register_bench(CLI::App& app) {
             j["resident"] = resident_mode_name(rt->mode);
             j["threads"] = pool.size();
             j["memory_plan"] = rt->memory.describe();
+            j["memory_plan_bytes"] = {{"total", rt->memory.total_bytes},
+                                      {"staging", rt->memory.staging_bytes},
+                                      {"globals", rt->memory.global_bytes},
+                                      {"resident_dense", rt->memory.resident_dense_bytes},
+                                      {"expert_cache", rt->memory.expert_cache_bytes},
+                                      {"mla_cache", rt->memory.mla_cache_bytes},
+                                      {"activations", rt->memory.activation_bytes}};
             for (const auto& p : phases) j["phases"].push_back(phase_json(p));
+            if (!args->no_roofline) j["roofline"] = roofline_inputs(*rt, longest, args->batch_tokens, pool);
             fmt::print("{}\n", j.dump(2));
             return 0;
         }
