@@ -566,6 +566,12 @@ int main(int argc, char** argv) {
         const int64_t bytes_one = row_bytes(c.type, c.cols) * c.rows;
         const int copies =
             std::max<int>(1, int(std::ceil(opt.working_set_mb * 1048576.0 / double(bytes_one))));
+        if (have_ggml && copies > 1024) {
+            // One graph node per copy; ggml_new_graph holds 2048 nodes.
+            std::fprintf(stderr, "--working-set-mb needs %d copies of %lldx%lld; at most 1024 fit one ggml graph\n",
+                         copies, (long long)c.rows, (long long)c.cols);
+            return 2;
+        }
 
         // Weights: in a ggml context when ggml is there (sluice views the same bytes), else our own.
         ggml_context* wctx = nullptr;
