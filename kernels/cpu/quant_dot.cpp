@@ -112,14 +112,14 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
         auto& scratch = t_activations_q8k;
         if (scratch.size() < size_t(n_blocks * n_tokens)) scratch.resize(size_t(n_blocks * n_tokens));
         for (int64_t t = 0; t < n_tokens; ++t)
-            quantize_activations_q8k(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
+            table.quantize_q8k(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
         acts = reinterpret_cast<const uint8_t*>(scratch.data());
         act_token_bytes = n_blocks * int64_t(sizeof(ActivationBlockQ8K));
     } else {
         auto& scratch = t_activations_q8;
         if (scratch.size() < size_t(n_blocks * n_tokens)) scratch.resize(size_t(n_blocks * n_tokens));
         for (int64_t t = 0; t < n_tokens; ++t)
-            quantize_activations_q8(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
+            table.quantize_q8(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
         acts = reinterpret_cast<const uint8_t*>(scratch.data());
         act_token_bytes = n_blocks * int64_t(sizeof(ActivationBlockQ8));
     }

@@ -284,11 +284,68 @@ void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int 
     }
 }
 
+// ---- activation quantisers: the scalar ones' arithmetic (d = amax / 127, q = nearest-even of
+// x * (1 / d)), so every path quantises to the same bytes ----------------------------------------
+inline __m256 abs_ps(__m256 v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+inline float reduce_max(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+inline int32_t reduce_add(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
+inline float block_scale(float amax, float& inv) {
+    const float d = amax / 127.0f;
+    inv = d != 0.0f ? 1.0f / d : 0.0f;
+    return d;
+}
+// 32 floats times inv, rounded to nearest even, saturated to int8 in order; q[] gets the int32s.
+inline __m256i quantize32(const float* x, __m256 inv, __m256i q[4]) {
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), inv));
+    // the packs interleave 128-bit lanes: 4-byte groups come out as q0lo q1lo q2lo q3lo q0hi ...
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+void quantize_q8(const float* x, ActivationBlockQ8* out, int64_t n) {
+    for (int64_t b = 0; b < n / 32; ++b, x += 32) {
+        __m256 amax = abs_ps(_mm256_loadu_ps(x));
+        for (int i = 1; i < 4; ++i) amax = _mm256_max_ps(amax, abs_ps(_mm256_loadu_ps(x + 8 * i)));
+        float inv;
+        out[b].d = block_scale(reduce_max(amax), inv);
+        __m256i q[4];
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs), quantize32(x, _mm256_set1_ps(inv), q));
+        out[b].sum = reduce_add(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    }
+}
+
+void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
+    for (int64_t b = 0; b < n / 256; ++b, x += 256) {
+        __m256 amax = _mm256_setzero_ps();
+        for (int i = 0; i < 32; ++i) amax = _mm256_max_ps(amax, abs_ps(_mm256_loadu_ps(x + 8 * i)));
+        float inv;
+        out[b].d = block_scale(reduce_max(amax), inv);
+        const __m256 scale = _mm256_set1_ps(inv);
+        for (int g = 0; g < 8; ++g) {
+            __m256i q[4];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(out[b].qs + 32 * g), quantize32(x + 32 * g, scale, q));
+            out[b].bsums[2 * g] = int16_t(reduce_add(_mm256_add_epi32(q[0], q[1])));
+            out[b].bsums[2 * g + 1] = int16_t(reduce_add(_mm256_add_epi32(q[2], q[3])));
+        }
+    }
+}
+
 }  // namespace
 
 const RowGroupTable& avx2_row_groups() {
     static const RowGroupTable table{4, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K>, row_group_k<Q3K>,
-                                     row_group_k<Q4K>,    row_group_k<Q5K>,    row_group_k<Q6K>};
+                                     row_group_k<Q4K>,    row_group_k<Q5K>,    row_group_k<Q6K>,
+                                     quantize_q8, quantize_q8k};
     return table;
 }
 

@@ -354,19 +354,56 @@ void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int 
     }
 }
 
+// ---- activation quantisers: the scalar ones' arithmetic (d = amax / 127, q = nearest-even of
+// x * (1 / d)), so every path quantises to the same bytes ----------------------------------------
+inline float block_scale(float amax, float& inv) {
+    const float d = amax / 127.0f;
+    inv = d != 0.0f ? 1.0f / d : 0.0f;
+    return d;
+}
+inline __m512 abs_ps(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
+
+void quantize_q8(const float* x, ActivationBlockQ8* out, int64_t n) {
+    for (int64_t b = 0; b < n / 32; ++b, x += 32) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        float inv;
+        out[b].d = block_scale(_mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1))), inv);
+        const __m512 scale = _mm512_set1_ps(inv);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, scale)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, scale));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+        out[b].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+}
+
+void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
+    for (int64_t b = 0; b < n / 256; ++b, x += 256) {
+        __m512 amax = _mm512_setzero_ps();
+        for (int g = 0; g < 16; ++g) amax = _mm512_max_ps(amax, abs_ps(_mm512_loadu_ps(x + 16 * g)));
+        float inv;
+        out[b].d = block_scale(_mm512_reduce_max_ps(amax), inv);
+        const __m512 scale = _mm512_set1_ps(inv);
+        for (int g = 0; g < 16; ++g) {
+            const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * g), scale));
+            _mm_store_si128(reinterpret_cast<__m128i*>(out[b].qs + 16 * g), _mm512_cvtsepi32_epi8(q));
+            out[b].bsums[g] = int16_t(_mm512_reduce_add_epi32(q));
+        }
+    }
+}
+
 }  // namespace
 
 // 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers
 const RowGroupTable& avx512_vnni_row_groups() {
     static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K<false>>,
                                      row_group_k<Q3K<false>>, row_group_k<Q4K<false>>, row_group_k<Q5K<false>>,
-                                     row_group_k<Q6K<false>>};
+                                     row_group_k<Q6K<false>>, quantize_q8, quantize_q8k};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
     static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K<true>>,
                                      row_group_k<Q3K<true>>, row_group_k<Q4K<true>>, row_group_k<Q5K<true>>,
-                                     row_group_k<Q6K<true>>};
+                                     row_group_k<Q6K<true>>, quantize_q8, quantize_q8k};
     return table;
 }
 

@@ -16,9 +16,15 @@ inline constexpr int kMaxTokenGroup = 8;
 // acts[t] points at that token's ActivationBlockQ8 (32-element types) or ActivationBlockQ8K array.
 using RowGroupFn = void (*)(const void* w, int64_t n_blocks, const void* const* acts, int n_tok, float* sums);
 
+// The activation quantisers, bit-identical on every path (the same d, 1/d, and round-to-nearest-even).
+using QuantizeQ8Fn = void (*)(const float* x, ActivationBlockQ8* out, int64_t n);
+using QuantizeQ8KFn = void (*)(const float* x, ActivationBlockQ8K* out, int64_t n);
+
 struct RowGroupTable {
     int token_group;  // tokens per call: as many as the path's registers hold accumulators for
     RowGroupFn q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k;
+    QuantizeQ8Fn quantize_q8;
+    QuantizeQ8KFn quantize_q8k;
 };
 
 const RowGroupTable& scalar_row_groups();

@@ -149,7 +149,7 @@ void row_group_32(const void* wv, int64_t n_blocks, const void* const* acts, int
 const RowGroupTable& scalar_row_groups() {
     static const RowGroupTable table{4, row_group_32<BlockQ8_0>, row_group_32<BlockQ4_0>, row_group_k<BlockQ2_K>,
                                      row_group_k<BlockQ3_K>,  row_group_k<BlockQ4_K>,   row_group_k<BlockQ5_K>,
-                                     row_group_k<BlockQ6_K>};
+                                     row_group_k<BlockQ6_K>, quantize_activations_q8, quantize_activations_q8k};
     return table;
 }
 
