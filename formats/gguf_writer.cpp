@@ -120,6 +120,8 @@ void GgufWriter::write_tensor_data(std::span<const uint8_t> bytes) {
     if (!header_written_) fail(ErrorKind::internal, "{}: tensor data before the header", path_);
     if (next_to_write_ >= tensors_.size()) fail(ErrorKind::internal, "{}: more tensor data than tensors", path_);
     const Pending& t = tensors_[next_to_write_];
+    if (written_of_next_ != 0)
+        fail(ErrorKind::internal, "{}: tensor '{}' whole after {} bytes in chunks", path_, t.name, written_of_next_);
     if (bytes.size() != t.size_bytes)
         fail(ErrorKind::invalid_input, "{}: tensor '{}': {} bytes given, {} expected", path_, t.name, bytes.size(),
              t.size_bytes);
@@ -129,6 +131,25 @@ void GgufWriter::write_tensor_data(std::span<const uint8_t> bytes) {
     write_bytes(bytes.data(), bytes.size());
     pad_to_alignment();
     ++next_to_write_;
+}
+
+void GgufWriter::write_tensor_chunk(std::span<const uint8_t> bytes) {
+    if (!header_written_) fail(ErrorKind::internal, "{}: tensor data before the header", path_);
+    if (next_to_write_ >= tensors_.size()) fail(ErrorKind::internal, "{}: more tensor data than tensors", path_);
+    const Pending& t = tensors_[next_to_write_];
+    if (written_of_next_ + bytes.size() > t.size_bytes)
+        fail(ErrorKind::invalid_input, "{}: tensor '{}': {} bytes given past its {}", path_, t.name,
+             written_of_next_ + bytes.size(), t.size_bytes);
+    if (written_of_next_ == 0 && position_ != data_start_ + t.relative_offset)
+        fail(ErrorKind::internal, "{}: tensor '{}' would land at {} not {}", path_, t.name, position_,
+             data_start_ + t.relative_offset);
+    write_bytes(bytes.data(), bytes.size());
+    written_of_next_ += bytes.size();
+    if (written_of_next_ == t.size_bytes) {
+        pad_to_alignment();
+        ++next_to_write_;
+        written_of_next_ = 0;
+    }
 }
 
 void GgufWriter::finish() {

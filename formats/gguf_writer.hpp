@@ -28,6 +28,11 @@ public:
     void write_header();
     // Data of the next declared tensor; size must equal its byte size.
     void write_tensor_data(std::span<const uint8_t> bytes);
+    // The same in pieces, for tensors larger than memory: consecutive chunks of the next
+    // declared tensor; once its byte size is reached it is padded and the next one begins.
+    void write_tensor_chunk(std::span<const uint8_t> bytes);
+    // Bytes written so far (header, padding and data).
+    uint64_t position() const { return position_; }
     // Checks every declared tensor was written and closes the file.
     void finish();
 
@@ -52,6 +57,7 @@ private:
     std::vector<Pending> tensors_;
     uint64_t next_relative_offset_ = 0;
     size_t next_to_write_ = 0;
+    uint64_t written_of_next_ = 0;  // bytes of tensors_[next_to_write_] given by write_tensor_chunk
     uint64_t data_start_ = 0;
     bool header_written_ = false;
 };
