@@ -49,7 +49,7 @@ std::atomic<bool> g_gfni_allowed{true};
 bool is_k_quant(DType type) { return block_type(type).block_elems == 256; }
 
 // Grow only: after the first call of a given size no further allocation happens.
-thread_local std::vector<ActivationBlockQ8> t_activations_q8;
+thread_local std::vector<ActivationGroupQ8> t_activations_q8;
 thread_local std::vector<ActivationBlockQ8K> t_activations_q8k;
 
 }  // namespace
@@ -105,23 +105,25 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const RowGroupFn fn = row_group_for(w.type, table);
     const int64_t token_group = table.token_group;
     const int64_t n_blocks = w.cols / block_type(w.type).block_elems;
-    // Activations of token t start at acts + t * act_token_bytes.
+    // Activations: 320 bytes per 256 columns (one ActivationBlockQ8K, or one ActivationGroupQ8 of
+    // eight 32-blocks); token t starts at acts + t * act_token_bytes.
+    constexpr int64_t kGroupElems = 256, kGroupBytes = 320;
+    static_assert(sizeof(ActivationBlockQ8K) == kGroupBytes && sizeof(ActivationGroupQ8) == kGroupBytes);
+    const int64_t n_groups = (w.cols + kGroupElems - 1) / kGroupElems;
+    const int64_t act_token_bytes = n_groups * kGroupBytes;
     const uint8_t* acts;
-    int64_t act_token_bytes;
     if (is_k_quant(w.type)) {
         auto& scratch = t_activations_q8k;
-        if (scratch.size() < size_t(n_blocks * n_tokens)) scratch.resize(size_t(n_blocks * n_tokens));
+        if (scratch.size() < size_t(n_groups * n_tokens)) scratch.resize(size_t(n_groups * n_tokens));
         for (int64_t t = 0; t < n_tokens; ++t)
-            table.quantize_q8k(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
+            table.quantize_q8k(x + t * x_stride, scratch.data() + t * n_groups, w.cols);
         acts = reinterpret_cast<const uint8_t*>(scratch.data());
-        act_token_bytes = n_blocks * int64_t(sizeof(ActivationBlockQ8K));
     } else {
         auto& scratch = t_activations_q8;
-        if (scratch.size() < size_t(n_blocks * n_tokens)) scratch.resize(size_t(n_blocks * n_tokens));
+        if (scratch.size() < size_t(n_groups * n_tokens)) scratch.resize(size_t(n_groups * n_tokens));
         for (int64_t t = 0; t < n_tokens; ++t)
-            table.quantize_q8(x + t * x_stride, scratch.data() + t * n_blocks, w.cols);
+            table.quantize_q8(x + t * x_stride, scratch.data() + t * n_groups, w.cols);
         acts = reinterpret_cast<const uint8_t*>(scratch.data());
-        act_token_bytes = n_blocks * int64_t(sizeof(ActivationBlockQ8));
     }
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
@@ -130,10 +132,11 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     // of every row streaming all tokens' activations from L2 again. GEMV (one chunk) is unchanged.
     constexpr int64_t kRowTile = 16;
     constexpr int64_t kL1ActivationBytes = 32 * 1024;
-    const int64_t act_block_bytes = act_token_bytes / n_blocks;
+    const int64_t blocks_per_group = kGroupElems / block_type(w.type).block_elems;  // 8 or 1
     const int64_t w_block_bytes = block_type(w.type).block_bytes;
-    const int64_t chunk_blocks =
-        std::clamp<int64_t>(kL1ActivationBytes / (std::min(token_group, n_tokens) * act_block_bytes), 1, n_blocks);
+    const int64_t chunk_groups =
+        std::clamp<int64_t>(kL1ActivationBytes / (std::min(token_group, n_tokens) * kGroupBytes), 1, n_groups);
+    const int64_t chunk_blocks = chunk_groups * blocks_per_group;
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
         const void* a[kMaxTokenGroup];
         float sums[kMaxTokenGroup];
@@ -144,7 +147,8 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                 const int n_tok = int(std::min(token_group, n_tokens - t0));
                 for (int64_t c0 = 0; c0 < n_blocks; c0 += chunk_blocks) {
                     const int64_t nb = std::min(chunk_blocks, n_blocks - c0);
-                    for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes + c0 * act_block_bytes;
+                    const int64_t act_offset = c0 / blocks_per_group * kGroupBytes;
+                    for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes + act_offset;
                     for (int64_t i = 0; i < tile_rows; ++i) {
                         fn(base + (tile + i) * row_bytes + c0 * w_block_bytes, nb, a, n_tok, sums);
                         for (int t = 0; t < n_tok; ++t) partial[i][t] = c0 == 0 ? sums[t] : partial[i][t] + sums[t];

@@ -224,14 +224,14 @@ void row_group_k(const void* w, int64_t n_sb, const void* const* acts, int n_tok
     }
 }
 
-// ---- Q8_0 / Q4_0 against per-32 activations ------------------------------------------------
+// ---- Q8_0 / Q4_0 against per-32 activations (ActivationGroupQ8) --------------------------------
 struct Q8_0W {
     using Block = BlockQ8_0;
     __m256i w, wabs;
     explicit Q8_0W(const Block& b) : w(load32(b.qs)), wabs(_mm256_sign_epi8(w, w)) {}
     // |w| against a with w's sign: unsigned x signed
-    __m256i dot(const ActivationBlockQ8& a) const {
-        const __m256i p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(load32(a.qs), w));
+    __m256i dot(const int8_t* a, int32_t) const {
+        const __m256i p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(load32(a), w));
         return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
     }
 };
@@ -243,30 +243,33 @@ struct Q4_0W {
         u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0xF));
     }
     // nibbles u = w + 8 as they are; 8 lanes of -sum(a) add up to the -8 * sum(a) correction
-    __m256i dot(const ActivationBlockQ8& a) const {
-        const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, load32(a.qs)), _mm256_set1_epi16(1));
-        return _mm256_sub_epi32(p32, _mm256_set1_epi32(a.sum));
+    __m256i dot(const int8_t* a, int32_t a_sum) const {
+        const __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(u, load32(a)), _mm256_set1_epi16(1));
+        return _mm256_sub_epi32(p32, _mm256_set1_epi32(a_sum));
     }
 };
 
 template <typename W, int NT>
 void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, float* sums) {
     const auto* w = static_cast<const typename W::Block*>(wv);
-    const ActivationBlockQ8* a[NT];
+    const ActivationGroupQ8* a[NT];
     __m256 acc[2][NT];
     for (int t = 0; t < NT; ++t) {
-        a[t] = static_cast<const ActivationBlockQ8*>(acts[t]);
+        a[t] = static_cast<const ActivationGroupQ8*>(acts[t]);
         acc[0][t] = acc[1][t] = _mm256_setzero_ps();
     }
     auto step = [&](int64_t blk, __m256* acc_t) {
         const W wq(w[blk]);
         const float dw = half_to_float(w[blk].d);
+        const int64_t g = blk / 8;
+        const int slot = int(blk % 8);
         for (int t = 0; t < NT; ++t)
-            acc_t[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(wq.dot(a[t][blk])), _mm256_set1_ps(dw * a[t][blk].d), acc_t[t]);
+            acc_t[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(wq.dot(a[t][g].qs[slot], a[t][g].sum[slot])),
+                                       _mm256_set1_ps(dw * a[t][g].d[slot]), acc_t[t]);
     };
     int64_t b = 0;
     for (; b + 2 <= n_blocks; b += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + b + 16), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + b) + kPrefetchBytes, _MM_HINT_T0);
         step(b, acc[0]);
         step(b + 1, acc[1]);
     }
@@ -312,16 +315,19 @@ inline __m256i quantize32(const float* x, __m256 inv, __m256i q[4]) {
     return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-void quantize_q8(const float* x, ActivationBlockQ8* out, int64_t n) {
+void quantize_q8(const float* x, ActivationGroupQ8* out, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b, x += 32) {
+        ActivationGroupQ8& g = out[b / 8];
+        const int slot = int(b % 8);
         __m256 amax = abs_ps(_mm256_loadu_ps(x));
         for (int i = 1; i < 4; ++i) amax = _mm256_max_ps(amax, abs_ps(_mm256_loadu_ps(x + 8 * i)));
         float inv;
-        out[b].d = block_scale(reduce_max(amax), inv);
+        g.d[slot] = block_scale(reduce_max(amax), inv);
         __m256i q[4];
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs), quantize32(x, _mm256_set1_ps(inv), q));
-        out[b].sum = reduce_add(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(g.qs[slot]), quantize32(x, _mm256_set1_ps(inv), q));
+        g.sum[slot] = reduce_add(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
     }
+    clear_unused_slots(out, n);
 }
 
 void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {

@@ -6,6 +6,7 @@
 // quant_dot_scalar.cpp for the decomposition every type is read into.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/cpu/quant_dot_kernels.hpp"
@@ -278,33 +279,47 @@ void row_group_k(const void* w, int64_t n_sb, const void* const* acts, int n_tok
     }
 }
 
-// ---- Q8_0 / Q4_0 against per-32 activations ------------------------------------------------
-// 32 signed weights of a block, and the activation adjustment that makes the product unsigned x
-// signed: Q8_0 uses |w| against a with w's sign; Q4_0 uses its nibbles as they are (u = w + 8)
-// and subtracts 8 * sum(a) through the accumulator's start value.
-struct Q8_0W {
+// ---- Q8_0 / Q4_0 against per-32 activations (ActivationGroupQ8), two blocks per vector -------
+// The weights are made unsigned so vpdpbusd takes them against the signed activations as they are:
+// Q8_0 flips the sign bit (u = w + 128), Q4_0 keeps its nibbles (u = w + 8), and
+//   dot(w, a) = dot(u, a) - bias * sum(a).
+// Per group of 8 blocks the 8 weight scales are gathered once into a vector shared by the tokens;
+// per token the group's dw * da is one multiply, each pair of blocks is one vpdpbusd, one
+// conversion, one permute of dw * da to the pair's two halves and one FMA, and the bias term is
+// one FMA per group (dw * da * sum, scaled by the bias at the end).
+struct Q8_0Pair {
     using Block = BlockQ8_0;
-    __m256i w, wabs;
-    explicit Q8_0W(const Block& b)
-        : w(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs))), wabs(_mm256_abs_epi8(w)) {}
-    __m256i dot(const ActivationBlockQ8& a) const {
-        const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
-        return _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, w));
+    static constexpr float kBias = 128.0f;
+    // blocks b[0] and (when two) b[1] as 64 unsigned bytes; a missing second block reads as zero
+    static __m512i weights(const Block* b, bool two) {
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].qs));
+        const __m256i w1 = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].qs)) : _mm256_set1_epi8(char(0x80));
+        return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1), _mm512_set1_epi8(char(0x80)));
     }
 };
-struct Q4_0W {
+template <bool kGfni>
+struct Q4_0Pair {
     using Block = BlockQ4_0;
-    __m256i u;
-    explicit Q4_0W(const Block& b) {
-        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
-        u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0xF));
-    }
-    __m256i dot(const ActivationBlockQ8& a) const {
-        const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.qs));
-        // 8 lanes of -sum(a) add up to -8 * sum(a)
-        return _mm256_dpbusd_epi32(_mm256_set1_epi32(-a.sum), u, aq);
+    static constexpr float kBias = 8.0f;
+    // 128-bit lanes: low nibbles of b[0] (elements 0-15), its high nibbles (16-31), then b[1]'s
+    static __m512i weights(const Block* b, bool two) {
+        const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs));
+        const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs)) : _mm_setzero_si128();
+        const __m512i both = _mm512_castsi256_si512(_mm256_set_m128i(q1, q0));
+        const __m512i lanes = _mm512_shuffle_i64x2(both, both, 0x50);  // q0, q0, q1, q1
+        if constexpr (kGfni) {
+            constexpr auto lo = int64_t(bit_select_matrix(0, 4, 0)), hi = int64_t(bit_select_matrix(4, 4, 0));
+            return _mm512_gf2p8affine_epi64_epi8(lanes, _mm512_set_epi64(hi, hi, lo, lo, hi, hi, lo, lo), 0);
+        } else {
+            return _mm512_and_si512(_mm512_srlv_epi64(lanes, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)), _mm512_set1_epi8(0xF));
+        }
     }
 };
+
+// float lane j of pair p takes dw * da of block 2p + j / 8
+alignas(64) constexpr int32_t kPairScaleIndex[4][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1}, {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5}, {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7}};
 
 inline float reduce(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -313,31 +328,55 @@ inline float reduce(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Two accumulators per token, alternating blocks, so consecutive blocks' fmadds do not wait on
-// each other's latency.
-template <typename W, int NT>
+template <typename P, int NT>
 void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, float* sums) {
-    const auto* w = static_cast<const typename W::Block*>(wv);
-    const ActivationBlockQ8* a[NT];
-    __m256 acc[2][NT];
+    using Block = typename P::Block;
+    const auto* w = static_cast<const Block*>(wv);
+    // Few tokens: two accumulators per token (even / odd pairs) so the FMAs do not queue on one
+    // another's latency; with many tokens the other tokens' work fills that gap.
+    constexpr int kAccs = NT < 4 ? 2 : 1;
+    const ActivationGroupQ8* a[NT];
+    __m512 acc[kAccs][NT];
+    __m256 bias_acc[NT];
     for (int t = 0; t < NT; ++t) {
-        a[t] = static_cast<const ActivationBlockQ8*>(acts[t]);
-        acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+        a[t] = static_cast<const ActivationGroupQ8*>(acts[t]);
+        for (int k = 0; k < kAccs; ++k) acc[k][t] = _mm512_setzero_ps();
+        bias_acc[t] = _mm256_setzero_ps();
     }
-    int64_t b = 0;
-    auto step = [&](int64_t blk, __m256* acc_t) {
-        const W wq(w[blk]);
-        const float dw = half_to_float(w[blk].d);
-        for (int t = 0; t < NT; ++t)
-            acc_t[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(wq.dot(a[t][blk])), _mm256_set1_ps(dw * a[t][blk].d), acc_t[t]);
-    };
-    for (; b + 2 <= n_blocks; b += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + b + 16), _MM_HINT_T0);
-        step(b, acc[0]);
-        step(b + 1, acc[1]);
+    // byte offsets of the 8 blocks' f16 scales; a 4-byte gather at each stays inside its block
+    const __m256i d_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(sizeof(Block)));
+    for (int64_t g = 0; 8 * g < n_blocks; ++g) {
+        const Block* wb = w + 8 * g;
+        const int nb = int(std::min<int64_t>(8, n_blocks - 8 * g));
+        for (size_t line = 0; line < (8 * sizeof(Block) + 63) / 64; ++line)
+            _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes + 64 * line, _MM_HINT_T0);
+        const __mmask8 present = __mmask8((1u << nb) - 1);
+        const __m256i d_words = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), present, d_offsets, wb, 1);
+        const __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(d_words));  // 0 for absent blocks
+        __m512 dwda[NT];
+        for (int t = 0; t < NT; ++t) {
+            const __m256 dwda8 = _mm256_mul_ps(dw, _mm256_load_ps(a[t][g].d));
+            bias_acc[t] = _mm256_fmadd_ps(dwda8, _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(a[t][g].sum))), bias_acc[t]);
+            dwda[t] = _mm512_castps256_ps512(dwda8);  // permute indices stay below 8
+        }
+        const int pairs = (nb + 1) / 2;
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; ++p) {
+            if (p >= pairs) break;
+            const __m512i u = P::weights(wb + 2 * p, 2 * p + 1 < nb);
+            const __m512i index = _mm512_load_si512(kPairScaleIndex[p]);
+            for (int t = 0; t < NT; ++t) {
+                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_load_si512(a[t][g].qs[2 * p]));
+                __m512& acc_t = acc[p % kAccs][t];
+                acc_t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(index, dwda[t]), acc_t);
+            }
+        }
     }
-    if (b < n_blocks) step(b, acc[0]);
-    for (int t = 0; t < NT; ++t) sums[t] = reduce(_mm256_add_ps(acc[0][t], acc[1][t]));
+    for (int t = 0; t < NT; ++t) {
+        __m512 total = acc[0][t];
+        if constexpr (kAccs == 2) total = _mm512_add_ps(total, acc[1][t]);
+        sums[t] = _mm512_reduce_add_ps(total) - P::kBias * reduce(bias_acc[t]);
+    }
 }
 
 template <typename W>
@@ -363,17 +402,20 @@ inline float block_scale(float amax, float& inv) {
 }
 inline __m512 abs_ps(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
 
-void quantize_q8(const float* x, ActivationBlockQ8* out, int64_t n) {
+void quantize_q8(const float* x, ActivationGroupQ8* out, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b, x += 32) {
+        ActivationGroupQ8& g = out[b / 8];
+        const int slot = int(b % 8);
         const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
         float inv;
-        out[b].d = block_scale(_mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1))), inv);
+        g.d[slot] = block_scale(_mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1))), inv);
         const __m512 scale = _mm512_set1_ps(inv);
         const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, scale)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, scale));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs), _mm512_cvtsepi32_epi8(q0));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
-        out[b].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        _mm_store_si128(reinterpret_cast<__m128i*>(g.qs[slot]), _mm512_cvtsepi32_epi8(q0));
+        _mm_store_si128(reinterpret_cast<__m128i*>(g.qs[slot] + 16), _mm512_cvtsepi32_epi8(q1));
+        g.sum[slot] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
     }
+    clear_unused_slots(out, n);
 }
 
 void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
@@ -395,13 +437,13 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
 
 // 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers
 const RowGroupTable& avx512_vnni_row_groups() {
-    static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K<false>>,
+    static const RowGroupTable table{8, row_group_32<Q8_0Pair>, row_group_32<Q4_0Pair<false>>, row_group_k<Q2K<false>>,
                                      row_group_k<Q3K<false>>, row_group_k<Q4K<false>>, row_group_k<Q5K<false>>,
                                      row_group_k<Q6K<false>>, quantize_q8, quantize_q8k};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
-    static const RowGroupTable table{8, row_group_32<Q8_0W>, row_group_32<Q4_0W>, row_group_k<Q2K<true>>,
+    static const RowGroupTable table{8, row_group_32<Q8_0Pair>, row_group_32<Q4_0Pair<true>>, row_group_k<Q2K<true>>,
                                      row_group_k<Q3K<true>>, row_group_k<Q4K<true>>, row_group_k<Q5K<true>>,
                                      row_group_k<Q6K<true>>, quantize_q8, quantize_q8k};
     return table;

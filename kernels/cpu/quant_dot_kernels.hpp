@@ -13,11 +13,13 @@ inline constexpr int kMaxTokenGroup = 8;
 
 // sums[t] = dot(weight row w of n_blocks blocks, activations acts[t]) for t < n_tok. Blocks are
 // the weight type's own (32 elements for Q8_0 / Q4_0, 256-element super-blocks for K-quants), and
-// acts[t] points at that token's ActivationBlockQ8 (32-element types) or ActivationBlockQ8K array.
+// acts[t] points at that token's ActivationGroupQ8 (32-element types) or ActivationBlockQ8K array;
+// either way 320 bytes of activations per 256 columns, so a column chunk starting at a multiple of
+// 256 starts at a whole activation group.
 using RowGroupFn = void (*)(const void* w, int64_t n_blocks, const void* const* acts, int n_tok, float* sums);
 
 // The activation quantisers, bit-identical on every path (the same d, 1/d, and round-to-nearest-even).
-using QuantizeQ8Fn = void (*)(const float* x, ActivationBlockQ8* out, int64_t n);
+using QuantizeQ8Fn = void (*)(const float* x, ActivationGroupQ8* out, int64_t n);
 using QuantizeQ8KFn = void (*)(const float* x, ActivationBlockQ8K* out, int64_t n);
 
 struct RowGroupTable {

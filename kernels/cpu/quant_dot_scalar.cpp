@@ -135,10 +135,11 @@ void row_group_32(const void* wv, int64_t n_blocks, const void* const* acts, int
         signed_weights(w[b], wq);
         const float dw = f16_to_f32(w[b].d);
         for (int t = 0; t < n_tok; ++t) {
-            const ActivationBlockQ8& a = static_cast<const ActivationBlockQ8*>(acts[t])[b];
+            const ActivationGroupQ8& a = static_cast<const ActivationGroupQ8*>(acts[t])[b / 8];
+            const int slot = int(b % 8);
             int32_t s = 0;
-            for (int i = 0; i < 32; ++i) s += int32_t(wq[i]) * int32_t(a.qs[i]);
-            acc[t] += float(s) * (dw * a.d);
+            for (int i = 0; i < 32; ++i) s += int32_t(wq[i]) * int32_t(a.qs[slot][i]);
+            acc[t] += float(s) * (dw * a.d[slot]);
         }
     }
     for (int t = 0; t < n_tok; ++t) sums[t] = acc[t];

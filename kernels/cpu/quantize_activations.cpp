@@ -16,20 +16,23 @@ inline int32_t round_small(float v) {
 
 }  // namespace
 
-void quantize_activations_q8(const float* x, ActivationBlockQ8* out, int64_t n) {
+void quantize_activations_q8(const float* x, ActivationGroupQ8* out, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b, x += 32) {
+        ActivationGroupQ8& g = out[b / 8];
+        const int slot = int(b % 8);
         float amax = 0.0f;
         for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[i]));
         const float d = amax / 127.0f;
         const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-        out[b].d = d;
+        g.d[slot] = d;
         int32_t sum = 0;
         for (int i = 0; i < 32; ++i) {
-            out[b].qs[i] = int8_t(round_small(x[i] * inv));
-            sum += out[b].qs[i];
+            g.qs[slot][i] = int8_t(round_small(x[i] * inv));
+            sum += g.qs[slot][i];
         }
-        out[b].sum = sum;
+        g.sum[slot] = sum;
     }
+    clear_unused_slots(out, n);
 }
 
 void quantize_activations_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {

@@ -6,12 +6,16 @@
 
 namespace sluice::cpu {
 
-// Per 32 elements: for Q8_0 / Q4_0 weights, whose scales are per 32 too.
-struct ActivationBlockQ8 {
-    float d;        // x ≈ d * qs
-    int8_t qs[32];  // in [-127, 127]
-    int32_t sum;    // sum of qs
+// Per 32 elements, for Q8_0 / Q4_0 weights whose scales are per 32 too, stored 8 blocks (256
+// elements) to a group: each block's int8 sit on a 32-byte boundary, two neighbours make one
+// 64-byte vector, and a group's 8 scales and sums load as one vector each. Block b of a row is
+// group b / 8, slot b % 8; a row of n elements takes ceil(n / 256) groups (the last may be partial).
+struct alignas(64) ActivationGroupQ8 {
+    int8_t qs[8][32];  // in [-127, 127]
+    float d[8];        // x ≈ d * qs, per block
+    int32_t sum[8];    // sum of each block's qs: unsigned-weight kernels subtract their offset with it
 };
+static_assert(sizeof(ActivationGroupQ8) == 320);
 
 // Per 256 elements (one K-quant super-block): a single scale per super-block lets a K-quant
 // kernel add up every sub-block's integer dot times its integer scale in int32 and convert to
@@ -23,8 +27,21 @@ struct alignas(64) ActivationBlockQ8K {
 };
 static_assert(sizeof(ActivationBlockQ8K) == 320);
 
-// n must be a multiple of 32; writes n / 32 blocks.
-void quantize_activations_q8(const float* x, ActivationBlockQ8* out, int64_t n);
+// n must be a multiple of 32; writes n / 32 blocks into ceil(n / 256) groups.
+void quantize_activations_q8(const float* x, ActivationGroupQ8* out, int64_t n);
+
+// Zeroes the slots past the last block of a partial last group, so kernels that read a whole
+// group's scales as one vector see 0, never a stale value (a NaN left by an earlier call).
+inline void clear_unused_slots(ActivationGroupQ8* out, int64_t n) {
+    const int64_t blocks = n / 32;
+    if (blocks % 8 == 0) return;
+    ActivationGroupQ8& last = out[blocks / 8];
+    for (int slot = int(blocks % 8); slot < 8; ++slot) {
+        last.d[slot] = 0.0f;
+        last.sum[slot] = 0;
+        for (auto& q : last.qs[slot]) q = 0;
+    }
+}
 // n must be a multiple of 256; writes n / 256 blocks.
 void quantize_activations_q8k(const float* x, ActivationBlockQ8K* out, int64_t n);
 

@@ -198,28 +198,30 @@ TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
 TEST_CASE("the activation quantisers give identical blocks on every path") {
     std::mt19937 rng(5);
     std::normal_distribution<float> normal(0.0f, 3.0f);
-    const int64_t n = 4 * 256;
-    std::vector<float> x(static_cast<size_t>(n));
+    const int64_t n = 4 * 256, n8 = n + 3 * 32;  // and for Q8: a partial last group of 3 blocks
+    std::vector<float> x(static_cast<size_t>(n8));
     for (auto& v : x) v = normal(rng);
     for (int i = 0; i < 32; ++i) x[size_t(i)] = 0.0f;            // an all-zero block: d = 0, qs = 0
     x[300] = 1e-3f * 127.0f, x[301] = -1e-3f * 127.0f * 0.5f;   // exact halves: ties to even
     using namespace cpu::quant_kernels;
-    std::vector<cpu::ActivationBlockQ8> ref8(static_cast<size_t>(n / 32)), got8(static_cast<size_t>(n / 32));
+    std::vector<cpu::ActivationGroupQ8> ref8(5), got8(5);
     std::vector<cpu::ActivationBlockQ8K> refk(static_cast<size_t>(n / 256)), gotk(static_cast<size_t>(n / 256));
-    scalar_row_groups().quantize_q8(x.data(), ref8.data(), n);
+    scalar_row_groups().quantize_q8(x.data(), ref8.data(), n8);
     scalar_row_groups().quantize_q8k(x.data(), refk.data(), n);
-    CHECK(ref8[0].d == 0.0f);
-    CHECK(ref8[0].sum == 0);
+    CHECK(ref8[0].d[0] == 0.0f);
+    CHECK(ref8[0].sum[0] == 0);
+    CHECK(ref8[4].d[3] == 0.0f);  // unused slots of the partial group are cleared
     for (auto path : {cpu::QuantDotPath::avx2, cpu::QuantDotPath::avx512_vnni}) {
         if (!cpu::quant_dot_path_available(path)) continue;
         CAPTURE(cpu::quant_dot_path_name(path));
         const RowGroupTable& table = path == cpu::QuantDotPath::avx2 ? avx2_row_groups() : avx512_vnni_row_groups();
-        table.quantize_q8(x.data(), got8.data(), n);
+        std::memset(static_cast<void*>(got8.data()), 0x7f, got8.size() * sizeof got8[0]);  // stale bytes
+        table.quantize_q8(x.data(), got8.data(), n8);
         table.quantize_q8k(x.data(), gotk.data(), n);
-        for (size_t b = 0; b < ref8.size(); ++b) {
-            CHECK(got8[b].d == ref8[b].d);
-            CHECK(got8[b].sum == ref8[b].sum);
-            CHECK(std::memcmp(got8[b].qs, ref8[b].qs, 32) == 0);
+        for (size_t g = 0; g < ref8.size(); ++g) {
+            CHECK(std::memcmp(got8[g].d, ref8[g].d, sizeof ref8[g].d) == 0);
+            CHECK(std::memcmp(got8[g].sum, ref8[g].sum, sizeof ref8[g].sum) == 0);
+            CHECK(std::memcmp(got8[g].qs, ref8[g].qs, sizeof ref8[g].qs) == 0);
         }
         for (size_t b = 0; b < refk.size(); ++b) {
             CHECK(gotk[b].d == refk[b].d);
