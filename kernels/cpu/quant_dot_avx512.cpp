@@ -27,7 +27,6 @@ namespace {
 
 using namespace sluice::quant;
 
-inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
 // 32 bytes into both 256-bit halves.
 inline __m512i broadcast32(const uint8_t* p) {
@@ -282,14 +281,14 @@ void row_group_k(const void* w, int64_t n_sb, const void* const* acts, int n_tok
 // ---- Q8_0 / Q4_0 against per-32 activations (ActivationGroupQ8), two blocks per vector -------
 // The weights are made unsigned so vpdpbusd takes them against the signed activations as they are:
 // Q8_0 flips the sign bit (u = w + 128), Q4_0 keeps its nibbles (u = w + 8), and
-//   dot(w, a) = dot(u, a) - bias * sum(a).
+//   dot(w, a) = dot(u, a) - bias * sum(a),
+// exactly, in int32: the accumulator starts at -bias/8 * sum(a) in each of a block's 8 lanes.
 // Per group of 8 blocks the 8 weight scales are gathered once into a vector shared by the tokens;
-// per token the group's dw * da is one multiply, each pair of blocks is one vpdpbusd, one
-// conversion, one permute of dw * da to the pair's two halves and one FMA, and the bias term is
-// one FMA per group (dw * da * sum, scaled by the bias at the end).
+// per token the group's dw * da is one multiply, and each pair of blocks is one vpdpbusd, one
+// conversion, two permutes (the start values, dw * da to the pair's two halves) and one FMA.
 struct Q8_0Pair {
     using Block = BlockQ8_0;
-    static constexpr float kBias = 128.0f;
+    static constexpr int kBiasPerLane = 128 / 8;
     // blocks b[0] and (when two) b[1] as 64 unsigned bytes; a missing second block reads as zero
     static __m512i weights(const Block* b, bool two) {
         const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].qs));
@@ -300,7 +299,7 @@ struct Q8_0Pair {
 template <bool kGfni>
 struct Q4_0Pair {
     using Block = BlockQ4_0;
-    static constexpr float kBias = 8.0f;
+    static constexpr int kBiasPerLane = 8 / 8;
     // 128-bit lanes: low nibbles of b[0] (elements 0-15), its high nibbles (16-31), then b[1]'s
     static __m512i weights(const Block* b, bool two) {
         const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs));
@@ -316,17 +315,10 @@ struct Q4_0Pair {
     }
 };
 
-// float lane j of pair p takes dw * da of block 2p + j / 8
+// lane j of pair p takes block 2p + j / 8's value
 alignas(64) constexpr int32_t kPairScaleIndex[4][16] = {
     {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1}, {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
     {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5}, {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7}};
-
-inline float reduce(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 template <typename P, int NT>
 void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, float* sums) {
@@ -337,11 +329,9 @@ void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, f
     constexpr int kAccs = NT < 4 ? 2 : 1;
     const ActivationGroupQ8* a[NT];
     __m512 acc[kAccs][NT];
-    __m256 bias_acc[NT];
     for (int t = 0; t < NT; ++t) {
         a[t] = static_cast<const ActivationGroupQ8*>(acts[t]);
         for (int k = 0; k < kAccs; ++k) acc[k][t] = _mm512_setzero_ps();
-        bias_acc[t] = _mm256_setzero_ps();
     }
     // byte offsets of the 8 blocks' f16 scales; a 4-byte gather at each stays inside its block
     const __m256i d_offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(sizeof(Block)));
@@ -354,10 +344,11 @@ void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, f
         const __m256i d_words = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), present, d_offsets, wb, 1);
         const __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(d_words));  // 0 for absent blocks
         __m512 dwda[NT];
-        for (int t = 0; t < NT; ++t) {
-            const __m256 dwda8 = _mm256_mul_ps(dw, _mm256_load_ps(a[t][g].d));
-            bias_acc[t] = _mm256_fmadd_ps(dwda8, _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(a[t][g].sum))), bias_acc[t]);
-            dwda[t] = _mm512_castps256_ps512(dwda8);  // permute indices stay below 8
+        __m512i start[NT];
+        for (int t = 0; t < NT; ++t) {  // permute indices stay below 8: the upper halves are never read
+            dwda[t] = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_load_ps(a[t][g].d)));
+            start[t] = _mm512_castsi256_si512(_mm256_mullo_epi32(
+                _mm256_load_si256(reinterpret_cast<const __m256i*>(a[t][g].sum)), _mm256_set1_epi32(-P::kBiasPerLane)));
         }
         const int pairs = (nb + 1) / 2;
 #pragma GCC unroll 4
@@ -366,7 +357,8 @@ void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, f
             const __m512i u = P::weights(wb + 2 * p, 2 * p + 1 < nb);
             const __m512i index = _mm512_load_si512(kPairScaleIndex[p]);
             for (int t = 0; t < NT; ++t) {
-                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_load_si512(a[t][g].qs[2 * p]));
+                const __m512i dot = _mm512_dpbusd_epi32(_mm512_permutexvar_epi32(index, start[t]), u,
+                                                        _mm512_load_si512(a[t][g].qs[2 * p]));
                 __m512& acc_t = acc[p % kAccs][t];
                 acc_t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(index, dwda[t]), acc_t);
             }
@@ -375,7 +367,7 @@ void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, f
     for (int t = 0; t < NT; ++t) {
         __m512 total = acc[0][t];
         if constexpr (kAccs == 2) total = _mm512_add_ps(total, acc[1][t]);
-        sums[t] = _mm512_reduce_add_ps(total) - P::kBias * reduce(bias_acc[t]);
+        sums[t] = _mm512_reduce_add_ps(total);
     }
 }
 
