@@ -37,6 +37,15 @@ inline __m128i k4_scales_mins(const uint8_t* packed) {
     // from registers: a 16-byte load of the four 4-byte stores would miss store forwarding
     return _mm_setr_epi32(int(w[0]), int(w[1]), int(w[2]), int(w[3]));
 }
+// The f16 pair (d, dmin) at p as two all-lane float vectors; the single d of Q3_K / Q6_K as one.
+inline void half_pair(const uint16_t* p, __m256& d, __m256& dmin) {
+    uint32_t both;
+    std::memcpy(&both, p, 4);
+    const __m256 pairs = _mm256_cvtph_ps(_mm_set1_epi32(int(both)));  // d, dmin, d, dmin, ...
+    d = _mm256_permute_ps(pairs, 0x00);
+    dmin = _mm256_permute_ps(pairs, 0x55);
+}
+inline __m256 half_all(uint16_t h) { return _mm256_cvtph_ps(_mm_set1_epi16(short(h))); }
 inline __m256i per16_from_per32(__m128i bytes8) { return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(bytes8, bytes8)); }
 // bit `bit` of each byte of v, moved to bit `to`
 inline __m256i bit_to(__m256i v, int bit, int to) {
@@ -48,13 +57,12 @@ struct Q2K {
     static constexpr bool kOffsetAtScaleD = false;
     const Block& b;
     __m256i s, c;
-    float d, cd;
+    __m256 d, cd;
     explicit Q2K(const Block& blk) : b(blk) {
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
         s = _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0xF)));
         c = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0xF)));
-        d = half_to_float(b.d);
-        cd = half_to_float(b.dmin);
+        half_pair(&b.d, d, cd);
     }
     // elements 32v..32v+31: 2-bit field v%4 of qs[32(v/4) ..]
     __m256i weights(int v) const {
@@ -67,7 +75,7 @@ struct Q3K {
     static constexpr bool kOffsetAtScaleD = true;
     const Block& b;
     __m256i s, c, hmask;
-    float d, cd;
+    __m256 d, cd;
     explicit Q3K(const Block& blk) : b(blk) {
         // the 12 scale bytes, read as 8 + 4 (a 16-byte read could pass the end of the last block)
         uint64_t lo8;
@@ -83,7 +91,7 @@ struct Q3K {
         s = _mm256_cvtepi8_epi16(s8);
         c = _mm256_slli_epi16(s, 2);
         hmask = load32(b.hmask);
-        d = cd = half_to_float(b.d);
+        d = cd = half_all(b.d);
     }
     __m256i weights(int v) const {
         const __m256i q2 = _mm256_and_si256(_mm256_srli_epi16(load32(b.qs + 32 * (v / 4)), 2 * (v % 4)), _mm256_set1_epi8(3));
@@ -96,13 +104,12 @@ struct Q4K {
     static constexpr bool kOffsetAtScaleD = false;
     const Block& b;
     __m256i s, c;
-    float d, cd;
+    __m256 d, cd;
     explicit Q4K(const Block& blk) : b(blk) {
         const __m128i sm = k4_scales_mins(b.scales);
         s = per16_from_per32(sm);
         c = per16_from_per32(_mm_unpackhi_epi64(sm, sm));
-        d = half_to_float(b.d);
-        cd = half_to_float(b.dmin);
+        half_pair(&b.d, d, cd);
     }
     __m256i weights(int v) const {
         return _mm256_and_si256(_mm256_srli_epi16(load32(b.qs + 32 * (v / 2)), 4 * (v % 2)), _mm256_set1_epi8(0xF));
@@ -114,14 +121,13 @@ struct Q5K {
     static constexpr bool kOffsetAtScaleD = false;
     const Block& b;
     __m256i s, c, qh;
-    float d, cd;
+    __m256 d, cd;
     explicit Q5K(const Block& blk) : b(blk) {
         const __m128i sm = k4_scales_mins(b.scales);
         s = per16_from_per32(sm);
         c = per16_from_per32(_mm_unpackhi_epi64(sm, sm));
         qh = load32(b.qh);
-        d = half_to_float(b.d);
-        cd = half_to_float(b.dmin);
+        half_pair(&b.d, d, cd);
     }
     __m256i weights(int v) const {
         const __m256i q4 = _mm256_and_si256(_mm256_srli_epi16(load32(b.qs + 32 * (v / 2)), 4 * (v % 2)), _mm256_set1_epi8(0xF));
@@ -134,11 +140,11 @@ struct Q6K {
     static constexpr bool kOffsetAtScaleD = true;
     const Block& b;
     __m256i s, c;
-    float d, cd;
+    __m256 d, cd;
     explicit Q6K(const Block& blk) : b(blk) {
         s = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
         c = _mm256_slli_epi16(s, 5);
-        d = cd = half_to_float(b.d);
+        d = cd = half_all(b.d);
     }
     __m256i weights(int v) const {
         const int h = v / 4, chunk = v % 4;
@@ -200,15 +206,16 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
                 dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, sv));
             }
         }
+        // acc += da * (d * dot - cd * offset), the activation scale broadcast straight from memory
         for (int t = 0; t < NT; ++t) {
             const __m256i offset = _mm256_madd_epi16(k.c, _mm256_load_si256(reinterpret_cast<const __m256i*>(a[t][i].bsums)));
-            const float da = a[t][i].d;
+            __m256 f;
             if constexpr (K::kOffsetAtScaleD) {
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(dot[t], offset)), _mm256_set1_ps(k.d * da), acc[t]);
+                f = _mm256_mul_ps(k.d, _mm256_cvtepi32_ps(_mm256_sub_epi32(dot[t], offset)));
             } else {
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_set1_ps(k.d * da), acc[t]);
-                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_set1_ps(k.cd * da), acc[t]);
+                f = _mm256_fmsub_ps(k.d, _mm256_cvtepi32_ps(dot[t]), _mm256_mul_ps(k.cd, _mm256_cvtepi32_ps(offset)));
             }
+            acc[t] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&a[t][i].d), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) sums[t] = reduce(acc[t]);
