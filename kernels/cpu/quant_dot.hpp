@@ -27,8 +27,10 @@ void set_quant_dot_gfni(bool allowed);
 bool quant_dot_uses_gfni();
 
 // y[t * y_stride + r] = dot(w row r, x[t * x_stride ...]) for t < n_tokens. w.cols must be whole
-// blocks of w.type and w.type supported. Activations are quantised into a per-thread scratch that
-// only grows (no allocation per call after warm-up); each weight block is reused for up to 4 tokens.
+// blocks of w.type and w.type supported. Activations are quantised once per call into a
+// per-thread scratch that only grows (no allocation per call after warm-up); each weight block is
+// unpacked once per group of tokens (8 on AVX-512, 4 on AVX2 / scalar), and with many tokens rows
+// are tiled against column chunks so one group's activations stay in L1.
 void quant_gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y,
                 int64_t y_stride, ThreadPool& pool);
 void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int64_t x_stride,
