@@ -1,6 +1,6 @@
 // The AVX-512 VNNI path of the fused quantised dots (quant_dot.hpp), on 512-bit vectors: each
 // K-quant super-block is four vectors of 64 unsigned weights against 64 activation bytes each;
-// products are summed in int16 pairs (vpmaddubsw), times the per-16 scales into int32 (vpdpwssd),
+// products are summed per 4 (vpdpbusd), packed to int16, times the per-16 scales into int32 (vpdpwssd),
 // kept in int32 across the super-block and turned to float once per super-block. The offset /
 // minimum term comes from the activations' per-16 sums (one vpmaddwd per super-block). See
 // quant_dot_scalar.cpp for the decomposition every type is read into.
@@ -206,13 +206,15 @@ struct Q6K {
     }
 };
 
-// int16 lane j of vector v takes scale 4v + j/8: each 128-bit lane is one 16-element sub-block.
-alignas(64) constexpr int16_t kScaleIndex[4][32] = {
-    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
-    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
-    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
-    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13,
-     14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+// Vectors 2q and 2q+1 of a super-block go through vpdpbusd into int32 per 4 elements (at most
+// 4 * 63 * 127 in magnitude, so exact in int16), are packed to int16 together (per 128-bit lane:
+// four from vector 2q, then four from 2q+1) and meet their scales in one vpdpwssd. int16 lane j of
+// pair q takes the scale of sub-block 4 * (2q + (j % 8) / 4) + j / 8: each 128-bit lane of a
+// vector is one 16-element sub-block. Three multiply instructions per 128 elements and token
+// instead of four (vpmaddubsw + vpdpwssd per vector).
+alignas(64) constexpr int16_t kPairScaleIndex16[2][32] = {
+    {0, 0, 0, 0, 4, 4, 4, 4, 1, 1, 1, 1, 5, 5, 5, 5, 2, 2, 2, 2, 6, 6, 6, 6, 3, 3, 3, 3, 7, 7, 7, 7},
+    {8, 8, 8, 8, 12, 12, 12, 12, 9, 9, 9, 9, 13, 13, 13, 13, 10, 10, 10, 10, 14, 14, 14, 14, 11, 11, 11, 11, 15, 15, 15, 15}};
 
 // Software prefetch this far ahead of the row being read, every cache line of each super-block:
 // the hardware prefetcher alone leaves gaps when a thread moves between rows.
@@ -239,13 +241,14 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
         const __m512i scales = _mm512_castsi256_si512(k.s);  // indices stay below 16
         __m512i dot[NT];
         for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
-            const __m512i u = k.weights(v);
-            const __m512i sv = _mm512_permutexvar_epi16(_mm512_load_si512(kScaleIndex[v]), scales);
+#pragma GCC unroll 2
+        for (int q = 0; q < 2; ++q) {
+            const __m512i u0 = k.weights(2 * q), u1 = k.weights(2 * q + 1);
+            const __m512i sv = _mm512_permutexvar_epi16(_mm512_load_si512(kPairScaleIndex16[q]), scales);
             for (int t = 0; t < NT; ++t) {
-                const __m512i p = _mm512_maddubs_epi16(u, _mm512_load_si512(a[t][i].qs + 64 * v));
-                dot[t] = _mm512_dpwssd_epi32(dot[t], p, sv);  // += pairs of p * scale
+                const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u0, _mm512_load_si512(a[t][i].qs + 128 * q));
+                const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u1, _mm512_load_si512(a[t][i].qs + 128 * q + 64));
+                dot[t] = _mm512_dpwssd_epi32(dot[t], _mm512_packs_epi32(d0, d1), sv);  // += pairs of int16 * scale
             }
         }
         // acc += da * (d * dot - cd * offset), the activation scale broadcast straight from memory
