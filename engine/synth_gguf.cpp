@@ -4,12 +4,18 @@
 #include "engine/synth_gguf.hpp"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <numeric>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <future>
 #include <sstream>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -325,6 +331,15 @@ GgufSynthSummary write_synthetic_gguf(const GgufSynthOptions& o) {
              data_bytes / 1e9, space.available / 1e9);
     const fs::path partial = target.string() + ".partial";
 
+    // A failed run leaves no half-written model behind.
+    struct RemoveUnlessKept {
+        fs::path path;
+        bool keep = false;
+        ~RemoveUnlessKept() {
+            std::error_code ignored;
+            if (!keep) fs::remove(path, ignored);
+        }
+    } remove_partial{partial};
     gguf::GgufWriter writer(partial.string(), kAlignmentBytes);
     writer.add_metadata("general.architecture", Value::of_string("deepseek2"));
     writer.add_metadata("general.type", Value::of_string("model"));
@@ -335,13 +350,42 @@ GgufSynthSummary write_synthetic_gguf(const GgufSynthOptions& o) {
     writer.add_metadata("general.file_type", Value::of_u32(file_type_for(o.expert_type)));
     for (const auto& t : tensors) writer.add_tensor(t.name, t.type, t.ne);
     writer.write_header();
+    writer.close_after_header();
     tokenizer.clear();
+    const uint64_t file_bytes = writer.file_size_bytes();
+
+    // The data section: every tensor starts on a 4096 boundary and every write is a whole
+    // number of 4096-byte pages from an aligned buffer, so O_DIRECT applies (the page cache is
+    // neither a copy on the way nor filled with a model nobody reads yet). Filesystems that
+    // refuse O_DIRECT (tmpfs) get plain writes.
+    int fd = ::open(partial.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0 && errno == EINVAL) fd = ::open(partial.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) fail(ErrorKind::io, "{}: cannot open for writing: {}", partial.string(), std::strerror(errno));
+    struct CloseFd {
+        int fd;
+        ~CloseFd() { ::close(fd); }
+    } close_fd{fd};
+    if (::ftruncate(fd, off_t(file_bytes)) != 0)
+        fail(ErrorKind::io, "{}: cannot size to {} bytes: {}", partial.string(), file_bytes, std::strerror(errno));
 
     ThreadPool pool(o.n_threads);
-    AlignedBuffer buffers[2] = {AlignedBuffer(o.chunk_bytes, 4096), AlignedBuffer(o.chunk_bytes, 4096)};
+    const uint64_t chunk_bytes = std::max<uint64_t>(o.chunk_bytes / kAlignmentBytes * kAlignmentBytes, 1u << 20);
+    AlignedBuffer buffers[2] = {AlignedBuffer(chunk_bytes, kAlignmentBytes), AlignedBuffer(chunk_bytes, kAlignmentBytes)};
     int next_buffer = 0;
     std::future<void> in_flight;  // the one write that may overlap generation
-    const uint64_t header_bytes = writer.position();
+    auto write_at = [&partial, fd](const uint8_t* bytes, uint64_t n, uint64_t offset) {
+        while (n > 0) {
+            const ssize_t done = ::pwrite(fd, bytes, n, off_t(offset));
+            if (done < 0 && errno == EINTR) continue;
+            if (done <= 0)
+                fail(ErrorKind::io, "{}: write of {} bytes at offset {} failed: {}", partial.string(), n, offset,
+                     done < 0 ? std::strerror(errno) : "no progress");
+            bytes += done;
+            offset += uint64_t(done);
+            n -= uint64_t(done);
+        }
+    };
+
     uint64_t bytes_done = 0;
     auto last_print = start;
     auto report = [&](bool final_line) {
@@ -349,19 +393,24 @@ GgufSynthSummary write_synthetic_gguf(const GgufSynthOptions& o) {
         if (!o.print_progress || (!final_line && now - last_print < std::chrono::seconds(1))) return;
         last_print = now;
         const double s = std::chrono::duration<double>(now - start).count();
-        fmt::print(stderr, "\rsynth: {:.2f} / {:.2f} GB, {:.2f} GB/s{}", bytes_done / 1e9, data_bytes / 1e9,
+        fmt::print(stderr, "\rsynth: {:.2f} / {:.2f} GB, {:.2f} GB/s{}", bytes_done / 1e9, file_bytes / 1e9,
                    s > 0 ? bytes_done / 1e9 / s : 0.0, final_line ? "\n" : "");
         std::fflush(stderr);
     };
 
-    for (const GgufSynthTensor& t : tensors) {
+    for (size_t index = 0; index < tensors.size(); ++index) {
+        const GgufSynthTensor& t = tensors[index];
         const BlockTypeTraits& traits = block_type(t.type);
         const uint64_t block_bytes = uint64_t(traits.block_bytes);
         int64_t n_elements = 1;
         for (int64_t d : t.ne) n_elements *= d;
         const int64_t n_blocks = n_elements / traits.block_elems;
-        const int64_t blocks_per_chunk = int64_t(o.chunk_bytes / block_bytes);
+        // Chunks inside a tensor end on page boundaries: a multiple of lcm(block, page) bytes.
+        const uint64_t unit = std::lcm(block_bytes, kAlignmentBytes);
+        if (unit > chunk_bytes) fail(ErrorKind::internal, "synth: chunk {} bytes below one unit of {}", chunk_bytes, unit);
+        const int64_t blocks_per_chunk = int64_t(chunk_bytes / unit * unit / block_bytes);
         const uint64_t seed = tensor_seed(o.seed, t.name);
+        uint64_t offset = writer.tensor_offset(index);
         for (int64_t first = 0; first < n_blocks; first += blocks_per_chunk) {
             const int64_t count = std::min(blocks_per_chunk, n_blocks - first);
             uint8_t* dst = reinterpret_cast<uint8_t*>(buffers[next_buffer].data());
@@ -372,21 +421,26 @@ GgufSynthSummary write_synthetic_gguf(const GgufSynthOptions& o) {
                                        end - begin);
                 },
                 /*grain=*/256);
+            // The tensor's last chunk carries the zero padding to the next tensor's page.
+            const uint64_t data = uint64_t(count) * block_bytes;
+            const uint64_t padded = (data + kAlignmentBytes - 1) / kAlignmentBytes * kAlignmentBytes;
+            std::memset(dst + data, 0, padded - data);
             if (in_flight.valid()) in_flight.get();  // rethrows a failed write
-            const std::span<const uint8_t> bytes(dst, uint64_t(count) * block_bytes);
-            in_flight = std::async(std::launch::async, [&writer, bytes] { writer.write_tensor_chunk(bytes); });
+            in_flight = std::async(std::launch::async, [&write_at, dst, padded, offset] { write_at(dst, padded, offset); });
+            offset += padded;
             next_buffer ^= 1;
-            bytes_done += bytes.size();
+            bytes_done += padded;
             report(false);
         }
     }
     if (in_flight.valid()) in_flight.get();
-    writer.finish();
+    if (::fsync(fd) != 0) fail(ErrorKind::io, "{}: fsync failed: {}", partial.string(), std::strerror(errno));
     fs::rename(partial, target, ec);
+    remove_partial.keep = !ec;
     if (ec) fail(ErrorKind::io, "{}: cannot rename to {}: {}", partial.string(), target.string(), ec.message());
+    bytes_done = file_bytes;
     summary.file_bytes = fs::file_size(target, ec);
     summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    bytes_done = summary.file_bytes - header_bytes;
     report(true);
     return summary;
 }

@@ -120,8 +120,6 @@ void GgufWriter::write_tensor_data(std::span<const uint8_t> bytes) {
     if (!header_written_) fail(ErrorKind::internal, "{}: tensor data before the header", path_);
     if (next_to_write_ >= tensors_.size()) fail(ErrorKind::internal, "{}: more tensor data than tensors", path_);
     const Pending& t = tensors_[next_to_write_];
-    if (written_of_next_ != 0)
-        fail(ErrorKind::internal, "{}: tensor '{}' whole after {} bytes in chunks", path_, t.name, written_of_next_);
     if (bytes.size() != t.size_bytes)
         fail(ErrorKind::invalid_input, "{}: tensor '{}': {} bytes given, {} expected", path_, t.name, bytes.size(),
              t.size_bytes);
@@ -133,26 +131,27 @@ void GgufWriter::write_tensor_data(std::span<const uint8_t> bytes) {
     ++next_to_write_;
 }
 
-void GgufWriter::write_tensor_chunk(std::span<const uint8_t> bytes) {
-    if (!header_written_) fail(ErrorKind::internal, "{}: tensor data before the header", path_);
-    if (next_to_write_ >= tensors_.size()) fail(ErrorKind::internal, "{}: more tensor data than tensors", path_);
-    const Pending& t = tensors_[next_to_write_];
-    if (written_of_next_ + bytes.size() > t.size_bytes)
-        fail(ErrorKind::invalid_input, "{}: tensor '{}': {} bytes given past its {}", path_, t.name,
-             written_of_next_ + bytes.size(), t.size_bytes);
-    if (written_of_next_ == 0 && position_ != data_start_ + t.relative_offset)
-        fail(ErrorKind::internal, "{}: tensor '{}' would land at {} not {}", path_, t.name, position_,
-             data_start_ + t.relative_offset);
-    write_bytes(bytes.data(), bytes.size());
-    written_of_next_ += bytes.size();
-    if (written_of_next_ == t.size_bytes) {
-        pad_to_alignment();
-        ++next_to_write_;
-        written_of_next_ = 0;
+uint64_t GgufWriter::data_offset() const {
+    if (!header_written_) fail(ErrorKind::internal, "{}: data offset asked before the header", path_);
+    return data_start_;
+}
+uint64_t GgufWriter::tensor_offset(size_t index) const {
+    if (index >= tensors_.size()) fail(ErrorKind::internal, "{}: tensor {} of {}", path_, index, tensors_.size());
+    return data_offset() + tensors_[index].relative_offset;
+}
+uint64_t GgufWriter::file_size_bytes() const { return data_offset() + next_relative_offset_; }
+
+void GgufWriter::close_after_header() {
+    if (!header_written_) fail(ErrorKind::internal, "{}: closed before the header", path_);
+    if (std::fclose(out_) != 0) {
+        out_ = nullptr;
+        fail(ErrorKind::io, "{}: close failed: {}", path_, std::strerror(errno));
     }
+    out_ = nullptr;
 }
 
 void GgufWriter::finish() {
+    if (out_ == nullptr) fail(ErrorKind::internal, "{}: finish after close_after_header", path_);
     if (!header_written_) write_header();
     if (next_to_write_ != tensors_.size())
         fail(ErrorKind::invalid_input, "{}: {} of {} tensors written", path_, next_to_write_, tensors_.size());

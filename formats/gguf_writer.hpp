@@ -28,11 +28,15 @@ public:
     void write_header();
     // Data of the next declared tensor; size must equal its byte size.
     void write_tensor_data(std::span<const uint8_t> bytes);
-    // The same in pieces, for tensors larger than memory: consecutive chunks of the next
-    // declared tensor; once its byte size is reached it is padded and the next one begins.
-    void write_tensor_chunk(std::span<const uint8_t> bytes);
-    // Bytes written so far (header, padding and data).
-    uint64_t position() const { return position_; }
+    // For callers that write the data section themselves (large sequential or O_DIRECT
+    // writes): after write_header(), the absolute offset of the data section and of each
+    // declared tensor (data_offset() + its relative offset, aligned), and the file size once
+    // every tensor and its padding is written. close_after_header() closes the file; the
+    // caller then owns the data section and finish() must not be called.
+    uint64_t data_offset() const;
+    uint64_t tensor_offset(size_t index) const;
+    uint64_t file_size_bytes() const;
+    void close_after_header();
     // Checks every declared tensor was written and closes the file.
     void finish();
 
@@ -57,7 +61,6 @@ private:
     std::vector<Pending> tensors_;
     uint64_t next_relative_offset_ = 0;
     size_t next_to_write_ = 0;
-    uint64_t written_of_next_ = 0;  // bytes of tensors_[next_to_write_] given by write_tensor_chunk
     uint64_t data_start_ = 0;
     bool header_written_ = false;
 };
