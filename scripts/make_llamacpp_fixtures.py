@@ -19,7 +19,10 @@ Outputs in tests/data/llamacpp/: <model>.<type>.gguf, <model>.<type>.logits.npy 
 [prompt positions, vocab], llama.cpp's logits for every prompt position), manifest.json
 (per file: tensor types, sizes, greedy ids, cosine / max |delta| vs transformers' logits and vs
 transformers run on the file's own dequantised weights, <model>.<type>.hf_dequant_logits.npy), and
-tokenizer/ (the stand-in tokenizer the converter requires, see write_tokenizer).
+tokenizer/ (the stand-in tokenizer the converter requires, see write_tokenizer), and
+<model>.<type>.greedy_logits.npy (float32 [16, vocab]: the logits of each step of llama.cpp's
+free-running greedy run from the prompt choose_greedy_prompt picks, by llama.cpp's top-2 gaps alone).
+llama.cpp runs with an F32 K/V cache and no flash attention (LLAMA_CONTEXT says why).
 """
 import argparse
 import hashlib
@@ -200,17 +203,33 @@ def tensor_types(path: pathlib.Path):
     return {t.name: {"type": t.tensor_type.name, "shape": [int(x) for x in t.shape]} for t in r.tensors}
 
 
-def run_llamacpp(path: pathlib.Path, prompt):
-    """llama.cpp's logits for every prompt position (one batch, logits_all), then greedy decode:
-    argmax over llama.cpp's own logits step by step with its KV cache (temperature 0)."""
+# llama.cpp's context in its most precise CPU settings. Its defaults keep the KV cache in F16: in
+# deepseek2's MLA graph that is the normalised kv latent and the roped k_pe of every position, so
+# with F16 the attention inputs are rounded to 11 bits. On hf_tiny_v3.F16 that rounding flipped one
+# near-tied routing decision (layer 1, decode step 4: the 2nd and 3rd expert groups' scores 4.6e-5
+# apart), moving that step's logits by up to 2.6 and every later step by up to 0.15 through the
+# cache; forcing the same group in transformers reproduces llama.cpp's F16-cache logits to 0.012.
+# With an F32 cache llama.cpp's greedy run equals transformers' (F32) and ours, so the oracle uses
+# it; the default-settings greedy ids are still recorded (greedy_ids_default_f16_kv_cache).
+LLAMA_CONTEXT = dict(n_ctx=64, seed=0, n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512,
+                     type_k=0, type_v=0,  # GGML_TYPE_F32 K and V caches (default F16)
+                     flash_attn=False)
+
+
+def run_llamacpp(path: pathlib.Path, prompt, **overrides):
+    """llama.cpp's logits for every prompt position (one batch, logits_all), then a free-running
+    greedy decode: argmax over llama.cpp's own logits step by step with its KV cache, keeping the
+    logits each step chose from ([N_GREEDY, vocab])."""
     import llama_cpp
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, seed=0, n_threads=2,
-                          n_threads_batch=2, vocab_only=False, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, vocab_only=False, verbose=False,
+                          **{**LLAMA_CONTEXT, **overrides})
     llm.eval(prompt)
     logits = np.array(llm.scores[: len(prompt)], dtype=np.float32)
-    greedy = []
+    greedy, step_logits = [], []
     for _ in range(N_GREEDY):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        step = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        step_logits.append(step)
+        nxt = int(np.argmax(step))
         greedy.append(nxt)
         llm.eval([nxt])
     # llama.cpp's own sampler at temperature 0, from a fresh context, as a cross-check.
@@ -221,7 +240,55 @@ def run_llamacpp(path: pathlib.Path, prompt):
         if len(sampled) == N_GREEDY:
             break
     del llm
-    return logits, greedy, sampled
+    return logits, greedy, sampled, np.stack(step_logits)
+
+
+def top2_gaps(rows):
+    top2 = np.sort(rows.astype(np.float64), axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+# The greedy comparison needs a prompt whose 16 greedy steps have no near-ties: these tiny random
+# models put the top two logits within 0.001 of each other at some step for most prompts (median
+# smallest gap over 16 steps: 0.007 on hf_tiny_v3), while two correct engines differ by ~0.01 (F16
+# weights) to ~0.1 (8-bit activations, Q8_0) per logit. A near-tie makes the first differing token
+# a coin toss, and every later step then runs on a different prefix. So the prompt is chosen by
+# llama.cpp alone: GREEDY_CANDIDATES seeded random prompts (BOS then ids 2..vocab-1, the length of
+# the fixture prompt), each run 16 greedy steps on every gate file (the model's committed F16 and
+# Q8_0), keeping the one whose smallest top-2 gap over all steps and files is largest. sluice plays
+# no part in the choice; the test then runs both engines free for 16 steps from it.
+GREEDY_CANDIDATES = 2000
+GREEDY_SEED = 2026
+GREEDY_GATE_TYPES = ["F16", "Q8_0"]
+
+
+def choose_greedy_prompt(gate_files, prompt_len):
+    import llama_cpp
+    llms = [llama_cpp.Llama(model_path=str(p), logits_all=True, verbose=False, **LLAMA_CONTEXT) for p in gate_files]
+    vocab = llms[0].n_vocab()
+    rng = np.random.default_rng(GREEDY_SEED)
+    best, best_gap = None, -1.0
+    for _ in range(GREEDY_CANDIDATES):
+        cand = [0] + [int(x) for x in rng.integers(2, vocab, prompt_len - 1)]
+        gap = float("inf")
+        for llm in llms:
+            llm.reset()
+            llm.eval(cand)
+            for _ in range(N_GREEDY):
+                step = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+                gap = min(gap, float(top2_gaps(step[None])[0]))
+                if gap <= best_gap:
+                    break
+                llm.eval([int(np.argmax(step))])
+            if gap <= best_gap:
+                break
+        if gap > best_gap:
+            best, best_gap = cand, gap
+    del llms
+    return best, {"prompt_ids": best, "min_top2_gap": best_gap, "candidates": GREEDY_CANDIDATES,
+                  "seed": GREEDY_SEED, "rule": "of GREEDY_CANDIDATES seeded random prompts, the one whose smallest "
+                  "top-2 logit gap over 16 free-running greedy steps of llama.cpp (all gate files) is largest; "
+                  "chosen with llama.cpp only"}
 
 
 def transformers_on_dequantised(gguf_path: pathlib.Path, model_dir: pathlib.Path, prompt):
@@ -333,7 +400,7 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*.gguf"):
         old.unlink()
-    for old in OUT.glob("*logits.npy"):
+    for old in OUT.glob("*logits.npy"):  # incl. *.greedy_logits.npy
         old.unlink()
     tok_dir = OUT / "tokenizer"
     write_tokenizer(tok_dir)
@@ -347,8 +414,19 @@ def main():
         "converter": "vendor/llama.cpp/convert_hf_to_gguf.py of the llama-cpp-python sdist "
                      "(pre-tokenizer forced to 'deepseek-v3', see CONVERT_WRAPPER)",
         "quantiser": "llama_cpp.llama_model_quantize (llama.cpp's llama-quant.cpp), input = converter's F32 GGUF",
+        "llama_cpp_context": {**{k: v for k, v in LLAMA_CONTEXT.items() if k not in ("type_k", "type_v")},
+                              "type_k": "F32", "type_v": "F32", "logits_all": True, "device": "CPU"},
+        "llama_cpp_context_why": "llama.cpp's most precise CPU settings: F32 K/V caches (its default F16 cache rounds "
+                                 "deepseek2's cached kv latent and k_pe to 11 bits; on hf_tiny_v3.F16 that flipped a "
+                                 "routing near-tie, layer 1 decode step 4, groups 4.6e-5 apart, and llama.cpp's greedy "
+                                 "run left transformers' at step 4: greedy_ids_default_f16_kv_cache), no flash attention",
         "logits": "<file>.logits.npy: float32 [prompt positions, vocab], llama.cpp CPU, one batch, n_threads 2",
-        "greedy": f"first {N_GREEDY} greedy ids: argmax over llama.cpp's logits step by step with its KV cache",
+        "greedy": f"greedy_ids: the first {N_GREEDY} ids of a free-running greedy run (argmax over llama.cpp's logits "
+                  f"step by step with its KV cache) from greedy_prompt_ids (greedy_prompts: how that prompt was chosen, by "
+                  f"llama.cpp's top-2 gaps alone); <file>.greedy_logits.npy: float32 [{N_GREEDY}, vocab], the logits each "
+                  f"step chose from; greedy_top2_gaps: their top-1 minus top-2. fixture_prompt_greedy_ids: the same run from "
+                  f"tests/data/<model>/expected.json's prompt (compared with transformers' greedy_ids), and "
+                  f"..._default_f16_kv_cache: with llama.cpp's default F16 K/V cache",
         "tolerance_notes": ("compare against transformers' tests/data/<model>/logits.npy: cosine per prompt position "
                             "(min over positions) and max |delta|. F16/Q8_0 should agree closely; the tiny models' "
                             "Q4_K_M/Q2_K are not real K-quants (rows of 64/48 fall back), hf_small_v3's are. These random-weight "
@@ -357,6 +435,7 @@ def main():
                             "run on gguf-py's dequantisation of the same file, saved as <file>.hf_dequant_logits.npy) is the "
                             "like-for-like comparison. Greedy agreement with transformers is limited by near-ties: see "
                             "greedy_min_top2_gap in tests/data/<model>/expected.json."),
+        "greedy_prompts": {},
         "files": [],
     }
     for model in TINY_MODELS + [SMALL_MODEL]:
@@ -366,7 +445,7 @@ def main():
         prompt = expected["prompt_ids"]
         f32 = args.work / f"{model}.F32.gguf"
         sources = {"F32": ("f32", f32), "F16": ("f16", None), "Q8_0": ("q8_0", None)}
-        produced = {}
+        produced, entries = {}, []
         for qtype in ["F32", "F16", "Q8_0", "Q4_K_M", "Q2_K"]:
             committed = qtype in COMMIT[model]
             dest = (OUT if committed else args.work) / f"{model}.{qtype}.gguf"
@@ -386,8 +465,24 @@ def main():
                     manifest["files"].append(entry)
                 continue
             produced[qtype] = dest
-            if qtype == "F32":
-                continue  # intermediate only
+            if qtype != "F32":  # F32: intermediate only
+                entries.append((qtype, committed, dest, entry))
+
+        # The prompt of the free-running greedy comparison (see choose_greedy_prompt).
+        greedy_prompt, selection = prompt, None
+        gate = [produced[t] for t in GREEDY_GATE_TYPES if t in produced and t in COMMIT[model]]
+        if gate:
+            try:
+                greedy_prompt, selection = choose_greedy_prompt(gate, len(prompt))
+            except Exception as e:
+                print(f"{model}: no greedy prompt chosen: {e}")
+        if selection:
+            selection["gate_files"] = [p.name for p in gate]
+            manifest["greedy_prompts"][model] = selection
+            print(f"{model}: greedy prompt {greedy_prompt}, llama.cpp's smallest top-2 gap {selection['min_top2_gap']:.4f} "
+                  f"(best of {selection['candidates']})")
+
+        for qtype, committed, dest, entry in entries:
             entry["size_bytes"] = dest.stat().st_size
             entry["sha256"] = sha256(dest)
             types = tensor_types(dest)
@@ -398,7 +493,9 @@ def main():
                 counts[v["type"]] = counts.get(v["type"], 0) + 1
             entry["type_counts"] = counts
             try:
-                logits, greedy, sampled = run_llamacpp(dest, prompt)
+                logits, fixture_greedy, _, _ = run_llamacpp(dest, prompt)
+                default_greedy = run_llamacpp(dest, prompt, type_k=None, type_v=None)[1]
+                _, greedy, sampled, greedy_logits = run_llamacpp(dest, greedy_prompt)
             except Exception as e:  # llama.cpp refused the file: record why
                 entry["error"] = f"llama.cpp could not run it: {e}" + (
                     f" ({LOAD_FAILURE_NOTES[model]})" if model in LOAD_FAILURE_NOTES else "")
@@ -408,12 +505,18 @@ def main():
             if committed:
                 np.save(OUT / f"{model}.{qtype}.logits.npy", logits)
                 entry["logits_file"] = f"{model}.{qtype}.logits.npy"
+                np.save(OUT / f"{model}.{qtype}.greedy_logits.npy", greedy_logits)
+                entry["greedy_logits_file"] = f"{model}.{qtype}.greedy_logits.npy"
+            entry["greedy_prompt_ids"] = greedy_prompt
             entry["greedy_ids"] = greedy
+            entry["greedy_top2_gaps"] = [round(float(g), 6) for g in top2_gaps(greedy_logits)]
             entry["sampler_temp0_ids"] = sampled
+            entry["fixture_prompt_greedy_ids"] = fixture_greedy
+            entry["fixture_prompt_greedy_ids_default_f16_kv_cache"] = default_greedy
             entry["vs_transformers"] = compare(logits, hf_logits)
             hg = expected["greedy_ids"][:N_GREEDY]
             entry["vs_transformers"]["greedy_prefix_agree"] = next(
-                (i for i, (a, b) in enumerate(zip(greedy, hg)) if a != b), N_GREEDY)
+                (i for i, (a, b) in enumerate(zip(fixture_greedy, hg)) if a != b), N_GREEDY)
             if qtype != "F16":
                 deq = transformers_on_dequantised(dest, mdir, prompt)
                 entry["vs_transformers_on_dequantised_weights"] = compare(logits, deq)
@@ -427,7 +530,8 @@ def main():
                 print(f"{model} {qtype}: vs transformers on dequantised weights: cos min {d['cosine_min']:.6f}, "
                       f"max|d| {d['max_abs_delta']:.4g}")
             print(f"{model} {qtype}: {entry['size_bytes']} B, types {counts}, cos min {c['cosine_min']:.6f}, "
-                  f"max|d| {c['max_abs_delta']:.4g}, greedy prefix agree {c['greedy_prefix_agree']}/{N_GREEDY}")
+                  f"max|d| {c['max_abs_delta']:.4g}, fixture-prompt greedy prefix agree {c['greedy_prefix_agree']}/{N_GREEDY}, "
+                  f"greedy-prompt min top-2 gap {min(entry['greedy_top2_gaps']):.4f}")
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"tests/data/llamacpp: {total} bytes")
