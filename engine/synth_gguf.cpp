@@ -113,6 +113,9 @@ DType parse_synth_dtype(std::string_view name) {
 std::vector<GgufSynthTensor> synth_gguf_tensors(const GgufSynthOptions& o) {
     const ModelConfig& c = o.config;
     c.validate("synth config");
+    if (c.n_routed_experts > 0 && c.n_group > 1 && c.n_group >= c.n_routed_experts)
+        fail(ErrorKind::invalid_input, "synth: {} expert groups for {} experts; llama.cpp needs fewer groups than experts",
+             c.n_group, c.n_routed_experts);
     std::vector<GgufSynthTensor> out;
     const int64_t h = c.hidden_size;
     auto matrix = [&](std::string name, DType type, std::vector<int64_t> ne, int64_t fan_in) {

@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--expert-type", default="q4_k")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokenizer", default=os.path.join(os.environ.get("SLUICE_SHARED", "../shared"), "models",
+                                                          "deepseek-v3-tokenizer"))
     ap.add_argument("--keep", action="store_true", help="keep the file (and reuse it if it exists)")
     args = ap.parse_args()
 
@@ -47,7 +49,7 @@ def main():
     if not (args.keep and os.path.exists(args.out)):
         cmd = [args.sluice, "synth", "-o", args.out, "--preset", "v3", "--layers", str(args.layers),
                "--dense-layers", str(args.dense_layers), "--experts", str(args.experts),
-               "--expert-type", args.expert_type, "--seed", str(args.seed), "--quiet"]
+               "--expert-type", args.expert_type, "--seed", str(args.seed), "--tokenizer", args.tokenizer, "--quiet"]
         print("$", " ".join(cmd))
         subprocess.run(cmd, check=True)
     print(f"file: {args.out}, {os.path.getsize(args.out) / 1e9:.2f} GB")
@@ -97,6 +99,13 @@ def run_checks(args, check):
     llm = llama_cpp.Llama(model_path=args.out, n_ctx=256, n_threads=args.threads, logits_all=True, verbose=False)
     print(f"     llama.cpp loaded in {time.time() - t0:.1f} s, n_vocab {llm.n_vocab()}")
     check(llm.n_vocab() == 129280, "llama.cpp loads it (vocab 129280)")
+    import tokenizers
+    hf = tokenizers.Tokenizer.from_file(os.path.join(args.tokenizer, "tokenizer.json"))
+    texts = ["The capital of France is", "Hello, world! 12345 + 678 = 13023", "  spaces\ttabs\nnewlines",
+             "深度求索是一家人工智能公司。", "<｜User｜>Hi<｜Assistant｜>", "naïve café — emoji 🙂 for (i=0;i<n;++i) {}",
+             "<｜fim▁begin｜>def f(x):<｜fim▁hole｜><｜fim▁end｜>"]
+    same = sum(llm.tokenize(t.encode(), add_bos=True, special=True) == [0] + hf.encode(t).ids for t in texts)
+    check(same == len(texts), f"llama.cpp tokenises like HF tokenizers with the file's vocabulary ({same}/{len(texts)})")
     prompt = b"The quick brown fox jumps over the lazy dog. DeepSeek-V3 streams its experts"
     ids = llm.tokenize(prompt, add_bos=True)
     t0 = time.time()

@@ -102,9 +102,14 @@ void register_synth(CLI::App& app) {
             if (args->experts) {
                 options.config.n_routed_experts = *args->experts;
                 options.config.num_experts_per_tok = std::min(options.config.num_experts_per_tok, *args->experts);
-                // Keep whole groups: fewer groups when the experts do not divide into the preset's.
-                while (options.config.n_group > 1 && *args->experts % options.config.n_group != 0) options.config.n_group /= 2;
-                options.config.topk_group = std::min(options.config.topk_group, options.config.n_group);
+                // Keep the preset's grouping when the experts still divide into it, the chosen
+                // groups hold top-k experts, and (llama.cpp asserts it) groups < experts;
+                // otherwise route without groups.
+                auto& c = options.config;
+                const bool grouping_fits = c.n_group > 1 && c.n_routed_experts % c.n_group == 0 &&
+                                           c.n_group < c.n_routed_experts &&
+                                           c.topk_group * (c.n_routed_experts / c.n_group) >= c.num_experts_per_tok;
+                if (!grouping_fits) c.n_group = c.topk_group = 1;
             }
             options.output_path = args->output;
             options.expert_type = parse_synth_dtype(args->expert_type);
