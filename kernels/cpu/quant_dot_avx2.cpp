@@ -294,8 +294,8 @@ void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int 
     }
 }
 
-// ---- activation quantisers: the scalar ones' arithmetic (d = amax / 127, q = nearest-even of
-// x * (1 / d)), so every path quantises to the same bytes ----------------------------------------
+// ---- activation quantisers: the scalar ones' arithmetic (quantize_activations.hpp: q = nearest
+// even of x * 127 / amax), so every path quantises to the same bytes ----------------------------------------
 inline __m256 abs_ps(__m256 v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
 inline float reduce_max(__m256 v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -309,10 +309,14 @@ inline int32_t reduce_add(__m256i v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
     return _mm_cvtsi128_si32(s);
 }
-inline float block_scale(float amax, float& inv) {
-    const float d = amax / 127.0f;
-    inv = d != 0.0f ? 1.0f / d : 0.0f;
-    return d;
+// d and 1/d by the rules in quantize_activations.hpp; the f16 rounding with F16C
+inline float q8_block_scale(float amax, float& inv) {
+    inv = q8_inverse_scale(amax);
+    return _cvtsh_ss(_cvtss_sh(q8_scale_before_f16(amax), 0));
+}
+inline float q8k_block_scale(float amax, float& inv) {
+    inv = q8_inverse_scale(amax);
+    return q8k_scale(inv);
 }
 // 32 floats times inv, rounded to nearest even, saturated to int8 in order; q[] gets the int32s.
 inline __m256i quantize32(const float* x, __m256 inv, __m256i q[4]) {
@@ -329,7 +333,7 @@ void quantize_q8(const float* x, ActivationGroupQ8* out, int64_t n) {
         __m256 amax = abs_ps(_mm256_loadu_ps(x));
         for (int i = 1; i < 4; ++i) amax = _mm256_max_ps(amax, abs_ps(_mm256_loadu_ps(x + 8 * i)));
         float inv;
-        g.d[slot] = block_scale(reduce_max(amax), inv);
+        g.d[slot] = q8_block_scale(reduce_max(amax), inv);
         __m256i q[4];
         _mm256_store_si256(reinterpret_cast<__m256i*>(g.qs[slot]), quantize32(x, _mm256_set1_ps(inv), q));
         g.sum[slot] = reduce_add(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
@@ -342,7 +346,7 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
         __m256 amax = _mm256_setzero_ps();
         for (int i = 0; i < 32; ++i) amax = _mm256_max_ps(amax, abs_ps(_mm256_loadu_ps(x + 8 * i)));
         float inv;
-        out[b].d = block_scale(reduce_max(amax), inv);
+        out[b].d = q8k_block_scale(reduce_max(amax), inv);
         const __m256 scale = _mm256_set1_ps(inv);
         for (int g = 0; g < 8; ++g) {
             __m256i q[4];

@@ -388,12 +388,16 @@ void row_group_32(const void* w, int64_t n_blocks, const void* const* acts, int 
     }
 }
 
-// ---- activation quantisers: the scalar ones' arithmetic (d = amax / 127, q = nearest-even of
-// x * (1 / d)), so every path quantises to the same bytes ----------------------------------------
-inline float block_scale(float amax, float& inv) {
-    const float d = amax / 127.0f;
-    inv = d != 0.0f ? 1.0f / d : 0.0f;
-    return d;
+// ---- activation quantisers: the scalar ones' arithmetic (quantize_activations.hpp: q = nearest
+// even of x * 127 / amax), so every path quantises to the same bytes ----------------------------------------
+// d and 1/d by the rules in quantize_activations.hpp; the f16 rounding with F16C
+inline float q8_block_scale(float amax, float& inv) {
+    inv = q8_inverse_scale(amax);
+    return _cvtsh_ss(_cvtss_sh(q8_scale_before_f16(amax), 0));
+}
+inline float q8k_block_scale(float amax, float& inv) {
+    inv = q8_inverse_scale(amax);
+    return q8k_scale(inv);
 }
 inline __m512 abs_ps(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff))); }
 
@@ -403,7 +407,7 @@ void quantize_q8(const float* x, ActivationGroupQ8* out, int64_t n) {
         const int slot = int(b % 8);
         const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
         float inv;
-        g.d[slot] = block_scale(_mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1))), inv);
+        g.d[slot] = q8_block_scale(_mm512_reduce_max_ps(_mm512_max_ps(abs_ps(v0), abs_ps(v1))), inv);
         const __m512 scale = _mm512_set1_ps(inv);
         const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, scale)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, scale));
         _mm_store_si128(reinterpret_cast<__m128i*>(g.qs[slot]), _mm512_cvtsepi32_epi8(q0));
@@ -418,7 +422,7 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
         __m512 amax = _mm512_setzero_ps();
         for (int g = 0; g < 16; ++g) amax = _mm512_max_ps(amax, abs_ps(_mm512_loadu_ps(x + 16 * g)));
         float inv;
-        out[b].d = block_scale(_mm512_reduce_max_ps(amax), inv);
+        out[b].d = q8k_block_scale(_mm512_reduce_max_ps(amax), inv);
         const __m512 scale = _mm512_set1_ps(inv);
         for (int g = 0; g < 16; ++g) {
             const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * g), scale));

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/half.hpp"
+
 namespace sluice::cpu {
 namespace {
 
@@ -22,9 +24,8 @@ void quantize_activations_q8(const float* x, ActivationGroupQ8* out, int64_t n) 
         const int slot = int(b % 8);
         float amax = 0.0f;
         for (int i = 0; i < 32; ++i) amax = std::fmax(amax, std::fabs(x[i]));
-        const float d = amax / 127.0f;
-        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-        g.d[slot] = d;
+        const float inv = q8_inverse_scale(amax);
+        g.d[slot] = f16_to_f32(f32_to_f16(q8_scale_before_f16(amax)));
         int32_t sum = 0;
         for (int i = 0; i < 32; ++i) {
             g.qs[slot][i] = int8_t(round_small(x[i] * inv));
@@ -39,9 +40,8 @@ void quantize_activations_q8k(const float* x, ActivationBlockQ8K* out, int64_t n
     for (int64_t b = 0; b < n / 256; ++b, x += 256) {
         float amax = 0.0f;
         for (int i = 0; i < 256; ++i) amax = std::fmax(amax, std::fabs(x[i]));
-        const float d = amax / 127.0f;
-        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-        out[b].d = d;
+        const float inv = q8_inverse_scale(amax);
+        out[b].d = q8k_scale(inv);
         for (int g = 0; g < 16; ++g) {
             int32_t sum = 0;
             for (int i = 16 * g; i < 16 * g + 16; ++i) {

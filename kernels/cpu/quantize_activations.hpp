@@ -27,6 +27,16 @@ struct alignas(64) ActivationBlockQ8K {
 };
 static_assert(sizeof(ActivationBlockQ8K) == 320);
 
+// The scales are llama.cpp's (quantize_row_q8_0 / quantize_row_q8_K), so the fused results are
+// its kernels' to float rounding (GEMV within 4e-7 of ggml's; hf_small_v3.Q2_K logits within
+// 2e-6 of llama.cpp's): both multiply by inv = 127 / amax and round to nearest even; Q8_0-style
+// blocks keep d = amax / 127 rounded to f16 (block_q8_0 stores an f16), Q8_K-style blocks keep
+// d = 1 / inv in f32. amax = 0 gives d = inv = 0. Each path rounds d to f16 its own way (F16C
+// where it has it); the rest is here.
+inline float q8_inverse_scale(float amax) { return amax != 0.0f ? 127.0f / amax : 0.0f; }
+inline float q8_scale_before_f16(float amax) { return amax / 127.0f; }
+inline float q8k_scale(float inv) { return inv != 0.0f ? 1.0f / inv : 0.0f; }
+
 // n must be a multiple of 32; writes n / 32 blocks into ceil(n / 256) groups.
 void quantize_activations_q8(const float* x, ActivationGroupQ8* out, int64_t n);
 
