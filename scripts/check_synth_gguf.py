@@ -143,7 +143,11 @@ def run_checks(args, check):
         # Both quantise activations to 8 bits and pick top-8 of 256 noisy router scores, so a
         # position may route one expert differently; the match is statistical, not exact.
         check(cos.mean() > 0.99 and cos.min() > 0.95, "sluice logits match llama.cpp (cosine mean > 0.99, min > 0.95)")
-        step0 = json.loads(open(stats_path).readline())
+        first = open(stats_path).readline()
+        if not first.strip():
+            check(False, f"sluice --stats-json wrote per-step figures ({stats_path} is empty)")
+            return
+        step0 = json.loads(first)
         n_moe = args.layers - args.dense_layers
         same = 8 * n_moe
         print(f"     prompt step: {step0['tokens']} tokens, experts needed {step0['experts_needed']} over {n_moe} "
