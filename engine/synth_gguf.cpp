@@ -391,13 +391,16 @@ GgufSynthSummary write_synthetic_gguf(const GgufSynthOptions& o) {
 
     uint64_t bytes_done = 0;
     auto last_print = start;
+    // One line rewritten in place on a terminal; one line per report in a log file.
+    const char* line_start = ::isatty(STDERR_FILENO) ? "\r" : "";
+    const char* line_end = ::isatty(STDERR_FILENO) ? "" : "\n";
     auto report = [&](bool final_line) {
         const auto now = std::chrono::steady_clock::now();
         if (!o.print_progress || (!final_line && now - last_print < std::chrono::seconds(1))) return;
         last_print = now;
         const double s = std::chrono::duration<double>(now - start).count();
-        fmt::print(stderr, "\rsynth: {:.2f} / {:.2f} GB, {:.2f} GB/s{}", bytes_done / 1e9, file_bytes / 1e9,
-                   s > 0 ? bytes_done / 1e9 / s : 0.0, final_line ? "\n" : "");
+        fmt::print(stderr, "{}synth: {:.2f} / {:.2f} GB, {:.2f} GB/s{}", line_start, bytes_done / 1e9, file_bytes / 1e9,
+                   s > 0 ? bytes_done / 1e9 / s : 0.0, final_line && *line_end == '\0' ? "\n" : line_end);
         std::fflush(stderr);
     };
 
