@@ -49,6 +49,7 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
     expert_ids_.resize(size_t(n * k));
     expert_weights_.resize(size_t(n * k));
     expert_count_.resize(size_t(d.n_experts));
+    predicted_mark_.resize(size_t(d.n_experts));
     needed_experts_.reserve(size_t(d.n_experts));
     predicted_experts_.reserve(size_t(d.n_experts));
     expert_begin_.resize(size_t(d.n_experts + 1));
@@ -146,7 +147,9 @@ void DeepseekForward::run_step(int64_t n, float* logits) {
         for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.attn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
         attention(w, l, n);
         for (int64_t i = 0; i < n * d.hidden; ++i) x[i] += branch[i];
-        if (weights_.wants_predictions()) predict_next_layer_experts(l, n);
+        // A MoE layer predicts after its own router has asked for its experts (in moe()), so its
+        // reads queue ahead of the guesses for the next layer; a dense layer predicts here.
+        if (!w.is_moe && weights_.wants_predictions()) predict_next_layer_experts(l, n);
         // x = x + MLP/MoE(RMSNorm(x))
         for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.ffn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
         if (w.is_moe) moe(w, l, n);
@@ -256,16 +259,17 @@ void DeepseekForward::predict_next_layer_experts(int layer, int64_t n) {
     for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w->ffn_norm, d.rms_eps, d.hidden, guess_in + t * d.hidden);
     float* logits = router_logits_.as<float>();
     cpu::gemm(w->router, guess_in, d.hidden, n, logits, d.n_experts, pool_);
+    // Its own marks: moe() is still using expert_count_ when it calls this.
     const int k = d.router.top_k;
-    std::fill(expert_count_.begin(), expert_count_.end(), 0);
+    std::fill(predicted_mark_.begin(), predicted_mark_.end(), 0);
     for (int64_t t = 0; t < n; ++t) {
         cpu::route(logits + t * d.n_experts, w->router_bias, d.router, &expert_ids_[size_t(t * k)],
                    &expert_weights_[size_t(t * k)]);
-        for (int j = 0; j < k; ++j) expert_count_[size_t(expert_ids_[size_t(t * k + j)])] = 1;
+        for (int j = 0; j < k; ++j) predicted_mark_[size_t(expert_ids_[size_t(t * k + j)])] = 1;
     }
     predicted_experts_.clear();
     for (int64_t e = 0; e < d.n_experts; ++e)
-        if (expert_count_[size_t(e)]) predicted_experts_.push_back(int32_t(e));
+        if (predicted_mark_[size_t(e)]) predicted_experts_.push_back(int32_t(e));
     weights_.predict_experts(next, predicted_experts_);
 }
 
@@ -323,6 +327,8 @@ void DeepseekForward::moe(const LayerWeights& w, int layer, int64_t n) {
             routed_weight_[size_t(slot)] = expert_weights_[size_t(t * k + j)];
         }
     weights_.need_experts(layer, needed_experts_);
+    // Guess the next layer's experts now, so their reads follow this layer's in the queue.
+    if (weights_.wants_predictions()) predict_next_layer_experts(layer, n);
 
     // Each expert runs on its tokens as soon as its weights are in memory; its outputs land
     // in its own rows of expert_out_ (slot order).

@@ -76,6 +76,7 @@ private:
     std::vector<float> routed_weight_;
     std::vector<int32_t> needed_experts_;  // ascending ids routed to in this step
     std::vector<int32_t> predicted_experts_;
+    std::vector<uint8_t> predicted_mark_;  // [n_experts]
     std::vector<int64_t> n_visible_;       // [max_batch_tokens]
     std::vector<int64_t> positions_;       // [max_batch_tokens]
     std::vector<int32_t> step_tokens_;     // [max_batch_tokens]

@@ -46,6 +46,7 @@ struct StepStats {
     int64_t cache_hits = 0;      // needed experts already in memory from earlier steps
     int64_t prefetch_hits = 0;   // needed experts read early on a prediction
     int64_t predicted = 0;       // experts read on a prediction
+    int64_t guesses_evicted = 0; // predicted experts evicted unused before their layer ran (wasted reads)
     int64_t dense_reads = 0;
     int64_t expert_reads = 0;
     // max(read, compute) / step: 1.0 when reading and computing fully overlap.
@@ -138,6 +139,7 @@ private:
     StepStats current_;
     std::vector<StepStats> steps_;
     int64_t step_index_ = 0;
+    int computing_layer_ = -1;                 // the layer between begin_layer and end_layer
     std::chrono::steady_clock::time_point step_start_;
     // Union of read intervals inside the step.
     std::chrono::steady_clock::time_point read_busy_until_{};

@@ -47,6 +47,17 @@ def bench(args) -> dict:
     import llama_cpp
     lengths = [int(x) for x in args.prompt_lengths.split(",")]
     n_ctx = max(lengths) + args.decode + 8
+    # llama.cpp repacks Q4_K/Q4_0/IQ4_NL weights into anonymous memory (CPU_REPACK "extra" buffer
+    # types) when it can: the whole 27 GB model copied into RAM, which fails outright above RAM and
+    # is not mmap streaming. Off, as for any model larger than memory (llama-bench's --no-repack).
+    import llama_cpp.llama_cpp as low
+    default_params = low.llama_model_default_params
+
+    def no_repack_params():
+        p = default_params()
+        p.use_extra_bufts = args.repack
+        return p
+    low.llama_model_default_params = no_repack_params
     t0 = time.perf_counter()
     llm = llama_cpp.Llama(model_path=args.gguf, n_ctx=n_ctx, n_batch=max(lengths), n_ubatch=max(lengths),
                           n_threads=args.threads, n_threads_batch=args.threads, use_mmap=True,
@@ -98,6 +109,7 @@ def bench(args) -> dict:
         "gguf_bytes": os.path.getsize(args.gguf),
         "threads": args.threads,
         "use_mmap": True,
+        "repack": args.repack,
         "repeat": args.repeat,
         "load_s": load_s,
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
@@ -128,6 +140,8 @@ def main():
     ap.add_argument("--prompt-lengths", default="16,128,512")
     ap.add_argument("--decode", type=int, default=32, help="decode steps after each prompt")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per prompt length")
+    ap.add_argument("--repack", action="store_true",
+                    help="let llama.cpp repack weights into RAM (CPU_REPACK; only for models that fit)")
     ap.add_argument("--decode-first-only", action="store_true",
                     help="decode only after the first prompt length (as sluice bench does)")
     ap.add_argument("--memory-max", help="cap, e.g. 512M or 8G: run inside a memory cgroup")
@@ -135,7 +149,8 @@ def main():
     if args.memory_max:
         child = [sys.executable, os.path.abspath(__file__), args.gguf, "--threads", str(args.threads),
                  "--prompt-lengths", args.prompt_lengths, "--decode", str(args.decode),
-                 "--repeat", str(args.repeat)] + (["--decode-first-only"] if args.decode_first_only else [])
+                 "--repeat", str(args.repeat)] + (["--decode-first-only"] if args.decode_first_only else []) + \
+                (["--repack"] if args.repack else [])
         out = run_capped(args, child)
     else:
         out = bench(args)
