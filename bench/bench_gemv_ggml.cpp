@@ -805,12 +805,11 @@ int main(int argc, char** argv) {
                     worst = std::min(worst, ratio);
                     ++n;
                 }
-                if (n > 0) {
-                    std::printf("  %d thr %-5s sluice/best ggml (expert shapes): geomean %.2f, worst %.2f", threads,
-                                std::string(dtype_name(t)).c_str(), std::exp(log_sum / n), worst);
-                }
+                if (n == 0 && left_out == 0) continue;
+                std::printf("  %d thr %-5s sluice/best ggml (expert shapes): ", threads, std::string(dtype_name(t)).c_str());
+                if (n > 0) std::printf("geomean %.2f, worst %.2f", std::exp(log_sum / n), worst);
                 if (left_out > 0) std::printf("%s%d collapsed ggml row(s) left out", n > 0 ? "; " : "", left_out);
-                if (n > 0 || left_out > 0) std::printf("\n");
+                std::printf("\n");
             }
             for (const Row& r : rows) {
                 if (r.threads == threads && r.n_tokens == 1 && std::string_view(r.c.what).find("largest") != std::string_view::npos) {
