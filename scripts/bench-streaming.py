@@ -71,6 +71,20 @@ def make_model(sluice, path):
                     "--expert-type", "q4_k", "--seed", "1"], check=True)
 
 
+def drop_page_cache():
+    """Both engines start cold. A memory cgroup does not charge a group for page-cache pages
+    another group (bench-io's buffered and mmap runs, an earlier uncapped run) left behind: the
+    capped peer would read them for free, and look as if the model fitted."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError as e:
+        log(f"warning: cannot drop the page cache ({e}): cached pages of the model flatter the mmap peer")
+        return False
+
+
 def bench_io(sluice, model, args):
     log("sluice bench-io (O_DIRECT, io_uring and fio alternating)")
     cmd = [sluice, "bench-io", str(model), "--bs", "4M", "--qd", "8", "--rounds", str(args.io_rounds),
@@ -92,6 +106,7 @@ def bench_sluice(sluice, model, cap, args):
            args.prompt_lengths, "--decode", str(args.decode), "--batch-sizes", args.batch_sizes, "--ram",
            str(ram), "--resident", args.resident] + args.sluice_arg
     log(f"sluice under a {cap / 2**30:.2f} GiB cgroup: {' '.join(cmd)}")
+    drop_page_cache()
     t0 = time.time()
     r, info = run_capped(cmd, cap, capture_stdout=True, stderr=subprocess.PIPE, name_hint="sluice_bench")
     if r.returncode != 0:
@@ -108,6 +123,7 @@ def bench_peer(model, cap, args):
            "--prompt-lengths", args.prompt_lengths, "--decode", str(args.decode), "--repeat", "1",
            "--decode-first-only", "--memory-max", str(cap)]
     log(f"llama.cpp under the same cap (slow: it re-reads the file through the page cache): {' '.join(cmd)}")
+    drop_page_cache()
     t0 = time.time()
     r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if r.returncode != 0:
