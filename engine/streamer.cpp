@@ -119,6 +119,7 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     needed_.reserve(size_t(layout_.n_experts));
     handed_.reserve(size_t(layout_.n_experts));
     deferred_.reserve(size_t(layout_.n_experts));
+    guesses_.reserve(2 * size_t(layout_.n_experts));
     wait_tickets_.reserve(expert_pool_.size() + dense_pool_.size());
     wait_index_.reserve(wait_tickets_.capacity());
 }
@@ -297,6 +298,7 @@ void Streamer::prefetch_dense_after(int layer) {
 }
 
 void Streamer::begin_step(int64_t n_tokens) {
+    guesses_.clear();  // made from the previous step's hidden states
     current_ = StepStats{};
     current_.n_tokens = n_tokens;
     current_.step = step_index_;
@@ -351,23 +353,54 @@ void Streamer::predict_experts(int layer, std::span<const int32_t> experts) {
     if (!options_.speculate || expert_pool_.empty()) return;
     for (int32_t e : experts) {
         if (options_.force_wrong_predictions) e = int32_t((e + layout_.n_experts / 2) % layout_.n_experts);
+        if (!find(expert_pool_, layer, e)) guesses_.push_back({layer, e});
+    }
+    issue_guesses();
+}
+
+// Reads queued guesses while the disk has nothing needed to do. Measured on the 5-layer V3 Q4_K
+// model under 8 GiB: guesses issued as soon as made were half wrong and took 4.7 of 13.8 GB read
+// in decode, which is read-bound (1.70 tok/s vs 2.05 with no speculation at all).
+void Streamer::issue_guesses() {
+    constexpr int kGuessReadsInFlight = 2;
+    if (guesses_.empty()) return;
+    if (!deferred_.empty()) return;
+    poll_all();
+    int guesses_in_flight = 0;
+    for (const auto& b : dense_pool_)
+        if (b.state == BufferState::reading) return;
+    for (const auto& b : expert_pool_) {
+        if (b.state != BufferState::reading) continue;
+        if (!b.predicted) return;
+        ++guesses_in_flight;
+    }
+    size_t used = 0;
+    for (; used < guesses_.size() && guesses_in_flight < kGuessReadsInFlight; ++used) {
+        const auto [layer, e] = guesses_[used];
         if (find(expert_pool_, layer, e)) continue;
         // At most half the pool holds guesses at a time.
-        int guesses = 0;
-        for (const auto& g : expert_pool_) guesses += g.predicted;
-        if (2 * guesses >= int(expert_pool_.size())) return;
+        int held = 0;
+        for (const auto& g : expert_pool_) held += g.predicted;
+        if (2 * held >= int(expert_pool_.size())) {
+            used = guesses_.size();
+            break;
+        }
         Buffer* b = acquire_expert(layer, true, score(layer, e) + 1.0);
         if (!b) continue;
         submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)]);
         b->predicted = true;
         ++current_.predicted;
+        ++guesses_in_flight;
     }
+    guesses_.erase(guesses_.begin(), guesses_.begin() + ptrdiff_t(used));
 }
 
 void Streamer::need_experts(int layer, std::span<const int32_t> experts) {
     needed_.assign(experts.begin(), experts.end());
     handed_.assign(needed_.size(), 0);
     deferred_.clear();
+    // Guesses for this layer not read by now are superseded by what the router asked for.
+    std::erase_if(guesses_, [&](const PendingGuess& g) { return g.layer <= layer; });
     poll_all();
     for (int32_t e : needed_) {
         ++current_.experts_needed;
@@ -381,6 +414,7 @@ void Streamer::need_experts(int layer, std::span<const int32_t> experts) {
         deferred_.push_back(e);
     }
     submit_deferred(layer);
+    issue_guesses();
 }
 
 void Streamer::submit_deferred(int layer) {
@@ -403,6 +437,7 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
         current_expert_ = nullptr;
         if (!deferred_.empty()) submit_deferred(layer);
     }
+    issue_guesses();
     for (;;) {
         // A needed expert already in memory goes first (lowest id among the ready ones).
         wait_tickets_.clear();
@@ -461,6 +496,7 @@ void Streamer::end_layer(int layer) {
         current_dense_ = nullptr;
     }
     needed_.clear();
+    issue_guesses();
 }
 
 StepStats& StepStats::operator+=(const StepStats& s) {

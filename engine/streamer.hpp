@@ -110,6 +110,7 @@ private:
     void touch(int layer, int expert);
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);
+    void issue_guesses();
     void note_read_interval(std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point end);
 
     ModelLayout layout_;
@@ -132,6 +133,14 @@ private:
     std::vector<int32_t> needed_;
     std::vector<uint8_t> handed_;
     std::vector<int32_t> deferred_;            // needed but waiting for a free buffer
+    // Predictions not read yet. A guess is read only while no needed read is in flight (and at
+    // most kGuessReadsInFlight at a time), so a wrong guess costs idle disk time, never bandwidth
+    // that the step's own experts wait for.
+    struct PendingGuess {
+        int layer;
+        int32_t expert;
+    };
+    std::vector<PendingGuess> guesses_;
     std::vector<uint64_t> wait_tickets_;       // scratch for wait_any
     std::vector<size_t> wait_index_;
 
