@@ -1,5 +1,7 @@
 #include "engine/runtime.hpp"
 
+#include "engine/background_segment_io.hpp"
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -108,9 +110,12 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     auto base = std::make_unique<ReaderSegmentIo>(rt->model->source->files(), reader);
     if (options.verbose) fmt::print(stderr, "io: {} reader, queue depth {}\n", base->backend_name(), reader.queue_depth);
     rt->io = std::move(base);
+    // Its own thread keeps the reader's queue full while the compute threads work.
+    rt->io_base = std::move(rt->io);
+    rt->io = std::make_unique<BackgroundSegmentIo>(*rt->io_base);
     if (options.io_rate_cap > 0) {
-        rt->io_base = std::move(rt->io);
-        rt->io = std::make_unique<RateCappedSegmentIo>(*rt->io_base, options.io_rate_cap);
+        rt->io_background = std::move(rt->io);
+        rt->io = std::make_unique<RateCappedSegmentIo>(*rt->io_background, options.io_rate_cap);
     }
 
     StreamerOptions so;

@@ -42,8 +42,11 @@ struct Runtime {
     MemoryPlan memory;
     ResidentMode mode = ResidentMode::all;
     ModelWeights resident;                      // mode == all
-    std::unique_ptr<SegmentIo> io;              // streaming modes
-    std::unique_ptr<SegmentIo> io_base;         // the real reader under a rate cap
+    // Streaming modes: the reader, the thread that drives it, and what the streamer talks to
+    // (that thread, or a rate cap over it). Declared inner first: destroyed outer first.
+    std::unique_ptr<SegmentIo> io_base;
+    std::unique_ptr<SegmentIo> io_background;
+    std::unique_ptr<SegmentIo> io;
     std::unique_ptr<WeightProvider> provider;
     Streamer* streamer = nullptr;               // provider, when streaming
 

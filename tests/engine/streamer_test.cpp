@@ -3,6 +3,8 @@
 // counts, predictions or read speed. And it reports the figures it is meant to.
 #include <doctest/doctest.h>
 
+#include <optional>
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +22,7 @@
 #include "engine/model_loader.hpp"
 #include "engine/reader_segment_io.hpp"
 #include "engine/sampler.hpp"
+#include "engine/background_segment_io.hpp"
 #include "engine/streamer.hpp"
 
 using namespace sluice;
@@ -80,12 +83,17 @@ TEST_CASE("streamed with --resident none and minimal buffers equals resident, bi
 
         const auto model = open_model(dir);
         for (const char* backend : {"uring", "pread"})
+        for (bool background : {false, true})
         for (int expert_buffers : {1, 2, 7}) {
             for (bool speculate : {false, true}) {
                 CAPTURE(backend);
+                CAPTURE(background);
                 CAPTURE(expert_buffers);
                 CAPTURE(speculate);
-                ReaderSegmentIo io(model->source->files(), reader_options(backend));
+                ReaderSegmentIo reader(model->source->files(), reader_options(backend));
+                std::optional<BackgroundSegmentIo> driven;
+                if (background) driven.emplace(reader);
+                SegmentIo& io = background ? static_cast<SegmentIo&>(*driven) : reader;
                 StreamerOptions so;
                 so.resident = ResidentMode::none;
                 so.dense_buffers = 2;
@@ -178,7 +186,12 @@ TEST_CASE("an I/O error in the middle of a step ends the run with an error namin
     const auto model = open_model(tmp.string());
     // The file shrinks after it was planned: the last layers' bytes are gone.
     fs::resize_file(tmp / "model.safetensors", fs::file_size(tmp / "model.safetensors") / 2);
-    ReaderSegmentIo io(model->source->files(), reader_options("auto"));
+    for (bool background : {false, true}) {
+    CAPTURE(background);
+    ReaderSegmentIo reader(model->source->files(), reader_options("auto"));
+    std::optional<BackgroundSegmentIo> driven;
+    if (background) driven.emplace(reader);
+    SegmentIo& io = background ? static_cast<SegmentIo&>(*driven) : reader;
     StreamerOptions so;
     so.expert_buffers = 2;
     bool threw = false;
@@ -197,6 +210,7 @@ TEST_CASE("an I/O error in the middle of a step ends the run with an error namin
         CHECK(what.find("offset") != std::string::npos);
     }
     CHECK(threw);
+    }
     fs::remove_all(tmp);
 }
 
