@@ -264,7 +264,11 @@ Streamer::Buffer* Streamer::acquire_expert(int for_layer, bool for_prediction, d
         if (b.pins > 0) continue;
         if (b.state == BufferState::empty) return &b;
         if (for_prediction) {
-            if (b.layer == for_layer || b.layer == for_layer - 1 || b.state == BufferState::reading) continue;
+            // Spare the predicted layer's buffers and what the computing layer has yet to use;
+            // its experts already computed may go (a long prefill needs every buffer for the next
+            // layer's reads, or the disk idles through the next attention pass).
+            if (b.layer == for_layer || b.state == BufferState::reading) continue;
+            if (b.layer == for_layer - 1 && (b.layer != computing_layer_ || still_needed(b.expert))) continue;
         } else if (b.layer == for_layer && still_needed(b.expert)) {
             continue;
         }
@@ -281,7 +285,9 @@ Streamer::Buffer* Streamer::acquire_expert(int for_layer, bool for_prediction, d
             best_score = s;
         }
     }
-    if (for_prediction && best && best_score >= prediction_score) return nullptr;
+    // Ties go to the guess: an expert just used once is less likely to be needed again soon
+    // than a predicted one is to be needed next (8 of 256 per token against ~half).
+    if (for_prediction && best && best_score > prediction_score) return nullptr;
     return best;
 }
 
@@ -362,7 +368,10 @@ void Streamer::predict_experts(int layer, std::span<const int32_t> experts) {
 // model under 8 GiB: guesses issued as soon as made were half wrong and took 4.7 of 13.8 GB read
 // in decode, which is read-bound (1.70 tok/s vs 2.05 with no speculation at all).
 void Streamer::issue_guesses() {
-    constexpr int kGuessReadsInFlight = 2;
+    // Guesses in flight at once. Few in decode (half the guesses are wrong there, and a needed
+    // read queues behind the ones in flight); many when the step has enough tokens to need
+    // nearly every expert, so reads continue through the next layer's attention.
+    const int kGuessReadsInFlight = current_.n_tokens >= 64 ? 16 : 2;
     if (guesses_.empty()) return;
     if (!deferred_.empty()) return;
     poll_all();
