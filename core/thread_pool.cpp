@@ -1,14 +1,41 @@
 #include "core/thread_pool.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <exception>
 #include <memory>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace sluice {
 
 namespace {
+
 int g_default_threads = 0;
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
 }
+
+// Spins until `ready()` or kSpin has passed; true if ready. A decode step is hundreds of
+// parallel_for calls a few microseconds apart; waking a worker parked on a condition variable
+// costs tens of microseconds each time, as much as a cache-resident GEMV itself.
+template <typename Ready>
+bool spin_until(Ready&& ready) {
+    constexpr auto kSpin = std::chrono::microseconds(50);
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 1;; ++i) {
+        if (ready()) return true;
+        cpu_relax();
+        if ((i & 63) == 0 && std::chrono::steady_clock::now() - start > kSpin) return false;
+    }
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
     if (n_threads <= 0) n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
@@ -21,27 +48,31 @@ ThreadPool::~ThreadPool() {
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
-        ++generation_;
+        generation_.fetch_add(1);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
 }
 
+// Handshakes (new job -> workers, last worker done -> caller) are an atomic store followed by a
+// check of the other side's "sleeping" count, and a sleeper raises that count under the mutex
+// before re-checking the atomic: with sequentially consistent operations one of the two always
+// sees the other, so no wake-up is lost, and the mutex is only taken when someone sleeps.
 void ThreadPool::worker_loop(int index) {
     uint64_t seen = 0;
     for (;;) {
-        FunctionRef<void(int)>* job;
-        {
+        if (!spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
             std::unique_lock lock(mutex_);
-            wake_.wait(lock, [&] { return generation_ != seen; });
-            seen = generation_;
-            if (stopping_) return;
-            job = job_;
+            sleeping_workers_.fetch_add(1);
+            wake_.wait(lock, [&] { return generation_.load() != seen; });
+            sleeping_workers_.fetch_sub(1);
         }
-        (*job)(index);
-        {
+        seen = generation_.load(std::memory_order_acquire);
+        if (stopping_) return;
+        (*job_)(index);
+        if (pending_.fetch_sub(1) == 1 && caller_sleeping_.load()) {
             std::lock_guard lock(mutex_);
-            if (--pending_ == 0) done_.notify_one();
+            done_.notify_one();
         }
     }
 }
@@ -63,22 +94,23 @@ void ThreadPool::run_on_all(FunctionRef<void(int)> fn) {
         }
     };
     FunctionRef<void(int)> job(guarded);
-    {
+    job_ = &job;
+    pending_.store(n_threads_ - 1);
+    generation_.fetch_add(1);  // publishes job_ and pending_
+    if (sleeping_workers_.load() > 0) {
         std::lock_guard lock(mutex_);
-        job_ = &job;
-        pending_ = n_threads_ - 1;
-        ++generation_;
+        wake_.notify_all();
     }
-    wake_.notify_all();
     guarded(0);
-    {
+    if (!spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; })) {
         std::unique_lock lock(mutex_);
-        done_.wait(lock, [&] { return pending_ == 0; });
-        job_ = nullptr;
+        caller_sleeping_.store(true);
+        done_.wait(lock, [&] { return pending_.load() == 0; });
+        caller_sleeping_.store(false);
     }
+    job_ = nullptr;
     if (error) std::rethrow_exception(error);
 }
-
 void ThreadPool::parallel_for(int64_t n, FunctionRef<void(int64_t, int64_t, int)> fn, int64_t grain) {
     if (n <= 0) return;
     grain = std::max<int64_t>(1, grain);

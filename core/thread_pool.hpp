@@ -42,8 +42,12 @@ private:
     std::mutex mutex_;
     std::condition_variable wake_;
     std::condition_variable done_;
-    uint64_t generation_ = 0;
-    int pending_ = 0;
+    // Workers spin briefly on generation_ before sleeping on wake_; the caller spins on pending_
+    // before sleeping on done_ (see worker_loop for why no wake-up is lost).
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> pending_{0};
+    std::atomic<int> sleeping_workers_{0};
+    std::atomic<bool> caller_sleeping_{false};
     bool stopping_ = false;
     FunctionRef<void(int)>* job_ = nullptr;
 };

@@ -1,6 +1,8 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <stdexcept>
 #include <vector>
 
@@ -28,4 +30,29 @@ TEST_CASE("an exception thrown on a worker reaches the caller and the pool stays
     std::atomic<int> count{0};
     pool.run_on_all([&](int) { count++; });
     CHECK(count.load() == 3);
+}
+
+TEST_CASE("jobs back to back and jobs after the workers went to sleep all run on every thread") {
+    // Workers spin a short while after a job, then sleep: alternate calls that find them spinning
+    // with calls made after a pause long enough for them to sleep, so both hand-offs run.
+    for (int n_threads : {2, 3, 5}) {
+        CAPTURE(n_threads);
+        ThreadPool pool(n_threads);
+        std::vector<int64_t> sums(static_cast<size_t>(n_threads), 0);
+        int64_t expected = 0;
+        for (int round = 0; round < 400; ++round) {
+            const int64_t n = 1000 + round;
+            pool.parallel_for(n, [&](int64_t b, int64_t e, int t) {
+                for (int64_t i = b; i < e; ++i) sums[size_t(t)] += i;
+            });
+            expected += n * (n - 1) / 2;
+            if (round % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+        int64_t total = 0;
+        for (auto s : sums) total += s;
+        CHECK(total == expected);
+        std::atomic<int> calls{0};
+        pool.run_on_all([&](int) { ++calls; });
+        CHECK(calls == n_threads);
+    }
 }
