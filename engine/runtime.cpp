@@ -1,7 +1,5 @@
 #include "engine/runtime.hpp"
 
-#include "engine/background_segment_io.hpp"
-
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -10,6 +8,7 @@
 #include <thread>
 
 #include "core/error.hpp"
+#include "engine/background_segment_io.hpp"
 #include "engine/reader_segment_io.hpp"
 #include "kernels/cpu/matmul.hpp"
 
@@ -109,14 +108,12 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     reader.request_bytes = options.io_request_bytes;
     auto base = std::make_unique<ReaderSegmentIo>(rt->model->source->files(), reader);
     if (options.verbose) fmt::print(stderr, "io: {} reader, queue depth {}\n", base->backend_name(), reader.queue_depth);
-    rt->io = std::move(base);
+    rt->io_base = std::move(base);
     // Its own thread keeps the reader's queue full while the compute threads work.
-    rt->io_base = std::move(rt->io);
-    rt->io = std::make_unique<BackgroundSegmentIo>(*rt->io_base);
-    if (options.io_rate_cap > 0) {
-        rt->io_background = std::move(rt->io);
+    rt->io_background = std::make_unique<BackgroundSegmentIo>(*rt->io_base);
+    if (options.io_rate_cap > 0)
         rt->io = std::make_unique<RateCappedSegmentIo>(*rt->io_background, options.io_rate_cap);
-    }
+    SegmentIo& io = rt->io ? *rt->io : *rt->io_background;
 
     StreamerOptions so;
     // auto keeps the dense parts resident when the planner found room for them.
@@ -128,7 +125,7 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     if (rt->memory.expert_slot_bytes > 0)
         expert_buffers += int(rt->memory.expert_cache_bytes / rt->memory.expert_slot_bytes);
     so.expert_buffers = std::max(expert_buffers, 1);
-    auto streamer = std::make_unique<Streamer>(layout, rt->model->plan, *rt->model->source, *rt->io, so);
+    auto streamer = std::make_unique<Streamer>(layout, rt->model->plan, *rt->model->source, io, so);
     rt->streamer = streamer.get();
     rt->provider = std::move(streamer);
     return rt;

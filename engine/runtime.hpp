@@ -42,11 +42,11 @@ struct Runtime {
     MemoryPlan memory;
     ResidentMode mode = ResidentMode::all;
     ModelWeights resident;                      // mode == all
-    // Streaming modes: the reader, the thread that drives it, and what the streamer talks to
-    // (that thread, or a rate cap over it). Declared inner first: destroyed outer first.
+    // Streaming modes: the reader, the thread that drives it (what the streamer reads through),
+    // and an optional rate cap over that thread. Declared inner first: destroyed outer first.
     std::unique_ptr<SegmentIo> io_base;
     std::unique_ptr<SegmentIo> io_background;
-    std::unique_ptr<SegmentIo> io;
+    std::unique_ptr<SegmentIo> io;              // --io-rate-cap only
     std::unique_ptr<WeightProvider> provider;
     Streamer* streamer = nullptr;               // provider, when streaming
 
