@@ -8,6 +8,24 @@
 
 namespace sluice {
 
+namespace {
+
+// Draws rank i < keep with probability weight(i) / sum of the first `keep` weights.
+template <typename Weight>
+int64_t draw_rank(int64_t keep, Weight&& weight, std::mt19937_64& rng) {
+    double kept = 0;
+    for (int64_t i = 0; i < keep; ++i) kept += weight(i);
+    std::uniform_real_distribution<double> uniform(0.0, kept);
+    double r = uniform(rng);
+    for (int64_t i = 0; i < keep; ++i) {
+        r -= weight(i);
+        if (r < 0) return i;
+    }
+    return keep - 1;
+}
+
+}  // namespace
+
 int32_t argmax(const float* logits, int64_t n) {
     int64_t best = 0;
     for (int64_t i = 1; i < n; ++i)
@@ -36,15 +54,8 @@ int32_t Sampler::sample(const float* logits) {
             probs_[size_t(i)] = std::exp(logits[i] * inv_t - top);
             sum += probs_[size_t(i)];
         }
-        if (options_.top_p >= 1.0f) {
-            std::uniform_real_distribution<double> uniform(0.0, sum);
-            double r = uniform(rng_);
-            for (int64_t i = 0; i < n_vocab_; ++i) {
-                r -= probs_[size_t(i)];
-                if (r < 0) return int32_t(i);
-            }
-            return argmax(logits, n_vocab_);
-        }
+        if (options_.top_p >= 1.0f)
+            return int32_t(draw_rank(n_vocab_, [&](int64_t i) { return double(probs_[size_t(i)]); }, rng_));
         // Nucleus: the smallest best-first prefix reaching top_p. Sort only a growing head of the
         // ranking (the nucleus is usually a few dozen ids); a sorted head of the full ranking gives
         // the same prefix as sorting everything.
@@ -66,15 +77,7 @@ int32_t Sampler::sample(const float* logits) {
             if (head == n_vocab_) break;
             head = std::min<int64_t>(head * 4, n_vocab_);
         }
-        double kept = 0;
-        for (int64_t i = 0; i < keep; ++i) kept += probs_[size_t(order_[size_t(i)])];
-        std::uniform_real_distribution<double> uniform(0.0, kept);
-        double r = uniform(rng_);
-        for (int64_t i = 0; i < keep; ++i) {
-            r -= probs_[size_t(order_[size_t(i)])];
-            if (r < 0) return order_[size_t(i)];
-        }
-        return order_[size_t(keep - 1)];
+        return order_[size_t(draw_rank(keep, [&](int64_t i) { return double(probs_[size_t(order_[size_t(i)])]); }, rng_))];
     }
 
     // Top-k candidates sorted by logit, highest first; ties by lower id.
@@ -100,15 +103,7 @@ int32_t Sampler::sample(const float* logits) {
             }
         }
     }
-    double kept = 0;
-    for (int64_t i = 0; i < keep; ++i) kept += probs_[size_t(i)];
-    std::uniform_real_distribution<double> uniform(0.0, kept);
-    double r = uniform(rng_);
-    for (int64_t i = 0; i < keep; ++i) {
-        r -= probs_[size_t(i)];
-        if (r < 0) return order_[size_t(i)];
-    }
-    return order_[size_t(keep - 1)];
+    return order_[size_t(draw_rank(keep, [&](int64_t i) { return double(probs_[size_t(i)]); }, rng_))];
 }
 
 }  // namespace sluice
