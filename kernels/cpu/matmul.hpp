@@ -20,8 +20,9 @@ void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
 // Whether gemv/gemm have a kernel for this type (the planner refuses a model otherwise).
 bool has_matmul_kernel(DType type);
 
-// How gemv/gemm treat quantised weights that have a fused kernel (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K):
-//  fused: activations quantised to 8 bits per 32 on the fly, integer dot products (VNNI / AVX2),
+// How gemv/gemm treat quantised weights that have a fused kernel (Q8_0, Q4_0, Q2_K..Q6_K):
+//  fused: activations quantised to 8 bits on the fly (per 32; per 256 for K-quants), integer dot
+//         products (VNNI / AVX2),
 //         as llama.cpp does — the fast default;
 //  exact: each weight row dequantised to f32 and dotted with f32 activations — what the oracle
 //         tests compare bit-close with transformers on the dequantised weights.
