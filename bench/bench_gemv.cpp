@@ -115,7 +115,11 @@ double seconds_per_gemm(const Copies& c, DType type, int64_t rows, int64_t cols,
 }  // namespace
 
 int main(int argc, char** argv) {
-    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    bool quick = false, gemm_only = false;
+    for (int i = 1; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+        else if (std::strcmp(argv[i], "--gemm") == 0) gemm_only = true;  // only the prefill GEMM table
+    }
     std::printf("sluice bench_gemv: kernel path %s (SLUICE_CPU caps it), working set >= %lld MiB per row\n\n",
                 cpu::detail::path_name(cpu::cpu_path()), (long long)(kWorkingSetBytes >> 20));
 
@@ -133,6 +137,7 @@ int main(int argc, char** argv) {
     std::printf("%-14s %-12s %7s %10s %12s %12s %7s\n", "type", "shape", "threads", "us/call", "gemv GB/s",
                 "read GB/s", "ratio");
     for (DType type : types) {
+        if (gemm_only) break;
         for (const auto& shape : shapes) {
             if (quick && shape[0] == 18432) continue;
             const int64_t rows = shape[0], cols = shape[1];
@@ -153,17 +158,18 @@ int main(int argc, char** argv) {
         }
     }
 
-    std::printf("\nGEMM (prefill, 2048x7168): one call over n tokens vs. n separate GEMVs\n");
+    std::printf("\nGEMM (prefill, 2048x7168, weights cycled through >= 768 MiB so they come from DRAM as streamed\n"
+                "experts do): one call over n tokens vs. n separate GEMVs\n");
     std::printf("%-14s %7s %7s %12s %12s %12s %9s\n", "type", "tokens", "threads", "ms/call", "GFLOP/s",
                 "n*gemv ms", "speedup");
-    for (DType type : {DType::F32, DType::BF16, DType::FP8_E4M3_B128}) {
+    for (DType type : {DType::F32, DType::BF16, DType::FP8_E4M3_B128, DType::Q8_0, DType::Q4_K, DType::Q2_K}) {
         const int64_t rows = 2048, cols = 7168;
         Copies c = make_copies(type, rows, cols);
         for (int threads : thread_counts) {
             ThreadPool pool(threads);
             std::vector<float> x1(size_t(cols), 0.5f), y1(static_cast<size_t>(rows));
             const double gemv_s = seconds_per_gemm(c, type, rows, cols, 1, x1, y1, pool);
-            for (int64_t n_tokens : {4, 16, 64}) {
+            for (int64_t n_tokens : {4, 8, 16, 64}) {
                 std::vector<float> x(size_t(n_tokens * cols), 0.25f), y(size_t(n_tokens * rows));
                 const double s = seconds_per_gemm(c, type, rows, cols, n_tokens, x, y, pool);
                 std::printf("%-14s %7lld %7d %12.2f %12.1f %12.2f %9.2f\n", std::string(dtype_name(type)).c_str(),

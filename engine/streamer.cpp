@@ -368,36 +368,43 @@ void Streamer::predict_experts(int layer, std::span<const int32_t> experts) {
 // model under 8 GiB: guesses issued as soon as made were half wrong and took 4.7 of 13.8 GB read
 // in decode, which is read-bound (1.70 tok/s vs 2.05 with no speculation at all).
 void Streamer::issue_guesses() {
-    // Guesses in flight at once. Few in decode (half the guesses are wrong there, and a needed
-    // read queues behind the ones in flight); many when the step has enough tokens to need
-    // nearly every expert, so reads continue through the next layer's attention.
-    const int kGuessReadsInFlight = current_.n_tokens >= 64 ? 16 : 2;
+    // How far guesses may go. A decode step's guesses are half wrong and a needed read queues
+    // behind those in flight, so few at a time and at most half the pool (the rest stays cache).
+    // A step of many tokens needs nearly every expert of each layer, so its guesses are nearly all
+    // right and are the only reads that can run through the next layer's attention: they may fill
+    // the pool but for 2 x top_k buffers left for the layer's remaining experts, all in flight at
+    // once (16 in flight and half the pool on the 5-layer V3 model, prompt 512: the disk idled
+    // through most of each attention pass, 19.0 s; the whole pool: 15.5 s).
+    const bool wide_step = current_.n_tokens >= 64;
+    const int pool = int(expert_pool_.size());
+    const int max_in_flight = wide_step ? pool : 2;
+    const int max_held = wide_step ? std::max(pool / 2, pool - 2 * layout_.router.top_k) : pool / 2;
     if (guesses_.empty()) return;
     if (!deferred_.empty()) return;
     poll_all();
-    int guesses_in_flight = 0;
+    int guesses_in_flight = 0, held = 0;
     for (const auto& b : dense_pool_)
         if (b.state == BufferState::reading) return;
     for (const auto& b : expert_pool_) {
+        held += b.predicted;
         if (b.state != BufferState::reading) continue;
         if (!b.predicted) return;
         ++guesses_in_flight;
     }
     size_t used = 0;
-    for (; used < guesses_.size() && guesses_in_flight < kGuessReadsInFlight; ++used) {
+    for (; used < guesses_.size() && guesses_in_flight < max_in_flight; ++used) {
         const auto [layer, e] = guesses_[used];
         if (find(expert_pool_, layer, e)) continue;
-        // At most half the pool holds guesses at a time.
-        int held = 0;
-        for (const auto& g : expert_pool_) held += g.predicted;
-        if (2 * held >= int(expert_pool_.size())) {
+        if (held >= max_held) {
             used = guesses_.size();
             break;
         }
         Buffer* b = acquire_expert(layer, true, score(layer, e) + 1.0);
         if (!b) continue;
+        held -= b->predicted;  // an unused guess of another layer may be the one evicted
         submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)]);
         b->predicted = true;
+        ++held;
         ++current_.predicted;
         ++guesses_in_flight;
     }
