@@ -1,15 +1,18 @@
 // Streaming changes no number: the streamer (dense ring + expert pool, reads in flight while
 // compute runs) gives bit-identical logits to the fully resident model, whatever the buffer
-// counts, predictions or read speed. And it reports the figures it is meant to.
+// counts, predictions or read speed. And it reports the figures it is meant to. Last, the thread
+// that drives its reads (BackgroundSegmentIo) on its own: fixed slots, errors to their ticket.
 #include <doctest/doctest.h>
 
-#include <optional>
-
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <new>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,8 +24,8 @@
 #include "engine/deepseek_v3.hpp"
 #include "engine/model_loader.hpp"
 #include "engine/reader_segment_io.hpp"
-#include "engine/sampler.hpp"
 #include "engine/background_segment_io.hpp"
+#include "engine/sampler.hpp"
 #include "engine/streamer.hpp"
 
 using namespace sluice;
@@ -67,6 +70,20 @@ io::ReaderOptions reader_options(const char* backend) {
     return o;
 }
 
+// The streamer's io as the tests drive it: the reader itself, or the reader driven from
+// BackgroundSegmentIo's thread as runtime.cpp builds it.
+class StreamerIo {
+public:
+    StreamerIo(const FileSet& files, const char* backend, bool background) : reader_(files, reader_options(backend)) {
+        if (background) driven_.emplace(reader_);
+    }
+    SegmentIo& io() { return driven_ ? static_cast<SegmentIo&>(*driven_) : reader_; }
+
+private:
+    ReaderSegmentIo reader_;
+    std::optional<BackgroundSegmentIo> driven_;  // destroyed first: lets its reads land in reader_
+};
+
 bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
@@ -90,16 +107,13 @@ TEST_CASE("streamed with --resident none and minimal buffers equals resident, bi
                 CAPTURE(background);
                 CAPTURE(expert_buffers);
                 CAPTURE(speculate);
-                ReaderSegmentIo reader(model->source->files(), reader_options(backend));
-                std::optional<BackgroundSegmentIo> driven;
-                if (background) driven.emplace(reader);
-                SegmentIo& io = background ? static_cast<SegmentIo&>(*driven) : reader;
+                StreamerIo io(model->source->files(), backend, background);
                 StreamerOptions so;
                 so.resident = ResidentMode::none;
                 so.dense_buffers = 2;
                 so.expert_buffers = expert_buffers;
                 so.speculate = speculate;
-                Streamer streamer(model->layout, model->plan, *model->source, io, so);
+                Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
                 const auto streamed = run_logits(model->layout, streamer, prompt, 5);
                 CHECK(bit_identical(streamed, reference));
                 const auto t = streamer.totals();
@@ -188,15 +202,12 @@ TEST_CASE("an I/O error in the middle of a step ends the run with an error namin
     fs::resize_file(tmp / "model.safetensors", fs::file_size(tmp / "model.safetensors") / 2);
     for (bool background : {false, true}) {
     CAPTURE(background);
-    ReaderSegmentIo reader(model->source->files(), reader_options("auto"));
-    std::optional<BackgroundSegmentIo> driven;
-    if (background) driven.emplace(reader);
-    SegmentIo& io = background ? static_cast<SegmentIo&>(*driven) : reader;
+    StreamerIo io(model->source->files(), "auto", background);
     StreamerOptions so;
     so.expert_buffers = 2;
     bool threw = false;
     try {
-        Streamer streamer(model->layout, model->plan, *model->source, io, so);
+        Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
         ThreadPool pool(1);
         DeepseekForward forward(model->layout, streamer, ForwardOptions{16, 16}, pool);
         std::vector<float> logits(static_cast<size_t>(model->layout.vocab));
@@ -264,5 +275,209 @@ TEST_CASE("with --resident none the routers stay resident, so speculation predic
         // The router is not part of any streamed segment.
         for (const auto& l : model->plan.layers)
             for (const auto& tensor : l.dense.tensors) CHECK(tensor.role != WeightRole::router);
+    }
+}
+
+// BackgroundSegmentIo on its own, over an inner SegmentIo whose reads land at once: a read
+// "fails" by the extent's file index, so each test knows whose read that is.
+namespace {
+
+// Counts operator new across the whole binary, so a test can show that a stretch of submits and
+// waits allocated nothing (the rule for the step loop).
+std::atomic<uint64_t> n_allocations{0};
+
+constexpr uint32_t refused_at_submit = 7;  // file index the inner submit throws for
+constexpr uint32_t fails_to_read = 9;      // file index the inner wait throws for
+
+class InstantSegmentIo final : public SegmentIo {
+public:
+    InstantSegmentIo() { reads_.reserve(4096); }  // once, so the inner reader allocates nothing either
+    size_t buffer_bytes_for(std::span<const Extent> extents) const override {
+        uint64_t end = 0;
+        for (const auto& e : extents) end = std::max(end, e.offset + e.length);
+        return size_t(end);
+    }
+    size_t buffer_alignment() const override { return 1; }
+    uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t, const std::byte** extent_data) override {
+        for (const auto& e : extents)
+            if (e.file_index == refused_at_submit) fail(ErrorKind::io, "refused a read at offset {}", e.offset);
+        if (reads_.size() == reads_.capacity()) fail(ErrorKind::internal, "InstantSegmentIo holds {} reads", reads_.size());
+        Read r{buffer, extent_data, {}, extents.size()};
+        std::copy(extents.begin(), extents.end(), r.extents.begin());
+        reads_.push_back(r);
+        return reads_.size();
+    }
+    bool poll(uint64_t ticket) override {
+        wait(ticket);
+        return true;
+    }
+    void wait(uint64_t ticket) override {
+        const Read& r = reads_[ticket - 1];
+        for (size_t i = 0; i < r.n_extents; ++i) {
+            if (r.extents[i].file_index == fails_to_read)
+                fail(ErrorKind::io, "short read at offset {}", r.extents[i].offset);
+            r.extent_data[i] = r.buffer + r.extents[i].offset;
+        }
+    }
+    size_t wait_any(std::span<const uint64_t> tickets) override {
+        wait(tickets[0]);
+        return 0;
+    }
+
+private:
+    struct Read {
+        std::byte* buffer;
+        const std::byte** extent_data;
+        std::array<Extent, 8> extents;
+        size_t n_extents;
+    };
+    std::vector<Read> reads_;  // the background thread's alone
+};
+
+// A read of `n` extents into `buffer`, the i-th at offset 10 * i.
+struct FakeRead {
+    std::array<Extent, 8> extents{};
+    std::array<const std::byte*, 8> extent_data{};
+    size_t n = 0;
+    explicit FakeRead(size_t n_extents, uint32_t file_index = 0) : n(n_extents) {
+        for (size_t i = 0; i < n; ++i) extents[i] = Extent{file_index, 10 * i, 10};
+    }
+    uint64_t submit(SegmentIo& io, std::byte* buffer) {
+        extent_data.fill(nullptr);
+        return io.submit(std::span(extents.data(), n), buffer, 100, extent_data.data());
+    }
+    bool landed_in(const std::byte* buffer) const {
+        for (size_t i = 0; i < n; ++i)
+            if (extent_data[i] != buffer + 10 * i) return false;
+        return true;
+    }
+};
+
+}  // namespace
+
+// GCC sees free() in a delete and malloc() in a new only once they are inlined and cannot tell
+// they are the pair this replacement makes them.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(size_t bytes) {
+    n_allocations.fetch_add(1, std::memory_order_relaxed);
+    if (void* p = std::malloc(bytes ? bytes : 1)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
+
+TEST_CASE("BackgroundSegmentIo reuses its slots for many more reads than it holds, in any order, and allocates nothing") {
+    InstantSegmentIo inner;
+    constexpr size_t n_slots = 3, n_rounds = 200;
+    BackgroundSegmentIo io(inner, n_slots);
+    CHECK(io.max_reads_outstanding() == n_slots);
+    std::array<std::array<std::byte, 100>, n_slots> buffers{};
+    std::array<FakeRead, n_slots> reads{FakeRead(1), FakeRead(3), FakeRead(8)};
+    std::vector<uint64_t> tickets(n_slots * n_rounds);
+    std::vector<uint8_t> landed_right(tickets.size());  // checked after the loop: CHECK may allocate
+    std::array<uint64_t, 2> pair{};
+
+    const uint64_t allocations_before = n_allocations.load();
+    for (size_t round = 0; round < n_rounds; ++round) {
+        uint64_t* t = &tickets[round * n_slots];
+        uint8_t* ok = &landed_right[round * n_slots];
+        for (size_t i = 0; i < n_slots; ++i) t[i] = reads[i].submit(io, buffers[i].data());
+        // Handed back out of submit order: the last by polling, then whichever of the others
+        // lands first, then the remaining one.
+        while (!io.poll(t[2])) std::this_thread::yield();
+        ok[2] = reads[2].landed_in(buffers[2].data());
+        pair = {t[1], t[0]};
+        const size_t done = io.wait_any(pair) == 0 ? 1 : 0;  // pair[k] is t[1 - k]
+        const size_t other = 1 - done;
+        ok[done] = reads[done].landed_in(buffers[done].data());
+        io.wait(t[other]);
+        ok[other] = reads[other].landed_in(buffers[other].data());
+    }
+    const uint64_t allocations = n_allocations.load() - allocations_before;
+
+    CHECK(allocations == 0);
+    for (size_t i = 0; i < tickets.size(); ++i) {
+        CAPTURE(i);
+        CHECK(landed_right[i]);
+        if (i > 0) CHECK(tickets[i] > tickets[i - 1]);  // rising in submit order, so never repeated
+    }
+}
+
+TEST_CASE("BackgroundSegmentIo hands a failed read's error to its own ticket and no other") {
+    InstantSegmentIo inner;
+    BackgroundSegmentIo io(inner, 4);
+    std::array<std::array<std::byte, 100>, 4> buffers{};
+    FakeRead good_before(2), fails(3, fails_to_read), refused(2, refused_at_submit), good_after(4);
+    const uint64_t t_good_before = good_before.submit(io, buffers[0].data());
+    const uint64_t t_fails = fails.submit(io, buffers[1].data());
+    const uint64_t t_refused = refused.submit(io, buffers[2].data());
+    const uint64_t t_good_after = good_after.submit(io, buffers[3].data());
+
+    io.wait(t_good_after);
+    CHECK(good_after.landed_in(buffers[3].data()));
+    const auto error_of = [&](uint64_t ticket) -> std::string {
+        try {
+            while (!io.poll(ticket)) std::this_thread::yield();
+        } catch (const Error& e) {
+            CHECK(e.kind() == ErrorKind::io);
+            return e.what();
+        }
+        return "";
+    };
+    CHECK(error_of(t_refused) == "refused a read at offset 0");
+    CHECK_THROWS_WITH_AS(io.wait(t_fails), "short read at offset 0", Error);
+    io.wait(t_good_before);
+    CHECK(good_before.landed_in(buffers[0].data()));
+
+    // Each outcome is handed back once: the failed tickets are gone, and so the slots are free.
+    CHECK_THROWS_WITH_AS(io.poll(t_fails), doctest::Contains("unknown read ticket"), Error);
+    std::array<FakeRead, 4> again{FakeRead(1), FakeRead(1), FakeRead(1), FakeRead(1)};
+    std::array<uint64_t, 4> tickets{};
+    for (size_t i = 0; i < again.size(); ++i) tickets[i] = again[i].submit(io, buffers[i].data());
+    for (uint64_t t : tickets) io.wait(t);
+}
+
+TEST_CASE("BackgroundSegmentIo refuses a read past its slots or its extents instead of growing") {
+    InstantSegmentIo inner;
+    std::array<std::array<std::byte, 100>, 3> buffers{};
+    std::array<FakeRead, 3> reads{FakeRead(2), FakeRead(2), FakeRead(2)};
+    const auto internal_error_of = [](auto&& submit) -> std::string {
+        try {
+            submit();
+        } catch (const Error& e) {
+            CHECK(e.kind() == ErrorKind::internal);
+            return e.what();
+        }
+        return "";
+    };
+    SUBCASE("every slot holds a read not yet handed back") {
+        BackgroundSegmentIo io(inner, 2);
+        const uint64_t first = reads[0].submit(io, buffers[0].data());
+        const uint64_t second = reads[1].submit(io, buffers[1].data());
+        CHECK(internal_error_of([&] { reads[2].submit(io, buffers[2].data()); }).find("all 2") != std::string::npos);
+        io.wait(first);  // one handed back: its slot takes the next read
+        const uint64_t third = reads[2].submit(io, buffers[2].data());
+        CHECK(third > second);
+        io.wait(second);
+        io.wait(third);
+        CHECK(reads[2].landed_in(buffers[2].data()));
+    }
+    SUBCASE("more extents than a slot holds") {
+        BackgroundSegmentIo io(inner, 2, 4);
+        FakeRead wide(5);
+        CHECK(internal_error_of([&] { wide.submit(io, buffers[0].data()); }).find("5 extents") != std::string::npos);
+    }
+    SUBCASE("no slots until the buffers are registered, then one per buffer") {
+        BackgroundSegmentIo io(inner);
+        CHECK(internal_error_of([&] { reads[0].submit(io, buffers[0].data()); }).find("no read slots") != std::string::npos);
+        std::array<std::span<std::byte>, 3> regions{buffers[0], buffers[1], buffers[2]};
+        io.register_buffers(regions);
+        CHECK(io.max_reads_outstanding() == 3);
+        std::array<uint64_t, 3> tickets{};
+        for (size_t i = 0; i < 3; ++i) tickets[i] = reads[i].submit(io, buffers[i].data());
+        CHECK(internal_error_of([&] { io.register_buffers(regions); }).find("after the first read") != std::string::npos);
+        for (uint64_t t : tickets) io.wait(t);
     }
 }
