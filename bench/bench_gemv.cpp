@@ -179,10 +179,10 @@ int main(int argc, char** argv) {
         }
     }
 
-    // Attention for one decoded token: absorbed MLA over the 576-wide latent cache beside the naive
-    // MHA form over per-head K [192] / V [128] (its decompressed cache built beforehand, untimed).
-    std::printf("\nMLA attention, 1 decoded token, 32 heads (V3 has 128): absorbed vs naive over a prebuilt K/V cache\n");
-    std::printf("%7s %7s %14s %14s %9s\n", "n_ctx", "threads", "absorbed us", "naive us", "speedup");
+    // Attention for one decoded token: absorbed MLA over the 576-wide latent cache beside the
+    // decompressed MHA form over per-head k_nope / v [128 + 128] (expanded beforehand, untimed).
+    std::printf("\nMLA attention, 1 decoded token, 32 heads (V3 has 128): absorbed vs decompressed over a prebuilt K/V cache\n");
+    std::printf("%7s %7s %14s %14s %9s\n", "n_ctx", "threads", "absorbed us", "decomp. us", "speedup");
     const int n_heads = 32, kv_rank = 512, rope_dim = 64;
     for (int64_t n_ctx : {512, 4096}) {
         if (quick && n_ctx > 512) continue;
@@ -195,14 +195,17 @@ int main(int argc, char** argv) {
         };
         const std::vector<float> cache_latent = random_vector(n_ctx * kv_rank), cache_rope = random_vector(n_ctx * rope_dim);
         const std::vector<float> q_latent = random_vector(n_heads * kv_rank), q_rope = random_vector(n_heads * rope_dim);
-        const std::vector<float> k = random_vector(n_ctx * n_heads * 192), v = random_vector(n_ctx * n_heads * 128);
+        const std::vector<float> kv = random_vector(n_ctx * n_heads * 256);  // [k_nope 128 | v 128] per head
         const std::vector<float> q = random_vector(n_heads * 192);
+        std::vector<float> running_max(static_cast<size_t>(n_heads)), running_sum(static_cast<size_t>(n_heads));
         std::vector<float> out_latent(size_t(n_heads * kv_rank)), out_v(size_t(n_heads * 128));
         const cpu::AttentionShape shape{n_heads, kv_rank, rope_dim, 0.1352338f};
-        const cpu::NaiveAttentionShape naive_shape{n_heads, 192, 128, 0.1352338f};
+        const cpu::DecompressedAttentionShape naive_shape{n_heads, 128, rope_dim, 128, 192, 0.1352338f};
         for (int threads : thread_counts) {
             ThreadPool pool(threads);
-            std::vector<float> scratch(size_t(cpu::attention_scratch_floats(shape, n_ctx, pool.size())));
+            std::vector<float> scratch(size_t(std::max(
+                cpu::attention_scratch_floats(shape, n_ctx, pool.size()),
+                cpu::decompressed_attention_scratch_floats(naive_shape, n_ctx, pool.size()))));
             auto time_us = [&](auto&& call) {
                 int64_t calls = 0;
                 const auto start = Clock::now();
@@ -217,8 +220,11 @@ int main(int argc, char** argv) {
                                             cache_rope.data(), &n_ctx, out_latent.data(), scratch.data(), pool);
             });
             const double naive_us = time_us([&] {
-                cpu::mla_attention_naive(naive_shape, 1, q.data(), k.data(), v.data(), &n_ctx, out_v.data(),
-                                         scratch.data(), pool);
+                cpu::mla_decompressed_begin(naive_shape, 1, out_v.data(), running_max.data(), running_sum.data());
+                cpu::mla_attention_decompressed_block(naive_shape, 1, q.data(), q_rope.data(), kv.data(),
+                                                      cache_rope.data(), 0, n_ctx, &n_ctx, out_v.data(),
+                                                      running_max.data(), running_sum.data(), scratch.data(), pool);
+                cpu::mla_decompressed_end(naive_shape, 1, out_v.data(), running_sum.data());
             });
             std::printf("%7lld %7d %14.1f %14.1f %9.2f\n", (long long)n_ctx, threads, absorbed_us, naive_us,
                         naive_us / absorbed_us);

@@ -12,7 +12,17 @@ namespace sluice {
 
 namespace {
 int64_t max_of(std::initializer_list<int64_t> v) { return *std::max_element(v.begin(), v.end()); }
+cpu::DecompressedAttentionShape decompressed_shape(const ModelLayout& d) {
+    return {int(d.n_heads), int(d.nope), int(d.rope_dim), int(d.v_dim), int(d.qk_head), d.softmax_scale};
+}
 }  // namespace
+
+AttentionForm parse_attention_form(const std::string& text) {
+    if (text == "auto") return AttentionForm::automatic;
+    if (text == "absorbed") return AttentionForm::absorbed;
+    if (text == "decompressed") return AttentionForm::decompressed;
+    fail(ErrorKind::invalid_input, "--attention: expected auto, absorbed or decompressed, got '{}'", text);
+}
 
 DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options,
                                  ThreadPool& pool)
@@ -43,8 +53,17 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
     // the result does not depend on the order in which experts arrive from disk.
     alloc(expert_out_, n * std::max(d.router.top_k, 1) * d.hidden);
     const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
-    alloc(row_scratch_, int64_t(pool_.size()) * d.kv_rank);
+    row_scratch_floats_ = std::max(d.kv_rank, cpu::transpose_scratch_floats(d.nope));
+    alloc(row_scratch_, int64_t(pool_.size()) * row_scratch_floats_);
     alloc(attention_scratch_, cpu::attention_scratch_floats(shape, options_.max_context, pool_.size()));
+    decompress_block_ = std::min(options_.max_context, options_.decompress_block > 0 ? options_.decompress_block
+                                                                                   : kDecompressBlockPositions);
+    alloc(kv_block_, decompress_block_ * d.n_heads * (d.nope + d.v_dim));
+    alloc(w_uk_, d.n_heads * d.nope * d.kv_rank);
+    alloc(running_max_, n * d.n_heads);
+    alloc(running_sum_, n * d.n_heads);
+    alloc(decompressed_scratch_,
+          cpu::decompressed_attention_scratch_floats(decompressed_shape(d), decompress_block_, pool_.size()));
     const int k = std::max(d.router.top_k, 1);
     expert_ids_.resize(size_t(n * k));
     expert_weights_.resize(size_t(n * k));
@@ -169,7 +188,7 @@ void DeepseekForward::run_step(int64_t n, float* logits) {
     weights_.end_step();
 }
 
-// MLA, absorbed form (spec §2.4, §2.8). Input: normed_ [n, hidden]. Output: branch_out_ [n, hidden].
+// MLA (spec §2.4, §2.7, §2.8). Input: normed_ [n, hidden]. Output: branch_out_ [n, hidden].
 void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
     const auto& d = layout_;
     const float* a = normed_.as<float>();
@@ -204,13 +223,58 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
         }
     }
 
+    // Per sequence, the cheaper form; consecutive absorbed groups go together (a batched decode).
+    for (size_t g = 0; g < groups_.size();) {
+        if (use_decompressed(groups_[g].count, positions_[size_t(groups_[g].begin)])) {
+            attention_decompressed(w, layer, g++);
+            continue;
+        }
+        size_t end = g + 1;
+        while (end < groups_.size() &&
+               !use_decompressed(groups_[end].count, positions_[size_t(groups_[end].begin)]))
+            ++end;
+        attention_absorbed(w, layer, g, end);
+        g = end;
+    }
+    float* heads = attn_heads_.as<float>();         // [n, heads * v_dim]
+    const int64_t heads_stride = d.n_heads * d.v_dim;
+    cpu::gemm(w.o, heads, heads_stride, n, branch_out_.as<float>(), d.hidden, pool_);
+}
+
+// Under --attention auto, the form with fewer multiply-adds for `count` new positions after `past`
+// cached ones, per head and layer. Absorbed: each query scores every visible position against the 576-wide latent and sums
+// 512-wide latents, plus absorbing q_nope and un-absorbing the output (W_UK, W_UV per query).
+// Decompressed: 192-wide scores and 128-wide values per visible position, plus expanding every
+// visible position through kv_b once; that product runs at GEMM speed, about twice the rate of the
+// attention loops (bench_gemv: Q4_K GEMM 250 GFLOP/s, absorbed attention ~110 on 2 threads), so it
+// counts half. A prefill from position 0 of 2+ tokens is cheaper decompressed (the expansion per
+// position costs what the absorption per query does); a decode step or a short chunk after a long
+// context is cheaper absorbed.
+bool DeepseekForward::use_decompressed(int64_t count, int64_t past) const {
+    const auto& d = layout_;
+    if (options_.attention != AttentionForm::automatic) return options_.attention == AttentionForm::decompressed;
+    if (count < 2) return false;
+    const double pairs = double(count) * (double(past) + double(count + 1) / 2);  // (query, visible position)
+    const double projection = double(d.kv_rank) * double(d.nope + d.v_dim);
+    const double absorbed = pairs * double(2 * d.kv_rank + d.rope_dim) + double(count) * projection;
+    const double decompressed = pairs * double(d.qk_head + d.v_dim) + 0.5 * double(past + count) * projection;
+    return decompressed < absorbed;
+}
+
+// Absorbed form (spec §2.8) for groups [first_group, end_group), whose tokens are contiguous.
+void DeepseekForward::attention_absorbed(const LayerWeights& w, int layer, size_t first_group, size_t end_group) {
+    const auto& d = layout_;
+    const int64_t row0 = groups_[first_group].begin;
+    const int64_t n = groups_[end_group - 1].begin + groups_[end_group - 1].count - row0;
+    const int64_t q_stride = d.n_heads * d.qk_head;
+    const float* q = q_.as<float>() + row0 * q_stride;
     // q~_h = W_UK_h^T . q_nope_h: [kv_rank] per head (absorb, spec §2.8).
-    float* q_latent = q_latent_.as<float>();        // [n, heads, kv_rank]
     const int64_t latent_stride = d.n_heads * d.kv_rank;
+    float* q_latent = q_latent_.as<float>() + row0 * latent_stride;  // [n, heads, kv_rank]
     const int64_t kv_b_head_rows = d.nope + d.v_dim;
     if (w.kv_b.rows > 0) {
         pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
-            float* scratch = row_scratch_.as<float>() + int64_t(thread) * d.kv_rank;
+            float* scratch = row_scratch_.as<float>() + int64_t(thread) * row_scratch_floats_;
             for (int64_t h = h0; h < h1; ++h)
                 cpu::gemm_transposed(w.kv_b.row_slice(h * kv_b_head_rows, d.nope), q + h * d.qk_head, q_stride, n,
                                      q_latent + h * d.kv_rank, latent_stride, scratch);
@@ -221,25 +285,76 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
                       q_latent + h * d.kv_rank, latent_stride, pool_);
     }
 
-    float* attn = attn_latent_.as<float>();         // [n, heads, kv_rank] = sum_t P * c_t
+    float* attn = attn_latent_.as<float>() + row0 * latent_stride;  // [n, heads, kv_rank] = sum_t P * c_t
     const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
-    for (const auto& g : groups_) {
+    for (size_t i = first_group; i < end_group; ++i) {
+        const auto& g = groups_[i];
         const size_t cache = size_t(g.sequence) * size_t(d.n_layers) + size_t(layer);
-        cpu::mla_attention_absorbed(shape, g.count, q_latent + g.begin * latent_stride, q_rope + g.begin * d.n_heads * d.rope_dim,
+        const int64_t r = g.begin - row0;
+        cpu::mla_attention_absorbed(shape, g.count, q_latent + r * latent_stride,
+                                    q_rope_.as<float>() + g.begin * d.n_heads * d.rope_dim,
                                     cache_latent_[cache].as<float>(), cache_rope_[cache].as<float>(),
-                                    n_visible_.data() + g.begin, attn + g.begin * latent_stride,
+                                    n_visible_.data() + g.begin, attn + r * latent_stride,
                                     attention_scratch_.as<float>(), pool_);
     }
 
-    // o_h = v_b_h . c^_h   ([v_dim, kv_rank] per head), then out = o . concat_h(o_h)
-    float* heads = attn_heads_.as<float>();         // [n, heads * v_dim]
+    // o_h = v_b_h . c^_h   ([v_dim, kv_rank] per head)
+    float* heads = attn_heads_.as<float>() + row0 * d.n_heads * d.v_dim;  // [n, heads * v_dim]
     const int64_t heads_stride = d.n_heads * d.v_dim;
     for (int64_t h = 0; h < d.n_heads; ++h) {
         const Matrix w_uv = w.kv_b.rows > 0 ? w.kv_b.row_slice(h * kv_b_head_rows + d.nope, d.v_dim)
                                             : w.v_b.row_slice(h * d.v_dim, d.v_dim);
         cpu::gemm(w_uv, attn + h * d.kv_rank, latent_stride, n, heads + h * d.v_dim, heads_stride, pool_);
     }
-    cpu::gemm(w.o, heads, heads_stride, n, branch_out_.as<float>(), d.hidden, pool_);
+}
+
+// Decompressed form (spec §2.7) for one group: the sequence's cache is expanded through kv_b (or
+// k_b / v_b) a block of positions at a time into [k_nope | v] per head, and each block is folded
+// into the output by the online softmax of cpu::mla_attention_decompressed_block.
+void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, size_t group) {
+    const auto& d = layout_;
+    const auto& g = groups_[group];
+    const size_t cache = size_t(g.sequence) * size_t(d.n_layers) + size_t(layer);
+    const cpu::DecompressedAttentionShape shape = decompressed_shape(d);
+    const int64_t kv_head = d.nope + d.v_dim, kv_row = d.n_heads * kv_head;
+    const int64_t n_positions = n_visible_[size_t(g.begin + g.count - 1)];  // the last token sees them all
+    const float* latent = cache_latent_[cache].as<float>();
+    float* kv = kv_block_.as<float>();
+    float* out = attn_heads_.as<float>() + g.begin * d.n_heads * d.v_dim;
+    float* running_max = running_max_.as<float>() + g.begin * d.n_heads;
+    float* running_sum = running_sum_.as<float>() + g.begin * d.n_heads;
+    cpu::mla_decompressed_begin(shape, g.count, out, running_max, running_sum);
+    // k_b holds W_UK^T per head ([kv_rank, nope]): turned round once per layer, the expansion of
+    // every block is then an ordinary GEMM (the transposed product runs at a third of its rate).
+    float* w_uk = w_uk_.as<float>();
+    if (w.kv_b.rows == 0) {
+        pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
+            float* scratch = row_scratch_.as<float>() + int64_t(thread) * row_scratch_floats_;
+            for (int64_t h = h0; h < h1; ++h)
+                cpu::transpose_to_f32(w.k_b.row_slice(h * d.kv_rank, d.kv_rank), w_uk + h * d.nope * d.kv_rank, scratch);
+        });
+    }
+    for (int64_t first = 0; first < n_positions; first += decompress_block_) {
+        const int64_t m = std::min(decompress_block_, n_positions - first);
+        const float* c = latent + first * d.kv_rank;
+        if (w.kv_b.rows > 0) {
+            cpu::gemm(w.kv_b, c, d.kv_rank, m, kv, kv_row, pool_);  // rows per head: [nope | v]
+        } else {
+            // v_b holds W_UV per head ([v_dim, kv_rank]) as the GEMM wants it.
+            for (int64_t h = 0; h < d.n_heads; ++h) {
+                const Matrix w_uk_h{DType::F32, d.nope, d.kv_rank, w_uk + h * d.nope * d.kv_rank, nullptr, 0};
+                cpu::gemm(w_uk_h, c, d.kv_rank, m, kv + h * kv_head, kv_row, pool_);
+                cpu::gemm(w.v_b.row_slice(h * d.v_dim, d.v_dim), c, d.kv_rank, m, kv + h * kv_head + d.nope, kv_row,
+                          pool_);
+            }
+        }
+        cpu::mla_attention_decompressed_block(shape, g.count, q_.as<float>() + g.begin * d.n_heads * d.qk_head,
+                                              q_rope_.as<float>() + g.begin * d.n_heads * d.rope_dim, kv,
+                                              cache_rope_[cache].as<float>() + first * d.rope_dim, first, m,
+                                              n_visible_.data() + g.begin, out, running_max, running_sum,
+                                              decompressed_scratch_.as<float>(), pool_);
+    }
+    cpu::mla_decompressed_end(shape, g.count, out, running_sum);
 }
 
 // Speculative prefetch (DESIGN: data flow): the residual after layer l's attention is a good

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/aligned_buffer.hpp"
@@ -16,10 +17,17 @@
 
 namespace sluice {
 
+// The two forms of MLA (spec §2.7, §2.8): the same numbers up to rounding; which is faster depends
+// on how many queries share the positions. automatic picks per sequence and step.
+enum class AttentionForm { automatic, absorbed, decompressed };
+AttentionForm parse_attention_form(const std::string& text);  // "auto" | "absorbed" | "decompressed"
+
 struct ForwardOptions {
     int64_t max_context = 4096;       // positions the latent cache holds, per sequence
     int64_t max_batch_tokens = 128;   // tokens per step (prefill is split into steps)
     int n_sequences = 1;              // independent sequences, each with its own latent cache
+    AttentionForm attention = AttentionForm::automatic;
+    int64_t decompress_block = 0;     // positions the decompressed form expands at a time; 0: default
 };
 
 // One sequence's part of a batched step: its next tokens, and whether logits are wanted for
@@ -32,6 +40,10 @@ struct SequenceTokens {
 
 class DeepseekForward {
 public:
+    // Cache positions the decompressed form of attention expands at a time by default (V3: 256 x
+    // 128 heads x 256 floats = 32 MiB); larger blocks only save per-block overhead.
+    static constexpr int64_t kDecompressBlockPositions = 256;
+
     DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, ThreadPool& pool);
 
     // Runs `tokens` at the next positions of sequence 0, appending to its latent cache.
@@ -54,6 +66,11 @@ public:
 private:
     void run_step(int64_t n, float* logits);
     void attention(const LayerWeights& w, int layer, int64_t n);
+    // The attention of one sequence's tokens (a group of the step) in the two forms of MLA, writing
+    // attn_heads_ rows [begin, begin + count); the absorbed form takes a run of groups at once.
+    void attention_absorbed(const LayerWeights& w, int layer, size_t first_group, size_t end_group);
+    void attention_decompressed(const LayerWeights& w, int layer, size_t group);
+    bool use_decompressed(int64_t count, int64_t past) const;
     void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate);
     void moe(const LayerWeights& w, int layer, int64_t n);
     void predict_next_layer_experts(int layer, int64_t n);
@@ -67,7 +84,12 @@ private:
     // Activations, [max_batch_tokens, width] each, allocated once.
     AlignedBuffer x_, normed_, q_compressed_, q_, kv_compressed_, q_latent_, q_rope_, attn_latent_, attn_heads_,
         branch_out_, router_logits_, expert_in_, expert_gate_, expert_up_, expert_out_, attention_scratch_,
-        row_scratch_;  // one kv_rank row per thread for the transposed absorb product
+        row_scratch_,  // per thread: a kv_rank row (transposed absorb product) or rows being turned round
+        kv_block_,     // [decompress_block_, heads, nope + v]: one block of expanded cache positions
+        w_uk_,         // [heads, nope, kv_rank]: a k_b layer's W_UK turned round for the expansion
+        running_max_, running_sum_, decompressed_scratch_;  // the decompressed form's online softmax
+    int64_t decompress_block_ = 0;         // positions expanded at a time
+    int64_t row_scratch_floats_ = 0;       // per thread in row_scratch_
     std::vector<int> expert_ids_;          // [max_batch_tokens, top_k]
     std::vector<float> expert_weights_;    // [max_batch_tokens, top_k]
     std::vector<int32_t> expert_count_;    // [n_experts]

@@ -57,6 +57,11 @@ void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
     c.add_option("--prefetch", o.prefetch_layers, "Dense segments read ahead of compute")->capture_default_str();
     c.add_option("--expert-buffers", o.expert_buffers, "Expert staging/cache buffers (0: from the budget)");
     c.add_flag("!--no-speculate", o.speculate, "Do not prefetch experts predicted from the previous layer");
+    c.add_option_function<std::string>(
+         "--attention", [&o](const std::string& s) { o.attention = parse_attention_form(s); },
+         "MLA form: absorbed (over the latent cache), decompressed (expanded keys and values), or auto "
+         "(per step, the one with fewer multiply-adds: decompressed for prefill, absorbed for decode)")
+        ->default_str("auto");
     c.add_flag_function(
         "--exact-dot", [](int64_t) { cpu::set_quant_dot(cpu::QuantDot::exact); },
         "Dequantise quantised weights to f32 for every dot product instead of the fused 8-bit path");

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/deepseek_v3.hpp"
 #include "engine/memory_planner.hpp"
 #include "engine/model_loader.hpp"
 #include "engine/segment_io.hpp"
@@ -25,6 +26,7 @@ struct RuntimeOptions {
     int prefetch_layers = 1;
     int expert_buffers = 0;            // 0: from the plan
     bool speculate = true;
+    AttentionForm attention = AttentionForm::automatic;
     std::string io_backend = "auto";   // auto | uring | pread
     int io_queue_depth = 8;
     size_t io_request_bytes = size_t(4) << 20;

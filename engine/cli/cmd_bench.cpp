@@ -202,7 +202,7 @@ void register_bench(CLI::App& app) {
         std::vector<float> logits(size_t(std::max<int64_t>(widest, 1) * layout.vocab));
 
         for (int64_t len : prompt_lengths) {
-            ForwardOptions fo{len + args->decode + 2, std::min(args->batch_tokens, len), 1};
+            ForwardOptions fo{len + args->decode + 2, std::min(args->batch_tokens, len), 1, ro.attention};
             DeepseekForward forward(layout, *rt->provider, fo, pool);
             std::vector<int32_t> prompt(static_cast<size_t>(len));
             for (auto& t : prompt) t = token(rng);
@@ -228,7 +228,7 @@ void register_bench(CLI::App& app) {
         }
         for (int64_t b : batch_sizes) {
             // b sequences, each with a 4-token prompt, decoding together.
-            ForwardOptions fo{4 + args->decode + 2, std::max<int64_t>(b * 4, b), int(b)};
+            ForwardOptions fo{4 + args->decode + 2, std::max<int64_t>(b * 4, b), int(b), ro.attention};
             DeepseekForward forward(layout, *rt->provider, fo, pool);
             std::vector<std::vector<int32_t>> prompts(size_t(b), std::vector<int32_t>(4));
             std::vector<SequenceTokens> step;

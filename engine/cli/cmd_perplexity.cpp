@@ -48,6 +48,7 @@ void register_perplexity(CLI::App& app) {
         ForwardOptions fo;
         fo.max_context = args->ctx;
         fo.max_batch_tokens = args->batch;
+        fo.attention = ro.attention;
         DeepseekForward forward(rt->layout(), *rt->provider, fo, pool);
         fmt::print(stderr, "{}: {} tokens, {} chunks of {}\n", args->file, tokens.size(),
                    int64_t(tokens.size()) / args->ctx, args->ctx);

@@ -113,6 +113,7 @@ int run(const RunArgs& args) {
     ForwardOptions fo;
     fo.max_context = std::min<int64_t>(args.context, int64_t(prompt.size()) + args.n_predict + 1);
     fo.max_batch_tokens = args.batch;
+    fo.attention = args.runtime.attention;
     DeepseekForward forward(layout, *rt->provider, fo, pool);
 
     GenerateOptions go;

@@ -1,7 +1,9 @@
-// MLA attention on the CPU: the absorbed form over the latent cache (decode and prefill), and the
-// decompressed MHA form that cross-checks it. Threads split (token, head) pairs; each thread keeps
-// its score rows in its own slice of the caller's scratch.
+// MLA attention on the CPU: the absorbed form over the latent cache (decode, short chunks after a
+// long context) and the decompressed MHA form over expanded blocks of it (prefill). Threads split
+// (token, head) work items; each thread keeps its score rows in its own slice of the scratch.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "core/error.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
@@ -21,6 +23,9 @@ int64_t score_row_floats(int64_t n_ctx) {
 // Heads per work item of the absorbed form: all heads of a group score one cache row while it is
 // in L1, so the latent cache is read n_heads / kHeadGroup times per token instead of n_heads.
 constexpr int kHeadGroup = 8;
+// Queries per work item of the decompressed form: a key row is scored against all of them while
+// it is in L1.
+constexpr int kQueryGroup = 8;
 
 int64_t attention_scratch_floats(const AttentionShape& /*shape*/, int64_t n_ctx, int n_threads) {
     return score_row_floats(n_ctx) * kHeadGroup * std::max(1, n_threads);
@@ -67,45 +72,104 @@ void mla_attention_absorbed_on_path(CpuPath path, const AttentionShape& shape, i
     });
 }
 
-void mla_attention_naive_on_path(CpuPath path, const NaiveAttentionShape& shape, int64_t n_tokens,
-                                 const float* q, const float* kc, const float* v, const int64_t* n_visible,
-                                 float* out, float* scratch, ThreadPool& pool) {
+void mla_attention_decompressed_block_on_path(CpuPath path, const DecompressedAttentionShape& shape,
+                                              int64_t n_tokens, const float* q, const float* q_rope, const float* kv,
+                                              const float* k_rope, int64_t first, int64_t n_positions,
+                                              const int64_t* n_visible, float* out, float* running_max,
+                                              float* running_sum, float* scratch, ThreadPool& pool) {
     const PathKernels& k = path_kernels(path);
-    int64_t n_ctx = 0;
-    for (int64_t t = 0; t < n_tokens; ++t) {
-        if (n_visible[t] <= 0) fail(ErrorKind::internal, "attention: query token {} sees no cache rows", t);
-        n_ctx = std::max(n_ctx, n_visible[t]);
-    }
-    const int64_t row_floats = score_row_floats(n_ctx);
-    const int n_heads = shape.n_heads, qk = shape.qk_head_dim, vd = shape.v_head_dim;
-    pool.parallel_for(n_tokens * n_heads, [&](int64_t begin, int64_t end, int thread) {
-        float* scores = scratch + row_floats * thread;
+    const int n_heads = shape.n_heads, nope = shape.nope_dim, rope = shape.rope_dim, vd = shape.v_dim;
+    const int64_t kv_head = nope + vd, kv_row = int64_t(n_heads) * kv_head;
+    const int64_t q_token_stride = int64_t(n_heads) * shape.q_head_stride, rope_token_stride = int64_t(n_heads) * rope;
+    const int64_t row_floats = score_row_floats(n_positions);
+    const int64_t token_groups = (n_tokens + kQueryGroup - 1) / kQueryGroup;
+    constexpr float kMasked = -std::numeric_limits<float>::infinity();
+    pool.parallel_for(int64_t(n_heads) * token_groups, [&](int64_t begin, int64_t end, int thread) {
+        float* scores = scratch + (row_floats + vd) * kQueryGroup * thread;  // [kQueryGroup][row_floats]
+        float* block_out = scores + row_floats * kQueryGroup;                // [kQueryGroup][vd]
         for (int64_t item = begin; item < end; ++item) {
-            const int64_t t = item / n_heads, h = item % n_heads;
-            const float* qh = q + item * qk;
-            const int64_t visible = n_visible[t];
-            for (int64_t j = 0; j < visible; ++j)
-                scores[j] = shape.scale * k.dot(qh, kc + (j * n_heads + h) * qk, qk);
-            k.softmax(scores, visible);
-            float* o = out + item * vd;
-            std::fill(o, o + vd, 0.0f);
-            for (int64_t j = 0; j < visible; ++j) k.axpy(scores[j], v + (j * n_heads + h) * vd, o, vd);
+            const int64_t h = item / token_groups;  // head-major: a thread's items share a head's block
+            const int64_t t0 = item % token_groups * kQueryGroup;
+            const int n_g = int(std::min<int64_t>(kQueryGroup, n_tokens - t0));
+            int64_t seen = 0;  // positions of this block any query of the group sees
+            for (int g = 0; g < n_g; ++g) seen = std::max(seen, std::min(n_visible[t0 + g] - first, n_positions));
+            if (seen <= 0) continue;
+            const float* q_nope = q + t0 * q_token_stride + h * shape.q_head_stride;
+            const float* q_pe = q_rope + t0 * rope_token_stride + h * rope;
+            float nope_dots[kQueryGroup], rope_dots[kQueryGroup];
+            for (int64_t j = 0; j < seen; ++j) {
+                k.dot_group(q_nope, q_token_stride, n_g, kv + j * kv_row + h * kv_head, nope, nope_dots);
+                k.dot_group(q_pe, rope_token_stride, n_g, k_rope + j * rope, rope, rope_dots);
+                for (int g = 0; g < n_g; ++g)
+                    scores[g * row_floats + j] =
+                        first + j < n_visible[t0 + g] ? shape.scale * (nope_dots[g] + rope_dots[g]) : kMasked;
+            }
+            // Online softmax: rescale what earlier blocks summed to the new running max.
+            float carry[kQueryGroup];
+            for (int g = 0; g < n_g; ++g) {
+                float* row = scores + g * row_floats;
+                const int64_t stat = (t0 + g) * n_heads + h;
+                float block_max = kMasked;
+                for (int64_t j = 0; j < seen; ++j) block_max = std::max(block_max, row[j]);
+                if (block_max == kMasked) {  // this query sees none of the block
+                    std::fill(row, row + seen, 0.0f);
+                    carry[g] = 1.0f;
+                    continue;
+                }
+                const float new_max = std::max(running_max[stat], block_max);
+                carry[g] = std::exp(running_max[stat] - new_max);  // 0 for the first block seen
+                running_sum[stat] = running_sum[stat] * carry[g] + k.exp_sum(row, seen, new_max);
+                running_max[stat] = new_max;
+            }
+            k.weighted_sum(scores, row_floats, n_g, kv + h * kv_head + nope, kv_row, seen, vd, block_out, vd);
+            for (int g = 0; g < n_g; ++g) {
+                float* o = out + ((t0 + g) * n_heads + h) * vd;
+                k.scale(o, carry[g], vd);
+                k.axpy(1.0f, block_out + g * vd, o, vd);
+            }
         }
     });
 }
 
 }  // namespace detail
 
+int64_t decompressed_attention_scratch_floats(const DecompressedAttentionShape& shape, int64_t n_positions,
+                                              int n_threads) {
+    return (score_row_floats(n_positions) + shape.v_dim) * kQueryGroup * std::max(1, n_threads);
+}
+
+void mla_decompressed_begin(const DecompressedAttentionShape& shape, int64_t n_tokens, float* out,
+                            float* running_max, float* running_sum) {
+    const int64_t rows = n_tokens * shape.n_heads;
+    std::fill(out, out + rows * shape.v_dim, 0.0f);
+    std::fill(running_max, running_max + rows, -std::numeric_limits<float>::infinity());
+    std::fill(running_sum, running_sum + rows, 0.0f);
+}
+
+void mla_attention_decompressed_block(const DecompressedAttentionShape& shape, int64_t n_tokens, const float* q,
+                                      const float* q_rope, const float* kv, const float* k_rope, int64_t first,
+                                      int64_t n_positions, const int64_t* n_visible, float* out, float* running_max,
+                                      float* running_sum, float* scratch, ThreadPool& pool) {
+    detail::mla_attention_decompressed_block_on_path(cpu_path(), shape, n_tokens, q, q_rope, kv, k_rope, first,
+                                                     n_positions, n_visible, out, running_max, running_sum, scratch,
+                                                     pool);
+}
+
+void mla_decompressed_end(const DecompressedAttentionShape& shape, int64_t n_tokens, float* out,
+                          const float* running_sum) {
+    const int64_t rows = n_tokens * shape.n_heads;
+    for (int64_t r = 0; r < rows; ++r) {
+        if (!(running_sum[r] > 0.0f)) fail(ErrorKind::internal, "attention: query row {} saw no position", r);
+        const float inv = 1.0f / running_sum[r];
+        for (int64_t i = 0; i < shape.v_dim; ++i) out[r * shape.v_dim + i] *= inv;
+    }
+}
+
 void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
                             const float* q_rope, const float* cache_latent, const float* cache_rope,
                             const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool) {
     detail::mla_attention_absorbed_on_path(cpu_path(), shape, n_tokens, q_latent, q_rope, cache_latent,
                                            cache_rope, n_visible, out, scratch, pool);
-}
-
-void mla_attention_naive(const NaiveAttentionShape& shape, int64_t n_tokens, const float* q, const float* k,
-                         const float* v, const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool) {
-    detail::mla_attention_naive_on_path(cpu_path(), shape, n_tokens, q, k, v, n_visible, out, scratch, pool);
 }
 
 }  // namespace sluice::cpu

@@ -39,6 +39,8 @@ struct PathKernels {
     void (*rms_norm)(const float* x, const float* w, float eps, int64_t n, float* out);
     void (*silu_mul)(const float* gate, const float* up, int64_t n, float* out);
     void (*softmax)(float* x, int64_t n);
+    // x[i] = exp(x[i] - shift) (-inf gives 0); returns their sum.
+    float (*exp_sum)(float* x, int64_t n, float shift);
 };
 
 const PathKernels& scalar_kernels();
@@ -60,8 +62,10 @@ void mla_attention_absorbed_on_path(CpuPath path, const AttentionShape& shape, i
                                     const float* q_latent, const float* q_rope, const float* cache_latent,
                                     const float* cache_rope, const int64_t* n_visible, float* out,
                                     float* scratch, ThreadPool& pool);
-void mla_attention_naive_on_path(CpuPath path, const NaiveAttentionShape& shape, int64_t n_tokens,
-                                 const float* q, const float* k, const float* v, const int64_t* n_visible,
-                                 float* out, float* scratch, ThreadPool& pool);
+void mla_attention_decompressed_block_on_path(CpuPath path, const DecompressedAttentionShape& shape,
+                                              int64_t n_tokens, const float* q, const float* q_rope, const float* kv,
+                                              const float* k_rope, int64_t first, int64_t n_positions,
+                                              const int64_t* n_visible, float* out, float* running_max,
+                                              float* running_sum, float* scratch, ThreadPool& pool);
 
 }  // namespace sluice::cpu::detail

@@ -78,18 +78,36 @@ void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const
                             const float* q_rope, const float* cache_latent, const float* cache_rope,
                             const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool);
 
-// The decompressed (MHA) form of the same attention (spec §2.7), the cross-check for the
-// absorbed form and an option for long prefills:
-//   q: [n_tokens, n_heads, qk_head_dim], k: [n_ctx, n_heads, qk_head_dim] (= [W_UK c ; k_pe]),
-//   v: [n_ctx, n_heads, v_head_dim], out: [n_tokens, n_heads, v_head_dim];
-//   query token t sees rows [0, n_visible[t]). scratch: attention_scratch_floats(.., n_ctx, pool.size()).
-struct NaiveAttentionShape {
+// The decompressed (MHA) form of the same attention (spec §2.7), cheaper than the absorbed form
+// when many queries share the positions (a prefill): the latents are expanded block by block into
+// per-head keys and values, kv = [k_nope | v] = kv_b . c, each block scored against every query and
+// folded into the output with a running max and sum (online softmax), so only one block of
+// positions is ever held expanded.
+//   q:      [n_tokens, n_heads, q_head_stride]; the first nope_dim floats of a head are q_nope
+//   q_rope: [n_tokens, n_heads, rope_dim] (rotated)
+//   kv:     [n_positions, n_heads, nope_dim + v_dim] for positions [first, first + n_positions)
+//   k_rope: [n_positions, rope_dim] (rotated), the key's shared rope part, same positions
+//   out:    [n_tokens, n_heads, v_dim]; running_max, running_sum: [n_tokens, n_heads]
+// Query token t sees positions [0, n_visible[t]). Begin, feed blocks in ascending position order
+// starting at 0, end. scratch: decompressed_attention_scratch_floats(shape, n_positions, pool.size()).
+// Work is split over (head, group of 8 query tokens) items, so a head's block stays in L2.
+struct DecompressedAttentionShape {
     int n_heads = 0;
-    int qk_head_dim = 192;
-    int v_head_dim = 128;
+    int nope_dim = 128;
+    int rope_dim = 64;
+    int v_dim = 128;
+    int q_head_stride = 192;
     float scale = 1.0f;
 };
-void mla_attention_naive(const NaiveAttentionShape& shape, int64_t n_tokens, const float* q, const float* k,
-                         const float* v, const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool);
+int64_t decompressed_attention_scratch_floats(const DecompressedAttentionShape& shape, int64_t n_positions,
+                                              int n_threads);
+void mla_decompressed_begin(const DecompressedAttentionShape& shape, int64_t n_tokens, float* out,
+                            float* running_max, float* running_sum);
+void mla_attention_decompressed_block(const DecompressedAttentionShape& shape, int64_t n_tokens, const float* q,
+                                      const float* q_rope, const float* kv, const float* k_rope, int64_t first,
+                                      int64_t n_positions, const int64_t* n_visible, float* out, float* running_max,
+                                      float* running_sum, float* scratch, ThreadPool& pool);
+void mla_decompressed_end(const DecompressedAttentionShape& shape, int64_t n_tokens, float* out,
+                          const float* running_sum);
 
 }  // namespace sluice::cpu

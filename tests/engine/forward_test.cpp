@@ -60,36 +60,54 @@ double max_abs(const std::vector<float>& v) {
     return m;
 }
 
+const char* form_name(AttentionForm form) {
+    switch (form) {
+        case AttentionForm::automatic: return "auto";
+        case AttentionForm::absorbed: return "absorbed";
+        case AttentionForm::decompressed: return "decompressed";
+    }
+    return "?";
+}
+
+// Prompt logits and greedy tokens against transformers, in each form of MLA: auto (decompressed
+// for prefill, absorbed for decode), absorbed throughout, decompressed throughout (expanding 5
+// positions at a time, so the softmax is carried across blocks).
 void check_model(const std::string& name, int64_t batch_tokens) {
-    CAPTURE(name);
-    CAPTURE(batch_tokens);
-    const Fixture f = load_fixture(name);
-    ThreadPool pool(2);
-    const auto model = load_model(f.dir);
-    const int64_t vocab = model->layout().vocab;
-    REQUIRE(f.logits.shape == std::vector<int64_t>{int64_t(f.prompt.size()), vocab});
+    for (AttentionForm form : {AttentionForm::automatic, AttentionForm::absorbed, AttentionForm::decompressed}) {
+        const std::string form_label = form_name(form);
+        CAPTURE(name);
+        CAPTURE(batch_tokens);
+        CAPTURE(form_label);
+        const Fixture f = load_fixture(name);
+        ThreadPool pool(2);
+        const auto model = load_model(f.dir);
+        const int64_t vocab = model->layout().vocab;
+        REQUIRE(f.logits.shape == std::vector<int64_t>{int64_t(f.prompt.size()), vocab});
 
-    ForwardOptions options;
-    options.max_context = 64;
-    options.max_batch_tokens = batch_tokens;
-    DeepseekForward forward(model->layout(), *model->provider, options, pool);
-    std::vector<float> logits(f.prompt.size() * size_t(vocab));
-    forward.forward(f.prompt, true, logits.data());
+        ForwardOptions options;
+        options.max_context = 64;
+        options.max_batch_tokens = batch_tokens;
+        options.attention = form;
+        options.decompress_block = form == AttentionForm::decompressed ? 5 : 0;
+        DeepseekForward forward(model->layout(), *model->provider, options, pool);
+        std::vector<float> logits(f.prompt.size() * size_t(vocab));
+        forward.forward(f.prompt, true, logits.data());
 
-    double worst = 0;
-    for (size_t i = 0; i < logits.size(); ++i) worst = std::max(worst, double(std::fabs(logits[i] - f.logits.data[i])));
-    const double bound = kRelativeTolerance * max_abs(f.logits.data);
-    MESSAGE(name << ": max |logit - transformers| = " << worst << " (bound " << bound << ")");
-    CHECK(worst <= bound);
+        double worst = 0;
+        for (size_t i = 0; i < logits.size(); ++i) worst = std::max(worst, double(std::fabs(logits[i] - f.logits.data[i])));
+        const double bound = kRelativeTolerance * max_abs(f.logits.data);
+        MESSAGE(name << " (" << form_label << "): max |logit - transformers| = " << worst << " (bound " << bound << ")");
+        CHECK(worst <= bound);
 
-    // Greedy continuation with the cache, one token per step, against transformers' tokens.
-    forward.truncate(0);
-    GenerateOptions go;
-    go.max_new_tokens = int64_t(f.greedy.size());
-    go.stop_at_eos = false;
-    std::vector<int32_t> generated;
-    generate(forward, f.prompt, go, [&](int32_t id) { generated.push_back(id); });
-    CHECK(generated == f.greedy);
+        // Greedy continuation with the cache, one token per step, against transformers' tokens.
+        forward.truncate(0);
+        GenerateOptions go;
+        go.max_new_tokens = int64_t(f.greedy.size());
+        go.stop_at_eos = false;
+        std::vector<int32_t> generated;
+        generate(forward, f.prompt, go, [&](int32_t id) { generated.push_back(id); });
+        CHECK(generated == f.greedy);
+    }
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -86,8 +87,18 @@ constexpr double kTolerance = 1e-4;
 
 namespace {
 
-void check_absorbed_and_naive_against_reference(int n_heads) {
-    const MlaCase m(30, n_heads);
+void check_absorbed_and_decompressed_against_reference(int n_heads, bool from_start) {
+    MlaCase m(30, n_heads);
+    if (from_start) {
+        // A prefill from position 0: the first queries see only the first block, so later blocks
+        // are wholly masked for them.
+        m.n_tokens = m.n_ctx;
+        std::mt19937 rng(32);
+        m.q_nope = random_floats(rng, size_t(m.n_tokens * n_heads * m.nope_dim), 1.0f);
+        m.q_pe = random_floats(rng, size_t(m.n_tokens * n_heads * m.rope_dim), 1.0f);
+        m.n_visible.clear();
+        for (int64_t t = 0; t < m.n_tokens; ++t) m.n_visible.push_back(t + 1);
+    }
     const int H = m.n_heads, qk = m.nope_dim + m.rope_dim;
     const std::vector<double> want = reference_attention(m);
 
@@ -101,69 +112,83 @@ void check_absorbed_and_naive_against_reference(int n_heads) {
             q_latent[size_t(row * m.kv_rank + c)] = float(sum);
         }
     }
-    // Naive inputs: decompressed per-head K = [W_UK c ; k_pe], V = W_UV c, Q = [q_nope ; q_pe].
-    std::vector<float> k(size_t(m.n_ctx * H * qk)), v(size_t(m.n_ctx * H * m.v_dim)), q(size_t(m.n_tokens * H * qk));
+    // Decompressed inputs: per position and head [W_UK c | W_UV c]; queries [q_nope | q_pe] per head.
+    const int kv_head = m.nope_dim + m.v_dim;
+    std::vector<float> kv(size_t(m.n_ctx * H * kv_head)), q(size_t(m.n_tokens * H * qk));
     for (int64_t j = 0; j < m.n_ctx; ++j) {
         for (int h = 0; h < H; ++h) {
             for (int i = 0; i < m.nope_dim; ++i) {
                 double sum = 0;
                 for (int c = 0; c < m.kv_rank; ++c) sum += double(m.uk(h, i, c)) * m.latent[size_t(j * m.kv_rank + c)];
-                k[size_t((j * H + h) * qk + i)] = float(sum);
+                kv[size_t((j * H + h) * kv_head + i)] = float(sum);
             }
-            for (int i = 0; i < m.rope_dim; ++i)
-                k[size_t((j * H + h) * qk + m.nope_dim + i)] = m.k_pe[size_t(j * m.rope_dim + i)];
             for (int i = 0; i < m.v_dim; ++i) {
                 double sum = 0;
                 for (int c = 0; c < m.kv_rank; ++c) sum += double(m.uv(h, i, c)) * m.latent[size_t(j * m.kv_rank + c)];
-                v[size_t((j * H + h) * m.v_dim + i)] = float(sum);
+                kv[size_t((j * H + h) * kv_head + m.nope_dim + i)] = float(sum);
             }
         }
     }
     for (int64_t row = 0; row < m.n_tokens * H; ++row) {
         for (int i = 0; i < m.nope_dim; ++i) q[size_t(row * qk + i)] = m.q_nope[size_t(row * m.nope_dim + i)];
-        for (int i = 0; i < m.rope_dim; ++i) q[size_t(row * qk + m.nope_dim + i)] = m.q_pe[size_t(row * m.rope_dim + i)];
+        for (int i = 0; i < m.rope_dim; ++i) q[size_t(row * qk + m.nope_dim + i)] = NAN;  // unused: q_rope is
     }
 
     const AttentionShape shape{H, m.kv_rank, m.rope_dim, m.scale};
-    const NaiveAttentionShape naive_shape{H, qk, m.v_dim, m.scale};
+    const DecompressedAttentionShape decompressed{H, m.nope_dim, m.rope_dim, m.v_dim, qk, m.scale};
     for (int n_threads : {1, 4}) {
         ThreadPool pool(n_threads);
         std::vector<float> scratch(size_t(attention_scratch_floats(shape, m.n_ctx, pool.size())));
+        std::vector<float> block_scratch(
+            size_t(decompressed_attention_scratch_floats(decompressed, m.n_ctx, pool.size())));
         for (CpuPath path : detail::supported_paths()) {
-            const std::string path_label = detail::path_name(path);
-            CAPTURE(path_label);
-            CAPTURE(n_threads);
-            std::vector<float> latent_out(size_t(m.n_tokens * H * m.kv_rank), NAN);
-            detail::mla_attention_absorbed_on_path(path, shape, m.n_tokens, q_latent.data(), m.q_pe.data(),
-                                                   m.latent.data(), m.k_pe.data(), m.n_visible.data(),
-                                                   latent_out.data(), scratch.data(), pool);
-            std::vector<float> naive_out(size_t(m.n_tokens * H * m.v_dim), NAN);
-            detail::mla_attention_naive_on_path(path, naive_shape, m.n_tokens, q.data(), k.data(), v.data(),
-                                                m.n_visible.data(), naive_out.data(), scratch.data(), pool);
-            int bad_absorbed = 0, bad_naive = 0;
-            for (int64_t row = 0; row < m.n_tokens * H; ++row) {
-                const int h = int(row % H);
-                for (int i = 0; i < m.v_dim; ++i) {
-                    // Un-absorb: o = W_UV ô.
-                    double o = 0;
-                    for (int c = 0; c < m.kv_rank; ++c) o += double(m.uv(h, i, c)) * latent_out[size_t(row * m.kv_rank + c)];
-                    const double ref = want[size_t(row * m.v_dim + i)];
-                    if (!(std::abs(o - ref) <= kTolerance)) ++bad_absorbed;
-                    if (!(std::abs(naive_out[size_t(row * m.v_dim + i)] - ref) <= kTolerance)) ++bad_naive;
+            // one block of every position; blocks of 7 (the softmax carried across 5 blocks)
+            for (int64_t block : {m.n_ctx, int64_t(7)}) {
+                const std::string path_label = detail::path_name(path);
+                CAPTURE(path_label);
+                CAPTURE(n_threads);
+                CAPTURE(block);
+                std::vector<float> latent_out(size_t(m.n_tokens * H * m.kv_rank), NAN);
+                detail::mla_attention_absorbed_on_path(path, shape, m.n_tokens, q_latent.data(), m.q_pe.data(),
+                                                       m.latent.data(), m.k_pe.data(), m.n_visible.data(),
+                                                       latent_out.data(), scratch.data(), pool);
+                std::vector<float> decompressed_out(size_t(m.n_tokens * H * m.v_dim), NAN);
+                std::vector<float> running_max(size_t(m.n_tokens * H)), running_sum(size_t(m.n_tokens * H));
+                mla_decompressed_begin(decompressed, m.n_tokens, decompressed_out.data(), running_max.data(), running_sum.data());
+                for (int64_t first = 0; first < m.n_ctx; first += block)
+                    detail::mla_attention_decompressed_block_on_path(
+                        path, decompressed, m.n_tokens, q.data(), m.q_pe.data(), kv.data() + first * H * kv_head,
+                        m.k_pe.data() + first * m.rope_dim, first, std::min(block, m.n_ctx - first), m.n_visible.data(),
+                        decompressed_out.data(), running_max.data(), running_sum.data(), block_scratch.data(), pool);
+                mla_decompressed_end(decompressed, m.n_tokens, decompressed_out.data(), running_sum.data());
+                int bad_absorbed = 0, bad_decompressed = 0;
+                for (int64_t row = 0; row < m.n_tokens * H; ++row) {
+                    const int h = int(row % H);
+                    for (int i = 0; i < m.v_dim; ++i) {
+                        // Un-absorb: o = W_UV ô.
+                        double o = 0;
+                        for (int c = 0; c < m.kv_rank; ++c) o += double(m.uv(h, i, c)) * latent_out[size_t(row * m.kv_rank + c)];
+                        const double ref = want[size_t(row * m.v_dim + i)];
+                        if (!(std::abs(o - ref) <= kTolerance)) ++bad_absorbed;
+                        if (!(std::abs(decompressed_out[size_t(row * m.v_dim + i)] - ref) <= kTolerance)) ++bad_decompressed;
+                    }
                 }
+                CHECK(bad_absorbed == 0);
+                CHECK(bad_decompressed == 0);
             }
-            CHECK(bad_absorbed == 0);
-            CHECK(bad_naive == 0);
         }
     }
 }
 
 }  // namespace
 
-TEST_CASE("absorbed MLA equals naive MLA and the double reference on random weights, every path") {
+TEST_CASE("absorbed MLA equals decompressed MLA and the double reference on random weights, every path") {
     for (int n_heads : {3, 11}) {  // one partial head group; a full group of 8 plus a partial one
-        CAPTURE(n_heads);
-        check_absorbed_and_naive_against_reference(n_heads);
+        for (bool from_start : {false, true}) {
+            CAPTURE(n_heads);
+            CAPTURE(from_start);
+            check_absorbed_and_decompressed_against_reference(n_heads, from_start);
+        }
     }
 }
 
