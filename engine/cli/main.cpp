@@ -36,11 +36,12 @@ int main(int argc, char** argv) {
     cli::register_bench(app);
     cli::register_bench_io(app);
     try {
-        app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-        return app.exit(e);
-    }
-    try {
+        // Option callbacks (--ram, --resident, --attention ...) throw typed errors while parsing.
+        try {
+            app.parse(argc, argv);
+        } catch (const CLI::ParseError& e) {
+            return app.exit(e);
+        }
         for (auto& [sub, run] : cli::registry())
             if (sub->parsed()) return run();
     } catch (const Error& e) {

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <sys/wait.h>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -45,5 +46,27 @@ TEST_CASE("bench-io --json reports a positive rate and ordered percentiles for e
         CHECK(m.at("gb_per_s_min").get<double>() <= m.at("gb_per_s_max").get<double>());
         CHECK(m.at("p50_us").get<double>() <= m.at("p90_us").get<double>());
         CHECK(m.at("p90_us").get<double>() <= m.at("p99_us").get<double>());
+    }
+}
+
+TEST_CASE("a bad option value ends with a clear message and exit status 2, not an abort") {
+    const char* bin = std::getenv("SLUICE_BIN");
+    REQUIRE(bin != nullptr);
+    // Values checked by option callbacks while the command line is parsed, before any model opens.
+    for (const char* args : {"--attention flash", "--ram 12Q", "--resident sometimes"}) {
+        CAPTURE(args);
+        const std::string cmd = std::string(bin) + " run -m /nonexistent -p hi " + args + " 2>&1";
+        FILE* pipe = popen(cmd.c_str(), "r");
+        REQUIRE(pipe != nullptr);
+        std::string out;
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+        const int status = pclose(pipe);
+        CAPTURE(out);
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 2);
+        CHECK(out.find("sluice: invalid input:") != std::string::npos);
+        CHECK(out.find("terminate called") == std::string::npos);
     }
 }
