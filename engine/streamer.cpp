@@ -258,6 +258,7 @@ void Streamer::touch(int layer, int expert) {
 // expert that scores below the predicted one (`prediction_score`), so guesses cannot flush
 // the experts that are actually being used.
 Streamer::Buffer* Streamer::acquire_expert(int for_layer, bool for_prediction, double prediction_score) {
+    if (current_.n_tokens >= kWideStepTokens) return acquire_expert_in_scan(for_layer, for_prediction);
     Buffer* best = nullptr;
     double best_score = 0;
     for (auto& b : expert_pool_) {
@@ -289,6 +290,55 @@ Streamer::Buffer* Streamer::acquire_expert(int for_layer, bool for_prediction, d
     // than a predicted one is to be needed next (8 of 256 per token against ~half).
     if (for_prediction && best && best_score > prediction_score) return nullptr;
     return best;
+}
+
+// A step of many tokens reads nearly every expert of every layer in layer order: a scan longer
+// than the pool, under which evicting the least recently used keeps nothing (prompt 512 after
+// prompt 128 on the 5-layer V3 model found 0 of 1024 experts cached). Evict instead the buffer
+// whose next use is furthest away (Belady's rule for a cyclic scan: the most recently used): an
+// expert of the computing layer already used, or of a layer before it, is next needed in the next
+// step; an expert of a later layer is probably needed later in this one, so it stays, and the
+// pool ends each step holding the last layers' experts for the next step to find. Guesses (for
+// for_layer = computing layer + 1) take only buffers needed no sooner than the next step, so they
+// never turn one read into two; but once more than half the pool is kept for later layers they
+// may take those too, so the disk still has room to read ahead through the next attention pass.
+Streamer::Buffer* Streamer::acquire_expert_in_scan(int for_layer, bool for_prediction) {
+    const int n_layers = int(plan_.layers.size());
+    const int computing = computing_layer_ >= 0 ? computing_layer_ : for_layer - (for_prediction ? 1 : 0);
+    int kept_for_later = 0, reads_in_flight = 0;
+    for (const auto& b : expert_pool_) {
+        kept_for_later += b.state == BufferState::ready && b.layer > computing && b.layer != for_layer;
+        reads_in_flight += b.state == BufferState::reading;
+    }
+    const bool guesses_may_take_kept = 2 * kept_for_later > int(expert_pool_.size());
+    // A needed read waits for a buffer of the computing layer to be used rather than take a kept
+    // one, while enough reads are in flight to keep the disk busy (needed_ is asked for all at once).
+    const bool needed_may_take_kept = reads_in_flight < kScanReadsInFlight;
+    Buffer* best = nullptr;
+    int best_distance = 0;
+    double best_score = 0;
+    for (auto& b : expert_pool_) {
+        if (b.pins > 0) continue;
+        if (b.state == BufferState::empty) return &b;
+        if (b.state == BufferState::reading) continue;
+        if (b.layer == for_layer && (for_prediction || still_needed(b.expert))) continue;
+        if (b.layer == computing && still_needed(b.expert)) continue;
+        // Layers from now on until its next use (0 < distance <= n_layers).
+        const int distance = b.layer > computing ? b.layer - computing : n_layers - (computing - b.layer);
+        if (b.layer > computing && !(for_prediction ? guesses_may_take_kept : needed_may_take_kept)) continue;
+        const double s = score(b.layer, b.expert);
+        if (!best || distance > best_distance || (distance == best_distance && s < best_score)) {
+            best = &b;
+            best_distance = distance;
+            best_score = s;
+        }
+    }
+    if (best || for_prediction || !needed_may_take_kept) return best;
+    // Nothing ready to give: a demand read may wait for a guess still being read (last resort).
+    for (auto& b : expert_pool_)
+        if (b.pins == 0 && b.state == BufferState::reading && !(b.layer == for_layer && still_needed(b.expert)))
+            return &b;
+    return nullptr;
 }
 
 void Streamer::prefetch_dense_after(int layer) {
@@ -375,7 +425,7 @@ void Streamer::issue_guesses() {
     // the pool but for 2 x top_k buffers left for the layer's remaining experts, all in flight at
     // once (16 in flight and half the pool on the 5-layer V3 model, prompt 512: the disk idled
     // through most of each attention pass, 19.0 s; the whole pool: 15.5 s).
-    const bool wide_step = current_.n_tokens >= 64;
+    const bool wide_step = current_.n_tokens >= kWideStepTokens;
     const int pool = int(expert_pool_.size());
     const int max_in_flight = wide_step ? pool : 2;
     const int max_held = wide_step ? std::max(pool / 2, pool - 2 * layout_.router.top_k) : pool / 2;

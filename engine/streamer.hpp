@@ -104,6 +104,12 @@ private:
     Buffer* find(std::vector<Buffer>& pool, int layer, int expert);
     Buffer* acquire_dense(int for_layer);
     Buffer* acquire_expert(int for_layer, bool for_prediction, double prediction_score);
+    Buffer* acquire_expert_in_scan(int for_layer, bool for_prediction);
+    // Steps of at least this many tokens route to nearly every expert (64 x top_k 8 = 512 routes
+    // over 256 experts): they read each layer as a scan, and their guesses are nearly all right.
+    static constexpr int64_t kWideStepTokens = 64;
+    // Reads in flight below which a needed read of such a step may evict experts kept for later layers.
+    static constexpr int kScanReadsInFlight = 8;
     size_t buffer_alignment() const;
     double score(int layer, int expert) const;
     bool still_needed(int expert) const;

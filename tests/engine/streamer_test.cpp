@@ -161,6 +161,52 @@ TEST_CASE("--resident dense reads only experts during steps and still matches") 
     CHECK(streamer.totals().expert_reads > 0);
 }
 
+TEST_CASE("steps wide enough to need every expert keep the last layers' experts for the next one, same numbers") {
+    // hf_tiny_v3: 2 MoE layers of 16 experts, top 4. A step of 70 tokens routes 280 times per layer,
+    // so it reads every expert: a scan of 32 experts through a pool of fewer, which the streamer
+    // evicts in scan order (acquire_expert_in_scan), down to a pool smaller than one layer's need.
+    // Numbers must not change, and what the pool holds beyond the computing layer's 16 must reach
+    // the next step. (Two MoE layers are too few to show the gain over recency seen on the 5-layer
+    // V3 model, where a 512-token step after a 128-token one went from 0 to 91 experts cached.)
+    const std::string dir = fixture("hf_tiny_v3");
+    const auto resident = load_model(dir);
+    const int64_t vocab = resident->layout().vocab;
+    std::vector<int32_t> tokens(140);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7919 + 13) % size_t(vocab));
+    ThreadPool pool(2);
+    auto two_steps = [&](const ModelLayout& layout, WeightProvider& weights) {
+        ForwardOptions options;
+        options.max_context = 160;
+        options.max_batch_tokens = 70;
+        DeepseekForward forward(layout, weights, options, pool);
+        std::vector<float> out(tokens.size() * size_t(vocab));
+        forward.forward(tokens, true, out.data());  // two steps of 70
+        return out;
+    };
+    const auto reference = two_steps(resident->layout(), *resident->provider);
+
+    const auto model = open_model(dir);
+    for (int expert_buffers : {7, 20, 28}) {
+        for (bool speculate : {false, true}) {
+            CAPTURE(expert_buffers);
+            CAPTURE(speculate);
+            StreamerIo io(model->source->files(), "auto", true);
+            StreamerOptions so;
+            so.resident = ResidentMode::none;
+            so.expert_buffers = expert_buffers;
+            so.speculate = speculate;
+            Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
+            CHECK(bit_identical(two_steps(model->layout, streamer), reference));
+            REQUIRE(streamer.steps().size() == 2);
+            const auto& second = streamer.steps()[1];
+            CAPTURE(second.to_json().dump());
+            CHECK(second.experts_needed == 32);
+            MESSAGE("buffers " << expert_buffers << " speculate " << speculate << ": second step cache hits " << second.cache_hits);
+            if (expert_buffers > 16) CHECK(second.cache_hits >= expert_buffers - 16);
+        }
+    }
+}
+
 TEST_CASE("with the reader throttled, step time tracks the read time and waiting is reported") {
     // The tiny model computes in well under a millisecond per step while a throttled reader
     // needs tens of milliseconds: the step is read-bound, so it should take about the read
