@@ -116,9 +116,11 @@ double seconds_per_gemm(const Copies& c, DType type, int64_t rows, int64_t cols,
 
 int main(int argc, char** argv) {
     bool quick = false, gemm_only = false;
+    std::string only_type;  // --type NAME: the GEMM table for that type alone
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--quick") == 0) quick = true;
         else if (std::strcmp(argv[i], "--gemm") == 0) gemm_only = true;  // only the prefill GEMM table
+        else if (std::strcmp(argv[i], "--type") == 0 && i + 1 < argc) only_type = argv[++i];
     }
     std::printf("sluice bench_gemv: kernel path %s (SLUICE_CPU caps it), working set >= %lld MiB per row\n\n",
                 cpu::detail::path_name(cpu::cpu_path()), (long long)(kWorkingSetBytes >> 20));
@@ -163,6 +165,7 @@ int main(int argc, char** argv) {
     std::printf("%-14s %7s %7s %12s %12s %12s %9s\n", "type", "tokens", "threads", "ms/call", "GFLOP/s",
                 "n*gemv ms", "speedup");
     for (DType type : {DType::F32, DType::BF16, DType::FP8_E4M3_B128, DType::Q8_0, DType::Q4_K, DType::Q2_K}) {
+        if (!only_type.empty() && only_type != dtype_name(type)) continue;
         const int64_t rows = 2048, cols = 7168;
         Copies c = make_copies(type, rows, cols);
         for (int threads : thread_counts) {

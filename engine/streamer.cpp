@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "core/error.hpp"
 #include "kernels/cuda/device.hpp"
@@ -84,7 +85,7 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
         }
         dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
         for (auto& b : dense_pool_) {
-            b.memory.allocate(largest, buffer_alignment(), true);
+            b.memory.allocate(largest, buffer_alignment(), true, false);
             b.capacity = largest;
             allocated_bytes_ += largest;
         }
@@ -100,11 +101,12 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
         const int n = options_.expert_buffers > 0 ? options_.expert_buffers : 2 * std::max(layout_.router.top_k, 1);
         expert_pool_.resize(size_t(std::max(n, 1)));
         for (auto& b : expert_pool_) {
-            b.memory.allocate(largest_expert, buffer_alignment(), true);
+            b.memory.allocate(largest_expert, buffer_alignment(), true, false);
             b.capacity = largest_expert;
             allocated_bytes_ += largest_expert;
         }
     }
+    zero_buffers();
     // Registered once, so io_uring can use READ_FIXED into them.
     std::vector<std::span<std::byte>> regions;
     for (auto* pool : {&dense_pool_, &expert_pool_})
@@ -122,6 +124,37 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     guesses_.reserve(2 * size_t(layout_.n_experts));
     wait_tickets_.reserve(expert_pool_.size() + dense_pool_.size());
     wait_index_.reserve(wait_tickets_.capacity());
+}
+
+// The first touch of the pool's memory is most of a start (4.6 GB on the 5-layer V3 model under
+// 8 GiB), so it is spread over the cores: a 2 GiB first touch took 0.26 s on one core and 0.14 s
+// on two. (On the dev VM the host's own first touch of guest memory can dominate instead, ~10 s
+// for the pool after dropping caches, and that does not spread.)
+void Streamer::zero_buffers() {
+    std::vector<AlignedBuffer*> buffers;
+    size_t total = 0;
+    for (auto* pool : {&dense_pool_, &expert_pool_})
+        for (auto& b : *pool) {
+            buffers.push_back(&b.memory);
+            total += b.memory.size();
+        }
+    if (buffers.empty()) return;
+    const size_t n_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
+    const size_t share = (total + n_threads - 1) / n_threads;
+    auto zero_share = [&](size_t t) {
+        // Bytes [t * share, (t + 1) * share) of the buffers laid end to end.
+        size_t offset = 0;
+        const size_t begin = t * share, end = std::min(total, begin + share);
+        for (auto* m : buffers) {
+            const size_t lo = std::max(begin, offset), hi = std::min(end, offset + m->size());
+            if (lo < hi) m->zero_range(lo - offset, hi - offset);
+            offset += m->size();
+        }
+    };
+    std::vector<std::thread> threads;
+    for (size_t t = 1; t < n_threads; ++t) threads.emplace_back(zero_share, t);
+    zero_share(0);
+    for (auto& th : threads) th.join();
 }
 
 Streamer::~Streamer() {

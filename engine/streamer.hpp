@@ -96,6 +96,7 @@ private:
         bool bound = false;
     };
 
+    void zero_buffers();
     void submit(Buffer& b, int layer, int expert, const Segment& segment);
     void finish_read(Buffer& b);
     void wait_for(Buffer& b);
