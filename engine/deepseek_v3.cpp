@@ -24,6 +24,15 @@ AttentionForm parse_attention_form(const std::string& text) {
     fail(ErrorKind::invalid_input, "--attention: expected auto, absorbed or decompressed, got '{}'", text);
 }
 
+const char* attention_form_name(AttentionForm form) {
+    switch (form) {
+        case AttentionForm::automatic: return "auto";
+        case AttentionForm::absorbed: return "absorbed";
+        case AttentionForm::decompressed: return "decompressed";
+    }
+    return "?";
+}
+
 DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options,
                                  ThreadPool& pool)
     : layout_(layout), weights_(weights), options_(options), pool_(pool) {

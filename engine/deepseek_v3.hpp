@@ -21,6 +21,7 @@ namespace sluice {
 // on how many queries share the positions. automatic picks per sequence and step.
 enum class AttentionForm { automatic, absorbed, decompressed };
 AttentionForm parse_attention_form(const std::string& text);  // "auto" | "absorbed" | "decompressed"
+const char* attention_form_name(AttentionForm form);
 
 struct ForwardOptions {
     int64_t max_context = 4096;       // positions the latent cache holds, per sequence

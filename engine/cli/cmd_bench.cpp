@@ -256,6 +256,7 @@ void register_bench(CLI::App& app) {
             nlohmann::json j;
             j["model"] = args->model;
             j["resident"] = resident_mode_name(rt->mode);
+            j["attention"] = attention_form_name(ro.attention);
             j["threads"] = pool.size();
             j["memory_plan"] = rt->memory.describe();
             j["memory_plan_bytes"] = {{"total", rt->memory.total_bytes},

@@ -60,21 +60,12 @@ double max_abs(const std::vector<float>& v) {
     return m;
 }
 
-const char* form_name(AttentionForm form) {
-    switch (form) {
-        case AttentionForm::automatic: return "auto";
-        case AttentionForm::absorbed: return "absorbed";
-        case AttentionForm::decompressed: return "decompressed";
-    }
-    return "?";
-}
-
 // Prompt logits and greedy tokens against transformers, in each form of MLA: auto (decompressed
 // for prefill, absorbed for decode), absorbed throughout, decompressed throughout (expanding 5
 // positions at a time, so the softmax is carried across blocks).
 void check_model(const std::string& name, int64_t batch_tokens) {
     for (AttentionForm form : {AttentionForm::automatic, AttentionForm::absorbed, AttentionForm::decompressed}) {
-        const std::string form_label = form_name(form);
+        const std::string form_label = attention_form_name(form);
         CAPTURE(name);
         CAPTURE(batch_tokens);
         CAPTURE(form_label);

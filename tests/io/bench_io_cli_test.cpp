@@ -14,6 +14,23 @@
 
 namespace fs = std::filesystem;
 
+namespace {
+struct CommandResult {
+    int status = -1;  // as pclose returns it
+    std::string out;
+};
+CommandResult run_capture(const std::string& cmd) {
+    CommandResult r;
+    FILE* pipe = popen(cmd.c_str(), "r");
+    REQUIRE(pipe != nullptr);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
+    r.status = pclose(pipe);
+    return r;
+}
+}  // namespace
+
 TEST_CASE("bench-io --json reports a positive rate and ordered percentiles for each method") {
     const char* bin = std::getenv("SLUICE_BIN");
     REQUIRE(bin != nullptr);
@@ -26,13 +43,7 @@ TEST_CASE("bench-io --json reports a positive rate and ordered percentiles for e
     }
     const std::string cmd = std::string(bin) + " bench-io '" + file.string() +
                             "' --bs 256K --qd 4 --seconds 0.5 --rounds 2 --no-fio --keep-cache --json 2>/dev/null";
-    FILE* pipe = popen(cmd.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-    const int status = pclose(pipe);
+    const auto [status, out] = run_capture(cmd);
     fs::remove_all(dir);
     REQUIRE(status == 0);
     const auto j = nlohmann::json::parse(out);
@@ -56,13 +67,7 @@ TEST_CASE("a bad option value ends with a clear message and exit status 2, not a
     for (const char* args : {"--attention flash", "--ram 12Q", "--resident sometimes"}) {
         CAPTURE(args);
         const std::string cmd = std::string(bin) + " run -m /nonexistent -p hi " + args + " 2>&1";
-        FILE* pipe = popen(cmd.c_str(), "r");
-        REQUIRE(pipe != nullptr);
-        std::string out;
-        char buf[4096];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-        const int status = pclose(pipe);
+        const auto [status, out] = run_capture(cmd);
         CAPTURE(out);
         CHECK(WIFEXITED(status));
         CHECK(WEXITSTATUS(status) == 2);
