@@ -17,6 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -27,6 +30,7 @@
 #include "engine/background_segment_io.hpp"
 #include "engine/sampler.hpp"
 #include "engine/streamer.hpp"
+#include "engine/synth.hpp"
 
 using namespace sluice;
 
@@ -166,8 +170,8 @@ TEST_CASE("steps wide enough to need every expert keep the last layers' experts 
     // so it reads every expert: a scan of 32 experts through a pool of fewer, which the streamer
     // evicts in scan order (acquire_expert_in_scan), down to a pool smaller than one layer's need.
     // Numbers must not change, and what the pool holds beyond the computing layer's 16 must reach
-    // the next step. (Two MoE layers are too few to show the gain over recency seen on the 5-layer
-    // V3 model, where a 512-token step after a 128-token one went from 0 to 91 experts cached.)
+    // the next step. (Two MoE layers are too few to show the gain over eviction by score; the next
+    // test shows it on five.)
     const std::string dir = fixture("hf_tiny_v3");
     const auto resident = load_model(dir);
     const int64_t vocab = resident->layout().vocab;
@@ -205,6 +209,58 @@ TEST_CASE("steps wide enough to need every expert keep the last layers' experts 
             if (expert_buffers > 16) CHECK(second.cache_hits >= expert_buffers - 16);
         }
     }
+}
+
+TEST_CASE("on five MoE layers, wide steps keep the later layers' experts for the next step") {
+    // A synthetic model (tiny preset, 1 dense + 5 MoE layers of 16 experts, top 4) and three steps
+    // of 70 tokens: each reads all 80 experts through a pool of 40. Evicting by score alone (the
+    // policy for narrow steps) found 24 of 80 in the pool at the second and third steps; evicting
+    // in scan order (acquire_expert_in_scan) finds 32-40. Speculation off: its timing varies.
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / fmt::format("sluice_scan_model_{}", ::getpid());
+    fs::remove_all(dir);
+    SynthOptions synth;
+    synth.config = synth_preset("tiny");
+    synth.config.n_layers = 6;
+    synth.config.first_k_dense_replace = 1;
+    synth.config.n_routed_experts = 16;
+    synth.config.num_experts_per_tok = 4;
+    synth.config.n_group = 1;
+    synth.config.topk_group = 1;
+    synth.output_dir = dir;
+    synth.weight_dtype = "F32";
+    write_synthetic_model(synth);
+    const auto resident = load_model(dir.string());
+    const auto model = open_model(dir.string());
+    const int64_t vocab = model->layout.vocab;
+    std::vector<int32_t> tokens(210);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7919 + 13) % size_t(vocab));
+    ThreadPool pool(2);
+    auto three_steps = [&](const ModelLayout& layout, WeightProvider& weights) {
+        ForwardOptions options;
+        options.max_context = 256;
+        options.max_batch_tokens = 70;
+        DeepseekForward forward(layout, weights, options, pool);
+        std::vector<float> out(static_cast<size_t>(vocab));
+        forward.forward(tokens, false, out.data());
+        return out;
+    };
+    const auto reference = three_steps(resident->layout(), *resident->provider);
+    StreamerIo io(model->source->files(), "auto", true);
+    StreamerOptions so;
+    so.resident = ResidentMode::none;
+    so.expert_buffers = 40;
+    so.speculate = false;
+    Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
+    CHECK(bit_identical(three_steps(model->layout, streamer), reference));
+    REQUIRE(streamer.steps().size() == 3);
+    for (size_t step : {1, 2}) {
+        const auto& s = streamer.steps()[step];
+        CAPTURE(s.to_json().dump());
+        CHECK(s.experts_needed == 80);
+        CHECK(s.cache_hits >= 28);
+    }
+    fs::remove_all(dir);
 }
 
 TEST_CASE("with the reader throttled, step time tracks the read time and waiting is reported") {
