@@ -92,6 +92,26 @@ bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// n token ids spread over the vocabulary, so that steps of them route to every expert.
+std::vector<int32_t> spread_tokens(size_t n, int64_t vocab) {
+    std::vector<int32_t> tokens(n);
+    for (size_t i = 0; i < n; ++i) tokens[i] = int32_t((i * 7919 + 13) % size_t(vocab));
+    return tokens;
+}
+
+// `tokens` run in steps of step_tokens: the logits of every position, or of the last one.
+std::vector<float> logits_in_steps(const ModelLayout& layout, WeightProvider& weights,
+                                   const std::vector<int32_t>& tokens, int64_t step_tokens, bool all_logits,
+                                   ThreadPool& pool) {
+    ForwardOptions options;
+    options.max_context = int64_t(tokens.size()) + 16;
+    options.max_batch_tokens = step_tokens;
+    DeepseekForward forward(layout, weights, options, pool);
+    std::vector<float> out((all_logits ? tokens.size() : 1) * size_t(layout.vocab));
+    forward.forward(tokens, all_logits, out.data());
+    return out;
+}
+
 }  // namespace
 
 TEST_CASE("streamed with --resident none and minimal buffers equals resident, bit for bit") {
@@ -174,20 +194,9 @@ TEST_CASE("steps wide enough to need every expert keep the last layers' experts 
     // test shows it on five.)
     const std::string dir = fixture("hf_tiny_v3");
     const auto resident = load_model(dir);
-    const int64_t vocab = resident->layout().vocab;
-    std::vector<int32_t> tokens(140);
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7919 + 13) % size_t(vocab));
+    const auto tokens = spread_tokens(140, resident->layout().vocab);  // two steps of 70
     ThreadPool pool(2);
-    auto two_steps = [&](const ModelLayout& layout, WeightProvider& weights) {
-        ForwardOptions options;
-        options.max_context = 160;
-        options.max_batch_tokens = 70;
-        DeepseekForward forward(layout, weights, options, pool);
-        std::vector<float> out(tokens.size() * size_t(vocab));
-        forward.forward(tokens, true, out.data());  // two steps of 70
-        return out;
-    };
-    const auto reference = two_steps(resident->layout(), *resident->provider);
+    const auto reference = logits_in_steps(resident->layout(), *resident->provider, tokens, 70, true, pool);
 
     const auto model = open_model(dir);
     for (int expert_buffers : {7, 20, 28}) {
@@ -200,7 +209,7 @@ TEST_CASE("steps wide enough to need every expert keep the last layers' experts 
             so.expert_buffers = expert_buffers;
             so.speculate = speculate;
             Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
-            CHECK(bit_identical(two_steps(model->layout, streamer), reference));
+            CHECK(bit_identical(logits_in_steps(model->layout, streamer, tokens, 70, true, pool), reference));
             REQUIRE(streamer.steps().size() == 2);
             const auto& second = streamer.steps()[1];
             CAPTURE(second.to_json().dump());
@@ -232,27 +241,16 @@ TEST_CASE("on five MoE layers, wide steps keep the later layers' experts for the
     write_synthetic_model(synth);
     const auto resident = load_model(dir.string());
     const auto model = open_model(dir.string());
-    const int64_t vocab = model->layout.vocab;
-    std::vector<int32_t> tokens(210);
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 7919 + 13) % size_t(vocab));
+    const auto tokens = spread_tokens(210, model->layout.vocab);  // three steps of 70
     ThreadPool pool(2);
-    auto three_steps = [&](const ModelLayout& layout, WeightProvider& weights) {
-        ForwardOptions options;
-        options.max_context = 256;
-        options.max_batch_tokens = 70;
-        DeepseekForward forward(layout, weights, options, pool);
-        std::vector<float> out(static_cast<size_t>(vocab));
-        forward.forward(tokens, false, out.data());
-        return out;
-    };
-    const auto reference = three_steps(resident->layout(), *resident->provider);
+    const auto reference = logits_in_steps(resident->layout(), *resident->provider, tokens, 70, false, pool);
     StreamerIo io(model->source->files(), "auto", true);
     StreamerOptions so;
     so.resident = ResidentMode::none;
     so.expert_buffers = 40;
     so.speculate = false;
     Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
-    CHECK(bit_identical(three_steps(model->layout, streamer), reference));
+    CHECK(bit_identical(logits_in_steps(model->layout, streamer, tokens, 70, false, pool), reference));
     REQUIRE(streamer.steps().size() == 3);
     for (size_t step : {1, 2}) {
         const auto& s = streamer.steps()[step];
