@@ -107,7 +107,7 @@ private:
     Buffer* acquire_expert(int for_layer, bool for_prediction, double prediction_score);
     Buffer* acquire_expert_in_scan(int for_layer, bool for_prediction);
     // Steps of at least this many tokens route to nearly every expert (64 x top_k 8 = 512 routes
-    // over 256 experts): they read each layer as a scan, and their guesses are nearly all right.
+    // over 256 experts): their guesses are nearly all right, so they may fill the pool.
     static constexpr int64_t kWideStepTokens = 64;
     // Reads in flight below which a needed read of such a step may evict experts kept for later layers.
     static constexpr int kScanReadsInFlight = 8;
@@ -156,6 +156,7 @@ private:
     std::vector<StepStats> steps_;
     int64_t step_index_ = 0;
     int computing_layer_ = -1;                 // the layer between begin_layer and end_layer
+    bool scan_step_ = false;                   // this step needs more experts than the pool holds
     std::chrono::steady_clock::time_point step_start_;
     // Union of read intervals inside the step.
     std::chrono::steady_clock::time_point read_busy_until_{};
