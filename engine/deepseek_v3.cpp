@@ -12,10 +12,16 @@ namespace sluice {
 
 namespace {
 int64_t max_of(std::initializer_list<int64_t> v) { return *std::max_element(v.begin(), v.end()); }
-cpu::DecompressedAttentionShape decompressed_shape(const ModelLayout& d) {
+}  // namespace
+
+cpu::DecompressedAttentionShape DeepseekForward::decompressed_shape(const ModelLayout& d) {
     return {int(d.n_heads), int(d.nope), int(d.rope_dim), int(d.v_dim), int(d.qk_head), d.softmax_scale};
 }
-}  // namespace
+
+// A kv_rank row for the transposed absorb product, or the rows transpose_to_f32 turns at a time.
+int64_t DeepseekForward::row_scratch_floats(const ModelLayout& d) {
+    return std::max(d.kv_rank, cpu::transpose_scratch_floats(d.nope));
+}
 
 AttentionForm parse_attention_form(const std::string& text) {
     if (text == "auto") return AttentionForm::automatic;
@@ -62,7 +68,7 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
     // the result does not depend on the order in which experts arrive from disk.
     alloc(expert_out_, n * std::max(d.router.top_k, 1) * d.hidden);
     const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
-    row_scratch_floats_ = std::max(d.kv_rank, cpu::transpose_scratch_floats(d.nope));
+    row_scratch_floats_ = row_scratch_floats(d);
     alloc(row_scratch_, int64_t(pool_.size()) * row_scratch_floats_);
     alloc(attention_scratch_, cpu::attention_scratch_floats(shape, options_.max_context, pool_.size()));
     decompress_block_ = std::min(options_.max_context, options_.decompress_block > 0 ? options_.decompress_block
@@ -232,6 +238,18 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
         }
     }
 
+    // k_b holds W_UK^T per head ([kv_rank, nope]): for the decompressed form it is turned round once
+    // per layer, whatever the number of sequences expanded, so the expansion is an ordinary GEMM
+    // (the transposed product ran at 57 GFLOP/s, under half the f32 GEMM's rate).
+    if (w.kv_b.rows == 0 &&
+        std::any_of(groups_.begin(), groups_.end(), [&](const auto& g) { return use_decompressed(g.count, positions_[size_t(g.begin)]); })) {
+        float* w_uk = w_uk_.as<float>();
+        pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
+            float* scratch = row_scratch_.as<float>() + int64_t(thread) * row_scratch_floats_;
+            for (int64_t h = h0; h < h1; ++h)
+                cpu::transpose_to_f32(w.k_b.row_slice(h * d.kv_rank, d.kv_rank), w_uk + h * d.nope * d.kv_rank, scratch);
+        });
+    }
     // Per sequence, the cheaper form; consecutive absorbed groups go together (a batched decode).
     for (size_t g = 0; g < groups_.size();) {
         if (use_decompressed(groups_[g].count, positions_[size_t(groups_[g].begin)])) {
@@ -318,7 +336,7 @@ void DeepseekForward::attention_absorbed(const LayerWeights& w, int layer, size_
 }
 
 // Decompressed form (spec §2.7) for one group: the sequence's cache is expanded through kv_b (or
-// k_b / v_b) a block of positions at a time into [k_nope | v] per head, and each block is folded
+// W_UK from k_b, and v_b) a block of positions at a time into [k_nope | v] per head, and each block is folded
 // into the output by the online softmax of cpu::mla_attention_decompressed_block.
 void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, size_t group) {
     const auto& d = layout_;
@@ -333,16 +351,7 @@ void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, s
     float* running_max = running_max_.as<float>() + g.begin * d.n_heads;
     float* running_sum = running_sum_.as<float>() + g.begin * d.n_heads;
     cpu::mla_decompressed_begin(shape, g.count, out, running_max, running_sum);
-    // k_b holds W_UK^T per head ([kv_rank, nope]): turned round once per layer, the expansion of
-    // every block is then an ordinary GEMM (the transposed product runs at a third of its rate).
-    float* w_uk = w_uk_.as<float>();
-    if (w.kv_b.rows == 0) {
-        pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
-            float* scratch = row_scratch_.as<float>() + int64_t(thread) * row_scratch_floats_;
-            for (int64_t h = h0; h < h1; ++h)
-                cpu::transpose_to_f32(w.k_b.row_slice(h * d.kv_rank, d.kv_rank), w_uk + h * d.nope * d.kv_rank, scratch);
-        });
-    }
+    const float* w_uk = w_uk_.as<float>();  // turned round by attention() for this layer
     for (int64_t first = 0; first < n_positions; first += decompress_block_) {
         const int64_t m = std::min(decompress_block_, n_positions - first);
         const float* c = latent + first * d.kv_rank;

@@ -14,6 +14,7 @@
 #include "engine/model_layout.hpp"
 #include "engine/model_weights.hpp"
 #include "engine/weight_provider.hpp"
+#include "kernels/cpu/ops.hpp"
 
 namespace sluice {
 
@@ -44,6 +45,9 @@ public:
     // Cache positions the decompressed form of attention expands at a time by default (V3: 256 x
     // 128 heads x 256 floats = 32 MiB); larger blocks only save per-block overhead.
     static constexpr int64_t kDecompressBlockPositions = 256;
+    // Shared with the memory planner, which sizes these buffers before any forward exists.
+    static cpu::DecompressedAttentionShape decompressed_shape(const ModelLayout& layout);
+    static int64_t row_scratch_floats(const ModelLayout& layout);  // per thread
 
     DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, ThreadPool& pool);
 

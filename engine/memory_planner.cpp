@@ -6,7 +6,6 @@
 
 #include "core/error.hpp"
 #include "engine/deepseek_v3.hpp"
-#include "kernels/cpu/matmul_transposed.hpp"
 #include "kernels/cpu/ops.hpp"
 
 namespace sluice {
@@ -40,15 +39,13 @@ uint64_t forward_activation_bytes(const ModelLayout& d, int64_t n, int64_t conte
                      + n * std::max<int64_t>(d.q_lora, 1) + n * d.n_heads * d.qk_head + n * d.cache_width() +
                      2 * n * d.n_heads * d.kv_rank + n * d.n_heads * d.rope_dim + n * d.n_heads * d.v_dim +
                      n * std::max<int64_t>(d.n_experts, 1) + 2 * n * widest + n * k * d.hidden +
-                     int64_t(n_threads) * std::max(d.kv_rank, cpu::transpose_scratch_floats(d.nope));
+                     int64_t(n_threads) * DeepseekForward::row_scratch_floats(d);
     const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
     floats += cpu::attention_scratch_floats(shape, context, n_threads);
     // The decompressed form: one expanded block of positions, its scratch, the running max and sum.
     const int64_t block = std::min(context, DeepseekForward::kDecompressBlockPositions);
-    const cpu::DecompressedAttentionShape decompressed{int(d.n_heads), int(d.nope), int(d.rope_dim), int(d.v_dim),
-                                                       int(d.qk_head), d.softmax_scale};
     floats += block * d.n_heads * (d.nope + d.v_dim) + d.n_heads * d.nope * d.kv_rank + 2 * n * d.n_heads +
-              cpu::decompressed_attention_scratch_floats(decompressed, block, n_threads);
+              cpu::decompressed_attention_scratch_floats(DeepseekForward::decompressed_shape(d), block, n_threads);
     return uint64_t(floats) * 4;
 }
 

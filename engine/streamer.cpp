@@ -116,6 +116,7 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     for (auto& r : regions)
         if (cuda::pin_host_memory(r.data(), r.size())) pinned_.push_back(r.data());
     expert_buffer_.assign(size_t(n_layers), std::vector<int>(size_t(layout_.n_experts), -1));
+    for (const auto& l : plan_.layers) n_moe_layers_ += !l.experts.empty();
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
     last_step_.assign(frequency_.size(), 0);
     needed_.reserve(size_t(layout_.n_experts));
@@ -391,12 +392,10 @@ void Streamer::begin_step(int64_t n_tokens) {
     // A scan: the distinct experts the step's routes are expected to touch (uniform routing) over
     // all MoE layers exceed the pool. Decoding 16 sequences on the 5-layer V3 model (~400 experts a
     // step through 188 buffers) read 146 GB in 16 steps evicting by score, 131 GB in scan order.
-    int64_t moe_layers = 0;
-    for (const auto& l : plan_.layers) moe_layers += !l.experts.empty();
     const double n_experts = double(std::max<int64_t>(layout_.n_experts, 1));
     const double per_layer =
         n_experts * (1.0 - std::pow(1.0 - 1.0 / n_experts, double(n_tokens) * double(std::max(layout_.router.top_k, 1))));
-    scan_step_ = !expert_pool_.empty() && per_layer * double(moe_layers) > double(expert_pool_.size());
+    scan_step_ = !expert_pool_.empty() && per_layer * double(n_moe_layers_) > double(expert_pool_.size());
     current_ = StepStats{};
     current_.n_tokens = n_tokens;
     current_.step = step_index_;

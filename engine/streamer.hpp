@@ -109,7 +109,7 @@ private:
     // Steps of at least this many tokens route to nearly every expert (64 x top_k 8 = 512 routes
     // over 256 experts): their guesses are nearly all right, so they may fill the pool.
     static constexpr int64_t kWideStepTokens = 64;
-    // Reads in flight below which a needed read of such a step may evict experts kept for later layers.
+    // Reads in flight below which a needed read of a scan step may evict experts kept for later layers.
     static constexpr int kScanReadsInFlight = 8;
     size_t buffer_alignment() const;
     double score(int layer, int expert) const;
@@ -140,8 +140,8 @@ private:
     std::vector<int32_t> needed_;
     std::vector<uint8_t> handed_;
     std::vector<int32_t> deferred_;            // needed but waiting for a free buffer
-    // Predictions not read yet. A guess is read only while no needed read is in flight (and at
-    // most kGuessReadsInFlight at a time), so a wrong guess costs idle disk time, never bandwidth
+    // Predictions not read yet. A guess is read only while no needed read is in flight (and only
+    // so many at a time: issue_guesses), so a wrong guess costs idle disk time, never bandwidth
     // that the step's own experts wait for.
     struct PendingGuess {
         int layer;
@@ -157,6 +157,7 @@ private:
     int64_t step_index_ = 0;
     int computing_layer_ = -1;                 // the layer between begin_layer and end_layer
     bool scan_step_ = false;                   // this step needs more experts than the pool holds
+    int64_t n_moe_layers_ = 0;
     std::chrono::steady_clock::time_point step_start_;
     // Union of read intervals inside the step.
     std::chrono::steady_clock::time_point read_busy_until_{};

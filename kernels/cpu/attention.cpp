@@ -109,8 +109,7 @@ void mla_attention_decompressed_block_on_path(CpuPath path, const DecompressedAt
             for (int g = 0; g < n_g; ++g) {
                 float* row = scores + g * row_floats;
                 const int64_t stat = (t0 + g) * n_heads + h;
-                float block_max = kMasked;
-                for (int64_t j = 0; j < seen; ++j) block_max = std::max(block_max, row[j]);
+                const float block_max = k.max_of(row, seen);
                 if (block_max == kMasked) {  // this query sees none of the block
                     std::fill(row, row + seen, 0.0f);
                     carry[g] = 1.0f;

@@ -41,6 +41,7 @@ struct PathKernels {
     void (*softmax)(float* x, int64_t n);
     // x[i] = exp(x[i] - shift) (-inf gives 0); returns their sum.
     float (*exp_sum)(float* x, int64_t n, float shift);
+    float (*max_of)(const float* x, int64_t n);  // -inf for n = 0
 };
 
 const PathKernels& scalar_kernels();
