@@ -16,6 +16,7 @@ namespace sluice::cpu {
 namespace {
 
 using quant_kernels::kMaxTokenGroup;
+using quant_kernels::QuadRowGroupFn;
 using quant_kernels::RowGroupFn;
 using quant_kernels::RowGroupTable;
 
@@ -137,9 +138,10 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const int64_t chunk_groups =
         std::clamp<int64_t>(kL1ActivationBytes / (std::min(token_group, n_tokens) * kGroupBytes), 1, n_groups);
     const int64_t chunk_blocks = chunk_groups * blocks_per_group;
+    const QuadRowGroupFn quad = w.type == DType::Q4_K ? table.q4_k_quad : nullptr;
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
         const void* a[kMaxTokenGroup];
-        float sums[kMaxTokenGroup];
+        float sums[4 * kMaxTokenGroup];
         float partial[kRowTile][kMaxTokenGroup];
         for (int64_t tile = r0; tile < r1; tile += kRowTile) {
             const int64_t tile_rows = std::min(kRowTile, r1 - tile);
@@ -149,7 +151,16 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                     const int64_t nb = std::min(chunk_blocks, n_blocks - c0);
                     const int64_t act_offset = c0 / blocks_per_group * kGroupBytes;
                     for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes + act_offset;
-                    for (int64_t i = 0; i < tile_rows; ++i) {
+                    int64_t i = 0;
+                    if (quad) {
+                        for (; i + 4 <= tile_rows; i += 4) {
+                            quad(base + (tile + i) * row_bytes + c0 * w_block_bytes, row_bytes, nb, a, n_tok, sums);
+                            for (int r = 0; r < 4; ++r)
+                                for (int t = 0; t < n_tok; ++t)
+                                    partial[i + r][t] = c0 == 0 ? sums[4 * t + r] : partial[i + r][t] + sums[4 * t + r];
+                        }
+                    }
+                    for (; i < tile_rows; ++i) {
                         fn(base + (tile + i) * row_bytes + c0 * w_block_bytes, nb, a, n_tok, sums);
                         for (int t = 0; t < n_tok; ++t) partial[i][t] = c0 == 0 ? sums[t] : partial[i][t] + sums[t];
                     }

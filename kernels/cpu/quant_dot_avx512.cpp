@@ -282,6 +282,144 @@ void row_group_k(const void* w, int64_t n_sb, const void* const* acts, int n_tok
     }
 }
 
+// ---- Q4_K, four rows at a time --------------------------------------------------------------
+// One row at a time, every token pays for the row's scales: two packs + two vpdpwssd per 256
+// weights, and a float epilogue with its own minimum term per super-block, beside four vpdpbusd.
+// Here 128-bit lane r of every vector holds row r of four neighbouring rows, straight from the
+// GGUF layout (16-byte chunks of each row's block, no repacking): one vpdpbusd covers 16 weights
+// of each of the four rows against the same 16 activation bytes broadcast to every lane, two of
+// them give a sub-block's eight-product partial sums (|sum| <= 8 * 15 * 127, exact in int16), and
+// one pack + one vpdpwssd applies two sub-blocks' scales for all four rows at once. The epilogue
+// (minimum term, d / dmin, the activation scale) is one per super-block for the four rows.
+
+// 16 bytes at p0..p3, one per 128-bit lane
+inline __m512i lanes4(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p1)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p2)), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p3)), 3);
+}
+inline __m512i broadcast16(const void* p) {
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(static_cast<const __m128i*>(p)));
+}
+
+// pshufb controls (the same in every lane): int16 pairs of sub-block scales / minimums
+struct Q4KQuadShuffles {
+    __m512i scale_pair[4];  // int16 x 4 of scale 2v, then x 4 of scale 2v + 1
+    __m512i min_pairs[2];   // int16 (m_j, m_j) for j = 0-3, then 4-7: against per-16 activation sums
+    Q4KQuadShuffles() {
+        alignas(16) int8_t b[16];
+        for (int v = 0; v < 4; ++v) {
+            for (int k = 0; k < 8; ++k) {
+                b[2 * k] = int8_t(2 * v + k / 4);
+                b[2 * k + 1] = int8_t(0x80);
+            }
+            scale_pair[v] = broadcast16(b);
+        }
+        for (int h = 0; h < 2; ++h) {
+            for (int k = 0; k < 8; ++k) {
+                b[2 * k] = int8_t(8 + 4 * h + k / 2);  // minimums sit in bytes 8-15
+                b[2 * k + 1] = int8_t(0x80);
+            }
+            min_pairs[h] = broadcast16(b);
+        }
+    }
+};
+
+template <bool kGfni, int NT>
+void quad_rows_q4k_n(const void* wv, int64_t row_bytes, int64_t n_sb, const void* const* acts, float* sums) {
+    static const Q4KQuadShuffles shuffles;
+    const auto* row0 = static_cast<const uint8_t*>(wv);
+    const ActivationBlockQ8K* a[NT];
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) {
+        a[t] = static_cast<const ActivationBlockQ8K*>(acts[t]);
+        acc[t] = _mm512_setzero_ps();
+    }
+    // int16 index of each row's d (dmin one above) for the four lanes of that row
+    const __m512i d_index = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                                             24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
+    const __m512i dmin_index = _mm512_add_epi16(d_index, _mm512_set1_epi16(1));
+    for (int64_t i = 0; i < n_sb; ++i) {
+        const uint8_t* b[4];
+        for (int r = 0; r < 4; ++r) {
+            b[r] = row0 + r * row_bytes + i * int64_t(sizeof(BlockQ4_K));
+            prefetch_ahead(reinterpret_cast<const BlockQ4_K*>(b[r]));
+        }
+        // The first 16 bytes of a block: d, dmin, then the 12 packed 6-bit scales and minimums.
+        // Per lane the dwords are [d|dmin, w0, w1, w2]; k4_scales_mins's word operations, per lane:
+        // scales 0-3 = w0 & 0x3f.., scales 4-7 = (w2 & 0x0f..) | ((w0 >> 6) & 3) << 4,
+        // mins 0-3 = w1 & 0x3f.., mins 4-7 = ((w2 >> 4) & 0x0f..) | ((w1 >> 6) & 3) << 4.
+        const __m512i head = lanes4(b[0], b[1], b[2], b[3]);
+        const __m512i low_src = _mm512_shuffle_epi32(head, _MM_PERM_ENUM(3 << 6 | 2 << 4 | 3 << 2 | 1));   // w0, w2, w1, w2
+        const __m512i high_src = _mm512_shuffle_epi32(head, _MM_PERM_ENUM(2 << 6 | 2 << 4 | 1 << 2 | 1));  // w0, w0, w1, w1
+        const __m512i low = _mm512_and_si512(_mm512_srlv_epi32(low_src, _mm512_set4_epi32(4, 0, 0, 0)),
+                                             _mm512_set4_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+        const __m512i high = _mm512_and_si512(_mm512_srli_epi32(high_src, 2), _mm512_set4_epi32(0x30303030, 0, 0x30303030, 0));
+        const __m512i scales_mins = _mm512_or_si512(low, high);  // per lane: scales 0-7, minimums 0-7
+        const __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(d_index, head)));
+        const __m512 dmin = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(dmin_index, head)));
+        __m512i dot[NT];
+        for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
+        // Two halves of 128 weights per row: chunks 4h .. 4h + 3 of qs, sub-blocks 4h .. 4h + 3.
+        // Chunk c (v = c / 2): low nibbles are sub-block 2v at elements 64v + 16(c % 2), high
+        // nibbles sub-block 2v + 1 at 32 further on.
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; ++half) {
+            __m512i lo[4], hi[4];
+            for (int k = 0; k < 4; ++k) {
+                const int off = 16 + 16 * (4 * half + k);  // past d, dmin and the scales
+                const __m512i packed = lanes4(b[0] + off, b[1] + off, b[2] + off, b[3] + off);
+                lo[k] = bit_fields<kGfni>(packed, 0, 0, 4);
+                hi[k] = bit_fields<kGfni>(packed, 4, 4, 4);
+            }
+            const __m512i sc0 = _mm512_shuffle_epi8(scales_mins, shuffles.scale_pair[2 * half]);
+            const __m512i sc1 = _mm512_shuffle_epi8(scales_mins, shuffles.scale_pair[2 * half + 1]);
+            for (int t = 0; t < NT; ++t) {
+                const int8_t* q = a[t][i].qs + 128 * half;
+                const __m512i z = _mm512_setzero_si512();
+                const __m512i s0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, lo[0], broadcast16(q)), lo[1], broadcast16(q + 16));
+                const __m512i s1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, hi[0], broadcast16(q + 32)), hi[1], broadcast16(q + 48));
+                const __m512i s2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, lo[2], broadcast16(q + 64)), lo[3], broadcast16(q + 80));
+                const __m512i s3 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, hi[2], broadcast16(q + 96)), hi[3], broadcast16(q + 112));
+                dot[t] = _mm512_dpwssd_epi32(dot[t], _mm512_packs_epi32(s0, s1), sc0);
+                dot[t] = _mm512_dpwssd_epi32(dot[t], _mm512_packs_epi32(s2, s3), sc1);
+            }
+        }
+        const __m512i min0 = _mm512_shuffle_epi8(scales_mins, shuffles.min_pairs[0]);
+        const __m512i min1 = _mm512_shuffle_epi8(scales_mins, shuffles.min_pairs[1]);
+        for (int t = 0; t < NT; ++t) {
+            // minimum term: m_j * (bsums[2j] + bsums[2j + 1]), four sub-blocks per vpdpwssd
+            const __m512i offset = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), min0, broadcast16(a[t][i].bsums)),
+                                                       min1, broadcast16(a[t][i].bsums + 8));
+            const __m512 f = _mm512_fmsub_ps(d, _mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(offset)));
+            acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(a[t][i].d), acc[t]);
+        }
+    }
+    // each row's four lanes summed: sums[4t + r]
+    for (int t = 0; t < NT; ++t) {
+        __m512 x = _mm512_add_ps(acc[t], _mm512_permute_ps(acc[t], 0x4e));
+        x = _mm512_add_ps(x, _mm512_permute_ps(x, 0xb1));
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, x);
+        for (int r = 0; r < 4; ++r) sums[4 * t + r] = lanes[4 * r];
+    }
+}
+
+template <bool kGfni>
+void quad_rows_q4k(const void* w, int64_t row_bytes, int64_t n_sb, const void* const* acts, int n_tok, float* sums) {
+    switch (n_tok) {
+        case 1: return quad_rows_q4k_n<kGfni, 1>(w, row_bytes, n_sb, acts, sums);
+        case 2: return quad_rows_q4k_n<kGfni, 2>(w, row_bytes, n_sb, acts, sums);
+        case 3: return quad_rows_q4k_n<kGfni, 3>(w, row_bytes, n_sb, acts, sums);
+        case 4: return quad_rows_q4k_n<kGfni, 4>(w, row_bytes, n_sb, acts, sums);
+        case 5: return quad_rows_q4k_n<kGfni, 5>(w, row_bytes, n_sb, acts, sums);
+        case 6: return quad_rows_q4k_n<kGfni, 6>(w, row_bytes, n_sb, acts, sums);
+        case 7: return quad_rows_q4k_n<kGfni, 7>(w, row_bytes, n_sb, acts, sums);
+        default: return quad_rows_q4k_n<kGfni, 8>(w, row_bytes, n_sb, acts, sums);
+    }
+}
+
 // ---- Q8_0 / Q4_0 against per-32 activations (ActivationGroupQ8), two blocks per vector -------
 // The weights are made unsigned so vpdpbusd takes them against the signed activations as they are:
 // Q8_0 flips the sign bit (u = w + 128), Q4_0 keeps its nibbles (u = w + 8), and
@@ -439,13 +577,15 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
 const RowGroupTable& avx512_vnni_row_groups() {
     static const RowGroupTable table{8, row_group_32<Q8_0Pair>, row_group_32<Q4_0Pair<false>>, row_group_k<Q2K<false>>,
                                      row_group_k<Q3K<false>>, row_group_k<Q4K<false>>, row_group_k<Q5K<false>>,
-                                     row_group_k<Q6K<false>>, quantize_q8, quantize_q8k};
+                                     row_group_k<Q6K<false>>, quantize_q8, quantize_q8k,
+                                     quad_rows_q4k<false>};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
     static const RowGroupTable table{8, row_group_32<Q8_0Pair>, row_group_32<Q4_0Pair<true>>, row_group_k<Q2K<true>>,
                                      row_group_k<Q3K<true>>, row_group_k<Q4K<true>>, row_group_k<Q5K<true>>,
-                                     row_group_k<Q6K<true>>, quantize_q8, quantize_q8k};
+                                     row_group_k<Q6K<true>>, quantize_q8, quantize_q8k,
+                                     quad_rows_q4k<true>};
     return table;
 }
 
