@@ -18,6 +18,7 @@
 #include "kernels/cpu/kernel_paths.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant_dot.hpp"
 
 using namespace sluice;
 
@@ -161,23 +162,35 @@ int main(int argc, char** argv) {
     }
 
     std::printf("\nGEMM (prefill, 2048x7168, weights cycled through >= 768 MiB so they come from DRAM as streamed\n"
-                "experts do): one call over n tokens vs. n separate GEMVs\n");
-    std::printf("%-14s %7s %7s %12s %12s %12s %9s\n", "type", "tokens", "threads", "ms/call", "GFLOP/s",
-                "n*gemv ms", "speedup");
-    for (DType type : {DType::F32, DType::BF16, DType::FP8_E4M3_B128, DType::Q8_0, DType::Q4_K, DType::Q2_K}) {
+                "experts do): one call over n tokens vs. n separate GEMVs; K-quants on AVX-512 also one row per\n"
+                "kernel call (1-row) vs. four (what runs)\n");
+    std::printf("%-14s %7s %7s %12s %12s %12s %9s %12s %9s\n", "type", "tokens", "threads", "ms/call", "GFLOP/s",
+                "n*gemv ms", "speedup", "1-row ms", "4 vs 1");
+    for (DType type : {DType::F32, DType::BF16, DType::FP8_E4M3_B128, DType::Q8_0, DType::Q2_K, DType::Q3_K,
+                       DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
         if (!only_type.empty() && only_type != dtype_name(type)) continue;
+        const bool k_quant = block_type(type).block_elems == 256 && cpu::cpu_path() == cpu::CpuPath::avx512;
         const int64_t rows = 2048, cols = 7168;
         Copies c = make_copies(type, rows, cols);
         for (int threads : thread_counts) {
             ThreadPool pool(threads);
             std::vector<float> x1(size_t(cols), 0.5f), y1(static_cast<size_t>(rows));
             const double gemv_s = seconds_per_gemm(c, type, rows, cols, 1, x1, y1, pool);
-            for (int64_t n_tokens : {4, 8, 16, 64}) {
+            for (int64_t n_tokens : {1, 4, 8, 16, 64}) {
+                if (n_tokens == 1 && !k_quant) continue;  // the GEMV table has it
                 std::vector<float> x(size_t(n_tokens * cols), 0.25f), y(size_t(n_tokens * rows));
                 const double s = seconds_per_gemm(c, type, rows, cols, n_tokens, x, y, pool);
-                std::printf("%-14s %7lld %7d %12.2f %12.1f %12.2f %9.2f\n", std::string(dtype_name(type)).c_str(),
+                double one_row_s = 0;
+                if (k_quant) {
+                    cpu::set_quant_dot_four_rows(false);
+                    one_row_s = seconds_per_gemm(c, type, rows, cols, n_tokens, x, y, pool);
+                    cpu::set_quant_dot_four_rows(true);
+                }
+                std::printf("%-14s %7lld %7d %12.2f %12.1f %12.2f %9.2f", std::string(dtype_name(type)).c_str(),
                             (long long)n_tokens, threads, s * 1e3, 2.0 * rows * cols * n_tokens / s / 1e9,
                             gemv_s * n_tokens * 1e3, gemv_s * n_tokens / s);
+                if (k_quant) std::printf(" %12.2f %9.2f", one_row_s * 1e3, one_row_s / s);
+                std::printf("\n");
             }
         }
     }

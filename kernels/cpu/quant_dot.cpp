@@ -45,7 +45,20 @@ RowGroupFn row_group_for(DType type, const RowGroupTable& table) {
     return nullptr;
 }
 
+QuadRowGroupFn quad_row_group_for(DType type, const RowGroupTable& table) {
+    switch (type) {
+        case DType::Q2_K: return table.q2_k_quad;
+        case DType::Q3_K: return table.q3_k_quad;
+        case DType::Q4_K: return table.q4_k_quad;
+        case DType::Q5_K: return table.q5_k_quad;
+        case DType::Q6_K: return table.q6_k_quad;
+        default: break;
+    }
+    return nullptr;
+}
+
 std::atomic<bool> g_gfni_allowed{true};
+std::atomic<bool> g_four_rows_allowed{true};
 
 bool is_k_quant(DType type) { return block_type(type).block_elems == 256; }
 
@@ -69,6 +82,7 @@ bool quant_dot_path_available(QuantDotPath path) {
 }
 
 void set_quant_dot_gfni(bool allowed) { g_gfni_allowed.store(allowed); }
+void set_quant_dot_four_rows(bool allowed) { g_four_rows_allowed.store(allowed); }
 
 bool quant_dot_uses_gfni() {
     // cpu_features has no GFNI bit; the compiler's own CPUID reading does
@@ -138,7 +152,8 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const int64_t chunk_groups =
         std::clamp<int64_t>(kL1ActivationBytes / (std::min(token_group, n_tokens) * kGroupBytes), 1, n_groups);
     const int64_t chunk_blocks = chunk_groups * blocks_per_group;
-    const QuadRowGroupFn quad = w.type == DType::Q4_K ? table.q4_k_quad : nullptr;
+    const QuadRowGroupFn quad =
+        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
         const void* a[kMaxTokenGroup];
         float sums[4 * kMaxTokenGroup];

@@ -25,6 +25,9 @@ QuantDotPath best_quant_dot_path();
 // (tests and benches cover both on one machine); process-wide, default true.
 void set_quant_dot_gfni(bool allowed);
 bool quant_dot_uses_gfni();
+// K-quants four rows per kernel call where the path has such kernels (AVX-512); off, one row per
+// call as on the other paths. For tests and benchmarks of both; on by default.
+void set_quant_dot_four_rows(bool allowed);
 
 // y[t * y_stride + r] = dot(w row r, x[t * x_stride ...]) for t < n_tokens. w.cols must be whole
 // blocks of w.type and w.type supported. Activations are quantised once per call into a

@@ -23,7 +23,7 @@ using QuantizeQ8Fn = void (*)(const float* x, ActivationGroupQ8* out, int64_t n)
 using QuantizeQ8KFn = void (*)(const float* x, ActivationBlockQ8K* out, int64_t n);
 
 // sums[4 * t + r] = dot(row r of four rows starting at w, row_bytes apart, acts[t]): one call
-// shares each super-block's scales among four rows (see quad_rows_q4k in quant_dot_avx512.cpp).
+// shares each super-block's scales among four rows (see quad_rows in quant_dot_avx512.cpp).
 using QuadRowGroupFn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, const void* const* acts,
                                 int n_tok, float* sums);
 
@@ -32,7 +32,9 @@ struct RowGroupTable {
     RowGroupFn q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k;
     QuantizeQ8Fn quantize_q8;
     QuantizeQ8KFn quantize_q8k;
-    QuadRowGroupFn q4_k_quad = nullptr;  // four rows per call where the path has it
+    // four rows per call, where the path has them (K-quants on AVX-512)
+    QuadRowGroupFn q2_k_quad = nullptr, q3_k_quad = nullptr, q4_k_quad = nullptr, q5_k_quad = nullptr,
+                   q6_k_quad = nullptr;
 };
 
 const RowGroupTable& scalar_row_groups();

@@ -115,13 +115,19 @@ void check_against_dequantised_reference() {
 }  // namespace
 
 // The AVX-512 path runs with and (where the CPU has it) without GFNI's bit-field unpacking.
+// The AVX-512 K-quants run four rows per call and (switched off) one row per call.
 TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activation-quantisation bound") {
-    for (bool gfni : {true, false}) {
-        cpu::set_quant_dot_gfni(gfni);
-        CAPTURE(cpu::quant_dot_uses_gfni());
-        check_against_dequantised_reference();
+    for (bool four_rows : {true, false}) {
+        cpu::set_quant_dot_four_rows(four_rows);
+        CAPTURE(four_rows);
+        for (bool gfni : {true, false}) {
+            cpu::set_quant_dot_gfni(gfni);
+            CAPTURE(cpu::quant_dot_uses_gfni());
+            check_against_dequantised_reference();
+        }
     }
     cpu::set_quant_dot_gfni(true);
+    cpu::set_quant_dot_four_rows(true);
 }
 
 TEST_CASE("fused gemm refuses types and shapes it has no kernel for") {
@@ -185,12 +191,17 @@ void check_simd_against_scalar() {
 }  // namespace
 
 TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
-    for (bool gfni : {true, false}) {
-        cpu::set_quant_dot_gfni(gfni);
-        CAPTURE(cpu::quant_dot_uses_gfni());
-        check_simd_against_scalar();
+    for (bool four_rows : {true, false}) {
+        cpu::set_quant_dot_four_rows(four_rows);
+        CAPTURE(four_rows);
+        for (bool gfni : {true, false}) {
+            cpu::set_quant_dot_gfni(gfni);
+            CAPTURE(cpu::quant_dot_uses_gfni());
+            check_simd_against_scalar();
+        }
     }
     cpu::set_quant_dot_gfni(true);
+    cpu::set_quant_dot_four_rows(true);
 }
 
 // Every path quantises activations to the same bytes (same scale, same round-to-nearest-even), so
