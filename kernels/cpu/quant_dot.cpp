@@ -45,12 +45,17 @@ RowGroupFn row_group_for(DType type, const RowGroupTable& table) {
     return nullptr;
 }
 
-QuadRowGroupFn quad_row_group_for(DType type, const RowGroupTable& table) {
+// Four rows per call pays where the scales and epilogue are a large share of the work: from one
+// token for Q2_K / Q4_K / Q6_K, but Q3_K (hmask bits) and Q5_K (qh bits) unpack more per weight
+// vector and are slower four rows at a time below 8 tokens (bench_gemv --gemm, 2048x7168 from
+// DRAM, 2 threads, four rows / one row: Q3_K 1 token 0.86, 4 tokens 0.96, 8 tokens 1.22; Q5_K
+// 0.96 / 0.92 / 1.34).
+QuadRowGroupFn quad_row_group_for(DType type, int64_t n_tokens, const RowGroupTable& table) {
     switch (type) {
         case DType::Q2_K: return table.q2_k_quad;
-        case DType::Q3_K: return table.q3_k_quad;
+        case DType::Q3_K: return n_tokens >= 8 ? table.q3_k_quad : nullptr;
         case DType::Q4_K: return table.q4_k_quad;
-        case DType::Q5_K: return table.q5_k_quad;
+        case DType::Q5_K: return n_tokens >= 8 ? table.q5_k_quad : nullptr;
         case DType::Q6_K: return table.q6_k_quad;
         default: break;
     }
@@ -153,7 +158,7 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
         std::clamp<int64_t>(kL1ActivationBytes / (std::min(token_group, n_tokens) * kGroupBytes), 1, n_groups);
     const int64_t chunk_blocks = chunk_groups * blocks_per_group;
     const QuadRowGroupFn quad =
-        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
+        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, n_tokens, table) : nullptr;
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
         const void* a[kMaxTokenGroup];
         float sums[4 * kMaxTokenGroup];

@@ -3,7 +3,9 @@
 // products are summed per 4 (vpdpbusd), packed to int16, times the per-16 scales into int32 (vpdpwssd),
 // kept in int32 across the super-block and turned to float once per super-block. The offset /
 // minimum term comes from the activations' per-16 sums (one vpmaddwd per super-block). See
-// quant_dot_scalar.cpp for the decomposition every type is read into.
+// quant_dot_scalar.cpp for the decomposition every type is read into. Where a call covers four
+// rows (quad_rows, below; what the dispatch uses for K-quants), each 128-bit lane is one of the
+// four rows instead, so the scales and the epilogue are paid once for four rows.
 #include <immintrin.h>
 
 #include <algorithm>
