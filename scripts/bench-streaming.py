@@ -57,10 +57,11 @@ def find_sluice(arg):
         return arg
     if os.environ.get("SLUICE_BIN"):
         return os.environ["SLUICE_BIN"]
-    for d in ("build", "build-streaming", "build-main"):
-        p = ROOT / d / "engine" / "sluice"
-        if p.exists():
-            return str(p)
+    # the most recently built of the build directories: a stale one left beside a fresh one would
+    # measure old code (it happened: build/ from hours before beside build-main/)
+    found = sorted((p for p in ROOT.glob("build*/engine/sluice") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    if found:
+        return str(found[-1])
     raise SystemExit("no sluice binary: build it (scripts/build.sh) or pass --sluice / set SLUICE_BIN")
 
 
@@ -263,10 +264,14 @@ def main():
     size = model.stat().st_size
     log(f"model {model} {size / 1e9:.1f} GB, cap {cap / 2**30:.2f} GiB ({size / cap:.1f}x the cap), "
         f"load average {os.getloadavg()[0]:.2f}")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    built = datetime.datetime.utcfromtimestamp(os.stat(sluice).st_mtime).isoformat() + "Z"
+    log(f"sluice binary {sluice} (built {built}; tree at {head or '?'})")
 
     result = {"model": str(model), "model_bytes": size, "memory_max": cap, "threads": args.threads,
               "prompt_lengths": args.prompt_lengths, "decode": args.decode, "batch_sizes": args.batch_sizes,
-              "started": datetime.datetime.utcnow().isoformat() + "Z", "load_average_start": os.getloadavg()}
+              "started": datetime.datetime.utcnow().isoformat() + "Z", "load_average_start": os.getloadavg(),
+              "sluice_binary": sluice, "sluice_built": built, "git_head": head}
     io = None if args.skip_io else bench_io(sluice, model, args)
     result["bench_io"] = io
     s = None if args.skip_sluice else bench_sluice(sluice, model, cap, args)
