@@ -74,7 +74,7 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
     decompress_block_ = std::min(options_.max_context, options_.decompress_block > 0 ? options_.decompress_block
                                                                                    : kDecompressBlockPositions);
     alloc(kv_block_, decompress_block_ * d.n_heads * (d.nope + d.v_dim));
-    alloc(w_uk_, d.n_heads * d.nope * d.kv_rank);
+    if (d.split_kv_b) alloc(w_uk_, d.n_heads * d.nope * d.kv_rank);
     alloc(running_max_, n * d.n_heads);
     alloc(running_sum_, n * d.n_heads);
     alloc(decompressed_scratch_,
@@ -243,6 +243,8 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
     // (the transposed product ran at 57 GFLOP/s, under half the f32 GEMM's rate).
     if (w.kv_b.rows == 0 &&
         std::any_of(groups_.begin(), groups_.end(), [&](const auto& g) { return use_decompressed(g.count, positions_[size_t(g.begin)]); })) {
+        if (!w_uk_.data())
+            fail(ErrorKind::invalid_input, "layer {}: attn_k_b in a model whose layout said kv_b (split_kv_b false)", layer);
         float* w_uk = w_uk_.as<float>();
         pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
             float* scratch = row_scratch_.as<float>() + int64_t(thread) * row_scratch_floats_;

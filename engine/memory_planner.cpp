@@ -44,7 +44,7 @@ uint64_t forward_activation_bytes(const ModelLayout& d, int64_t n, int64_t conte
     floats += cpu::attention_scratch_floats(shape, context, n_threads);
     // The decompressed form: one expanded block of positions, its scratch, the running max and sum.
     const int64_t block = std::min(context, DeepseekForward::kDecompressBlockPositions);
-    floats += block * d.n_heads * (d.nope + d.v_dim) + d.n_heads * d.nope * d.kv_rank + 2 * n * d.n_heads +
+    floats += block * d.n_heads * (d.nope + d.v_dim) + (d.split_kv_b ? d.n_heads * d.nope * d.kv_rank : 0) + 2 * n * d.n_heads +
               cpu::decompressed_attention_scratch_floats(DeepseekForward::decompressed_shape(d), block, n_threads);
     return uint64_t(floats) * 4;
 }

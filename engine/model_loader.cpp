@@ -29,6 +29,7 @@ std::unique_ptr<OpenModel> open_hf(const fs::path& dir) {
     m->layout = ModelLayout::from(m->config);
     m->source = std::make_unique<SafetensorsSource>(SafetensorsCheckpoint::open(dir));
     m->plan = plan_hf_model(m->layout, *m->source);
+    m->layout.split_kv_b = plan_has_role(m->plan, WeightRole::k_b);
     open_hf_tokenizer(dir, *m);
     return m;
 }
@@ -41,6 +42,7 @@ std::unique_ptr<OpenModel> open_gguf_model(const fs::path& file) {
     m->config = model_config_from_gguf(source->model());
     m->layout = ModelLayout::from(m->config);
     m->plan = plan_gguf_model(m->layout, *source);
+    m->layout.split_kv_b = plan_has_role(m->plan, WeightRole::k_b);
     const auto md = source->model().metadata();
     if (md.has("tokenizer.ggml.tokens")) {
         const std::string pre = md.has("tokenizer.ggml.pre") ? md.get_string("tokenizer.ggml.pre") : "";

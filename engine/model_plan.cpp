@@ -44,6 +44,13 @@ uint64_t Segment::bytes() const {
     return total;
 }
 
+bool plan_has_role(const ModelPlan& plan, WeightRole role) {
+    for (const auto& l : plan.layers)
+        for (const auto& t : l.dense.tensors)
+            if (t.role == role) return true;
+    return false;
+}
+
 uint64_t ModelPlan::total_bytes() const {
     uint64_t total = global_vectors.bytes() + globals.bytes();
     for (const auto& l : layers) {

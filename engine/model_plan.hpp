@@ -64,6 +64,9 @@ struct ModelPlan {
     uint64_t total_bytes() const;
 };
 
+// Whether any layer's dense segment holds a tensor of this role (e.g. k_b: the file splits kv_b).
+bool plan_has_role(const ModelPlan& plan, WeightRole role);
+
 // Plans a Hugging Face checkpoint (official names, spec §3.2), checking every tensor's
 // presence, shape and type against the layout; errors name the checkpoint and the tensor.
 ModelPlan plan_hf_model(const ModelLayout& layout, const TensorSource& source);

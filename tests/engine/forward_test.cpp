@@ -73,6 +73,7 @@ void check_model(const std::string& name, int64_t batch_tokens) {
         ThreadPool pool(2);
         const auto model = load_model(f.dir);
         const int64_t vocab = model->layout().vocab;
+        CHECK_FALSE(model->layout().split_kv_b);  // HF checkpoints keep kv_b_proj whole: no W_UK buffer
         REQUIRE(f.logits.shape == std::vector<int64_t>{int64_t(f.prompt.size()), vocab});
 
         ForwardOptions options;

@@ -87,6 +87,8 @@ TEST_CASE("GGUF files from llama.cpp's converter and quantiser match transformer
 
         const auto model = load_model(file);
         const int64_t vocab = model->layout().vocab;
+        // llama.cpp's converter splits kv_b into attn_k_b / attn_v_b: the forward needs its W_UK buffer
+        CHECK(model->layout().split_kv_b == (model->open->source->find("blk.0.attn_k_b.weight") != nullptr));
         ThreadPool pool(2);
         // The default fused path quantises activations like llama.cpp, and is held to the same
         // cosine against the exact path as llama.cpp's own logits are (these random tiny models
