@@ -228,10 +228,11 @@ alignas(64) constexpr int16_t kPairScaleIndex16[2][32] = {
 // machine (a 725 MiB Q6_K GEMV: 1 KiB 0.61, 4 KiB 0.75, 8 KiB 0.77 of the read loop's GB/s).
 constexpr int kPrefetchBytes = 8192;
 
-template <typename Block>
-inline void prefetch_ahead(const Block* block) {
-    const char* p = reinterpret_cast<const char*>(block) + kPrefetchBytes;
-    for (size_t line = 0; line < (sizeof(Block) + 63) / 64; ++line) _mm_prefetch(p + 64 * line, _MM_HINT_T0);
+// Every cache line of the kBytes starting at `at`, kPrefetchBytes further on.
+template <size_t kBytes>
+inline void prefetch_ahead(const void* at) {
+    const char* p = static_cast<const char*>(at) + kPrefetchBytes;
+    for (size_t line = 0; line < (kBytes + 63) / 64; ++line) _mm_prefetch(p + 64 * line, _MM_HINT_T0);
 }
 
 template <typename K, int NT>
@@ -244,7 +245,7 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
         acc[t] = _mm512_setzero_ps();
     }
     for (int64_t i = 0; i < n_sb; ++i) {
-        prefetch_ahead(w + i);
+        prefetch_ahead<sizeof(typename K::Block)>(w + i);
         const K k(w[i]);
         const __m512i scales = _mm512_castsi256_si512(k.s);  // indices stay below 16
         __m512i dot[NT];
@@ -490,8 +491,7 @@ void quad_rows_n(const void* wv, int64_t row_bytes, int64_t n_sb, const void* co
         const uint8_t* b[4];
         for (int r = 0; r < 4; ++r) {
             b[r] = row0 + r * row_bytes + i * int64_t(Q::kBlockBytes);
-            for (int line = 0; line < (Q::kBlockBytes + 63) / 64; ++line)
-                _mm_prefetch(reinterpret_cast<const char*>(b[r]) + kPrefetchBytes + 64 * line, _MM_HINT_T0);
+            prefetch_ahead<Q::kBlockBytes>(b[r]);
         }
         const Q q(b);
         __m512i dot[NT];
@@ -627,8 +627,7 @@ void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, f
     for (int64_t g = 0; 8 * g < n_blocks; ++g) {
         const Block* wb = w + 8 * g;
         const int nb = int(std::min<int64_t>(8, n_blocks - 8 * g));
-        for (size_t line = 0; line < (8 * sizeof(Block) + 63) / 64; ++line)
-            _mm_prefetch(reinterpret_cast<const char*>(wb) + kPrefetchBytes + 64 * line, _MM_HINT_T0);
+        prefetch_ahead<8 * sizeof(Block)>(wb);
         const __mmask8 present = __mmask8((1u << nb) - 1);
         const __m256i d_words = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), present, d_offsets, wb, 1);
         const __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(d_words));  // 0 for absent blocks

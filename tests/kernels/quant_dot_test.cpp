@@ -112,22 +112,27 @@ void check_against_dequantised_reference() {
     }
 }
 
-}  // namespace
-
-// The AVX-512 path runs with and (where the CPU has it) without GFNI's bit-field unpacking.
-// The AVX-512 K-quants run four rows per call and (switched off) one row per call.
-TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activation-quantisation bound") {
+// The AVX-512 path runs with and (where the CPU has it) without GFNI's bit-field unpacking, and its
+// K-quants four rows per call and (switched off) one row per call: `check` runs under each.
+template <typename Check>
+void for_each_avx512_variant(Check check) {
     for (bool four_rows : {true, false}) {
         cpu::set_quant_dot_four_rows(four_rows);
         CAPTURE(four_rows);
         for (bool gfni : {true, false}) {
             cpu::set_quant_dot_gfni(gfni);
             CAPTURE(cpu::quant_dot_uses_gfni());
-            check_against_dequantised_reference();
+            check();
         }
     }
     cpu::set_quant_dot_gfni(true);
     cpu::set_quant_dot_four_rows(true);
+}
+
+}  // namespace
+
+TEST_CASE("fused quantised gemm matches dequantise-then-dot within the activation-quantisation bound") {
+    for_each_avx512_variant(check_against_dequantised_reference);
 }
 
 TEST_CASE("fused gemm refuses types and shapes it has no kernel for") {
@@ -191,17 +196,7 @@ void check_simd_against_scalar() {
 }  // namespace
 
 TEST_CASE("every SIMD path equals the scalar reference to float rounding") {
-    for (bool four_rows : {true, false}) {
-        cpu::set_quant_dot_four_rows(four_rows);
-        CAPTURE(four_rows);
-        for (bool gfni : {true, false}) {
-            cpu::set_quant_dot_gfni(gfni);
-            CAPTURE(cpu::quant_dot_uses_gfni());
-            check_simd_against_scalar();
-        }
-    }
-    cpu::set_quant_dot_gfni(true);
-    cpu::set_quant_dot_four_rows(true);
+    for_each_avx512_variant(check_simd_against_scalar);
 }
 
 // Every path quantises activations to the same bytes (same scale, same round-to-nearest-even), so
