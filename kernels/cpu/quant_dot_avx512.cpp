@@ -389,7 +389,7 @@ struct QuadQ4K {
             }
         }
     }
-    static void weights(const uint8_t* const* b, int g, __m512i* w) {
+    void weights(const uint8_t* const* b, int g, __m512i* w) const {
         nibbles(b, offsetof(BlockQ4_K, qs), g, w, false, _mm512_setzero_si512(), _mm512_setzero_si512());
     }
 };
@@ -397,10 +397,11 @@ struct QuadQ4K {
 template <bool kGfni>
 struct QuadQ5K : QuadQ4K<kGfni> {  // Q4_K's header and nibbles, plus a fifth bit from qh
     static constexpr int kBlockBytes = sizeof(BlockQ5_K);
-    using QuadQ4K<kGfni>::QuadQ4K;
-    static void weights(const uint8_t* const* b, int g, __m512i* w) {
-        QuadQ4K<kGfni>::nibbles(b, offsetof(BlockQ5_K, qs), g, w, true, lanes4(b, offsetof(BlockQ5_K, qh)),
-                                lanes4(b, offsetof(BlockQ5_K, qh) + 16));
+    __m512i qh0, qh1;  // read once, used by both groups
+    explicit QuadQ5K(const uint8_t* const* b)
+        : QuadQ4K<kGfni>(b), qh0(lanes4(b, offsetof(BlockQ5_K, qh))), qh1(lanes4(b, offsetof(BlockQ5_K, qh) + 16)) {}
+    void weights(const uint8_t* const* b, int g, __m512i* w) const {
+        QuadQ4K<kGfni>::nibbles(b, offsetof(BlockQ5_K, qs), g, w, true, qh0, qh1);
     }
 };
 
@@ -416,7 +417,7 @@ struct QuadQ6K {
     }
     // Elements 128g + l (l < 64): the low nibble of ql[64g + l]; 128g + 64 + l: its high nibble.
     // Bits 4-5 from qh[32g + l % 32]: bits 0-1 (l < 32) or 2-3, and 4-5 or 6-7 for the high nibbles.
-    static void weights(const uint8_t* const* b, int g, __m512i* w) {
+    void weights(const uint8_t* const* b, int g, __m512i* w) const {
         const int64_t ql = offsetof(BlockQ6_K, ql) + 64 * g, qh = offsetof(BlockQ6_K, qh) + 32 * g;
         const __m512i qh0 = lanes4(b, qh), qh1 = lanes4(b, qh + 16);
         for (int m = 0; m < 4; ++m) {
@@ -443,7 +444,7 @@ struct QuadQ2K {
         dmin = lane_halves(tail, 7);
     }
     // Elements 128g + 32j + 16h + i: bits 2j, 2j + 1 of qs[32g + 16h + i]
-    static void weights(const uint8_t* const* b, int g, __m512i* w) {
+    void weights(const uint8_t* const* b, int g, __m512i* w) const {
         for (int h = 0; h < 2; ++h) {
             const __m512i packed = lanes4(b, offsetof(BlockQ2_K, qs) + 32 * g + 16 * h);
             for (int j = 0; j < 4; ++j) w[2 * j + h] = bit_fields<kGfni>(packed, 2 * j, 2 * j, 2);
@@ -457,7 +458,10 @@ struct QuadQ3K {
     static constexpr bool kOffsetAtScaleD = true;
     __m512i scales, offsets;
     __m512 d, dmin;
+    __m512i hmask[2];  // read once, used by both groups
     explicit QuadQ3K(const uint8_t* const* b) {
+        hmask[0] = lanes4(b, offsetof(BlockQ3_K, hmask));
+        hmask[1] = lanes4(b, offsetof(BlockQ3_K, hmask) + 16);
         __m512i s = _mm512_castsi128_si512(q3k_scales(b[0] + offsetof(BlockQ3_K, scales)));
         s = _mm512_inserti32x4(s, q3k_scales(b[1] + offsetof(BlockQ3_K, scales)), 1);
         s = _mm512_inserti32x4(s, q3k_scales(b[2] + offsetof(BlockQ3_K, scales)), 2);
@@ -465,13 +469,12 @@ struct QuadQ3K {
         d = dmin = lane_halves(lanes4(b, kBlockBytes - 16), 7);  // d ends the block
     }
     // Q2_K's fields from qs, plus 4 where bit 4g + j of hmask[16h + i] is set
-    static void weights(const uint8_t* const* b, int g, __m512i* w) {
+    void weights(const uint8_t* const* b, int g, __m512i* w) const {
         for (int h = 0; h < 2; ++h) {
             const __m512i packed = lanes4(b, offsetof(BlockQ3_K, qs) + 32 * g + 16 * h);
-            const __m512i hmask = lanes4(b, offsetof(BlockQ3_K, hmask) + 16 * h);
             for (int j = 0; j < 4; ++j)
                 w[2 * j + h] = _mm512_or_si512(bit_fields<kGfni>(packed, 2 * j, 2 * j, 2),
-                                               bit_fields<kGfni>(hmask, 4 * g + j, 4 * g + j, 1, 2));
+                                               bit_fields<kGfni>(hmask[h], 4 * g + j, 4 * g + j, 1, 2));
         }
     }
 };
@@ -501,7 +504,7 @@ void quad_rows_n(const void* wv, int64_t row_bytes, int64_t n_sb, const void* co
 #pragma GCC unroll 2
         for (int g = 0; g < 2; ++g) {
             __m512i w[8];
-            Q::weights(b, g, w);
+            q.weights(b, g, w);
             if constexpr (Q::kSubBlock == 32) {
                 const __m512i sc0 = int16_from_high_bytes(q.scales, shuffles.scale_pair[2 * g], 8);
                 const __m512i sc1 = int16_from_high_bytes(q.scales, shuffles.scale_pair[2 * g + 1], 8);
