@@ -93,8 +93,9 @@ struct Shape {
 void bench_gemv(const Options& o, cudaStream_t stream, double read_gbs) {
     const Shape shapes[] = {{"expert gate/up 2048x7168", 2048, 7168}, {"expert down 7168x2048", 7168, 2048},
                             {"q_b 24576x1536", 24576, 1536}};
-    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::FP8_E4M3_B128,
-                           DType::Q8_0, DType::Q6_K, DType::Q4_K};
+    const DType types[] = {DType::F32,  DType::F16,  DType::BF16,   DType::FP8_E4M3_B128, DType::Q8_0, DType::Q4_0,
+                           DType::Q4_1, DType::Q5_0, DType::Q5_1,   DType::Q2_K,          DType::Q3_K, DType::Q4_K,
+                           DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS};
     std::printf("\n== decode GEMV (batch 1), working set %lld MiB rotated\n%-14s %-26s %10s %10s %8s\n",
                 (long long)(kWorkingSetBytes >> 20), "type", "shape", "us", "GB/s", "% read");
     cuda::DeviceBuffer x(7168 * 4 * 8), y(24576 * 4 * 8);

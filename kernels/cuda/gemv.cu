@@ -208,18 +208,16 @@ void launch(const Matrix& w, const GemvArgs& a, cudaStream_t stream) {
         case DType::F16: plain(std::integral_constant<DType, DType::F16>{}, 8); break;
         case DType::BF16: plain(std::integral_constant<DType, DType::BF16>{}, 8); break;
         case DType::FP8_E4M3_B128: plain(std::integral_constant<DType, DType::FP8_E4M3_B128>{}, 16); break;
-        case DType::Q8_0:
-        case DType::Q4_K:
-        case DType::Q6_K:
-            if (!x_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: x rows not 16-byte aligned", __FILE__, __LINE__);
-            if (w.type == DType::Q8_0) gemv_quant_kernel<DType::Q8_0, NT><<<grid, block, 0, stream>>>(a);
-            if (w.type == DType::Q4_K) {
-                if (!rows_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: Q4_K rows not 16-byte aligned", __FILE__, __LINE__);
-                gemv_quant_kernel<DType::Q4_K, NT><<<grid, block, 0, stream>>>(a);
-            }
-            if (w.type == DType::Q6_K) gemv_quant_kernel<DType::Q6_K, NT><<<grid, block, 0, stream>>>(a);
-            break;
-        default: throw_cuda_error(int(cudaErrorNotSupported), "gemv: no device kernel for this weight type", __FILE__, __LINE__);
+        default: {
+            const bool known = detail::visit_quant_type(w.type, [&](auto type_tag) {
+                constexpr DType T = decltype(type_tag)::value;
+                if (!x_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: x rows not 16-byte aligned", __FILE__, __LINE__);
+                if (!detail::rows_meet_alignment<T>(a.w, a.row_bytes))
+                    throw_weight_error("gemv", T, "rows not aligned for the block loads (device pointer and row bytes)");
+                gemv_quant_kernel<T, NT><<<grid, block, 0, stream>>>(a);
+            });
+            if (!known) throw_weight_error("gemv", w.type, "no device kernel for this type");
+        }
     }
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
@@ -231,11 +229,8 @@ bool has_gemv_kernel(DType type) {
         case DType::F32:
         case DType::F16:
         case DType::BF16:
-        case DType::FP8_E4M3_B128:
-        case DType::Q8_0:
-        case DType::Q4_K:
-        case DType::Q6_K: return true;
-        default: return false;
+        case DType::FP8_E4M3_B128: return true;
+        default: return detail::visit_quant_type(type, [](auto) {});
     }
 }
 

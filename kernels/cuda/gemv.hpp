@@ -1,7 +1,8 @@
 // Decode GEMV on the device over weights as stored: y = W x for a Matrix whose `data` (and FP8
 // `block_scales`) point to device memory. One warp per row, four rows per block, fp32
 // accumulation; F32/F16/BF16/FP8 rows are read in 128-bit loads interleaved across the warp,
-// Q8_0/Q4_K/Q6_K rows one 32-weight group per lane.
+// block-quantised rows (every block type the CPU reads: Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, IQ4_NL,
+// IQ4_XS) one 32-weight group per lane through the decoders of quant_codecs.cuh.
 #pragma once
 
 #include <cuda_runtime_api.h>
