@@ -2,24 +2,21 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/cpu/matmul.hpp"
 #include "kernels/cuda/cuda_error.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace sluice::cuda {
 
 namespace {
 
 using detail::Codec;
+using detail::warp_sum;
 
 constexpr int kWarpsPerBlock = 4;
 // A batched launch keeps at most this many token sums per lane in registers.
 constexpr int kMaxTokensPerLaunch = 8;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 struct GemvArgs {
     const uint8_t* w;
@@ -237,6 +234,8 @@ bool has_gemv_kernel(DType type) {
 void gemv_batched(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y,
                   int64_t y_stride, cudaStream_t stream) {
     if (w.rows == 0 || n_tokens == 0) return;
+    if (cpu::quant_dot() == cpu::QuantDot::fused && has_q8_gemv_kernel(w.type))
+        return gemv_batched_q8(w, x, x_stride, n_tokens, y, y_stride, stream);
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokensPerLaunch) {
         const int nt = int(std::min<int64_t>(kMaxTokensPerLaunch, n_tokens - t0));
         const GemvArgs a{static_cast<const uint8_t*>(w.data), w.rows, w.cols, w.bytes_per_row(), w.block_scales,

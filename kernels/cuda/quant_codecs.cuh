@@ -179,21 +179,61 @@ struct Codec;
 
 // Blocks of 32: group g is block g.
 
+// The integer form of a group that the fused (int8 dot) GEMV also reads: 32 bytes of quants in
+// weight order, four to a word, and the block's scale. Q8_0's bytes are signed, Q4_0's are the
+// unsigned nibbles (the weight is nibble - 8).
+struct BlockGroup {
+    uint32_t u[8];
+    float d;
+};
+
 template <>
 struct Codec<DType::Q8_0> {
     static constexpr int block_bytes = 34, row_alignment = 2;
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+    SLUICE_HD static BlockGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + g * block_bytes;
-        const float d = half_bits_to_float(uint16_t(load_u16(b)));
         const auto q = load_words<8>(b + 2);
+        BlockGroup o;
+SLUICE_UNROLL
+        for (int i = 0; i < 8; ++i) o.u[i] = q.w[i];
+        o.d = half_bits_to_float(uint16_t(load_u16(b)));
+        return o;
+    }
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+        const BlockGroup q = unpack(row, g);
 SLUICE_UNROLL
         for (int i = 0; i < 8; ++i)
 SLUICE_UNROLL
-            for (int k = 0; k < 4; ++k) out[4 * i + k] = mul_rn(byte_value(q.w[i] ^ 0x80808080u, k, 128.0f), d);
+            for (int k = 0; k < 4; ++k) out[4 * i + k] = mul_rn(byte_value(q.u[i] ^ 0x80808080u, k, 128.0f), q.d);
     }
 };
 
-// Q4_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL: byte j's low nibble is weight j, its high nibble weight j + 16.
+template <>
+struct Codec<DType::Q4_0> {
+    static constexpr int block_bytes = 18, row_alignment = 2;
+    // Byte j's low nibble is weight j, its high nibble weight j + 16.
+    SLUICE_HD static BlockGroup unpack(const uint8_t* row, int64_t g) {
+        const uint8_t* b = row + g * block_bytes;
+        const auto q = load_words<4>(b + 2);
+        BlockGroup o;
+SLUICE_UNROLL
+        for (int i = 0; i < 4; ++i) {
+            o.u[i] = q.w[i] & 0x0f0f0f0fu;
+            o.u[4 + i] = (q.w[i] >> 4) & 0x0f0f0f0fu;
+        }
+        o.d = half_bits_to_float(uint16_t(load_u16(b)));
+        return o;
+    }
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+        const BlockGroup q = unpack(row, g);
+SLUICE_UNROLL
+        for (int i = 0; i < 8; ++i)
+SLUICE_UNROLL
+            for (int k = 0; k < 4; ++k) out[4 * i + k] = mul_rn(byte_value(q.u[i], k, 8.0f), q.d);
+    }
+};
+
+// Q4_1 / Q5_0 / Q5_1 / IQ4_NL: byte j's low nibble is weight j, its high nibble weight j + 16.
 // `values(i, high)` gives weights 4i..4i+3 (+16 if high) as four bytes; `store` finishes them.
 template <typename Values, typename Store>
 SLUICE_HD void decode_nibble_block(Values values, Store store) {
@@ -206,18 +246,6 @@ SLUICE_UNROLL
             for (int k = 0; k < 4; ++k) store(16 * half + 4 * i + k, v, k);
         }
 }
-
-template <>
-struct Codec<DType::Q4_0> {
-    static constexpr int block_bytes = 18, row_alignment = 2;
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
-        const uint8_t* b = row + g * block_bytes;
-        const float d = half_bits_to_float(uint16_t(load_u16(b)));
-        const auto q = load_words<4>(b + 2);
-        decode_nibble_block([&](int i, int high) { return (q.w[i] >> (4 * high)) & 0x0f0f0f0fu; },
-                            [&](int j, uint32_t v, int k) { out[j] = mul_rn(byte_value(v, k, 8.0f), d); });
-    }
-};
 
 template <>
 struct Codec<DType::Q4_1> {
@@ -292,64 +320,92 @@ struct Codec<DType::IQ4_NL> {
     }
 };
 
-// Super-blocks of 256: group g is sub-group g % 8 of super-block g / 8.
+// Super-blocks of 256: group g is sub-group gi = g % 8 of super-block g / 8, columns 32gi.. of it.
+//
+// Every K-quant group in one integer form, the CPU's fused-dot reading (quant_dot_scalar.cpp):
+// unsigned bytes u (< 64) four to a word in weight order, and per half h (weights 16h..16h+15)
+// an integer scale s[h] and offset c[h] with w = d*s*u - cd*c. The exact decoders compute the
+// CPU dequantiser's own expression from the same fields (ExactForm); the fused GEMV dots u with
+// int8 activations.
+struct KGroup {
+    uint32_t u[8];
+    int s[2], c[2];
+    float d, cd;
+};
+
+// How the CPU dequantiser rounds a K-quant weight: affine (Q2_K, Q4_K, Q5_K):
+// (d*s)*u - (cd*c); biased (Q3_K, Q6_K): (d*s)*(u - bias), c = bias*s and cd = d.
+template <int Bias>
+SLUICE_HD void decode_k(const KGroup& q, float* out) {
+SLUICE_UNROLL
+    for (int h = 0; h < 2; ++h) {
+        const float dl = mul_rn(q.d, float(q.s[h]));
+        const float ml = mul_rn(q.cd, float(q.c[h]));
+SLUICE_UNROLL
+        for (int i = 4 * h; i < 4 * h + 4; ++i)
+SLUICE_UNROLL
+            for (int k = 0; k < 4; ++k) {
+                if constexpr (Bias == 0)
+                    out[4 * i + k] = add_rn(mul_rn(dl, byte_value(q.u[i], k, 0.0f)), -ml);
+                else
+                    out[4 * i + k] = mul_rn(dl, byte_value(q.u[i], k, float(Bias)));
+            }
+    }
+}
 
 // Q2_K / Q3_K: group gi = 4n + j takes 2-bit field j (shift 2j) of the 32 qs bytes of half n;
 // weights 0..15 (bytes 0..15) use sub-scale 2gi, weights 16..31 sub-scale 2gi + 1.
 template <>
 struct Codec<DType::Q2_K> {
-    static constexpr int block_bytes = 84, row_alignment = 4;
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+    static constexpr int block_bytes = 84, row_alignment = 4, bias = 0;
+    SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
         const int gi = int(g % 8), n = gi / 4, shift = 2 * (gi % 4);
-        const uint32_t dd = load_u32(b + 80);
-        const float d = half_bits_to_float(uint16_t(dd)), dmin = half_bits_to_float(uint16_t(dd >> 16));
-        const uint32_t sc = load_u16(b + 2 * gi);  // scales[2gi], scales[2gi + 1]
-        const float dl[2] = {mul_rn(d, float(sc & 15)), mul_rn(d, float((sc >> 8) & 15))};
-        const float ml[2] = {mul_rn(dmin, float((sc >> 4) & 15)), mul_rn(dmin, float(sc >> 12))};
+        KGroup o;
         const uint8_t* qs = b + 16 + 32 * n;
 SLUICE_UNROLL
-        for (int i = 0; i < 8; ++i) {
-            const uint32_t v = (load_u32(qs + 4 * i) >> shift) & 0x03030303u;
-SLUICE_UNROLL
-            for (int k = 0; k < 4; ++k) out[4 * i + k] = add_rn(mul_rn(dl[i / 4], byte_value(v, k, 0.0f)), -ml[i / 4]);
-        }
+        for (int i = 0; i < 8; ++i) o.u[i] = (load_u32(qs + 4 * i) >> shift) & 0x03030303u;
+        const uint32_t sc = load_u16(b + 2 * gi);  // scales[2gi], scales[2gi + 1]: scale | min << 4
+        o.s[0] = int(sc & 15), o.c[0] = int((sc >> 4) & 15);
+        o.s[1] = int((sc >> 8) & 15), o.c[1] = int(sc >> 12);
+        const uint32_t dd = load_u32(b + 80);
+        o.d = half_bits_to_float(uint16_t(dd)), o.cd = half_bits_to_float(uint16_t(dd >> 16));
+        return o;
     }
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 template <>
 struct Codec<DType::Q3_K> {
-    static constexpr int block_bytes = 110, row_alignment = 2;
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+    static constexpr int block_bytes = 110, row_alignment = 2, bias = 4;
+    SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
         const int gi = int(g % 8), n = gi / 4, j = gi % 4;
-        const float d = half_bits_to_float(uint16_t(load_u16(b + 108)));
+        KGroup o;
+        // q3 = q2 - 4 unless hmask bit 4n + j is set: u = q2 | bit << 2, weight u - 4.
+        const auto hm = load_words<8>(b);
+        const auto qs = load_words<8>(b + 32 + 32 * n);
+SLUICE_UNROLL
+        for (int i = 0; i < 8; ++i)
+            o.u[i] = ((qs.w[i] >> (2 * j)) & 0x03030303u) | (((hm.w[i] >> (4 * n + j)) & 0x01010101u) << 2);
         // Sub-scales k0 = 8n + 2j and k0 + 1, 6 bits biased by 32: the low four bits are nibble n of
         // scales[2j] / scales[2j + 1], the high two bits at 2(2n + j/2) in scales[8 + 2(j%2)] / [.. + 1].
         const uint32_t low = load_u16(b + 96 + 2 * j) >> (4 * n);
         const uint32_t high = load_u16(b + 104 + 2 * (j % 2)) >> (2 * (2 * n + j / 2));
-        const float dl[2] = {mul_rn(d, float(int((low & 15) | ((high & 3) << 4)) - 32)),
-                             mul_rn(d, float(int(((low >> 8) & 15) | (((high >> 8) & 3) << 4)) - 32))};
-        // q3 = q2 - 4 unless hmask bit 4n + j is set: (q2 | bit << 2) - 4.
-        const auto hm = load_words<8>(b);
-        const auto qs = load_words<8>(b + 32 + 32 * n);
-SLUICE_UNROLL
-        for (int i = 0; i < 8; ++i) {
-            const uint32_t v = ((qs.w[i] >> (2 * j)) & 0x03030303u) | (((hm.w[i] >> (4 * n + j)) & 0x01010101u) << 2);
-SLUICE_UNROLL
-            for (int k = 0; k < 4; ++k) out[4 * i + k] = mul_rn(dl[i / 4], byte_value(v, k, 4.0f));
-        }
+        o.s[0] = int((low & 15) | ((high & 3) << 4)) - 32;
+        o.s[1] = int(((low >> 8) & 15) | (((high >> 8) & 3) << 4)) - 32;
+        o.c[0] = bias * o.s[0], o.c[1] = bias * o.s[1];
+        o.d = o.cd = half_bits_to_float(uint16_t(load_u16(b + 108)));
+        return o;
     }
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
-// Q4_K / Q5_K: the first 16 bytes are d, dmin and the twelve bytes of eight 6-bit (scale, min)
-// pairs. Sub-block j: for j < 4 scale = scales[j] & 63, min = scales[j + 4] & 63; for j >= 4 the
-// low four bits come from scales[j + 4] and the high two from the top of scales[j - 4] / [j].
-struct KScaleMin {
-    float dl, ml;
-};
-SLUICE_HD KScaleMin k_scale_min(uint4 head, int j) {
-    const float d = half_bits_to_float(uint16_t(head.x)), dmin = half_bits_to_float(uint16_t(head.x >> 16));
+// Q4_K / Q5_K: the first 16 bytes (one 128-bit load) are d, dmin and the twelve bytes of eight
+// 6-bit (scale, min) pairs. Sub-block j: for j < 4 scale = scales[j] & 63, min = scales[j + 4] & 63;
+// for j >= 4 the low four bits come from scales[j + 4] and the high two from the top of
+// scales[j - 4] / scales[j]. Both halves of a group share sub-block gi's pair.
+SLUICE_HD void k4_scale_min(uint4 head, int j, KGroup& o) {
     const uint32_t s0 = head.y, s1 = head.z, s2 = head.w;  // scales[0..3], [4..7], [8..11]
     const int byte = 8 * (j % 4);
     uint32_t sc, mn;
@@ -360,54 +416,55 @@ SLUICE_HD KScaleMin k_scale_min(uint4 head, int j) {
         sc = ((s2 >> byte) & 15) | (((s0 >> byte) >> 6 & 3) << 4);
         mn = ((s2 >> byte) >> 4 & 15) | (((s1 >> byte) >> 6 & 3) << 4);
     }
-    return {mul_rn(d, float(sc)), mul_rn(dmin, float(mn))};
+    o.s[0] = o.s[1] = int(sc);
+    o.c[0] = o.c[1] = int(mn);
+    o.d = half_bits_to_float(uint16_t(head.x)), o.cd = half_bits_to_float(uint16_t(head.x >> 16));
 }
 
 // Chunk c = gi / 2 of qs holds sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), 32 bytes,
 // 16-aligned in both layouts (144 and 176 are multiples of 16).
 template <>
 struct Codec<DType::Q4_K> {
-    static constexpr int block_bytes = 144, row_alignment = 16;
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+    static constexpr int block_bytes = 144, row_alignment = 16, bias = 0;
+    SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
         const int gi = int(g % 8), shift = 4 * (gi & 1);
-        const KScaleMin s = k_scale_min(load_u128(b), gi);
+        KGroup o;
+        k4_scale_min(load_u128(b), gi, o);
         const uint8_t* qs = b + 16 + 32 * (gi / 2);
 SLUICE_UNROLL
         for (int v = 0; v < 2; ++v) {
             const uint4 q = load_u128(qs + 16 * v);
             const uint32_t words[4] = {q.x, q.y, q.z, q.w};
 SLUICE_UNROLL
-            for (int i = 0; i < 4; ++i) {
-                const uint32_t nib = (words[i] >> shift) & 0x0f0f0f0fu;
-SLUICE_UNROLL
-                for (int k = 0; k < 4; ++k) out[16 * v + 4 * i + k] = add_rn(mul_rn(s.dl, byte_value(nib, k, 0.0f)), -s.ml);
-            }
+            for (int i = 0; i < 4; ++i) o.u[4 * v + i] = (words[i] >> shift) & 0x0f0f0f0fu;
         }
+        return o;
     }
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 // As Q4_K, plus a fifth bit for sub-block gi: bit gi of qh[l], weight l of the chunk.
 template <>
 struct Codec<DType::Q5_K> {
-    static constexpr int block_bytes = 176, row_alignment = 16;
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+    static constexpr int block_bytes = 176, row_alignment = 16, bias = 0;
+    SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
         const int gi = int(g % 8), shift = 4 * (gi & 1);
-        const KScaleMin s = k_scale_min(load_u128(b), gi);
+        KGroup o;
+        k4_scale_min(load_u128(b), gi, o);
         const uint8_t* qs = b + 48 + 32 * (gi / 2);
 SLUICE_UNROLL
         for (int v = 0; v < 2; ++v) {
             const uint4 q = load_u128(qs + 16 * v), h = load_u128(b + 16 + 16 * v);
             const uint32_t words[4] = {q.x, q.y, q.z, q.w}, high[4] = {h.x, h.y, h.z, h.w};
 SLUICE_UNROLL
-            for (int i = 0; i < 4; ++i) {
-                const uint32_t val = ((words[i] >> shift) & 0x0f0f0f0fu) | (((high[i] >> gi) & 0x01010101u) << 4);
-SLUICE_UNROLL
-                for (int k = 0; k < 4; ++k) out[16 * v + 4 * i + k] = add_rn(mul_rn(s.dl, byte_value(val, k, 0.0f)), -s.ml);
-            }
+            for (int i = 0; i < 4; ++i)
+                o.u[4 * v + i] = ((words[i] >> shift) & 0x0f0f0f0fu) | (((high[i] >> gi) & 0x01010101u) << 4);
         }
+        return o;
     }
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 // Group g = quarter q of half n of its super-block (n = gi / 4, q = gi % 4): outputs
@@ -415,23 +472,24 @@ SLUICE_UNROLL
 // (bits 2q, 2q + 1), minus 32, times d * scales[8n + 2q + l / 16].
 template <>
 struct Codec<DType::Q6_K> {
-    static constexpr int block_bytes = 210, row_alignment = 2;
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) {
+    static constexpr int block_bytes = 210, row_alignment = 2, bias = 32;
+    SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
         const int gi = int(g % 8), n = gi / 4, q = gi % 4;
-        const float d = half_bits_to_float(uint16_t(load_u16(b + 208)));
-        const uint32_t sc = load_u16(b + 192 + 8 * n + 2 * q);
-        const float dl[2] = {mul_rn(d, float(int8_t(sc & 0xff))), mul_rn(d, float(int8_t(sc >> 8)))};
+        KGroup o;
         const auto ql = load_words<8>(b + 64 * n + 32 * (q & 1));
         const auto qh = load_words<8>(b + 128 + 32 * n);
         const int low_shift = 4 * (q >> 1), high_shift = 2 * q;
 SLUICE_UNROLL
-        for (int i = 0; i < 8; ++i) {
-            const uint32_t v = ((ql.w[i] >> low_shift) & 0x0f0f0f0fu) | (((qh.w[i] >> high_shift) & 0x03030303u) << 4);
-SLUICE_UNROLL
-            for (int k = 0; k < 4; ++k) out[4 * i + k] = mul_rn(dl[i / 4], byte_value(v, k, 32.0f));
-        }
+        for (int i = 0; i < 8; ++i)
+            o.u[i] = ((ql.w[i] >> low_shift) & 0x0f0f0f0fu) | (((qh.w[i] >> high_shift) & 0x03030303u) << 4);
+        const uint32_t sc = load_u16(b + 192 + 8 * n + 2 * q);
+        o.s[0] = int(int8_t(sc & 0xff)), o.s[1] = int(int8_t(sc >> 8));
+        o.c[0] = bias * o.s[0], o.c[1] = bias * o.s[1];
+        o.d = o.cd = half_bits_to_float(uint16_t(load_u16(b + 208)));
+        return o;
     }
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 // Group g = sub-block ib = g % 8: 6-bit scale ls = nibble ib of scales_l (as one word) | two

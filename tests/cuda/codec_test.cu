@@ -90,6 +90,52 @@ TEST_CASE("every device block decoder reproduces gguf's dequantisation bit for b
     CHECK(n_types == 12);
 }
 
+// The fused GEMV reads K-quant groups as w = d*s*u - cd*c (Q3_K / Q6_K: c and cd only there), and
+// Q8_0 / Q4_0 blocks as d * (signed byte) / d * (nibble - 8): that form gives gguf's weights too.
+template <DType T>
+void check_integer_form() {
+    CAPTURE(dtype_name(T));
+    std::string name(dtype_name(T));
+    for (auto& ch : name) ch = char(std::tolower(ch));
+    const auto blocks = read_fixture(name + ".blocks");
+    const auto values_bytes = read_fixture(name + ".f32");
+    const size_t n = values_bytes.size() / 4;
+    std::vector<float> want(n);
+    std::memcpy(want.data(), values_bytes.data(), n * 4);
+    std::vector<uint4> storage((blocks.size() + 15) / 16);
+    std::memcpy(storage.data(), blocks.data(), blocks.size());
+    const auto* row = reinterpret_cast<const uint8_t*>(storage.data());
+    int bad = 0;
+    for (size_t g = 0; g < n / 32; ++g) {
+        const auto q = cuda::detail::Codec<T>::unpack(row, int64_t(g));
+        for (int j = 0; j < 32; ++j) {
+            const int byte = int((q.u[j / 4] >> (8 * (j % 4))) & 0xff);
+            double w, magnitude;
+            if constexpr (T == DType::Q8_0 || T == DType::Q4_0) {
+                const int v = T == DType::Q8_0 ? int(int8_t(byte)) : byte - 8;
+                w = magnitude = double(q.d) * v;
+            } else {
+                const double a = double(q.d) * q.s[j / 16] * byte, b = double(q.cd) * q.c[j / 16];
+                w = a - b;
+                magnitude = std::fabs(a) + std::fabs(b);
+            }
+            if (!(std::fabs(w - want[g * 32 + size_t(j)]) <= 1e-6 * std::fabs(magnitude)) && bad++ < 5)
+                MESSAGE("weight " << g * 32 + size_t(j) << ": integer form " << w << " want " << want[g * 32 + size_t(j)]);
+        }
+    }
+    CHECK(bad == 0);
+}
+
+TEST_CASE("the integer form the fused GEMV reads reproduces gguf's weights (Q8_0, Q4_0, Q2_K..Q6_K)") {
+    check_integer_form<DType::Q8_0>();
+    check_integer_form<DType::Q4_0>();
+    check_integer_form<DType::Q2_K>();
+    check_integer_form<DType::Q3_K>();
+    check_integer_form<DType::Q4_K>();
+    check_integer_form<DType::Q5_K>();
+    check_integer_form<DType::Q6_K>();
+}
+
 TEST_CASE("the 2-aligned word loader gives the bytes' little-endian words at either alignment") {
     alignas(16) uint8_t buf[32];
     for (int offset : {2, 4, 6}) {

@@ -17,6 +17,8 @@
 #include "kernels/block_type.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant_dot.hpp"
+#include "kernels/cpu/quantize_activations.hpp"
 #include "kernels/cuda/attention.hpp"
 #include "kernels/cuda/device.hpp"
 #include "kernels/cuda/device_memory.hpp"
@@ -167,6 +169,17 @@ struct TypeCase {
     int64_t rows, cols;
 };
 
+// Both backends take the quantised-weight path from cpu::quant_dot(): a test sets the mode it
+// checks and puts the old one back.
+class QuantDotMode {
+public:
+    explicit QuantDotMode(cpu::QuantDot mode) : old_(cpu::quant_dot()) { cpu::set_quant_dot(mode); }
+    ~QuantDotMode() { cpu::set_quant_dot(old_); }
+
+private:
+    cpu::QuantDot old_;
+};
+
 }  // namespace
 
 namespace {
@@ -184,7 +197,8 @@ std::vector<TypeCase> quant_cases() {
 
 }  // namespace
 
-TEST_CASE("gemv matches the double reference for every stored type, aligned and odd shapes") {
+TEST_CASE("exact gemv matches the double reference for every stored type, aligned and odd shapes") {
+    const QuantDotMode exact(cpu::QuantDot::exact);
     std::mt19937 rng(1);
     std::vector<TypeCase> cases = {
         {DType::F32, 37, 512},  {DType::F32, 19, 333},  {DType::F16, 41, 1024}, {DType::F16, 7, 101},
@@ -225,9 +239,8 @@ TEST_CASE("gemv on an FP8 row slice uses the scale row of the whole tensor (scal
 TEST_CASE("gemv agrees with the CPU backend's gemv (exact dot) for every type both have") {
     std::mt19937 rng(3);
     ThreadPool pool(2);
-    // The CPU's fused path quantises activations to int8 (1e-2 of sum |w x|); its exact path is
-    // the one the device's fp32 GEMV matches.
-    cpu::set_quant_dot(cpu::QuantDot::exact);
+    // The exact paths of both; the fused ones are compared below.
+    const QuantDotMode exact(cpu::QuantDot::exact);
     int n_types = 0;
     for (uint32_t id = 0; id < 2000; ++id) {
         const BlockTypeTraits* traits = find_block_type(id);
@@ -250,11 +263,11 @@ TEST_CASE("gemv agrees with the CPU backend's gemv (exact dot) for every type bo
         cuda::gemv(w, dx.as<float>(), dy.as<float>(), nullptr);
         check_products(m, x, cols, 1, download<float>(dy, size_t(rows)), rows, 1e-5, 0, -1, &cpu_y);
     }
-    cpu::set_quant_dot(cpu::QuantDot::fused);
     CHECK(n_types == 16);  // F32, F16, BF16, FP8 and the twelve block types
 }
 
-TEST_CASE("batched gemv over 11 tokens with strided activations equals the reference per token, every type") {
+TEST_CASE("exact batched gemv over 11 tokens with strided activations equals the reference per token, every type") {
+    const QuantDotMode exact(cpu::QuantDot::exact);
     std::mt19937 rng(4);
     std::vector<DType> types = {DType::BF16, DType::FP8_E4M3_B128};
     types.insert(types.end(), std::begin(kQuantTypes), std::end(kQuantTypes));
@@ -270,6 +283,88 @@ TEST_CASE("batched gemv over 11 tokens with strided activations equals the refer
         const Matrix w{type, rows, cols, dw.data(), ds.as<float>(), 0};
         cuda::gemv_batched(w, dx.as<float>(), xs, n, dy.as<float>(), ys, nullptr);
         check_products(m, x, xs, n, download<float>(dy, size_t(n * ys)), ys, 1e-5);
+    }
+}
+
+// The fused path quantises activations as the CPU's does and sums the same integers, so it equals
+// the CPU's fused gemv up to the order of float additions (the bound the CPU's SIMD paths meet
+// against its scalar one), and the exact product within the activation-quantisation bound.
+TEST_CASE("fused int8 gemv equals the CPU's fused gemv for every type the CPU fuses, 1 to 11 tokens") {
+    const QuantDotMode fused(cpu::QuantDot::fused);
+    std::mt19937 rng(12);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    ThreadPool pool(2);
+    int n_types = 0;
+    for (DType type : kQuantTypes) {
+        if (!cpu::quant_dot_supports(type)) continue;
+        REQUIRE(cuda::has_q8_gemv_kernel(type));
+        ++n_types;
+        const int64_t unit = block_type(type).block_elems;
+        for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{37, 3 * 256}, {9, 7 * unit}}) {
+            const auto m = random_matrix(rng, type, rows, cols);
+            auto dw = upload(m.bytes);
+            const Matrix hw{type, rows, cols, m.bytes.data()};
+            const Matrix w{type, rows, cols, dw.data()};
+            for (int64_t n : {1, 3, 8, 11}) {
+                CAPTURE(dtype_name(type));
+                CAPTURE(cols);
+                CAPTURE(n);
+                const int64_t xs = cols + 4, ys = rows + 3;
+                std::vector<float> x(size_t(n * xs));
+                for (auto& v : x) v = normal(rng);
+                auto dx = upload(x);
+                cuda::DeviceBuffer dy(size_t(n * ys) * 4);
+                std::vector<float> cpu_y(size_t(n * ys));
+                cpu::gemm(hw, x.data(), xs, n, cpu_y.data(), ys, pool);
+                cuda::gemv_batched(w, dx.as<float>(), xs, n, dy.as<float>(), ys, nullptr);
+                const auto y = download<float>(dy, size_t(n * ys));
+                check_products(m, x, xs, n, y, ys, 1e-5, 0, -1, &cpu_y);
+                check_products(m, x, xs, n, y, ys, 1e-2);
+            }
+        }
+    }
+    CHECK(n_types == 7);  // Q8_0, Q4_0, Q2_K..Q6_K
+}
+
+TEST_CASE("the device activation quantisers write the CPU's int8 blocks byte for byte") {
+    std::mt19937 rng(13);
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    const int64_t n_tokens = 3, cols8 = 4 * 256 + 3 * 32, cols8k = 4 * 256, xs = cols8 + 4;  // a partial last Q8 group
+    std::vector<float> x(size_t(n_tokens * xs));
+    for (auto& v : x) v = normal(rng);
+    for (int i = 0; i < 32; ++i) x[size_t(xs + i)] = 0.0f;  // an all-zero block: d = 0, qs = 0
+    x[300] = 1e-3f * 127.0f, x[301] = -1e-3f * 127.0f * 0.5f;  // exact halves: ties to even
+    auto dx = upload(x);
+    const int64_t n_groups = (cols8 + 255) / 256, n_blocks = cols8k / 256;
+    cuda::DeviceBuffer d8(size_t(n_tokens * n_groups) * sizeof(cpu::ActivationGroupQ8)),
+        d8k(size_t(n_tokens * n_blocks) * sizeof(cpu::ActivationBlockQ8K));
+    cuda::quantize_activations_q8(dx.as<float>(), xs, n_tokens, cols8, d8.data(), nullptr);
+    cuda::quantize_activations_q8k(dx.as<float>(), xs, n_tokens, cols8k, d8k.data(), nullptr);
+    const auto got8 = download<cpu::ActivationGroupQ8>(d8, size_t(n_tokens * n_groups));
+    const auto got8k = download<cpu::ActivationBlockQ8K>(d8k, size_t(n_tokens * n_blocks));
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        CAPTURE(t);
+        std::vector<cpu::ActivationGroupQ8> want8(static_cast<size_t>(n_groups));
+        std::vector<cpu::ActivationBlockQ8K> want8k(static_cast<size_t>(n_blocks));
+        cpu::quantize_activations_q8(x.data() + t * xs, want8.data(), cols8);
+        cpu::quantize_activations_q8k(x.data() + t * xs, want8k.data(), cols8k);
+        for (int64_t b = 0; b < cols8 / 32; ++b) {  // the device leaves a partial group's unused slots alone
+            const auto& g = got8[size_t(t * n_groups + b / 8)];
+            const auto& w = want8[size_t(b / 8)];
+            const int slot = int(b % 8);
+            CAPTURE(b);
+            CHECK(g.d[slot] == w.d[slot]);
+            CHECK(g.sum[slot] == w.sum[slot]);
+            CHECK(std::memcmp(g.qs[slot], w.qs[slot], 32) == 0);
+        }
+        for (int64_t b = 0; b < n_blocks; ++b) {
+            const auto& g = got8k[size_t(t * n_blocks + b)];
+            const auto& w = want8k[size_t(b)];
+            CAPTURE(b);
+            CHECK(g.d == w.d);
+            CHECK(std::memcmp(g.qs, w.qs, 256) == 0);
+            CHECK(std::memcmp(g.bsums, w.bsums, sizeof w.bsums) == 0);
+        }
     }
 }
 

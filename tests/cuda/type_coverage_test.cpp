@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "kernels/block_type.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/quant_dot.hpp"
 #include "kernels/cuda/gemm.hpp"
 #include "kernels/cuda/gemv.hpp"
 
@@ -24,6 +25,15 @@ TEST_CASE("every weight type the CPU backend multiplies has a device GEMV, and n
         n_types += cuda::has_gemv_kernel(traits->type);
     }
     CHECK(n_types == 16);  // F32, F16, BF16, FP8 and twelve block types
+}
+
+TEST_CASE("the device fuses (int8 activations) exactly the weight types the CPU fuses") {
+    for (uint32_t id = 0; id < 2000; ++id) {
+        const BlockTypeTraits* traits = find_block_type(id);
+        if (!traits) continue;
+        CAPTURE(traits->name);
+        CHECK(cuda::has_q8_gemv_kernel(traits->type) == cpu::quant_dot_supports(traits->type));
+    }
 }
 
 TEST_CASE("device gemv and dequantise refuse unknown types and misaligned rows, naming the type") {
