@@ -15,8 +15,8 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 
 // A decoded group of 32 stored with 16-byte vector stores (the group's start is 16-byte aligned
-// whenever `out` is: rows hold whole groups).
-__device__ __forceinline__ void store_group(float* o, const float* v) {
+// whenever `out` is: rows hold whole groups), else one by one.
+__device__ __forceinline__ void store_vectors(float* o, const float* v) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) reinterpret_cast<float4*>(o)[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
 }
@@ -24,7 +24,7 @@ __device__ __forceinline__ uint32_t bf16_pair(float lo, float hi) {
     const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<const uint32_t*>(&p);
 }
-__device__ __forceinline__ void store_group(__nv_bfloat16* o, const float* v) {
+__device__ __forceinline__ void store_vectors(__nv_bfloat16* o, const float* v) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
         reinterpret_cast<uint4*>(o)[i] = make_uint4(bf16_pair(v[8 * i], v[8 * i + 1]), bf16_pair(v[8 * i + 2], v[8 * i + 3]),
@@ -40,7 +40,13 @@ __global__ void dequantize_quant_kernel(const uint8_t* w, int64_t rows, int64_t 
     const int64_t r = i / groups_per_row, g = i % groups_per_row;
     float v[32];
     detail::Codec<T>::decode(w + r * row_bytes, g, v);
-    store_group(out + r * cols + g * 32, v);
+    Out* o = out + r * cols + g * 32;
+    if ((reinterpret_cast<uintptr_t>(out) & 15) == 0) {
+        store_vectors(o, v);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 32; ++j) store(o + j, v[j]);
+    }
 }
 
 // Plain types, any row length: one thread per 32 columns of one row.
@@ -94,8 +100,6 @@ void dequantize(const Matrix& w, Out* out, cudaStream_t stream) {
                 constexpr DType T = decltype(type_tag)::value;
                 if (!detail::rows_meet_alignment<T>(data, rb))
                     throw_weight_error("dequantize", T, "rows not aligned for the block loads (device pointer and row bytes)");
-                if (reinterpret_cast<uintptr_t>(out) % 16 != 0)
-                    throw_weight_error("dequantize", T, "output not 16-byte aligned");
                 dequantize_quant_kernel<T, Out><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb, out);
             });
             if (!known) throw_weight_error("dequantize", w.type, "no device kernel for this type");

@@ -12,7 +12,6 @@ namespace sluice::cuda {
 namespace {
 
 using detail::Codec;
-using detail::warp_sum;
 
 constexpr int kWarpsPerBlock = 4;
 // A batched launch keeps at most this many token sums per lane in registers.
@@ -113,12 +112,7 @@ __global__ void gemv_plain_kernel(GemvArgs a) {
             acc[t] += s;
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        if (t >= a.n_tokens) break;
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) a.y[t * a.y_stride + r] = s;
-    }
+    detail::write_row_sums(acc, a.n_tokens, a.y, a.y_stride, r, lane);
 }
 
 // Any row length and alignment: one weight per lane step (F32/F16/BF16/FP8 tails and odd shapes).
@@ -141,12 +135,7 @@ __global__ void gemv_scalar_kernel(GemvArgs a) {
         for (int t = 0; t < NT; ++t)
             if (t < a.n_tokens) acc[t] += w * a.x[t * a.x_stride + c];
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        if (t >= a.n_tokens) break;
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) a.y[t * a.y_stride + r] = s;
-    }
+    detail::write_row_sums(acc, a.n_tokens, a.y, a.y_stride, r, lane);
 }
 
 // Block-quantised types: lane handles 32-weight groups lane, lane + 32, ...
@@ -176,12 +165,7 @@ __global__ void gemv_quant_kernel(GemvArgs a) {
             acc[t] += s;
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        if (t >= a.n_tokens) break;
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) a.y[t * a.y_stride + r] = s;
-    }
+    detail::write_row_sums(acc, a.n_tokens, a.y, a.y_stride, r, lane);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }

@@ -166,12 +166,7 @@ __global__ void gemv_q8_kernel(FusedArgs a) {
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        if (t >= a.n_tokens) break;
-        const float s = detail::warp_sum(acc[t]);
-        if (lane == 0) a.y[t * a.y_stride + r] = s;
-    }
+    detail::write_row_sums(acc, a.n_tokens, a.y, a.y_stride, r, lane);
 }
 
 template <typename F>

@@ -353,10 +353,16 @@ SLUICE_UNROLL
     }
 }
 
+// decode() of the K-quants: the unpacked group in the CPU dequantiser's own expression.
+template <typename Self>
+struct KQuantDecode {
+    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<Self::bias>(Self::unpack(row, g), out); }
+};
+
 // Q2_K / Q3_K: group gi = 4n + j takes 2-bit field j (shift 2j) of the 32 qs bytes of half n;
 // weights 0..15 (bytes 0..15) use sub-scale 2gi, weights 16..31 sub-scale 2gi + 1.
 template <>
-struct Codec<DType::Q2_K> {
+struct Codec<DType::Q2_K> : KQuantDecode<Codec<DType::Q2_K>> {
     static constexpr int block_bytes = 84, row_alignment = 4, bias = 0;
     SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
@@ -372,11 +378,10 @@ SLUICE_UNROLL
         o.d = half_bits_to_float(uint16_t(dd)), o.cd = half_bits_to_float(uint16_t(dd >> 16));
         return o;
     }
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 template <>
-struct Codec<DType::Q3_K> {
+struct Codec<DType::Q3_K> : KQuantDecode<Codec<DType::Q3_K>> {
     static constexpr int block_bytes = 110, row_alignment = 2, bias = 4;
     SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
@@ -398,7 +403,6 @@ SLUICE_UNROLL
         o.d = o.cd = half_bits_to_float(uint16_t(load_u16(b + 108)));
         return o;
     }
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 // Q4_K / Q5_K: the first 16 bytes (one 128-bit load) are d, dmin and the twelve bytes of eight
@@ -424,7 +428,7 @@ SLUICE_HD void k4_scale_min(uint4 head, int j, KGroup& o) {
 // Chunk c = gi / 2 of qs holds sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles), 32 bytes,
 // 16-aligned in both layouts (144 and 176 are multiples of 16).
 template <>
-struct Codec<DType::Q4_K> {
+struct Codec<DType::Q4_K> : KQuantDecode<Codec<DType::Q4_K>> {
     static constexpr int block_bytes = 144, row_alignment = 16, bias = 0;
     SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
@@ -441,12 +445,11 @@ SLUICE_UNROLL
         }
         return o;
     }
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 // As Q4_K, plus a fifth bit for sub-block gi: bit gi of qh[l], weight l of the chunk.
 template <>
-struct Codec<DType::Q5_K> {
+struct Codec<DType::Q5_K> : KQuantDecode<Codec<DType::Q5_K>> {
     static constexpr int block_bytes = 176, row_alignment = 16, bias = 0;
     SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
@@ -464,14 +467,13 @@ SLUICE_UNROLL
         }
         return o;
     }
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 // Group g = quarter q of half n of its super-block (n = gi / 4, q = gi % 4): outputs
 // 128n + 32q + l for l < 32 from ql[64n + 32(q & 1) + l] (nibble q / 2) and qh[32n + l]
 // (bits 2q, 2q + 1), minus 32, times d * scales[8n + 2q + l / 16].
 template <>
-struct Codec<DType::Q6_K> {
+struct Codec<DType::Q6_K> : KQuantDecode<Codec<DType::Q6_K>> {
     static constexpr int block_bytes = 210, row_alignment = 2, bias = 32;
     SLUICE_HD static KGroup unpack(const uint8_t* row, int64_t g) {
         const uint8_t* b = row + (g / 8) * block_bytes;
@@ -489,7 +491,6 @@ SLUICE_UNROLL
         o.d = o.cd = half_bits_to_float(uint16_t(load_u16(b + 208)));
         return o;
     }
-    SLUICE_HD static void decode(const uint8_t* row, int64_t g, float* out) { decode_k<bias>(unpack(row, g), out); }
 };
 
 // Group g = sub-block ib = g % 8: 6-bit scale ls = nibble ib of scales_l (as one word) | two

@@ -36,27 +36,41 @@ uint32_t bits_of(float f) {
     return u;
 }
 
-// The fixture's blocks as one row at `offset` bytes past a 16-byte boundary (the decoders' 2-byte
-// types must read rows that start 2 mod 4 too: a row of an odd number of 18-byte blocks ends so).
+// A type's fixture: its blocks as one row placed `offset` bytes past a 16-byte boundary (the
+// decoders of 2-byte-aligned types must read rows that start 2 mod 4 too: a row of an odd number
+// of 18-byte blocks ends so), and gguf-py's values of them.
+struct FixtureRow {
+    std::vector<uint4> storage;
+    const uint8_t* row;
+    std::vector<float> want;
+};
+
 template <DType T>
-void check_against_gguf(int offset) {
+FixtureRow fixture_row(int offset) {
     std::string name(dtype_name(T));
     for (auto& ch : name) ch = char(std::tolower(ch));
     const auto blocks = read_fixture(name + ".blocks");
     const auto values_bytes = read_fixture(name + ".f32");
-    const size_t n = values_bytes.size() / 4;
-    std::vector<float> want(n);
-    std::memcpy(want.data(), values_bytes.data(), n * 4);
-    REQUIRE(int64_t(blocks.size()) == row_bytes(T, int64_t(n)));
-    std::vector<uint4> storage((blocks.size() + 16 + 15) / 16);
-    auto* row = reinterpret_cast<uint8_t*>(storage.data()) + offset;
+    FixtureRow f;
+    f.want.resize(values_bytes.size() / 4);
+    std::memcpy(f.want.data(), values_bytes.data(), f.want.size() * 4);
+    REQUIRE(int64_t(blocks.size()) == row_bytes(T, int64_t(f.want.size())));
+    f.storage.resize((blocks.size() + 16 + 15) / 16);
+    auto* row = reinterpret_cast<uint8_t*>(f.storage.data()) + offset;
     std::memcpy(row, blocks.data(), blocks.size());
+    f.row = row;
+    return f;
+}
+
+template <DType T>
+void check_against_gguf(int offset) {
+    const FixtureRow f = fixture_row<T>(offset);
     int bad = 0;
-    for (size_t g = 0; g < n / 32; ++g) {
+    for (size_t g = 0; g < f.want.size() / 32; ++g) {
         float got[32];
-        cuda::detail::Codec<T>::decode(row, int64_t(g), got);
+        cuda::detail::Codec<T>::decode(f.row, int64_t(g), got);
         for (int j = 0; j < 32; ++j) {
-            const float w = want[g * 32 + size_t(j)];
+            const float w = f.want[g * 32 + size_t(j)];
             if (bits_of(got[j]) != bits_of(w) && bad++ < 5)
                 MESSAGE("weight " << g * 32 + size_t(j) << ": got " << got[j] << " want " << w);
         }
@@ -95,19 +109,10 @@ TEST_CASE("every device block decoder reproduces gguf's dequantisation bit for b
 template <DType T>
 void check_integer_form() {
     CAPTURE(dtype_name(T));
-    std::string name(dtype_name(T));
-    for (auto& ch : name) ch = char(std::tolower(ch));
-    const auto blocks = read_fixture(name + ".blocks");
-    const auto values_bytes = read_fixture(name + ".f32");
-    const size_t n = values_bytes.size() / 4;
-    std::vector<float> want(n);
-    std::memcpy(want.data(), values_bytes.data(), n * 4);
-    std::vector<uint4> storage((blocks.size() + 15) / 16);
-    std::memcpy(storage.data(), blocks.data(), blocks.size());
-    const auto* row = reinterpret_cast<const uint8_t*>(storage.data());
+    const FixtureRow f = fixture_row<T>(0);
     int bad = 0;
-    for (size_t g = 0; g < n / 32; ++g) {
-        const auto q = cuda::detail::Codec<T>::unpack(row, int64_t(g));
+    for (size_t g = 0; g < f.want.size() / 32; ++g) {
+        const auto q = cuda::detail::Codec<T>::unpack(f.row, int64_t(g));
         for (int j = 0; j < 32; ++j) {
             const int byte = int((q.u[j / 4] >> (8 * (j % 4))) & 0xff);
             double w, magnitude;
@@ -119,8 +124,9 @@ void check_integer_form() {
                 w = a - b;
                 magnitude = std::fabs(a) + std::fabs(b);
             }
-            if (!(std::fabs(w - want[g * 32 + size_t(j)]) <= 1e-6 * std::fabs(magnitude)) && bad++ < 5)
-                MESSAGE("weight " << g * 32 + size_t(j) << ": integer form " << w << " want " << want[g * 32 + size_t(j)]);
+            const float want = f.want[g * 32 + size_t(j)];
+            if (!(std::fabs(w - want) <= 1e-6 * std::fabs(magnitude)) && bad++ < 5)
+                MESSAGE("weight " << g * 32 + size_t(j) << ": integer form " << w << " want " << want);
         }
     }
     CHECK(bad == 0);

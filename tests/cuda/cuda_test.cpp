@@ -4,6 +4,7 @@
 // one the binary prints why and exits 77, which meson reports as SKIP (never a silent pass).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -573,6 +574,20 @@ TEST_CASE("dequantize_to_f32 and dequantize_to_bf16 equal the CPU dequantiser (r
         }
         CHECK(bad == 0);
         CHECK(bad_bf16 == 0);
+    }
+}
+
+TEST_CASE("dequantising into an output that is not 16-byte aligned stores element by element, same values") {
+    std::mt19937 rng(14);
+    for (DType type : {DType::Q4_0, DType::Q4_K, DType::Q6_K}) {
+        CAPTURE(dtype_name(type));
+        const int64_t rows = 3, cols = 512;
+        const auto m = random_matrix(rng, type, rows, cols);
+        auto dw = upload(m.bytes);
+        cuda::DeviceBuffer out(size_t(rows * cols + 1) * 4);
+        cuda::dequantize_to_f32(Matrix{type, rows, cols, dw.data()}, out.as<float>() + 1, nullptr);
+        const auto got = download<float>(out, size_t(rows * cols + 1));
+        CHECK(std::equal(m.dense.begin(), m.dense.end(), got.begin() + 1));
     }
 }
 
