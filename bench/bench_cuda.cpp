@@ -1,6 +1,7 @@
 // CUDA kernel throughput beside the peers that bound it, same run:
 //   - device memory bandwidth: a plain 16-byte-load read kernel and cudaMemcpy D2D;
-//   - decode GEMV GB/s per weight type on DeepSeek-V3 shapes, as % of the read kernel;
+//   - decode GEMV GB/s per weight type on DeepSeek-V3 shapes, as % of the read kernel (the types
+//     with a fused int8 path twice: "f32" decodes weights to floats, "q8" quantises activations);
 //   - pinned host->device copies in streamer-sized chunks vs one large cudaMemcpyAsync (and pageable);
 //   - prefill GEMM (dequantise + cuBLAS BF16) vs cuBLAS BF16 alone on the same shape.
 // Prints tables; never asserts. Usage: bench_cuda [--quick] [--json PATH]
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "kernels/block_type.hpp"
+#include "kernels/cpu/matmul.hpp"
 #include "kernels/cuda/bench_read_kernel.hpp"
 #include "kernels/cuda/device.hpp"
 #include "kernels/cuda/device_memory.hpp"
@@ -93,36 +95,43 @@ struct Shape {
 void bench_gemv(const Options& o, cudaStream_t stream, double read_gbs) {
     const Shape shapes[] = {{"expert gate/up 2048x7168", 2048, 7168}, {"expert down 7168x2048", 7168, 2048},
                             {"q_b 24576x1536", 24576, 1536}};
-    const DType types[] = {DType::F32, DType::F16, DType::BF16, DType::FP8_E4M3_B128,
-                           DType::Q8_0, DType::Q6_K, DType::Q4_K};
+    const DType types[] = {DType::F32,  DType::F16,  DType::BF16,   DType::FP8_E4M3_B128, DType::Q8_0, DType::Q4_0,
+                           DType::Q4_1, DType::Q5_0, DType::Q5_1,   DType::Q2_K,          DType::Q3_K, DType::Q4_K,
+                           DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS};
     std::printf("\n== decode GEMV (batch 1), working set %lld MiB rotated\n%-14s %-26s %10s %10s %8s\n",
                 (long long)(kWorkingSetBytes >> 20), "type", "shape", "us", "GB/s", "% read");
     cuda::DeviceBuffer x(7168 * 4 * 8), y(24576 * 4 * 8);
     SLUICE_CUDA_CHECK(cudaMemset(x.data(), 0, x.size_bytes()));
+    const cpu::QuantDot mode_before = cpu::quant_dot();
     for (const auto& s : shapes)
-        for (DType t : types) {
-            const Matrix probe{t, s.rows, s.cols, nullptr, nullptr, 0};
-            const int64_t mbytes = probe.bytes();
-            const int copies = int(std::max<int64_t>(1, kWorkingSetBytes / mbytes));
-            cuda::DeviceBuffer w(size_t(mbytes) * copies);
-            fill_random_bytes(w.data(), w.size_bytes(), t);
-            const int64_t scale_floats = ((s.rows + 127) / 128) * ((s.cols + 127) / 128);
-            std::vector<float> ones(size_t(scale_floats), 1.0f);
-            cuda::DeviceBuffer scales(ones.size() * 4);
-            SLUICE_CUDA_CHECK(cudaMemcpy(scales.data(), ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
-            int next = 0;
-            const double ms = time_ms(stream, o.quick ? 20 : 200, [&] {
-                const Matrix m{t, s.rows, s.cols, w.as<uint8_t>() + int64_t(next) * mbytes, scales.as<float>(), 0};
-                next = (next + 1) % copies;
-                cuda::gemv(m, x.as<float>(), y.as<float>(), stream);
-            });
-            const double gbs = mbytes / ms / 1e6;
-            std::printf("%-14s %-26s %10.1f %10.1f %7.0f%%\n", std::string(dtype_name(t)).c_str(), s.what, ms * 1e3,
-                        gbs, 100.0 * gbs / read_gbs);
-            json_add("{\"bench\": \"gemv\", \"type\": \"" + std::string(dtype_name(t)) + "\", \"rows\": " +
-                     std::to_string(s.rows) + ", \"cols\": " + std::to_string(s.cols) + ", \"gb_s\": " +
-                     std::to_string(gbs) + ", \"fraction_of_read\": " + std::to_string(gbs / read_gbs) + "}");
-        }
+        for (DType t : types)
+            for (const cpu::QuantDot mode : {cpu::QuantDot::exact, cpu::QuantDot::fused}) {
+                if (mode == cpu::QuantDot::fused && !cuda::has_q8_gemv_kernel(t)) continue;
+                cpu::set_quant_dot(mode);
+                const std::string label = std::string(dtype_name(t)) +
+                                          (cuda::has_q8_gemv_kernel(t) ? (mode == cpu::QuantDot::fused ? " q8" : " f32") : "");
+                const Matrix probe{t, s.rows, s.cols, nullptr, nullptr, 0};
+                const int64_t mbytes = probe.bytes();
+                const int copies = int(std::max<int64_t>(1, kWorkingSetBytes / mbytes));
+                cuda::DeviceBuffer w(size_t(mbytes) * copies);
+                fill_random_bytes(w.data(), w.size_bytes(), t);
+                const int64_t scale_floats = ((s.rows + 127) / 128) * ((s.cols + 127) / 128);
+                std::vector<float> ones(size_t(scale_floats), 1.0f);
+                cuda::DeviceBuffer scales(ones.size() * 4);
+                SLUICE_CUDA_CHECK(cudaMemcpy(scales.data(), ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
+                int next = 0;
+                const double ms = time_ms(stream, o.quick ? 20 : 200, [&] {
+                    const Matrix m{t, s.rows, s.cols, w.as<uint8_t>() + int64_t(next) * mbytes, scales.as<float>(), 0};
+                    next = (next + 1) % copies;
+                    cuda::gemv(m, x.as<float>(), y.as<float>(), stream);
+                });
+                const double gbs = mbytes / ms / 1e6;
+                std::printf("%-14s %-26s %10.1f %10.1f %7.0f%%\n", label.c_str(), s.what, ms * 1e3, gbs, 100.0 * gbs / read_gbs);
+                json_add("{\"bench\": \"gemv\", \"type\": \"" + label + "\", \"rows\": " + std::to_string(s.rows) +
+                         ", \"cols\": " + std::to_string(s.cols) + ", \"gb_s\": " + std::to_string(gbs) +
+                         ", \"fraction_of_read\": " + std::to_string(gbs / read_gbs) + "}");
+            }
+    cpu::set_quant_dot(mode_before);
 }
 
 void bench_h2d(const Options& o, cuda::StreamPair& streams) {

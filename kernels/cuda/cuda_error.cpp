@@ -18,4 +18,8 @@ void throw_cublas_error(int code, const char* call, const char* file, int line) 
          cublasGetStatusString(cublasStatus_t(code)), file, line);
 }
 
+void throw_weight_error(const char* op, DType type, const char* problem) {
+    fail(ErrorKind::unsupported, "CUDA {}: {} weights: {}", op, dtype_name(type), problem);
+}
+
 }  // namespace sluice::cuda

@@ -2,11 +2,16 @@
 // is a bug or a broken device, never bad input). Declared without fmt so .cu files can include it.
 #pragma once
 
+#include "kernels/block_type.hpp"
+
 namespace sluice::cuda {
 
 // Throws sluice::Error naming the call, the CUDA error name and text, and the source line.
 [[noreturn]] void throw_cuda_error(int code, const char* call, const char* file, int line);
 [[noreturn]] void throw_cublas_error(int code, const char* call, const char* file, int line);
+// Throws sluice::Error (kind unsupported) naming the operation, the weight type and the problem:
+// a type with no device kernel, or rows not aligned for the type's block loads.
+[[noreturn]] void throw_weight_error(const char* op, DType type, const char* problem);
 
 }  // namespace sluice::cuda
 

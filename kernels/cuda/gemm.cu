@@ -14,28 +14,56 @@ namespace {
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 
-// One thread per 32-weight group of one row; Out is __nv_bfloat16 or float.
+// A decoded group of 32 stored with 16-byte vector stores (the group's start is 16-byte aligned
+// whenever `out` is: rows hold whole groups), else one by one.
+__device__ __forceinline__ void store_vectors(float* o, const float* v) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) reinterpret_cast<float4*>(o)[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+}
+__device__ __forceinline__ uint32_t bf16_pair(float lo, float hi) {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&p);
+}
+__device__ __forceinline__ void store_vectors(__nv_bfloat16* o, const float* v) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+        reinterpret_cast<uint4*>(o)[i] = make_uint4(bf16_pair(v[8 * i], v[8 * i + 1]), bf16_pair(v[8 * i + 2], v[8 * i + 3]),
+                                                    bf16_pair(v[8 * i + 4], v[8 * i + 5]), bf16_pair(v[8 * i + 6], v[8 * i + 7]));
+}
+
+// Block-quantised types: one thread per 32-weight group of one row; Out is __nv_bfloat16 or float.
 template <DType T, typename Out>
-__global__ void dequantize_kernel(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes,
-                                  const float* scales, int64_t scale_row_offset, Out* out) {
+__global__ void dequantize_quant_kernel(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes, Out* out) {
+    const int64_t groups_per_row = cols / 32;
+    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= rows * groups_per_row) return;
+    const int64_t r = i / groups_per_row, g = i % groups_per_row;
+    float v[32];
+    detail::Codec<T>::decode(w + r * row_bytes, g, v);
+    Out* o = out + r * cols + g * 32;
+    if ((reinterpret_cast<uintptr_t>(out) & 15) == 0) {
+        store_vectors(o, v);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 32; ++j) store(o + j, v[j]);
+    }
+}
+
+// Plain types, any row length: one thread per 32 columns of one row.
+template <DType T, typename Out>
+__global__ void dequantize_plain_kernel(const uint8_t* w, int64_t rows, int64_t cols, int64_t row_bytes,
+                                        const float* scales, int64_t scale_row_offset, Out* out) {
     const int64_t groups_per_row = (cols + 31) / 32;
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= rows * groups_per_row) return;
     const int64_t r = i / groups_per_row, g = i % groups_per_row;
     const uint8_t* row = w + r * row_bytes;
     Out* o = out + r * cols + g * 32;
-    if constexpr (T == DType::Q8_0 || T == DType::Q4_K || T == DType::Q6_K) {
-        float v[32];
-        detail::Codec<T>::decode(row, g, v);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) store(o + j, v[j]);
-    } else {
-        float scale = 1.0f;
-        if constexpr (T == DType::FP8_E4M3_B128)
-            scale = scales[((scale_row_offset + r) / 128) * ((cols + 127) / 128) + (g * 32) / 128];
-        const int64_t n = cols - g * 32 < 32 ? cols - g * 32 : 32;
-        for (int j = 0; j < n; ++j) store(o + j, detail::plain_weight<T>(row, g * 32 + j) * scale);
-    }
+    float scale = 1.0f;
+    if constexpr (T == DType::FP8_E4M3_B128)
+        scale = scales[((scale_row_offset + r) / 128) * ((cols + 127) / 128) + (g * 32) / 128];
+    const int64_t n = cols - g * 32 < 32 ? cols - g * 32 : 32;
+    for (int j = 0; j < n; ++j) store(o + j, detail::plain_weight<T>(row, g * 32 + j) * scale);
 }
 
 __global__ void f32_to_bf16_kernel(const float* in, int64_t in_stride, int64_t n_rows, int64_t cols,
@@ -57,20 +85,26 @@ void dequantize(const Matrix& w, Out* out, cudaStream_t stream) {
     constexpr int threads = 256;
     const auto* data = static_cast<const uint8_t*>(w.data);
     const int64_t rb = w.bytes_per_row();
-#define SLUICE_DEQ(T)                                                                                       \
-    dequantize_kernel<T, Out><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb,     \
-                                                                               w.block_scales, w.scale_row_offset, out)
+    auto plain = [&](auto type_tag) {
+        constexpr DType T = decltype(type_tag)::value;
+        dequantize_plain_kernel<T, Out><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb, w.block_scales,
+                                                                                       w.scale_row_offset, out);
+    };
     switch (w.type) {
-        case DType::F32: SLUICE_DEQ(DType::F32); break;
-        case DType::F16: SLUICE_DEQ(DType::F16); break;
-        case DType::BF16: SLUICE_DEQ(DType::BF16); break;
-        case DType::FP8_E4M3_B128: SLUICE_DEQ(DType::FP8_E4M3_B128); break;
-        case DType::Q8_0: SLUICE_DEQ(DType::Q8_0); break;
-        case DType::Q4_K: SLUICE_DEQ(DType::Q4_K); break;
-        case DType::Q6_K: SLUICE_DEQ(DType::Q6_K); break;
-        default: throw_cuda_error(int(cudaErrorNotSupported), "dequantize: no device kernel for this weight type", __FILE__, __LINE__);
+        case DType::F32: plain(detail::TypeTag<DType::F32>{}); break;
+        case DType::F16: plain(detail::TypeTag<DType::F16>{}); break;
+        case DType::BF16: plain(detail::TypeTag<DType::BF16>{}); break;
+        case DType::FP8_E4M3_B128: plain(detail::TypeTag<DType::FP8_E4M3_B128>{}); break;
+        default: {
+            const bool known = detail::visit_quant_type(w.type, [&](auto type_tag) {
+                constexpr DType T = decltype(type_tag)::value;
+                if (!detail::rows_meet_alignment<T>(data, rb))
+                    throw_weight_error("dequantize", T, "rows not aligned for the block loads (device pointer and row bytes)");
+                dequantize_quant_kernel<T, Out><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb, out);
+            });
+            if (!known) throw_weight_error("dequantize", w.type, "no device kernel for this type");
+        }
     }
-#undef SLUICE_DEQ
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

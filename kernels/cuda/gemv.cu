@@ -2,8 +2,10 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/cpu/matmul.hpp"
 #include "kernels/cuda/cuda_error.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace sluice::cuda {
 
@@ -14,12 +16,6 @@ using detail::Codec;
 constexpr int kWarpsPerBlock = 4;
 // A batched launch keeps at most this many token sums per lane in registers.
 constexpr int kMaxTokensPerLaunch = 8;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 struct GemvArgs {
     const uint8_t* w;
@@ -116,12 +112,7 @@ __global__ void gemv_plain_kernel(GemvArgs a) {
             acc[t] += s;
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        if (t >= a.n_tokens) break;
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) a.y[t * a.y_stride + r] = s;
-    }
+    detail::write_row_sums(acc, a.n_tokens, a.y, a.y_stride, r, lane);
 }
 
 // Any row length and alignment: one weight per lane step (F32/F16/BF16/FP8 tails and odd shapes).
@@ -144,12 +135,7 @@ __global__ void gemv_scalar_kernel(GemvArgs a) {
         for (int t = 0; t < NT; ++t)
             if (t < a.n_tokens) acc[t] += w * a.x[t * a.x_stride + c];
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        if (t >= a.n_tokens) break;
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) a.y[t * a.y_stride + r] = s;
-    }
+    detail::write_row_sums(acc, a.n_tokens, a.y, a.y_stride, r, lane);
 }
 
 // Block-quantised types: lane handles 32-weight groups lane, lane + 32, ...
@@ -179,12 +165,7 @@ __global__ void gemv_quant_kernel(GemvArgs a) {
             acc[t] += s;
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-        if (t >= a.n_tokens) break;
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) a.y[t * a.y_stride + r] = s;
-    }
+    detail::write_row_sums(acc, a.n_tokens, a.y, a.y_stride, r, lane);
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -208,18 +189,16 @@ void launch(const Matrix& w, const GemvArgs& a, cudaStream_t stream) {
         case DType::F16: plain(std::integral_constant<DType, DType::F16>{}, 8); break;
         case DType::BF16: plain(std::integral_constant<DType, DType::BF16>{}, 8); break;
         case DType::FP8_E4M3_B128: plain(std::integral_constant<DType, DType::FP8_E4M3_B128>{}, 16); break;
-        case DType::Q8_0:
-        case DType::Q4_K:
-        case DType::Q6_K:
-            if (!x_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: x rows not 16-byte aligned", __FILE__, __LINE__);
-            if (w.type == DType::Q8_0) gemv_quant_kernel<DType::Q8_0, NT><<<grid, block, 0, stream>>>(a);
-            if (w.type == DType::Q4_K) {
-                if (!rows_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: Q4_K rows not 16-byte aligned", __FILE__, __LINE__);
-                gemv_quant_kernel<DType::Q4_K, NT><<<grid, block, 0, stream>>>(a);
-            }
-            if (w.type == DType::Q6_K) gemv_quant_kernel<DType::Q6_K, NT><<<grid, block, 0, stream>>>(a);
-            break;
-        default: throw_cuda_error(int(cudaErrorNotSupported), "gemv: no device kernel for this weight type", __FILE__, __LINE__);
+        default: {
+            const bool known = detail::visit_quant_type(w.type, [&](auto type_tag) {
+                constexpr DType T = decltype(type_tag)::value;
+                if (!x_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: x rows not 16-byte aligned", __FILE__, __LINE__);
+                if (!detail::rows_meet_alignment<T>(a.w, a.row_bytes))
+                    throw_weight_error("gemv", T, "rows not aligned for the block loads (device pointer and row bytes)");
+                gemv_quant_kernel<T, NT><<<grid, block, 0, stream>>>(a);
+            });
+            if (!known) throw_weight_error("gemv", w.type, "no device kernel for this type");
+        }
     }
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
@@ -231,17 +210,16 @@ bool has_gemv_kernel(DType type) {
         case DType::F32:
         case DType::F16:
         case DType::BF16:
-        case DType::FP8_E4M3_B128:
-        case DType::Q8_0:
-        case DType::Q4_K:
-        case DType::Q6_K: return true;
-        default: return false;
+        case DType::FP8_E4M3_B128: return true;
+        default: return detail::visit_quant_type(type, [](auto) {});
     }
 }
 
 void gemv_batched(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y,
                   int64_t y_stride, cudaStream_t stream) {
     if (w.rows == 0 || n_tokens == 0) return;
+    if (cpu::quant_dot() == cpu::QuantDot::fused && has_q8_gemv_kernel(w.type))
+        return gemv_batched_q8(w, x, x_stride, n_tokens, y, y_stride, stream);
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokensPerLaunch) {
         const int nt = int(std::min<int64_t>(kMaxTokensPerLaunch, n_tokens - t0));
         const GemvArgs a{static_cast<const uint8_t*>(w.data), w.rows, w.cols, w.bytes_per_row(), w.block_scales,

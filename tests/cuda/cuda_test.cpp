@@ -1,11 +1,14 @@
-// The CUDA kernels against the CPU backend and a double-precision reference from the block
-// layouts of spec §3.9, on random inputs. Needs a device: without one the binary prints why and
-// exits 77, which meson reports as SKIP (never a silent pass).
+// The CUDA kernels against the CPU backend on random inputs: weights of every stored type
+// dequantised by the CPU's dequantisers (bit-identical to gguf-py, tests/kernels/
+// quant_dequant_test.cpp) and dotted in double, and the CPU's own gemv. Needs a device: without
+// one the binary prints why and exits 77, which meson reports as SKIP (never a silent pass).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <vector>
 
@@ -15,6 +18,8 @@
 #include "kernels/block_type.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/ops.hpp"
+#include "kernels/cpu/quant_dot.hpp"
+#include "kernels/cpu/quantize_activations.hpp"
 #include "kernels/cuda/attention.hpp"
 #include "kernels/cuda/device.hpp"
 #include "kernels/cuda/device_memory.hpp"
@@ -50,61 +55,24 @@ std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo = -1.0f, 
     return v;
 }
 
-void put_f16(uint8_t* p, float v) {
-    const uint16_t h = f32_to_f16(v);
-    std::memcpy(p, &h, 2);
-}
-float get_f16(const uint8_t* p) {
-    uint16_t h;
-    std::memcpy(&h, p, 2);
-    return f16_to_f32(h);
+// Where each block type keeps its f16 scales (d, and dmin / m for the affine types; -1: none):
+// random bytes there would give inf / NaN, every other byte stays random.
+struct ScaleFields {
+    int d, dmin;
+};
+ScaleFields scale_fields(DType type) {
+    switch (type) {
+        case DType::Q4_1: case DType::Q5_1: case DType::Q4_K: case DType::Q5_K: return {0, 2};
+        case DType::Q2_K: return {80, 82};
+        case DType::Q3_K: return {108, -1};
+        case DType::Q6_K: return {208, -1};
+        default: return {0, -1};  // Q4_0, Q5_0, Q8_0, IQ4_NL, IQ4_XS
+    }
 }
 
-// Reference dequantisers written from spec §3.9 block by block (not the device grouping).
-void ref_q8_0(const uint8_t* b, float* y) {
-    const float d = get_f16(b);
-    for (int j = 0; j < 32; ++j) y[j] = d * float(int8_t(b[2 + j]));
-}
-void ref_q4_k(const uint8_t* b, float* y) {
-    const float d = get_f16(b), dmin = get_f16(b + 2);
-    const uint8_t* scales = b + 4;
-    const uint8_t* qs = b + 16;
-    for (int j = 0; j < 8; ++j) {
-        int sc, mn;
-        if (j < 4) {
-            sc = scales[j] & 63;
-            mn = scales[j + 4] & 63;
-        } else {
-            sc = (scales[j + 4] & 15) | ((scales[j - 4] >> 6) << 4);
-            mn = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
-        }
-        const int c = j / 2;
-        for (int l = 0; l < 32; ++l) {
-            const int q = (j % 2 == 0) ? (qs[32 * c + l] & 15) : (qs[32 * c + l] >> 4);
-            y[32 * j + l] = d * float(sc) * float(q) - dmin * float(mn);
-        }
-    }
-}
-void ref_q6_k(const uint8_t* b, float* y) {
-    const float d = get_f16(b + 208);
-    for (int n = 0; n < 2; ++n) {
-        const uint8_t* ql = b + 64 * n;
-        const uint8_t* qh = b + 128 + 32 * n;
-        const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192 + 8 * n);
-        float* o = y + 128 * n;
-        for (int l = 0; l < 32; ++l) {
-            const int is = l / 16;
-            const int q1 = ((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32;
-            const int q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            o[l] = d * float(sc[is + 0]) * float(q1);
-            o[l + 32] = d * float(sc[is + 2]) * float(q2);
-            o[l + 64] = d * float(sc[is + 4]) * float(q3);
-            o[l + 96] = d * float(sc[is + 6]) * float(q4);
-        }
-    }
-}
+// Every block-quantised type the CPU reads: the device must read them all.
+constexpr DType kQuantTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2_K,
+                                 DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_NL, DType::IQ4_XS};
 
 // A random stored matrix of `type` and its dequantised values (FP8: scales applied).
 struct HostMatrix {
@@ -147,26 +115,22 @@ HostMatrix random_matrix(std::mt19937& rng, DType type, int64_t rows, int64_t co
                     out[c] = fp8_e4m3_to_f32(row[c]);
                 }
                 break;
-            case DType::Q8_0:
-                for (int64_t b = 0; b < cols / 32; ++b) {
-                    put_f16(row + 34 * b, small(rng));
-                    ref_q8_0(row + 34 * b, out + 32 * b);
+            default: {
+                // Random quants and sub-scales, modest f16 scales of either sign (mins positive).
+                const auto& traits = block_type(type);
+                const ScaleFields f = scale_fields(type);
+                for (int64_t b = 0; b < cols / traits.block_elems; ++b) {
+                    uint8_t* block = row + b * traits.block_bytes;
+                    const uint16_t d = f32_to_f16(byte(rng) % 2 ? small(rng) : -small(rng));
+                    std::memcpy(block + f.d, &d, 2);
+                    if (f.dmin >= 0) {
+                        const uint16_t dmin = f32_to_f16(small(rng));
+                        std::memcpy(block + f.dmin, &dmin, 2);
+                    }
                 }
+                traits.dequantize_row(row, out, cols);
                 break;
-            case DType::Q4_K:
-                for (int64_t b = 0; b < cols / 256; ++b) {
-                    put_f16(row + 144 * b, small(rng));
-                    put_f16(row + 144 * b + 2, small(rng));
-                    ref_q4_k(row + 144 * b, out + 256 * b);
-                }
-                break;
-            case DType::Q6_K:
-                for (int64_t b = 0; b < cols / 256; ++b) {
-                    put_f16(row + 210 * b + 208, small(rng) * 0.1f);
-                    ref_q6_k(row + 210 * b, out + 256 * b);
-                }
-                break;
-            default: FAIL("no generator for type");
+            }
         }
     }
     if (type == DType::FP8_E4M3_B128) {
@@ -179,8 +143,10 @@ HostMatrix random_matrix(std::mt19937& rng, DType type, int64_t rows, int64_t co
 }
 
 // |y - ref| <= tol * sum |w x| + 1e-6 for every output: the error relative to the magnitudes summed.
+// ref is the double dot of the dequantised rows, or `want` (another backend's outputs) when given.
 void check_products(const HostMatrix& m, const std::vector<float>& x, int64_t x_stride, int64_t n_tokens,
-                    const std::vector<float>& y, int64_t y_stride, double tol, int64_t row_begin = 0, int64_t n_rows = -1) {
+                    const std::vector<float>& y, int64_t y_stride, double tol, int64_t row_begin = 0, int64_t n_rows = -1,
+                    const std::vector<float>* want = nullptr) {
     if (n_rows < 0) n_rows = m.rows;
     int bad = 0;
     for (int64_t t = 0; t < n_tokens; ++t)
@@ -191,6 +157,7 @@ void check_products(const HostMatrix& m, const std::vector<float>& x, int64_t x_
                 ref += p;
                 mag += std::fabs(p);
             }
+            if (want) ref = (*want)[size_t(t * y_stride + r)];
             const double got = y[size_t(t * y_stride + r)];
             if (!(std::fabs(got - ref) <= tol * mag + 1e-6) && bad++ < 5)
                 MESSAGE("token " << t << " row " << r << ": got " << got << " want " << ref << " (sum|wx| " << mag << ")");
@@ -203,19 +170,48 @@ struct TypeCase {
     int64_t rows, cols;
 };
 
+// Both backends take the quantised-weight path from cpu::quant_dot(): a test sets the mode it
+// checks and puts the old one back.
+class QuantDotMode {
+public:
+    explicit QuantDotMode(cpu::QuantDot mode) : old_(cpu::quant_dot()) { cpu::set_quant_dot(mode); }
+    ~QuantDotMode() { cpu::set_quant_dot(old_); }
+
+private:
+    cpu::QuantDot old_;
+};
+
 }  // namespace
 
-TEST_CASE("gemv matches the double reference for every stored type, aligned and odd shapes") {
+namespace {
+
+// Per block type: a few rows of three 256-column units, and rows of an odd number of blocks (the
+// 2-byte-aligned types then start every other row 2 mod 4).
+std::vector<TypeCase> quant_cases() {
+    std::vector<TypeCase> cases;
+    for (DType type : kQuantTypes) {
+        cases.push_back({type, 37, 768});
+        cases.push_back({type, 9, 7 * block_type(type).block_elems});
+    }
+    return cases;
+}
+
+}  // namespace
+
+TEST_CASE("exact gemv matches the double reference for every stored type, aligned and odd shapes") {
+    const QuantDotMode exact(cpu::QuantDot::exact);
     std::mt19937 rng(1);
-    const TypeCase cases[] = {
+    std::vector<TypeCase> cases = {
         {DType::F32, 37, 512},  {DType::F32, 19, 333},  {DType::F16, 41, 1024}, {DType::F16, 7, 101},
         {DType::BF16, 33, 768}, {DType::BF16, 5, 77},   {DType::FP8_E4M3_B128, 300, 640},
         {DType::FP8_E4M3_B128, 9, 200}, {DType::Q8_0, 45, 1024}, {DType::Q4_K, 29, 1536},
         {DType::Q6_K, 31, 1280}, {DType::Q4_K, 1, 7168}, {DType::Q6_K, 2, 256},
     };
+    for (const auto& tc : quant_cases()) cases.push_back(tc);
     for (const auto& tc : cases) {
         CAPTURE(dtype_name(tc.type));
         CAPTURE(tc.cols);
+        REQUIRE(cuda::has_gemv_kernel(tc.type));
         const auto m = random_matrix(rng, tc.type, tc.rows, tc.cols);
         const auto x = random_floats(rng, size_t(tc.cols));
         auto dw = upload(m.bytes);
@@ -241,31 +237,42 @@ TEST_CASE("gemv on an FP8 row slice uses the scale row of the whole tensor (scal
     check_products(m, x, 256, 1, download<float>(dy, 100), 100, 1e-5, 200, 100);
 }
 
-TEST_CASE("gemv agrees with the CPU backend's gemv for the types both have") {
+TEST_CASE("gemv agrees with the CPU backend's gemv (exact dot) for every type both have") {
     std::mt19937 rng(3);
     ThreadPool pool(2);
-    for (DType type : {DType::F32, DType::F16, DType::BF16, DType::FP8_E4M3_B128}) {
-        if (!cpu::has_matmul_kernel(type)) continue;
+    // The exact paths of both; the fused ones are compared below.
+    const QuantDotMode exact(cpu::QuantDot::exact);
+    int n_types = 0;
+    for (uint32_t id = 0; id < 2000; ++id) {
+        const BlockTypeTraits* traits = find_block_type(id);
+        if (!traits || !cpu::has_matmul_kernel(traits->type)) continue;
+        const DType type = traits->type;
         CAPTURE(dtype_name(type));
-        const auto m = random_matrix(rng, type, 64, 1024);
-        const auto x = random_floats(rng, 1024);
+        REQUIRE(cuda::has_gemv_kernel(type));
+        ++n_types;
+        const int64_t rows = 64, cols = 1024;
+        const auto m = random_matrix(rng, type, rows, cols);
+        const auto x = random_floats(rng, size_t(cols));
         auto dw = upload(m.bytes);
         auto ds = upload(m.scales.empty() ? std::vector<float>{0.0f} : m.scales);
         auto dx = upload(x);
-        cuda::DeviceBuffer dy(64 * 4);
-        const Matrix hw{type, 64, 1024, m.bytes.data(), m.scales.empty() ? nullptr : m.scales.data(), 0};
-        const Matrix w{type, 64, 1024, dw.data(), ds.as<float>(), 0};
-        std::vector<float> cpu_y(64);
+        cuda::DeviceBuffer dy(size_t(rows) * 4);
+        const Matrix hw{type, rows, cols, m.bytes.data(), m.scales.empty() ? nullptr : m.scales.data(), 0};
+        const Matrix w{type, rows, cols, dw.data(), ds.as<float>(), 0};
+        std::vector<float> cpu_y(static_cast<size_t>(rows));
         cpu::gemv(hw, x.data(), cpu_y.data(), pool);
         cuda::gemv(w, dx.as<float>(), dy.as<float>(), nullptr);
-        const auto y = download<float>(dy, 64);
-        for (int r = 0; r < 64; ++r) CHECK(y[size_t(r)] == doctest::Approx(cpu_y[size_t(r)]).epsilon(1e-4));
+        check_products(m, x, cols, 1, download<float>(dy, size_t(rows)), rows, 1e-5, 0, -1, &cpu_y);
     }
+    CHECK(n_types == 16);  // F32, F16, BF16, FP8 and the twelve block types
 }
 
-TEST_CASE("batched gemv over 11 tokens with strided activations equals the reference per token") {
+TEST_CASE("exact batched gemv over 11 tokens with strided activations equals the reference per token, every type") {
+    const QuantDotMode exact(cpu::QuantDot::exact);
     std::mt19937 rng(4);
-    for (DType type : {DType::BF16, DType::Q4_K, DType::FP8_E4M3_B128}) {
+    std::vector<DType> types = {DType::BF16, DType::FP8_E4M3_B128};
+    types.insert(types.end(), std::begin(kQuantTypes), std::end(kQuantTypes));
+    for (DType type : types) {
         CAPTURE(dtype_name(type));
         const int64_t rows = 70, cols = 512, n = 11, xs = cols + 4, ys = rows + 3;
         const auto m = random_matrix(rng, type, rows, cols);
@@ -280,12 +287,94 @@ TEST_CASE("batched gemv over 11 tokens with strided activations equals the refer
     }
 }
 
+// The fused path quantises activations as the CPU's does and sums the same integers, so it equals
+// the CPU's fused gemv up to the order of float additions (the bound the CPU's SIMD paths meet
+// against its scalar one), and the exact product within the activation-quantisation bound.
+TEST_CASE("fused int8 gemv equals the CPU's fused gemv for every type the CPU fuses, 1 to 11 tokens") {
+    const QuantDotMode fused(cpu::QuantDot::fused);
+    std::mt19937 rng(12);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    ThreadPool pool(2);
+    int n_types = 0;
+    for (DType type : kQuantTypes) {
+        if (!cpu::quant_dot_supports(type)) continue;
+        REQUIRE(cuda::has_q8_gemv_kernel(type));
+        ++n_types;
+        const int64_t unit = block_type(type).block_elems;
+        for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{37, 3 * 256}, {9, 7 * unit}}) {
+            const auto m = random_matrix(rng, type, rows, cols);
+            auto dw = upload(m.bytes);
+            const Matrix hw{type, rows, cols, m.bytes.data()};
+            const Matrix w{type, rows, cols, dw.data()};
+            for (int64_t n : {1, 3, 8, 11}) {
+                CAPTURE(dtype_name(type));
+                CAPTURE(cols);
+                CAPTURE(n);
+                const int64_t xs = cols + 4, ys = rows + 3;
+                std::vector<float> x(size_t(n * xs));
+                for (auto& v : x) v = normal(rng);
+                auto dx = upload(x);
+                cuda::DeviceBuffer dy(size_t(n * ys) * 4);
+                std::vector<float> cpu_y(size_t(n * ys));
+                cpu::gemm(hw, x.data(), xs, n, cpu_y.data(), ys, pool);
+                cuda::gemv_batched(w, dx.as<float>(), xs, n, dy.as<float>(), ys, nullptr);
+                const auto y = download<float>(dy, size_t(n * ys));
+                check_products(m, x, xs, n, y, ys, 1e-5, 0, -1, &cpu_y);
+                check_products(m, x, xs, n, y, ys, 1e-2);
+            }
+        }
+    }
+    CHECK(n_types == 7);  // Q8_0, Q4_0, Q2_K..Q6_K
+}
+
+TEST_CASE("the device activation quantisers write the CPU's int8 blocks byte for byte") {
+    std::mt19937 rng(13);
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    const int64_t n_tokens = 3, cols8 = 4 * 256 + 3 * 32, cols8k = 4 * 256, xs = cols8 + 4;  // a partial last Q8 group
+    std::vector<float> x(size_t(n_tokens * xs));
+    for (auto& v : x) v = normal(rng);
+    for (int i = 0; i < 32; ++i) x[size_t(xs + i)] = 0.0f;  // an all-zero block: d = 0, qs = 0
+    x[300] = 1e-3f * 127.0f, x[301] = -1e-3f * 127.0f * 0.5f;  // exact halves: ties to even
+    auto dx = upload(x);
+    const int64_t n_groups = (cols8 + 255) / 256, n_blocks = cols8k / 256;
+    cuda::DeviceBuffer d8(size_t(n_tokens * n_groups) * sizeof(cpu::ActivationGroupQ8)),
+        d8k(size_t(n_tokens * n_blocks) * sizeof(cpu::ActivationBlockQ8K));
+    cuda::quantize_activations_q8(dx.as<float>(), xs, n_tokens, cols8, d8.data(), nullptr);
+    cuda::quantize_activations_q8k(dx.as<float>(), xs, n_tokens, cols8k, d8k.data(), nullptr);
+    const auto got8 = download<cpu::ActivationGroupQ8>(d8, size_t(n_tokens * n_groups));
+    const auto got8k = download<cpu::ActivationBlockQ8K>(d8k, size_t(n_tokens * n_blocks));
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        CAPTURE(t);
+        std::vector<cpu::ActivationGroupQ8> want8(static_cast<size_t>(n_groups));
+        std::vector<cpu::ActivationBlockQ8K> want8k(static_cast<size_t>(n_blocks));
+        cpu::quantize_activations_q8(x.data() + t * xs, want8.data(), cols8);
+        cpu::quantize_activations_q8k(x.data() + t * xs, want8k.data(), cols8k);
+        for (int64_t b = 0; b < cols8 / 32; ++b) {  // the device leaves a partial group's unused slots alone
+            const auto& g = got8[size_t(t * n_groups + b / 8)];
+            const auto& w = want8[size_t(b / 8)];
+            const int slot = int(b % 8);
+            CAPTURE(b);
+            CHECK(g.d[slot] == w.d[slot]);
+            CHECK(g.sum[slot] == w.sum[slot]);
+            CHECK(std::memcmp(g.qs[slot], w.qs[slot], 32) == 0);
+        }
+        for (int64_t b = 0; b < n_blocks; ++b) {
+            const auto& g = got8k[size_t(t * n_blocks + b)];
+            const auto& w = want8k[size_t(b)];
+            CAPTURE(b);
+            CHECK(g.d == w.d);
+            CHECK(std::memcmp(g.qs, w.qs, 256) == 0);
+            CHECK(std::memcmp(g.bsums, w.bsums, sizeof w.bsums) == 0);
+        }
+    }
+}
+
 TEST_CASE("gemm (BF16 tensor cores, F32 SGEMM) matches the reference within BF16 rounding") {
     std::mt19937 rng(5);
     cuda::Gemm gemm;
-    const TypeCase cases[] = {{DType::F32, 96, 512},  {DType::F16, 130, 768}, {DType::BF16, 64, 256},
-                              {DType::FP8_E4M3_B128, 200, 384}, {DType::Q8_0, 72, 512}, {DType::Q4_K, 50, 512},
-                              {DType::Q6_K, 40, 768}};
+    std::vector<TypeCase> cases = {{DType::F32, 96, 512}, {DType::F16, 130, 768}, {DType::BF16, 64, 256},
+                                   {DType::FP8_E4M3_B128, 200, 384}};
+    for (DType type : kQuantTypes) cases.push_back({type, 40, 512});
     for (const auto& tc : cases) {
         CAPTURE(dtype_name(tc.type));
         const int64_t n = 19, xs = tc.cols + 8, ys = tc.rows + 1;
@@ -459,21 +548,46 @@ TEST_CASE("pinned H2D copies on the copy stream are ordered before compute by an
     }
 }
 
-TEST_CASE("dequantize_to_f32 reproduces the reference values of every type, FP8 scales applied") {
+// The device decoders round each step as the CPU dequantisers do: equal bit for bit (== also
+// takes -0 for 0, which is the one difference a zero scale may leave).
+TEST_CASE("dequantize_to_f32 and dequantize_to_bf16 equal the CPU dequantiser (rounded to bf16) for every type") {
     std::mt19937 rng(10);
-    for (DType type : {DType::F32, DType::F16, DType::BF16, DType::FP8_E4M3_B128, DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+    std::vector<DType> types = {DType::F32, DType::F16, DType::BF16, DType::FP8_E4M3_B128};
+    types.insert(types.end(), std::begin(kQuantTypes), std::end(kQuantTypes));
+    for (DType type : types) {
         CAPTURE(dtype_name(type));
         const int64_t rows = 130, cols = 512;
         const auto m = random_matrix(rng, type, rows, cols);
         auto dw = upload(m.bytes);
         auto ds = upload(m.scales.empty() ? std::vector<float>{0.0f} : m.scales);
-        cuda::DeviceBuffer out(size_t(rows * cols) * 4);
-        cuda::dequantize_to_f32(Matrix{type, rows, cols, dw.data(), ds.as<float>(), 0}, out.as<float>(), nullptr);
+        const Matrix w{type, rows, cols, dw.data(), ds.as<float>(), 0};
+        cuda::DeviceBuffer out(size_t(rows * cols) * 4), out_bf16(size_t(rows * cols) * 2);
+        cuda::dequantize_to_f32(w, out.as<float>(), nullptr);
+        cuda::dequantize_to_bf16(w, out_bf16.data(), nullptr);
         const auto got = download<float>(out, size_t(rows * cols));
-        int bad = 0;
-        for (size_t i = 0; i < got.size(); ++i)
-            if (!(std::fabs(got[i] - m.dense[i]) <= 1e-6f * std::fabs(m.dense[i]))) ++bad;
+        const auto got_bf16 = download<uint16_t>(out_bf16, size_t(rows * cols));
+        int bad = 0, bad_bf16 = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+            if (got[i] != m.dense[i] && bad++ < 5) MESSAGE("f32 weight " << i << ": got " << got[i] << " want " << m.dense[i]);
+            if (bf16_to_f32(got_bf16[i]) != bf16_to_f32(f32_to_bf16(m.dense[i])) && bad_bf16++ < 5)
+                MESSAGE("bf16 weight " << i << ": got " << bf16_to_f32(got_bf16[i]) << " want " << m.dense[i]);
+        }
         CHECK(bad == 0);
+        CHECK(bad_bf16 == 0);
+    }
+}
+
+TEST_CASE("dequantising into an output that is not 16-byte aligned stores element by element, same values") {
+    std::mt19937 rng(14);
+    for (DType type : {DType::Q4_0, DType::Q4_K, DType::Q6_K}) {
+        CAPTURE(dtype_name(type));
+        const int64_t rows = 3, cols = 512;
+        const auto m = random_matrix(rng, type, rows, cols);
+        auto dw = upload(m.bytes);
+        cuda::DeviceBuffer out(size_t(rows * cols + 1) * 4);
+        cuda::dequantize_to_f32(Matrix{type, rows, cols, dw.data()}, out.as<float>() + 1, nullptr);
+        const auto got = download<float>(out, size_t(rows * cols + 1));
+        CHECK(std::equal(m.dense.begin(), m.dense.end(), got.begin() + 1));
     }
 }
 
