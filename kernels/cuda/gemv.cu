@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
 
 namespace sluice::cuda {
@@ -199,9 +200,9 @@ void launch(const Matrix& w, const GemvArgs& a, cudaStream_t stream) {
     auto plain = [&](auto type_tag, int chunk_weights) {
         constexpr DType T = decltype(type_tag)::value;
         if (x_aligned && rows_aligned && a.cols % chunk_weights == 0)
-            gemv_plain_kernel<T, NT><<<grid, block, 0, stream>>>(a);
+            launch_kernel(gemv_plain_kernel<T, NT>, grid, block, 0, stream, a);
         else
-            gemv_scalar_kernel<T, NT><<<grid, block, 0, stream>>>(a);
+            launch_kernel(gemv_scalar_kernel<T, NT>, grid, block, 0, stream, a);
     };
     switch (w.type) {
         case DType::F32: plain(std::integral_constant<DType, DType::F32>{}, 4); break;
@@ -212,12 +213,12 @@ void launch(const Matrix& w, const GemvArgs& a, cudaStream_t stream) {
         case DType::Q4_K:
         case DType::Q6_K:
             if (!x_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: x rows not 16-byte aligned", __FILE__, __LINE__);
-            if (w.type == DType::Q8_0) gemv_quant_kernel<DType::Q8_0, NT><<<grid, block, 0, stream>>>(a);
+            if (w.type == DType::Q8_0) launch_kernel(gemv_quant_kernel<DType::Q8_0, NT>, grid, block, 0, stream, a);
             if (w.type == DType::Q4_K) {
                 if (!rows_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: Q4_K rows not 16-byte aligned", __FILE__, __LINE__);
-                gemv_quant_kernel<DType::Q4_K, NT><<<grid, block, 0, stream>>>(a);
+                launch_kernel(gemv_quant_kernel<DType::Q4_K, NT>, grid, block, 0, stream, a);
             }
-            if (w.type == DType::Q6_K) gemv_quant_kernel<DType::Q6_K, NT><<<grid, block, 0, stream>>>(a);
+            if (w.type == DType::Q6_K) launch_kernel(gemv_quant_kernel<DType::Q6_K, NT>, grid, block, 0, stream, a);
             break;
         default: throw_cuda_error(int(cudaErrorNotSupported), "gemv: no device kernel for this weight type", __FILE__, __LINE__);
     }
