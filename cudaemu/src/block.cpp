@@ -94,7 +94,11 @@ std::string hex32(unsigned v) {
     return b;
 }
 
-std::string xyz(uint3 v) { return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")"; }
+std::string xyz(uint3 v) {
+    char b[48];
+    std::snprintf(b, sizeof b, "(%u,%u,%u)", v.x, v.y, v.z);
+    return b;
+}
 
 // Writes poison without the memset the sanitizers intercept: the static shared section holds
 // ASan redzones between its variables.

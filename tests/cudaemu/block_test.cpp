@@ -88,6 +88,12 @@ __global__ void misaligned_ldg_kernel(const float* p, float* out) {
 
 __global__ void nothing_kernel() {}
 
+__global__ void dp4a_kernel(const int* a, const int* b, int* out) {
+    const int i = int(threadIdx.x);
+    out[2 * i] = __dp4a(a[i], b[i], i);
+    out[2 * i + 1] = int(__dp4a(unsigned(a[i]), unsigned(b[i]), unsigned(i)));
+}
+
 }  // namespace
 
 TEST_CASE("every thread of a 3-D grid of 3-D blocks runs exactly once with its own coordinates") {
@@ -196,6 +202,32 @@ TEST_CASE("a misaligned __ldg of a 16-byte vector faults with cudaErrorMisaligne
     launch_kernel(misaligned_ldg_kernel, 1, 1, 0, nullptr, static_cast<const float*>(p), p);
     CHECK(device_error().find("cudaErrorMisalignedAddress") != std::string::npos);
     cudaFree(p);
+}
+
+TEST_CASE("__dp4a sums four signed (or unsigned) byte products onto the accumulator") {
+    std::vector<int> a(64), b(64);
+    for (int i = 0; i < 64; ++i) {
+        a[size_t(i)] = int(0x9e3779b9u * unsigned(i + 1));
+        b[size_t(i)] = int(0x85ebca6bu * unsigned(i + 7));
+    }
+    auto *da = upload(a), *db = upload(b);
+    auto* out = device_array<int>(128);
+    launch_kernel(dp4a_kernel, 1, 64, 0, nullptr, static_cast<const int*>(da), static_cast<const int*>(db), out);
+    const auto got = download(out, 128);
+    for (int i = 0; i < 64; ++i) {
+        int s = i;
+        unsigned u = unsigned(i);
+        for (int k = 0; k < 4; ++k) {
+            const int x = (a[size_t(i)] >> (8 * k)) & 0xff, y = (b[size_t(i)] >> (8 * k)) & 0xff;
+            s += int(int8_t(x)) * int(int8_t(y));
+            u += unsigned(x) * unsigned(y);
+        }
+        CHECK(got[size_t(2 * i)] == s);
+        CHECK(unsigned(got[size_t(2 * i + 1)]) == u);
+    }
+    cudaFree(da);
+    cudaFree(db);
+    cudaFree(out);
 }
 
 TEST_CASE("launch configurations beyond the device's limits are refused at launch") {
