@@ -25,5 +25,5 @@ done
 ninja -C "$build" "${targets[@]}"
 export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 exitcode=66 ${TSAN_OPTIONS:-}"
 # TSan makes every fiber switch of the emulated device cost a vector-clock merge over all its
-# fibers: cuda_forward_emu takes ~7 min there (12 s without TSan), hence the longer timeouts.
+# fibers: cuda_forward_emu took 527 s there (12 s without TSan; 2 busy cores), hence 4x timeouts.
 meson test -C "$build" --no-rebuild --print-errorlogs --num-processes 1 --timeout-multiplier 4 "${tests[@]}"

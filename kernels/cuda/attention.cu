@@ -110,7 +110,7 @@ void mla_attention_absorbed(const cpu::AttentionShape& shape, int64_t n_tokens, 
     const dim3 grid(unsigned((shape.n_heads + kHeadsPerBlock - 1) / kHeadsPerBlock), unsigned(n_tokens));
     const size_t shared_bytes = size_t(kHeadsPerBlock) * size_t(shape.kv_rank + shape.rope_dim) * sizeof(float);
     launch_kernel(absorbed_kernel, grid, kThreads, shared_bytes, stream, shape.n_heads, shape.kv_rank, shape.rope_dim,
-           shape.scale, q_latent, q_rope, cache_latent, cache_rope, n_visible, n_ctx, out, scratch);
+                  shape.scale, q_latent, q_rope, cache_latent, cache_rope, n_visible, n_ctx, out, scratch);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -60,7 +60,7 @@ void dequantize(const Matrix& w, Out* out, cudaStream_t stream) {
     const int64_t rb = w.bytes_per_row();
 #define SLUICE_DEQ(T)                                                                                       \
     launch_kernel(dequantize_kernel<T, Out>, blocks_for(n, threads), threads, 0, stream, data, w.rows, w.cols, rb, \
-           w.block_scales, w.scale_row_offset, out)
+                  w.block_scales, w.scale_row_offset, out)
     switch (w.type) {
         case DType::F32: SLUICE_DEQ(DType::F32); break;
         case DType::F16: SLUICE_DEQ(DType::F16); break;
@@ -86,7 +86,7 @@ void convert_f32_to_bf16(const float* in, int64_t in_stride, int64_t n_rows, int
     const int64_t n = n_rows * cols;
     if (n == 0) return;
     launch_kernel(f32_to_bf16_kernel, blocks_for(n, 256), 256, 0, stream, in, in_stride, n_rows, cols,
-           static_cast<__nv_bfloat16*>(out_bf16));
+                  static_cast<__nv_bfloat16*>(out_bf16));
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -224,8 +224,8 @@ void combine_slots(const float* expert_out, const int32_t* token_slots, const fl
 void rope_interleaved(float* x, int64_t n_tokens, int n_heads, int64_t token_stride, int64_t head_stride, int dim,
                       const int64_t* positions, const float* freq, float magnitude, cudaStream_t stream) {
     if (n_tokens == 0) return;
-    launch_kernel(rope_kernel, unsigned(n_tokens), 128, 0, stream, x, n_heads, token_stride, head_stride, dim, positions, freq,
-           magnitude);
+    launch_kernel(rope_kernel, unsigned(n_tokens), 128, 0, stream, x, n_heads, token_stride, head_stride, dim, positions,
+                  freq, magnitude);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
