@@ -3,7 +3,8 @@
 # the repo, in one call well under ten minutes, it:
 #   1. builds the CUDA tests and bench with nvcc + g++ directly (header-only deps from
 #      .device-deps, made here first by scripts/prepare-device-deps.sh and carried),
-#   2. runs the host decoder test and every CUDA test against the CPU backend,
+#   2. runs the host decoder test and every CUDA test against the CPU backend (the very tests CI
+#      runs on the emulated device, cudaemu/: tests/cuda/cuda_test.cpp, forward_test.cpp, codec_test.cu),
 #   3. runs the CUDA test under compute-sanitizer memcheck when the tool is present and works,
 #   4. runs bench_cuda,
 # and writes logs plus summary.json under $OUT (./device-out when OUT is unset; at most 8 files,

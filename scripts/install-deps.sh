@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages sluice builds with. Idempotent: skips apt when all are present.
 set -euo pipefail
 packages=(g++ meson ninja-build pkg-config cmake liburing-dev libfmt-dev doctest-dev libboost-dev
-          nlohmann-json3-dev libpcre2-dev libcli11-dev libxxhash-dev python3
+          nlohmann-json3-dev libboost-context-dev libpcre2-dev libcli11-dev libxxhash-dev python3
           clang libclang-rt-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
 missing=()
 for p in "${packages[@]}"; do

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/launch.hpp"
 
 namespace sluice::cuda {
 
@@ -27,7 +28,7 @@ __device__ float warp_max(float v) {
 __global__ void absorbed_kernel(int n_heads, int kv_rank, int rope_dim, float scale, const float* q_latent,
                                 const float* q_rope, const float* cache_latent, const float* cache_rope,
                                 const int64_t* n_visible, int64_t n_ctx, float* out, float* scores_all) {
-    extern __shared__ float q[];
+    SLUICE_DYNAMIC_SHARED(float, q);
     __shared__ float head_inv_sum[kHeadsPerBlock];
     const int t = blockIdx.y;
     const int h0 = blockIdx.x * kHeadsPerBlock;
@@ -108,9 +109,8 @@ void mla_attention_absorbed(const cpu::AttentionShape& shape, int64_t n_tokens, 
     if (n_tokens == 0 || shape.n_heads == 0) return;
     const dim3 grid(unsigned((shape.n_heads + kHeadsPerBlock - 1) / kHeadsPerBlock), unsigned(n_tokens));
     const size_t shared_bytes = size_t(kHeadsPerBlock) * size_t(shape.kv_rank + shape.rope_dim) * sizeof(float);
-    absorbed_kernel<<<grid, kThreads, shared_bytes, stream>>>(shape.n_heads, shape.kv_rank, shape.rope_dim, shape.scale,
-                                                              q_latent, q_rope, cache_latent, cache_rope, n_visible,
-                                                              n_ctx, out, scratch);
+    launch_kernel(absorbed_kernel, grid, kThreads, shared_bytes, stream, shape.n_heads, shape.kv_rank, shape.rope_dim,
+                  shape.scale, q_latent, q_rope, cache_latent, cache_rope, n_visible, n_ctx, out, scratch);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/launch.hpp"
 
 namespace sluice::cuda::bench {
 
@@ -26,7 +27,7 @@ void read_sum(const void* data, size_t bytes, float* sink, cudaStream_t stream) 
     SLUICE_CUDA_CHECK(cudaGetDevice(&device));
     SLUICE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     const unsigned blocks = unsigned(std::min(sms * 8, 1024));
-    read_sum_kernel<<<blocks, 512, 0, stream>>>(static_cast<const uint4*>(data), bytes / 16, sink);
+    launch_kernel(read_sum_kernel, blocks, 512, 0, stream, static_cast<const uint4*>(data), bytes / 16, sink);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
 
 namespace sluice::cuda {
@@ -87,7 +88,7 @@ void dequantize(const Matrix& w, Out* out, cudaStream_t stream) {
     const int64_t rb = w.bytes_per_row();
     auto plain = [&](auto type_tag) {
         constexpr DType T = decltype(type_tag)::value;
-        dequantize_plain_kernel<T, Out><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb, w.block_scales,
+        launch_kernel(dequantize_plain_kernel<T, Out>, blocks_for(n, threads), threads, 0, stream, data, w.rows, w.cols, rb, w.block_scales,
                                                                                        w.scale_row_offset, out);
     };
     switch (w.type) {
@@ -100,7 +101,7 @@ void dequantize(const Matrix& w, Out* out, cudaStream_t stream) {
                 constexpr DType T = decltype(type_tag)::value;
                 if (!detail::rows_meet_alignment<T>(data, rb))
                     throw_weight_error("dequantize", T, "rows not aligned for the block loads (device pointer and row bytes)");
-                dequantize_quant_kernel<T, Out><<<blocks_for(n, threads), threads, 0, stream>>>(data, w.rows, w.cols, rb, out);
+                launch_kernel(dequantize_quant_kernel<T, Out>, blocks_for(n, threads), threads, 0, stream, data, w.rows, w.cols, rb, out);
             });
             if (!known) throw_weight_error("dequantize", w.type, "no device kernel for this type");
         }
@@ -118,8 +119,8 @@ void convert_f32_to_bf16(const float* in, int64_t in_stride, int64_t n_rows, int
                          cudaStream_t stream) {
     const int64_t n = n_rows * cols;
     if (n == 0) return;
-    f32_to_bf16_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(in, in_stride, n_rows, cols,
-                                                               static_cast<__nv_bfloat16*>(out_bf16));
+    launch_kernel(f32_to_bf16_kernel, blocks_for(n, 256), 256, 0, stream, in, in_stride, n_rows, cols,
+                  static_cast<__nv_bfloat16*>(out_bf16));
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

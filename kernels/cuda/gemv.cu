@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
 #include "kernels/cuda/warp_reduce.cuh"
 
@@ -180,9 +181,9 @@ void launch(const Matrix& w, const GemvArgs& a, cudaStream_t stream) {
     auto plain = [&](auto type_tag, int chunk_weights) {
         constexpr DType T = decltype(type_tag)::value;
         if (x_aligned && rows_aligned && a.cols % chunk_weights == 0)
-            gemv_plain_kernel<T, NT><<<grid, block, 0, stream>>>(a);
+            launch_kernel(gemv_plain_kernel<T, NT>, grid, block, 0, stream, a);
         else
-            gemv_scalar_kernel<T, NT><<<grid, block, 0, stream>>>(a);
+            launch_kernel(gemv_scalar_kernel<T, NT>, grid, block, 0, stream, a);
     };
     switch (w.type) {
         case DType::F32: plain(std::integral_constant<DType, DType::F32>{}, 4); break;
@@ -195,7 +196,7 @@ void launch(const Matrix& w, const GemvArgs& a, cudaStream_t stream) {
                 if (!x_aligned) throw_cuda_error(int(cudaErrorMisalignedAddress), "gemv: x rows not 16-byte aligned", __FILE__, __LINE__);
                 if (!detail::rows_meet_alignment<T>(a.w, a.row_bytes))
                     throw_weight_error("gemv", T, "rows not aligned for the block loads (device pointer and row bytes)");
-                gemv_quant_kernel<T, NT><<<grid, block, 0, stream>>>(a);
+                launch_kernel(gemv_quant_kernel<T, NT>, grid, block, 0, stream, a);
             });
             if (!known) throw_weight_error("gemv", w.type, "no device kernel for this type");
         }

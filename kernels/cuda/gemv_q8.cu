@@ -13,6 +13,7 @@
 
 #include "kernels/cpu/quantize_activations.hpp"
 #include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/device_memory.hpp"
 #include "kernels/cuda/gemv.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
@@ -214,8 +215,7 @@ void quantize_activations_q8(const float* x, int64_t x_stride, int64_t n_tokens,
                          __FILE__, __LINE__);
     const int64_t n_groups = (cols + 255) / 256;
     if (n_tokens * n_groups == 0) return;
-    quantize_q8_kernel<<<warp_blocks(n_tokens * n_groups), 32 * kWarpsPerBlock, 0, stream>>>(
-        x, x_stride, n_tokens, cols, n_groups, static_cast<ActivationGroupQ8*>(out));
+    launch_kernel(quantize_q8_kernel, warp_blocks(n_tokens * n_groups), 32 * kWarpsPerBlock, 0, stream, x, x_stride, n_tokens, cols, n_groups, static_cast<ActivationGroupQ8*>(out));
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -226,8 +226,7 @@ void quantize_activations_q8k(const float* x, int64_t x_stride, int64_t n_tokens
                          __FILE__, __LINE__);
     const int64_t n_blocks = cols / 256;
     if (n_tokens * n_blocks == 0) return;
-    quantize_q8k_kernel<<<warp_blocks(n_tokens * n_blocks), 32 * kWarpsPerBlock, 0, stream>>>(
-        x, x_stride, n_tokens, n_blocks, static_cast<ActivationBlockQ8K*>(out));
+    launch_kernel(quantize_q8k_kernel, warp_blocks(n_tokens * n_blocks), 32 * kWarpsPerBlock, 0, stream, x, x_stride, n_tokens, n_blocks, static_cast<ActivationBlockQ8K*>(out));
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -250,11 +249,11 @@ void gemv_batched_q8(const Matrix& w, const float* x, int64_t x_stride, int64_t 
             const FusedArgs a{static_cast<const uint8_t*>(w.data), w.rows, w.cols, w.bytes_per_row(), acts + t0 * act_stride,
                               act_stride, y + t0 * y_stride, y_stride, nt};
             if (nt == 1)
-                gemv_q8_kernel<T, 1><<<grid, block, 0, stream>>>(a);
+                launch_kernel(gemv_q8_kernel<T, 1>, grid, block, 0, stream, a);
             else if (nt <= 4)
-                gemv_q8_kernel<T, 4><<<grid, block, 0, stream>>>(a);
+                launch_kernel(gemv_q8_kernel<T, 4>, grid, block, 0, stream, a);
             else
-                gemv_q8_kernel<T, kMaxTokensPerLaunch><<<grid, block, 0, stream>>>(a);
+                launch_kernel(gemv_q8_kernel<T, kMaxTokensPerLaunch>, grid, block, 0, stream, a);
             SLUICE_CUDA_CHECK(cudaGetLastError());
         }
     });

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_error.hpp"
+#include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/router_check.hpp"
 
 namespace sluice::cuda {
@@ -196,47 +197,47 @@ unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) 
 void rms_norm(const float* x, int64_t x_stride, const float* w, float eps, int64_t n_rows, int64_t n, float* out,
               int64_t out_stride, cudaStream_t stream) {
     if (n_rows == 0) return;
-    rms_norm_kernel<<<unsigned(n_rows), kRowThreads, 0, stream>>>(x, x_stride, w, eps, n, out, out_stride);
+    launch_kernel(rms_norm_kernel, unsigned(n_rows), kRowThreads, 0, stream, x, x_stride, w, eps, n, out, out_stride);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
 void add_inplace(float* x, const float* y, int64_t n, cudaStream_t stream) {
     if (n == 0) return;
-    add_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(x, y, n);
+    launch_kernel(add_kernel, blocks_for(n, 256), 256, 0, stream, x, y, n);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
 void gather_rows(const float* rows, const int32_t* index, int64_t n_rows, int64_t width, float* out,
                  cudaStream_t stream) {
     if (n_rows == 0) return;
-    gather_kernel<<<unsigned(n_rows), 256, 0, stream>>>(rows, index, width, out);
+    launch_kernel(gather_kernel, unsigned(n_rows), 256, 0, stream, rows, index, width, out);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
 void combine_slots(const float* expert_out, const int32_t* token_slots, const float* slot_weight, int64_t n_tokens,
                    int per_token, int64_t width, float* out, cudaStream_t stream) {
     if (n_tokens == 0) return;
-    combine_kernel<<<unsigned(n_tokens), 256, 0, stream>>>(expert_out, token_slots, slot_weight, per_token, width, out);
+    launch_kernel(combine_kernel, unsigned(n_tokens), 256, 0, stream, expert_out, token_slots, slot_weight, per_token, width, out);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
 void rope_interleaved(float* x, int64_t n_tokens, int n_heads, int64_t token_stride, int64_t head_stride, int dim,
                       const int64_t* positions, const float* freq, float magnitude, cudaStream_t stream) {
     if (n_tokens == 0) return;
-    rope_kernel<<<unsigned(n_tokens), 128, 0, stream>>>(x, n_heads, token_stride, head_stride, dim, positions, freq,
-                                                        magnitude);
+    launch_kernel(rope_kernel, unsigned(n_tokens), 128, 0, stream, x, n_heads, token_stride, head_stride, dim, positions,
+                  freq, magnitude);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
 void silu_mul(const float* gate, const float* up, int64_t n, float* out, cudaStream_t stream) {
     if (n == 0) return;
-    silu_mul_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(gate, up, n, out);
+    launch_kernel(silu_mul_kernel, blocks_for(n, 256), 256, 0, stream, gate, up, n, out);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
 void softmax(float* x, int64_t n_rows, int64_t n, int64_t stride, cudaStream_t stream) {
     if (n_rows == 0) return;
-    softmax_kernel<<<unsigned(n_rows), kRowThreads, 0, stream>>>(x, n, stride);
+    launch_kernel(softmax_kernel, unsigned(n_rows), kRowThreads, 0, stream, x, n, stride);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -252,7 +253,7 @@ void route(const float* logits, const float* bias, const cpu::RouterConfig& conf
                           config.group_score == cpu::RouterConfig::GroupScore::top2_sum,
                           config.norm_topk_prob,
                           config.routed_scaling_factor};
-    route_kernel<<<unsigned(n_tokens), 128, 0, stream>>>(logits, bias, args, expert_ids, expert_weights);
+    launch_kernel(route_kernel, unsigned(n_tokens), 128, 0, stream, logits, bias, args, expert_ids, expert_weights);
     SLUICE_CUDA_CHECK(cudaGetLastError());
 }
 

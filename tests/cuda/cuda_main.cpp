@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/device.hpp"
 
@@ -16,6 +18,11 @@ int main(int argc, char** argv) {
     const auto& d = q.devices.front();
     std::printf("device 0: %s, sm_%d%d, %zu MiB, %d SMs\n", d.name.c_str(), d.sm_major, d.sm_minor, d.total_bytes >> 20,
                 d.n_multiprocessors);
+    if (d.name.starts_with("cudaemu")) {  // the emulated device: say how to reproduce this run
+        const char* order = std::getenv("CUDAEMU_ORDER");
+        const char* seed = std::getenv("CUDAEMU_SEED");
+        std::printf("emulated: CUDAEMU_ORDER=%s CUDAEMU_SEED=%s\n", order ? order : "random", seed ? seed : "1");
+    }
     doctest::Context context(argc, argv);
     return context.run();
 }

@@ -14,6 +14,7 @@
 #include "engine/cuda/cuda_forward.hpp"
 #include "engine/deepseek_v3.hpp"
 #include "engine/model_loader.hpp"
+#include "kernels/cpu/matmul.hpp"
 
 using namespace sluice;
 
@@ -101,6 +102,17 @@ TEST_CASE("CUDA forward equals the CPU forward with three shared experts") {
 
 TEST_CASE("CUDA forward through the cuBLAS GEMM path for every step equals the CPU forward (F32 weights: SGEMM)") {
     compare("hf_tiny_v3", 64, 1, 1e-4);
+}
+
+TEST_CASE("CUDA forward (GEMV path) equals the CPU forward (exact dot) on llama.cpp GGUF files") {
+    // The CPU reference dequantises each weight row to f32, as the device kernels do (its fused
+    // 8-bit-activation path is a different approximation). Q4_K_M / Q2_K files of these tiny
+    // models hold Q5_0 / Q4_0, which have no device kernel yet.
+    const auto saved = cpu::quant_dot();
+    cpu::set_quant_dot(cpu::QuantDot::exact);
+    for (const char* f : {"llamacpp/hf_tiny_v3.Q8_0.gguf", "llamacpp/hf_tiny_v3.F16.gguf", "llamacpp/hf_tiny_v2lite.F16.gguf"})
+        compare(f, 5, 1 << 30, 2e-5);
+    cpu::set_quant_dot(saved);
 }
 
 TEST_CASE("truncate rewinds the device cache: the same prompt again gives the same logits") {
