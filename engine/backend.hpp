@@ -53,6 +53,9 @@ public:
     virtual float* alloc_floats(int64_t n) = 0;
     virtual int64_t* alloc_int64(int64_t n) = 0;
     virtual int32_t* alloc_int32(int64_t n) = 0;
+    // The MLA latent cache: device memory on a device backend, unless the plan put it in pinned
+    // host memory that the device reads over the bus (cache_in_host_memory).
+    virtual float* alloc_cache_floats(int64_t n) { return alloc_floats(n); }
     // Bytes of everything allocated so far (alloc_* and reserve's scratch).
     virtual int64_t allocated_bytes() const = 0;
 

@@ -124,8 +124,8 @@ void DeepseekForward::allocate() {
     cache_latent_.resize(n_caches);
     cache_rope_.resize(n_caches);
     for (size_t c = 0; c < n_caches; ++c) {
-        cache_latent_[c] = be.alloc_floats(options_.max_context * d.kv_rank);
-        cache_rope_[c] = be.alloc_floats(options_.max_context * d.rope_dim);
+        cache_latent_[c] = be.alloc_cache_floats(options_.max_context * d.kv_rank);
+        cache_rope_[c] = be.alloc_cache_floats(options_.max_context * d.rope_dim);
     }
 }
 

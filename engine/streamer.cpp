@@ -79,11 +79,12 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
         allocated_bytes_ += uint64_t(globals_.resident_bytes - before);
     } else {
         size_t largest = 0;
-        for (const auto& l : plan_.layers) {
-            flatten(l.dense, extent_scratch_);
+        for (size_t i = 0; i < plan_.layers.size(); ++i) {
+            if (dense_elsewhere(int(i))) continue;
+            flatten(plan_.layers[i].dense, extent_scratch_);
             largest = std::max(largest, io_.buffer_bytes_for(extent_scratch_));
         }
-        dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
+        if (largest > 0) dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
         for (auto& b : dense_pool_) {
             b.memory.allocate(largest, buffer_alignment(), true, false);
             b.capacity = largest;
@@ -188,6 +189,7 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
         fail(ErrorKind::internal, "segment of layer {} needs {} bytes, buffer holds {}", layer, need, b.capacity);
     b.layer = layer;
     b.expert = expert;
+    b.used_bytes = need;
     b.bound = false;
     b.predicted = false;
     b.submitted = Clock::now();
@@ -231,10 +233,12 @@ void Streamer::bind(Buffer& b) {
         split_pointers(seg, b.extent_data, data, scales);
         b.dense = globals_.layers[size_t(b.layer)];  // vectors and router from the resident set
         bind_dense(seg, data.data(), scales.data(), b.dense);
+        b.dense.dense_segment = {b.memory.data(), b.used_bytes};
     } else {
         const Segment& seg = plan_.layers[size_t(b.layer)].experts[size_t(b.expert)];
         split_pointers(seg, b.extent_data, data, scales);
         bind_expert(seg, data.data(), scales.data(), b.expert_weights);
+        b.expert_weights.segment = {b.memory.data(), b.used_bytes};
     }
     b.bound = true;
 }
@@ -380,7 +384,7 @@ void Streamer::prefetch_dense_after(int layer) {
     const int n = int(plan_.layers.size());
     for (int k = 1; k <= options_.prefetch_layers; ++k) {
         const int next = (layer + k) % n;
-        if (find(dense_pool_, next, -1)) continue;
+        if (dense_elsewhere(next) || find(dense_pool_, next, -1)) continue;
         Buffer* b = acquire_dense(next);
         if (!b) return;
         submit(*b, next, -1, plan_.layers[size_t(next)].dense);
@@ -415,7 +419,8 @@ void Streamer::end_step() {
 const LayerWeights& Streamer::begin_layer(int layer) {
     computing_layer_ = layer;
     poll_all();
-    if (dense_resident_) {
+    if (dense_resident_ || dense_elsewhere(layer)) {
+        prefetch_dense_after(layer);
         return globals_.layers[size_t(layer)];
     }
     Buffer* b = find(dense_pool_, layer, -1);
@@ -435,7 +440,7 @@ const LayerWeights& Streamer::begin_layer(int layer) {
 
 const LayerWeights* Streamer::peek_layer(int layer) {
     if (layer < 0 || layer >= int(plan_.layers.size())) return nullptr;
-    if (dense_resident_) return &globals_.layers[size_t(layer)];
+    if (dense_resident_ || dense_elsewhere(layer)) return &globals_.layers[size_t(layer)];
     Buffer* b = find(dense_pool_, layer, -1);
     if (!b) return nullptr;
     if (b->state == BufferState::reading) {

@@ -30,6 +30,9 @@ struct StreamerOptions {
     int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k
     bool speculate = true;        // predict layer L+1's experts from the state entering it
     double score_decay = 0.9;     // per step, for the cache's frequency score
+    // [layer] != 0: that layer's dense segment is never read here (a device keeps it resident);
+    // begin_layer hands out its vectors and router only.
+    std::vector<uint8_t> dense_elsewhere;
     // Tests: replace every prediction by experts that will not be needed.
     bool force_wrong_predictions = false;
 };
@@ -83,6 +86,7 @@ private:
     struct Buffer {
         AlignedBuffer memory;
         size_t capacity = 0;
+        size_t used_bytes = 0;                   // of the segment read last (extents rounded out)
         int layer = -1;
         int expert = -1;                         // -1: a dense segment
         BufferState state = BufferState::empty;
@@ -114,6 +118,9 @@ private:
     size_t buffer_alignment() const;
     double score(int layer, int expert) const;
     bool still_needed(int expert) const;
+    bool dense_elsewhere(int layer) const {
+        return size_t(layer) < options_.dense_elsewhere.size() && options_.dense_elsewhere[size_t(layer)];
+    }
     void touch(int layer, int expert);
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);

@@ -283,6 +283,8 @@ TEST_CASE("batched gemv over 11 tokens with strided activations equals the refer
 TEST_CASE("gemm (BF16 tensor cores, F32 SGEMM) matches the reference within BF16 rounding") {
     std::mt19937 rng(5);
     cuda::Gemm gemm;
+    // A scratch of 16 rows of the widest matrix: every quantised case goes through several tiles.
+    gemm.reserve(16 * 768, 19 * (768 + 8));
     const TypeCase cases[] = {{DType::F32, 96, 512},  {DType::F16, 130, 768}, {DType::BF16, 64, 256},
                               {DType::FP8_E4M3_B128, 200, 384}, {DType::Q8_0, 72, 512}, {DType::Q4_K, 50, 512},
                               {DType::Q6_K, 40, 768}};
