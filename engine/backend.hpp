@@ -17,6 +17,7 @@
 
 #include "engine/model_layout.hpp"
 #include "engine/model_weights.hpp"
+#include "engine/trace.hpp"
 #include "kernels/cpu/ops.hpp"
 
 namespace sluice {
@@ -58,6 +59,11 @@ public:
     virtual float* alloc_cache_floats(int64_t n) { return alloc_floats(n); }
     // Bytes of everything allocated so far (alloc_* and reserve's scratch).
     virtual int64_t allocated_bytes() const = 0;
+    // Allocations go last in, first out: release_to(mark) frees everything allocated after
+    // allocation_mark() returned `mark` (a forward pass's activations when it ends, while the
+    // device weights allocated before it stay). Waits for queued work first.
+    virtual size_t allocation_mark() const = 0;
+    virtual void release_to(size_t mark) = 0;
 
     // Host bytes into backend memory, ordered with the calls around it; `host` may be reused as
     // soon as this returns.
@@ -118,16 +124,35 @@ public:
     // logits_host [rows, vocab] = head . normed (waits: the logits are on the host on return).
     virtual void output_logits(const Matrix& head, const float* normed, int64_t rows, float* logits_host) = 0;
 
+    // ---- the timeline (--trace). The work queued between begin_span and end_span is one span:
+    // on the CPU, timed as it runs on the compute track; on a device, timed when the device runs
+    // it (the device track). Spans do not nest. Without a trace these cost a null check.
+    void set_trace(Trace* trace);
+    Trace* trace() const { return trace_; }
+    virtual void begin_span(const char* name, int layer, int expert);
+    virtual void end_span();
+
     // ---- weight copies (device backends; engine/device_weights uses these). Events are small
     // integers created once; a copy queue runs beside the compute queue.
     virtual void* alloc_weight_bytes(size_t bytes);  // device memory for weight slots
     virtual int create_event();
-    virtual void copy_weights_async(void* dst, const void* host, size_t bytes);  // on the copy queue
+    // On the copy queue; `layer` / `expert` (-1: a dense segment, -2: resident weights) name the
+    // segment on the timeline.
+    virtual void copy_weights_async(void* dst, const void* host, size_t bytes, int layer, int expert);
     virtual void record_on_copy(int event);
     virtual void record_on_compute(int event);
     virtual void compute_waits_for(int event);  // the compute queue waits (the host does not)
     virtual void copy_waits_for(int event);     // the copy queue waits (the host does not)
     virtual void host_waits_for(int event);     // the host waits
+
+protected:
+    virtual void on_trace_set() {}
+    Trace* trace_ = nullptr;
+
+private:
+    const char* span_name_ = nullptr;
+    int span_layer_ = -1, span_expert_ = -1;
+    int64_t span_start_us_ = 0;
 };
 
 }  // namespace sluice

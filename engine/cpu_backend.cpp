@@ -41,6 +41,13 @@ void* CpuBackend::alloc(int64_t bytes) {
     return b.data();
 }
 
+void CpuBackend::release_to(size_t mark) {
+    while (buffers_.size() > mark) {
+        allocated_bytes_ -= int64_t(buffers_.back().size());
+        buffers_.pop_back();
+    }
+}
+
 void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     mla_ = MlaShape::from(d);
     absorbed_shape_ = absorbed_shape(mla_);

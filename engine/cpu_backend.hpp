@@ -27,6 +27,8 @@ public:
     int64_t* alloc_int64(int64_t n) override { return static_cast<int64_t*>(alloc(n * 8)); }
     int32_t* alloc_int32(int64_t n) override { return static_cast<int32_t*>(alloc(n * 4)); }
     int64_t allocated_bytes() const override { return allocated_bytes_; }
+    size_t allocation_mark() const override { return buffers_.size(); }
+    void release_to(size_t mark) override;
     void upload(void* dst, const void* host, size_t bytes) override;
     void download(void* host, const void* src, size_t bytes) override;
     void synchronize() override {}

@@ -61,7 +61,10 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
     allocate();
 }
 
-DeepseekForward::~DeepseekForward() = default;
+DeepseekForward::~DeepseekForward() {
+    // A shared backend (a device holding the weights too) gets back this pass's buffers.
+    if (!owned_backend_) backend_.release_to(backend_mark_);
+}
 
 void DeepseekForward::allocate() {
     const auto& d = layout_;
@@ -69,6 +72,7 @@ void DeepseekForward::allocate() {
     if (n <= 0 || options_.max_context <= 0) fail(ErrorKind::invalid_input, "batch and context sizes must be positive");
     if (options_.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
     Backend& be = backend_;
+    backend_mark_ = be.allocation_mark();
     be.reserve(d, shape_);
     x_ = be.alloc_floats(n * d.hidden);
     normed_ = be.alloc_floats(n * d.hidden);
@@ -195,21 +199,30 @@ void DeepseekForward::run_step(int64_t n, float* logits) {
     be.upload(step_visible_, n_visible_.data(), size_t(n) * sizeof(int64_t));
     // x: [n, hidden] = Embed[tokens]
     const ModelWeights& globals = weights_.globals();
+    be.begin_span("embed", -1, -1);
     be.embed(globals.embed, step_tokens_.data(), n, x);
+    be.end_span();
 
     for (int l = 0; l < d.n_layers; ++l) {
         const LayerWeights& w = weights_.begin_layer(l);
         // x = x + MLA(RMSNorm(x))
+        be.begin_span("attention", l, -1);
         be.rms_norm(x, d.hidden, w.attn_norm, d.rms_eps, n, d.hidden, normed, d.hidden);
         attention(w, l, n);
         be.add(x, branch, n * d.hidden);
+        be.end_span();
         // A MoE layer predicts after its own router has asked for its experts (in moe()), so its
         // reads queue ahead of the guesses for the next layer; a dense layer predicts here.
         if (!w.is_moe && weights_.wants_predictions()) predict_next_layer_experts(l, n);
         // x = x + MLP/MoE(RMSNorm(x))
-        be.rms_norm(x, d.hidden, w.ffn_norm, d.rms_eps, n, d.hidden, normed, d.hidden);
-        if (w.is_moe) moe(w, l, n);
-        else mlp(w.dense, normed, n, branch, false);
+        if (w.is_moe) {
+            moe(w, l, n);
+        } else {
+            be.begin_span("mlp", l, -1);
+            be.rms_norm(x, d.hidden, w.ffn_norm, d.rms_eps, n, d.hidden, normed, d.hidden);
+            mlp(w.dense, normed, n, branch, false);
+            be.end_span();
+        }
         be.add(x, branch, n * d.hidden);
         weights_.end_layer(l);
     }
@@ -217,9 +230,11 @@ void DeepseekForward::run_step(int64_t n, float* logits) {
     if (logits && !logit_rows_.empty()) {
         // logits = lm_head . RMSNorm(x) for the rows asked for, in fp32.
         const int64_t rows = int64_t(logit_rows_.size());
+        be.begin_span("head", -1, -1);
         be.upload(logit_rows_dev_, logit_rows_.data(), size_t(rows) * sizeof(int32_t));
         be.gather_rows(x, d.hidden, logit_rows_dev_, rows, normed);
         be.rms_norm(normed, d.hidden, globals.final_norm, d.rms_eps, rows, d.hidden, normed, d.hidden);
+        be.end_span();  // the logits come back to the host in output_logits: outside the span
         be.output_logits(globals.lm_head, normed, rows, logits);
     }
     be.synchronize();
@@ -401,7 +416,10 @@ void DeepseekForward::moe(const LayerWeights& w, int layer, int64_t n) {
     const int k = d.router.top_k;
 
     // Route every token: fp32 router logits, then top-k selection and weights (on the host).
+    be.begin_span("router", layer, -1);
+    be.rms_norm(x_, d.hidden, w.ffn_norm, d.rms_eps, n, d.hidden, normed_, d.hidden);
     be.linear(w.router, normed_, d.hidden, n, router_logits_, d.n_experts);
+    be.end_span();
     be.route(router_logits_, w.router_bias, d.router, n, expert_ids_.data(), expert_weights_.data());
 
     // Group the (token, weight) pairs by expert (ascending ids) so each expert is read once.
@@ -439,18 +457,22 @@ void DeepseekForward::moe(const LayerWeights& w, int layer, int64_t n) {
     const ExpertWeights* ex = nullptr;
     for (int32_t e; (e = weights_.next_expert(layer, &ex)) >= 0;) {
         const int32_t begin = expert_begin_[size_t(e)], count = expert_count_[size_t(e)];
+        be.begin_span("expert", layer, e);
         be.gather_rows(normed_, d.hidden, routed_token_dev_ + begin, count, expert_in_);
         const int64_t width = ex->gate.rows;
         be.linear(ex->gate, expert_in_, d.hidden, count, expert_gate_, width);
         be.linear(ex->up, expert_in_, d.hidden, count, expert_up_, width);
         be.silu_mul(expert_gate_, expert_up_, int64_t(count) * width);
         be.linear(ex->down, expert_gate_, width, count, expert_out_ + int64_t(begin) * d.hidden, d.hidden);
+        be.end_span();
     }
 
     // Combine in slot order (experts ascending): the same sum whatever the arrival order.
+    be.begin_span("combine", layer, -1);
     be.combine_slots(expert_out_, token_slots_dev_, slot_weight_dev_, n, k, d.hidden, branch_out_);
     // Shared experts see every token with weight 1.
     if (d.n_shared > 0) mlp(w.shared, normed_, n, branch_out_, true);
+    be.end_span();
 }
 
 }  // namespace sluice

@@ -99,6 +99,7 @@ private:
     ForwardShape shape_;
     std::unique_ptr<Backend> owned_backend_;  // the CPU backend of the pool constructor
     Backend& backend_;
+    size_t backend_mark_ = 0;             // what the backend held before this object's buffers
     std::vector<int64_t> n_past_;         // [n_sequences]
 
     // Backend memory, allocated once. Activations [max_batch_tokens, width] each.

@@ -156,7 +156,7 @@ void DeviceWeights::copy_resident(const ModelWeights& host, const TensorSource& 
     const MatrixItems head = add_matrix(host.lm_head);
 
     auto* region = static_cast<std::byte*>(device_alloc(std::max<size_t>(total, kAlign)));
-    for (const auto& it : items) device_.copy_weights_async(region + it.offset, it.host, it.bytes);
+    for (const auto& it : items) device_.copy_weights_async(region + it.offset, it.host, it.bytes, -2, -2);
     auto at = [&](size_t offset) -> std::byte* { return offset == SIZE_MAX ? nullptr : region + offset; };
     auto device_matrix = [&](const Matrix& m, const MatrixItems& mi) {
         Matrix r = m;
@@ -194,7 +194,7 @@ void DeviceWeights::copy_resident(const ModelWeights& host, const TensorSource& 
         load_dense_segment(plan_, l, source, scratch);
         const SegmentBytes& from = scratch.layers[size_t(l)].dense_segment;
         auto* to = static_cast<std::byte*>(device_alloc(from.size));
-        device_.copy_weights_async(to, from.data, from.size);
+        device_.copy_weights_async(to, from.data, from.size, l, -1);
         resident_layers_[size_t(l)] = rebase_dense(scratch.layers[size_t(l)], from, to, device_globals_.layers[size_t(l)]);
         device_.record_on_copy(done);
         device_.host_waits_for(done);  // before `scratch` goes
@@ -232,7 +232,7 @@ void DeviceWeights::copy_dense_into(Slot& s, int layer, const LayerWeights& host
         fail(ErrorKind::internal, "layer {}: dense segment of {} bytes, device slot holds {}", layer, from.size, s.capacity);
     // Work queued on the slot's previous contents must finish before they are overwritten.
     if (s.layer >= 0) device_.copy_waits_for(s.use_done);
-    device_.copy_weights_async(s.memory, from.data, from.size);
+    device_.copy_weights_async(s.memory, from.data, from.size, layer, -1);
     device_.record_on_copy(s.copy_done);
     s.layer = layer;
     s.copied = true;
@@ -368,7 +368,7 @@ int32_t DeviceWeights::next_expert(int layer, const ExpertWeights** weights) {
         expert_slot_of_[size_t(s->layer)][size_t(s->expert)] = -1;
         device_.copy_waits_for(s->use_done);  // queued work on the evicted expert finishes first
     }
-    device_.copy_weights_async(s->memory, from.data, from.size);
+    device_.copy_weights_async(s->memory, from.data, from.size, layer, e);
     device_.record_on_copy(s->copy_done);
     s->layer = layer;
     s->expert = e;

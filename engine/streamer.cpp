@@ -4,6 +4,8 @@
 #include <cmath>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "core/error.hpp"
 #include "kernels/cuda/device.hpp"
 
@@ -206,7 +208,19 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
 
 void Streamer::finish_read(Buffer& b) {
     b.state = BufferState::ready;
-    note_read_interval(b.submitted, Clock::now());
+    const auto now = Clock::now();
+    note_read_interval(b.submitted, now);
+    if (trace_) {
+        nlohmann::json args = {{"layer", b.layer}, {"bytes", b.used_bytes}, {"host", fmt::format("{}", static_cast<const void*>(b.memory.data()))}};
+        if (b.expert >= 0) args["expert"] = b.expert;
+        if (b.predicted) args["predicted"] = true;
+        trace_->add(Trace::Track::reads, b.expert >= 0 ? "read expert" : "read dense", trace_->to_us(b.submitted),
+                    trace_->to_us(now), std::move(args));
+    }
+}
+
+void Streamer::trace_wait(Clock::time_point start, int layer) {
+    if (trace_) trace_->add(Trace::Track::waits, "wait for data", trace_->to_us(start), trace_->now_us(), {{"layer", layer}});
 }
 
 void Streamer::wait_for(Buffer& b) {
@@ -215,6 +229,7 @@ void Streamer::wait_for(Buffer& b) {
         const auto t0 = Clock::now();
         io_.wait(b.ticket);
         current_.wait_seconds += seconds(Clock::now() - t0);
+        trace_wait(t0, b.layer);
     }
     finish_read(b);
 }
@@ -593,6 +608,7 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
         const auto t0 = Clock::now();
         const size_t which = io_.wait_any(wait_tickets_);
         current_.wait_seconds += seconds(Clock::now() - t0);
+        trace_wait(t0, layer);
         finish_read(expert_pool_[wait_index_[which]]);
     }
 }

@@ -19,6 +19,7 @@
 #include "engine/model_plan.hpp"
 #include "engine/segment_io.hpp"
 #include "engine/tensor_source.hpp"
+#include "engine/trace.hpp"
 #include "engine/weight_provider.hpp"
 
 namespace sluice {
@@ -75,6 +76,9 @@ public:
     const LayerWeights* peek_layer(int layer) override;
     void predict_experts(int layer, std::span<const int32_t> experts) override;
     bool wants_predictions() const override { return options_.speculate && !expert_pool_.empty(); }
+
+    // --trace: every read (segment, bytes, buffer) and every wait goes on the timeline.
+    void set_trace(Trace* trace) { trace_ = trace; }
 
     const std::vector<StepStats>& steps() const { return steps_; }
     StepStats totals() const;
@@ -170,6 +174,8 @@ private:
     std::chrono::steady_clock::time_point read_busy_until_{};
     uint64_t allocated_bytes_ = 0;
     std::vector<void*> pinned_;                // buffers page-locked for a CUDA device
+    Trace* trace_ = nullptr;
+    void trace_wait(std::chrono::steady_clock::time_point start, int layer);
 };
 
 }  // namespace sluice

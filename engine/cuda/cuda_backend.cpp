@@ -1,15 +1,18 @@
 #include "engine/cuda/cuda_backend.hpp"
 
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "core/error.hpp"
 #include "kernels/cuda/attention.hpp"
+#include "kernels/cuda/cublas_api.hpp"
 #include "kernels/cuda/attention_decompressed.hpp"
 #include "kernels/cuda/cuda_error.hpp"
 #include "kernels/cuda/device.hpp"
@@ -38,7 +41,9 @@ public:
     int64_t* alloc_int64(int64_t n) override { return static_cast<int64_t*>(device_alloc(n * 8)); }
     int32_t* alloc_int32(int64_t n) override { return static_cast<int32_t*>(device_alloc(n * 4)); }
     float* alloc_cache_floats(int64_t n) override;
-    int64_t allocated_bytes() const override { return int64_t(device_bytes_); }
+    int64_t allocated_bytes() const override { return int64_t(device_bytes_ + uint64_t(gemm_.reserved_bytes())); }
+    size_t allocation_mark() const override { return device_ptrs_.size(); }
+    void release_to(size_t mark) override;
     void upload(void* dst, const void* host, size_t bytes) override;
     void download(void* host, const void* src, size_t bytes) override;
     void synchronize() override;
@@ -90,9 +95,9 @@ public:
 
     void* alloc_weight_bytes(size_t bytes) override { return device_alloc(int64_t(bytes)); }
     int create_event() override;
-    void copy_weights_async(void* dst, const void* host, size_t bytes) override {
-        SLUICE_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, copy_));
-    }
+    void copy_weights_async(void* dst, const void* host, size_t bytes, int layer, int expert) override;
+    void begin_span(const char* name, int layer, int expert) override;
+    void end_span() override;
     void record_on_copy(int e) override { events_[size_t(e)].record(copy_); }
     void record_on_compute(int e) override { events_[size_t(e)].record(compute_); }
     void compute_waits_for(int e) override { events_[size_t(e)].wait_on(compute_); }
@@ -101,6 +106,16 @@ public:
 
 private:
     void* device_alloc(int64_t bytes);
+    // --trace: spans timed by events on the device, resolved once they have completed.
+    struct PendingSpan {
+        Trace::Track track;
+        const char* name;
+        nlohmann::json args;
+        size_t start, end;  // timing events
+    };
+    void on_trace_set() override;
+    size_t timing_event();
+    void resolve_spans();
     // Pinned host bytes for one upload, valid until the compute stream has run past it.
     std::byte* upload_staging(size_t bytes);
     void reset_uploads() { upload_used_ = 0; }
@@ -111,7 +126,8 @@ private:
     cuda::Stream copy_;
     cuda::Gemm gemm_;
     cublasHandle_t heads_blas_ = nullptr;  // batched fp32 products over heads, on compute_
-    std::vector<void*> device_ptrs_;       // every cudaMalloc, freed at destruction
+    std::vector<void*> device_ptrs_;       // every cudaMalloc, freed at destruction or release_to
+    std::vector<size_t> device_sizes_;
     std::deque<PinnedBuffer> host_buffers_;  // the latent cache when it lives in host memory
     std::deque<cuda::Event> events_;
     uint64_t device_bytes_ = 0;
@@ -130,6 +146,13 @@ private:
     PinnedBuffer upload_arena_;
     size_t upload_used_ = 0;
     PinnedBuffer route_host_;            // ids then weights, copied back from the device
+
+    std::deque<cuda::Event> timing_events_;
+    std::vector<size_t> free_timing_events_;
+    std::vector<PendingSpan> pending_spans_;
+    std::optional<PendingSpan> open_span_;
+    std::optional<cuda::Event> origin_;  // recorded when the trace was set, at host time origin_us_
+    int64_t origin_us_ = 0;
 };
 
 // The absorbed form's score scratch is [tokens, heads, context]: a step's tokens go through it in
@@ -141,21 +164,27 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options) 
     cudaDeviceProp prop{};
     SLUICE_CUDA_CHECK(cudaGetDeviceProperties(&prop, options.device));
     device_name_ = std::string("cuda:") + std::to_string(options.device) + " (" + prop.name + ")";
-    SLUICE_CUBLAS_CHECK(cublasCreate(&heads_blas_));
-    SLUICE_CUBLAS_CHECK(cublasSetStream(heads_blas_, compute_));
+    SLUICE_CUBLAS_CHECK(cuda::cublas().create(&heads_blas_));
+    SLUICE_CUBLAS_CHECK(cuda::cublas().set_stream(heads_blas_, compute_));
 }
 
 CudaBackend::~CudaBackend() {
     // Queued work may still read our buffers or write host memory: let it finish first.
     cudaStreamSynchronize(copy_);
     cudaStreamSynchronize(compute_);
-    if (heads_blas_) cublasDestroy(heads_blas_);
+    if (trace_) {
+        try {
+            resolve_spans();
+        } catch (...) {
+        }
+    }
+    if (heads_blas_) cuda::cublas().destroy(heads_blas_);
     for (void* p : device_ptrs_) cudaFree(p);
 }
 
 void* CudaBackend::device_alloc(int64_t bytes) {
     const size_t size = size_t(std::max<int64_t>(bytes, 4) + 255) / 256 * 256;
-    if (options_.memory_limit_bytes && device_bytes_ + size > options_.memory_limit_bytes)
+    if (options_.memory_limit_bytes && device_bytes_ + uint64_t(gemm_.reserved_bytes()) + size > options_.memory_limit_bytes)
         fail(ErrorKind::out_of_memory,
              "device memory: {:.1f} MiB more would exceed the budget of {:.1f} MiB ({:.1f} MiB allocated); raise --vram",
              double(size) / (1 << 20), double(options_.memory_limit_bytes) / (1 << 20), double(device_bytes_) / (1 << 20));
@@ -167,6 +196,7 @@ void* CudaBackend::device_alloc(int64_t bytes) {
              double(size) / (1 << 20), cudaGetErrorString(status), double(device_bytes_) / (1 << 20));
     }
     device_ptrs_.push_back(p);
+    device_sizes_.push_back(size);
     device_bytes_ += size;
     return p;
 }
@@ -179,6 +209,17 @@ float* CudaBackend::alloc_cache_floats(int64_t n) {
     void* device_view = nullptr;
     SLUICE_CUDA_CHECK(cudaHostGetDevicePointer(&device_view, b.data(), 0));
     return static_cast<float*>(device_view);
+}
+
+void CudaBackend::release_to(size_t mark) {
+    copy_.synchronize();
+    compute_.synchronize();
+    while (device_ptrs_.size() > mark) {
+        cudaFree(device_ptrs_.back());
+        device_bytes_ -= device_sizes_.back();
+        device_ptrs_.pop_back();
+        device_sizes_.pop_back();
+    }
 }
 
 void CudaBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
@@ -195,11 +236,20 @@ void CudaBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     logits_ = alloc_floats(n * d.vocab);
     route_ids_ = alloc_int32(n * k);
     route_weights_ = alloc_floats(n * k);
+    const int64_t scratch_floats = d.n_heads * (d.nope + d.v_dim) * d.kv_rank +
+                                   cuda::attention_scratch_floats(absorbed_shape_, attention_chunk_, s.max_context) +
+                                   n * d.vocab + 2 * n * k;
+    if (uint64_t(scratch_floats) != cuda_backend_scratch_floats(d, s, options_, nullptr))
+        fail(ErrorKind::internal, "CUDA backend scratch ({} floats) differs from cuda_backend_scratch_floats", scratch_floats);
     // The widest activation a linear() takes as GEMM input, and a tile of dequantised weights.
     const int64_t widest_in = std::max({d.hidden, d.q_lora, d.n_heads * d.v_dim, d.dense_inter, d.moe_inter,
                                         d.n_shared * d.moe_inter, d.kv_rank});
+    // The GEMM scratch grows to the largest shape any forward on this backend asked for.
+    const int64_t gemm_bytes = std::max<int64_t>(gemm_.reserved_bytes(), 2 * (options_.gemm_tile_elems + n * widest_in));
+    if (options_.memory_limit_bytes && device_bytes_ + uint64_t(gemm_bytes) > options_.memory_limit_bytes)
+        fail(ErrorKind::out_of_memory, "device memory: the GEMM scratch of {:.1f} MiB would exceed the budget of {:.1f} MiB; raise --vram",
+             double(gemm_bytes) / (1 << 20), double(options_.memory_limit_bytes) / (1 << 20));
     gemm_.reserve(options_.gemm_tile_elems, n * widest_in);
-    device_bytes_ += uint64_t(gemm_.reserved_bytes());
     // Per step: positions and visible counts, the embeddings, per MoE layer the routed slots, the
     // logit rows; uploads past this wait for the compute stream and start over.
     const size_t per_step = size_t(16 * n + 4 * n + n * d.hidden * 4 + int64_t(d.n_layers) * 12 * n * k) + (64 << 10);
@@ -236,6 +286,77 @@ void CudaBackend::download(void* host, const void* src, size_t bytes) {
 void CudaBackend::synchronize() {
     compute_.synchronize();
     reset_uploads();
+    if (trace_) resolve_spans();
+}
+
+void CudaBackend::on_trace_set() {
+    if (!trace_) return;
+    origin_.emplace(true);
+    origin_->record(compute_);
+    origin_->synchronize();
+    origin_us_ = trace_->now_us();
+}
+
+size_t CudaBackend::timing_event() {
+    if (!free_timing_events_.empty()) {
+        const size_t i = free_timing_events_.back();
+        free_timing_events_.pop_back();
+        return i;
+    }
+    timing_events_.emplace_back(true);
+    return timing_events_.size() - 1;
+}
+
+// Spans whose end has run become trace spans at device time (origin + elapsed).
+void CudaBackend::resolve_spans() {
+    size_t kept = 0;
+    for (auto& p : pending_spans_) {
+        if (cudaEventQuery(timing_events_[p.end].get()) != cudaSuccess) {
+            cudaGetLastError();  // cudaErrorNotReady is not an error here
+            pending_spans_[kept++] = std::move(p);
+            continue;
+        }
+        const float start_ms = cuda::Event::elapsed_ms(*origin_, timing_events_[p.start]);
+        const float end_ms = cuda::Event::elapsed_ms(*origin_, timing_events_[p.end]);
+        trace_->add(p.track, p.name, origin_us_ + int64_t(double(start_ms) * 1000), origin_us_ + int64_t(double(end_ms) * 1000),
+                    std::move(p.args));
+        free_timing_events_.push_back(p.start);
+        free_timing_events_.push_back(p.end);
+    }
+    pending_spans_.resize(kept);
+}
+
+void CudaBackend::begin_span(const char* name, int layer, int expert) {
+    if (!trace_) return;
+    nlohmann::json args = {{"layer", layer}};
+    if (expert >= 0) args["expert"] = expert;
+    const size_t start = timing_event();
+    timing_events_[start].record(compute_);
+    open_span_ = PendingSpan{Trace::Track::device, name, std::move(args), start, 0};
+}
+
+void CudaBackend::end_span() {
+    if (!trace_ || !open_span_) return;
+    open_span_->end = timing_event();
+    timing_events_[open_span_->end].record(compute_);
+    pending_spans_.push_back(std::move(*open_span_));
+    open_span_.reset();
+}
+
+void CudaBackend::copy_weights_async(void* dst, const void* host, size_t bytes, int layer, int expert) {
+    if (!trace_) {
+        SLUICE_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, copy_));
+        return;
+    }
+    const size_t start = timing_event(), end = timing_event();
+    timing_events_[start].record(copy_);
+    SLUICE_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, copy_));
+    timing_events_[end].record(copy_);
+    nlohmann::json args = {{"layer", layer}, {"bytes", bytes},
+                           {"host", fmt::format("{}", host)}, {"device", fmt::format("{}", dst)}};
+    if (expert >= 0) args["expert"] = expert;
+    pending_spans_.push_back({Trace::Track::copies, expert >= 0 ? "copy expert" : expert == -1 ? "copy dense" : "copy resident",
+                              std::move(args), start, end});
 }
 
 int CudaBackend::create_event() {
@@ -296,13 +417,13 @@ void CudaBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t 
     const int64_t q_stride = m.n_heads * m.qk_head, latent_stride = m.n_heads * m.kv_rank;
     if (w.kv_b.rows > 0) {
         // kv_b rows per head [W_UK_h (nope) | W_UV_h (v)]: W_UK_h^T as a column-major [kv_rank, nope].
-        SLUICE_CUBLAS_CHECK(cublasSgemmStridedBatched(
+        SLUICE_CUBLAS_CHECK(cuda::cublas().sgemm_strided_batched(
             heads_blas_, CUBLAS_OP_N, CUBLAS_OP_N, int(m.kv_rank), int(n), int(m.nope), &one, latent_f32_,
             int(m.kv_rank), (m.nope + m.v_dim) * m.kv_rank, q, int(q_stride), m.qk_head, &zero, q_latent,
             int(latent_stride), m.kv_rank, int(m.n_heads)));
     } else {
         // k_b per head [kv_rank, nope] row-major holds W_UK_h^T.
-        SLUICE_CUBLAS_CHECK(cublasSgemmStridedBatched(
+        SLUICE_CUBLAS_CHECK(cuda::cublas().sgemm_strided_batched(
             heads_blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(m.kv_rank), int(n), int(m.nope), &one, latent_f32_, int(m.nope),
             m.kv_rank * m.nope, q, int(q_stride), m.qk_head, &zero, q_latent, int(latent_stride), m.kv_rank,
             int(m.n_heads)));
@@ -329,7 +450,7 @@ void CudaBackend::unabsorb(const LayerWeights& w, const float* attn_latent, int6
     const bool fused = w.kv_b.rows > 0;
     const float* w_uv = fused ? latent_f32_ + m.nope * m.kv_rank : latent_f32_ + m.n_heads * m.kv_rank * m.nope;
     const int64_t head_stride = fused ? (m.nope + m.v_dim) * m.kv_rank : m.v_dim * m.kv_rank;
-    SLUICE_CUBLAS_CHECK(cublasSgemmStridedBatched(heads_blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(m.v_dim), int(n),
+    SLUICE_CUBLAS_CHECK(cuda::cublas().sgemm_strided_batched(heads_blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(m.v_dim), int(n),
                                                   int(m.kv_rank), &one, w_uv, int(m.kv_rank), head_stride, attn_latent,
                                                   int(latent_stride), m.kv_rank, &zero, heads, int(heads_stride),
                                                   m.v_dim, int(m.n_heads)));
@@ -346,12 +467,12 @@ void CudaBackend::expand_latents(const LayerWeights& w, const float* latent, int
         return;
     }
     // k_nope_h [count, nope] = latent . k_b_h (k_b_h [kv_rank, nope] = W_UK_h^T), per head.
-    SLUICE_CUBLAS_CHECK(cublasSgemmStridedBatched(heads_blas_, CUBLAS_OP_N, CUBLAS_OP_N, int(m.nope), int(count),
+    SLUICE_CUBLAS_CHECK(cuda::cublas().sgemm_strided_batched(heads_blas_, CUBLAS_OP_N, CUBLAS_OP_N, int(m.nope), int(count),
                                                   int(m.kv_rank), &one, latent_f32_, int(m.nope), m.kv_rank * m.nope,
                                                   latent, int(m.kv_rank), 0, &zero, kv, int(kv_row), kv_head,
                                                   int(m.n_heads)));
     // v_h [count, v] = latent . v_b_h^T (v_b_h [v, kv_rank]).
-    SLUICE_CUBLAS_CHECK(cublasSgemmStridedBatched(
+    SLUICE_CUBLAS_CHECK(cuda::cublas().sgemm_strided_batched(
         heads_blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(m.v_dim), int(count), int(m.kv_rank), &one,
         latent_f32_ + m.n_heads * m.kv_rank * m.nope, int(m.kv_rank), m.v_dim * m.kv_rank, latent, int(m.kv_rank), 0,
         &zero, kv + m.nope, int(kv_row), kv_head, int(m.n_heads)));

@@ -24,6 +24,15 @@ struct CudaBackendOptions {
     int64_t gemm_tile_elems = int64_t(16) << 20;
 };
 
+// Device bytes a forward pass of this shape allocates on the CUDA backend: its activations, the
+// backend's scratch and, when on the device, the latent cache (an upper bound: each allocation is
+// counted rounded up as the backend rounds it). The device planner's activation figure.
+// The backend's own scratch of reserve() in floats; *gemm_bytes gets the GEMM scratch.
+uint64_t cuda_backend_scratch_floats(const ModelLayout& layout, const ForwardShape& shape,
+                                     const CudaBackendOptions& options, int64_t* gemm_bytes);
+uint64_t cuda_forward_device_bytes(const ModelLayout& layout, const ForwardShape& shape,
+                                   const CudaBackendOptions& options, bool cache_on_device);
+
 // Throws ErrorKind::unsupported naming the reason when this build has no CUDA or the device is
 // unusable.
 std::unique_ptr<Backend> make_cuda_backend(const CudaBackendOptions& options);

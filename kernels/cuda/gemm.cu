@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cublas_api.hpp"
 #include "kernels/cuda/cuda_error.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
 
@@ -91,12 +92,12 @@ void convert_f32_to_bf16(const float* in, int64_t in_stride, int64_t n_rows, int
 
 Gemm::Gemm() {
     cublasHandle_t h = nullptr;
-    SLUICE_CUBLAS_CHECK(cublasCreate(&h));
+    SLUICE_CUBLAS_CHECK(cublas().create(&h));
     handle_ = h;
 }
 
 Gemm::~Gemm() {
-    if (handle_) cublasDestroy(handle_);
+    if (handle_) cublas().destroy(handle_);
 }
 
 void Gemm::reserve(int64_t max_weight_tile_elems, int64_t max_activation_elems) {
@@ -107,13 +108,13 @@ void Gemm::reserve(int64_t max_weight_tile_elems, int64_t max_activation_elems) 
 void Gemm::run(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
                cudaStream_t stream) {
     if (w.rows == 0 || n_tokens == 0) return;
-    SLUICE_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    SLUICE_CUBLAS_CHECK(cublas().set_stream(handle_, stream));
     const float alpha = 1.0f, beta = 0.0f;
     // Row-major Y [n, rows] is column-major [rows, n]; W row-major [rows, cols] is column-major
     // [cols, rows], hence op(A) = T with lda = cols; X row-major [n, cols] is column-major [cols, n].
     const int n = int(n_tokens), k = int(w.cols);
     if (w.type == DType::F32) {
-        SLUICE_CUBLAS_CHECK(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, k, &alpha,
+        SLUICE_CUBLAS_CHECK(cublas().sgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, k, &alpha,
                                         static_cast<const float*>(w.data), k, x, int(x_stride), &beta, y,
                                         int(y_stride)));
         return;
@@ -136,7 +137,7 @@ void Gemm::run(const Matrix& w, const float* x, int64_t x_stride, int64_t n_toke
             dequantize_to_bf16(tile, weight_bf16_.data(), stream);
             a = weight_bf16_.data();
         }
-        SLUICE_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), n, k, &alpha, a, CUDA_R_16BF, k,
+        SLUICE_CUBLAS_CHECK(cublas().gemm_ex(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), n, k, &alpha, a, CUDA_R_16BF, k,
                                          activation_bf16_.data(), CUDA_R_16BF, k, &beta, y + r0, CUDA_R_32F,
                                          int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
