@@ -174,6 +174,7 @@ void bench_gemm(const Options& o, cudaStream_t stream) {
     SLUICE_CUBLAS_CHECK(cublasCreate(&handle));
     SLUICE_CUBLAS_CHECK(cublasSetStream(handle, stream));
     cuda::Gemm gemm;
+    gemm.reserve(int64_t(2048) * 7168, n_tokens * 7168);
     for (const auto& s : shapes) {
         cuda::DeviceBuffer x(size_t(n_tokens * s.cols) * 4), y(size_t(n_tokens * s.rows) * 4);
         cuda::DeviceBuffer wb(size_t(s.rows * s.cols) * 2), xb(size_t(n_tokens * s.cols) * 2);

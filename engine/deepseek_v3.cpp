@@ -4,24 +4,13 @@
 #include <cstring>
 
 #include "core/error.hpp"
-#include "kernels/cpu/matmul.hpp"
-#include "kernels/cpu/matmul_transposed.hpp"
-#include "kernels/cpu/ops.hpp"
+#include "engine/cpu_backend.hpp"
 
 namespace sluice {
 
 namespace {
 int64_t max_of(std::initializer_list<int64_t> v) { return *std::max_element(v.begin(), v.end()); }
 }  // namespace
-
-cpu::DecompressedAttentionShape DeepseekForward::decompressed_shape(const ModelLayout& d) {
-    return {int(d.n_heads), int(d.nope), int(d.rope_dim), int(d.v_dim), int(d.qk_head), d.softmax_scale};
-}
-
-// A kv_rank row for the transposed absorb product, or the rows transpose_to_f32 turns at a time.
-int64_t DeepseekForward::row_scratch_floats(const ModelLayout& d) {
-    return std::max(d.kv_rank, cpu::transpose_scratch_floats(d.nope));
-}
 
 AttentionForm parse_attention_form(const std::string& text) {
     if (text == "auto") return AttentionForm::automatic;
@@ -39,72 +28,109 @@ const char* attention_form_name(AttentionForm form) {
     return "?";
 }
 
+ForwardShape DeepseekForward::shape_of(const ForwardOptions& o) {
+    return {o.max_batch_tokens, o.max_context, o.n_sequences,
+            o.decompress_block > 0 ? o.decompress_block : kDecompressBlockPositions};
+}
+
+int64_t DeepseekForward::activation_floats(const ModelLayout& d, const ForwardShape& s) {
+    const int64_t n = s.max_batch_tokens;
+    const int64_t k = std::max(d.router.top_k, 1);
+    const int64_t widest = max_of({d.dense_inter, d.moe_inter, d.n_shared * d.moe_inter, 1});
+    const int64_t block = std::min(s.max_context, s.decompress_block);
+    // Index arrays (int64 positions and visible counts; int32 slots, tokens and rows) in floats.
+    const int64_t indices = 2 * 2 * n + 3 * n * k + n;
+    return n * d.hidden * 4                                 // x, normed, branch_out, expert_in
+           + n * std::max<int64_t>(d.q_lora, 1) + n * d.n_heads * d.qk_head + n * d.cache_width() +
+           2 * n * d.n_heads * d.kv_rank + n * d.n_heads * d.rope_dim + n * d.n_heads * d.v_dim +
+           n * std::max<int64_t>(d.n_experts, 1) + 2 * n * widest + n * k * d.hidden +
+           block * d.n_heads * (d.nope + d.v_dim) + 2 * n * d.n_heads + std::max<int64_t>(d.rope_dim / 2, 1) +
+           indices;
+}
+
 DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options,
                                  ThreadPool& pool)
-    : layout_(layout), weights_(weights), options_(options), pool_(pool) {
+    : layout_(layout), weights_(weights), options_(options), shape_(shape_of(options)),
+      owned_backend_(std::make_unique<CpuBackend>(pool)), backend_(*owned_backend_) {
+    allocate();
+}
+
+DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options,
+                                 Backend& backend)
+    : layout_(layout), weights_(weights), options_(options), shape_(shape_of(options)), backend_(backend) {
+    allocate();
+}
+
+DeepseekForward::~DeepseekForward() {
+    // A shared backend (a device holding the weights too) gets back this pass's buffers.
+    if (!owned_backend_) backend_.release_to(backend_mark_);
+}
+
+void DeepseekForward::allocate() {
     const auto& d = layout_;
     const int64_t n = options_.max_batch_tokens;
     if (n <= 0 || options_.max_context <= 0) fail(ErrorKind::invalid_input, "batch and context sizes must be positive");
-    auto alloc = [&](AlignedBuffer& b, int64_t floats) {
-        b.allocate(size_t(std::max<int64_t>(floats, 1)) * sizeof(float));
-        allocated_bytes_ += int64_t(b.size());
-    };
-    alloc(x_, n * d.hidden);
-    alloc(normed_, n * d.hidden);
-    alloc(q_compressed_, n * std::max<int64_t>(d.q_lora, 1));
-    alloc(q_, n * d.n_heads * d.qk_head);
-    alloc(kv_compressed_, n * d.cache_width());
-    alloc(q_latent_, n * d.n_heads * d.kv_rank);
-    alloc(q_rope_, n * d.n_heads * d.rope_dim);
-    alloc(attn_latent_, n * d.n_heads * d.kv_rank);
-    alloc(attn_heads_, n * d.n_heads * d.v_dim);
-    alloc(branch_out_, n * d.hidden);
-    alloc(router_logits_, n * std::max<int64_t>(d.n_experts, 1));
+    if (options_.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
+    Backend& be = backend_;
+    backend_mark_ = be.allocation_mark();
+    be.reserve(d, shape_);
+    x_ = be.alloc_floats(n * d.hidden);
+    normed_ = be.alloc_floats(n * d.hidden);
+    q_compressed_ = be.alloc_floats(n * std::max<int64_t>(d.q_lora, 1));
+    q_ = be.alloc_floats(n * d.n_heads * d.qk_head);
+    kv_compressed_ = be.alloc_floats(n * d.cache_width());
+    q_latent_ = be.alloc_floats(n * d.n_heads * d.kv_rank);
+    q_rope_ = be.alloc_floats(n * d.n_heads * d.rope_dim);
+    attn_latent_ = be.alloc_floats(n * d.n_heads * d.kv_rank);
+    attn_heads_ = be.alloc_floats(n * d.n_heads * d.v_dim);
+    branch_out_ = be.alloc_floats(n * d.hidden);
+    router_logits_ = be.alloc_floats(n * std::max<int64_t>(d.n_experts, 1));
     const int64_t widest = max_of({d.dense_inter, d.moe_inter, d.n_shared * d.moe_inter, 1});
-    alloc(expert_in_, n * d.hidden);
-    alloc(expert_gate_, n * widest);
-    alloc(expert_up_, n * widest);
+    expert_in_ = be.alloc_floats(n * d.hidden);
+    expert_gate_ = be.alloc_floats(n * widest);
+    expert_up_ = be.alloc_floats(n * widest);
     // Routed expert outputs are kept per (token, expert) pair and summed in a fixed order, so
     // the result does not depend on the order in which experts arrive from disk.
-    alloc(expert_out_, n * std::max(d.router.top_k, 1) * d.hidden);
-    const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
-    row_scratch_floats_ = row_scratch_floats(d);
-    alloc(row_scratch_, int64_t(pool_.size()) * row_scratch_floats_);
-    alloc(attention_scratch_, cpu::attention_scratch_floats(shape, options_.max_context, pool_.size()));
-    decompress_block_ = std::min(options_.max_context, options_.decompress_block > 0 ? options_.decompress_block
-                                                                                   : kDecompressBlockPositions);
-    alloc(kv_block_, decompress_block_ * d.n_heads * (d.nope + d.v_dim));
-    if (d.split_kv_b) alloc(w_uk_, d.n_heads * d.nope * d.kv_rank);
-    alloc(running_max_, n * d.n_heads);
-    alloc(running_sum_, n * d.n_heads);
-    alloc(decompressed_scratch_,
-          cpu::decompressed_attention_scratch_floats(decompressed_shape(d), decompress_block_, pool_.size()));
     const int k = std::max(d.router.top_k, 1);
+    expert_out_ = be.alloc_floats(n * k * d.hidden);
+    const int64_t block = std::min(shape_.max_context, shape_.decompress_block);
+    kv_block_ = be.alloc_floats(block * d.n_heads * (d.nope + d.v_dim));
+    running_max_ = be.alloc_floats(n * d.n_heads);
+    running_sum_ = be.alloc_floats(n * d.n_heads);
+    const auto freq = cpu::yarn_frequencies(d.rope);
+    rope_freq_ = be.alloc_floats(std::max<int64_t>(int64_t(freq.size()), 1));
+    be.upload(rope_freq_, freq.data(), freq.size() * sizeof(float));
+    step_positions_ = be.alloc_int64(n);
+    step_visible_ = be.alloc_int64(n);
+    routed_token_dev_ = be.alloc_int32(n * k);
+    token_slots_dev_ = be.alloc_int32(n * k);
+    slot_weight_dev_ = be.alloc_floats(n * k);
+    logit_rows_dev_ = be.alloc_int32(n);
+
     expert_ids_.resize(size_t(n * k));
     expert_weights_.resize(size_t(n * k));
-    expert_count_.resize(size_t(d.n_experts));
+    expert_count_.resize(size_t(std::max<int64_t>(d.n_experts, 1)));
     predicted_mark_.resize(size_t(d.n_experts));
     needed_experts_.reserve(size_t(d.n_experts));
     predicted_experts_.reserve(size_t(d.n_experts));
     expert_begin_.resize(size_t(d.n_experts + 1));
     routed_token_.resize(size_t(n * k));
     routed_weight_.resize(size_t(n * k));
+    token_slots_.resize(size_t(n * k));
+    token_fill_.resize(size_t(n));
     n_visible_.resize(size_t(n));
     positions_.resize(size_t(n));
     step_tokens_.resize(size_t(n));
-    step_sequence_.resize(size_t(n));
     groups_.reserve(size_t(n));
     logit_rows_.reserve(size_t(n));
-    if (options_.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
     n_past_.assign(size_t(options_.n_sequences), 0);
     const size_t n_caches = size_t(options_.n_sequences) * size_t(d.n_layers);
     cache_latent_.resize(n_caches);
     cache_rope_.resize(n_caches);
     for (size_t c = 0; c < n_caches; ++c) {
-        alloc(cache_latent_[c], options_.max_context * d.kv_rank);
-        alloc(cache_rope_[c], options_.max_context * d.rope_dim);
+        cache_latent_[c] = be.alloc_cache_floats(options_.max_context * d.kv_rank);
+        cache_rope_[c] = be.alloc_cache_floats(options_.max_context * d.rope_dim);
     }
-    rope_freq_ = cpu::yarn_frequencies(d.rope);
 }
 
 void DeepseekForward::truncate(int64_t n, int sequence) {
@@ -150,10 +176,9 @@ void DeepseekForward::forward_batch(std::span<const SequenceTokens> batch, float
             if (token < 0 || token >= layout_.vocab)
                 fail(ErrorKind::invalid_input, "token id {} is outside the vocabulary [0, {})", token, layout_.vocab);
             step_tokens_[size_t(n + i)] = token;
-            step_sequence_[size_t(n + i)] = entry.sequence;
             positions_[size_t(n + i)] = past + i;
             n_visible_[size_t(n + i)] = past + i + 1;  // causal: itself and everything before
-            if (entry.all_logits || i == count - 1) logit_rows_.push_back(n + i);
+            if (entry.all_logits || i == count - 1) logit_rows_.push_back(int32_t(n + i));
         }
         n += count;
     }
@@ -164,94 +189,99 @@ void DeepseekForward::forward_batch(std::span<const SequenceTokens> batch, float
 
 void DeepseekForward::run_step(int64_t n, float* logits) {
     const auto& d = layout_;
-    float* x = x_.as<float>();
-    float* normed = normed_.as<float>();
-    float* branch = branch_out_.as<float>();
+    Backend& be = backend_;
+    float* x = x_;
+    float* normed = normed_;
+    float* branch = branch_out_;
 
     weights_.begin_step(n);
+    be.upload(step_positions_, positions_.data(), size_t(n) * sizeof(int64_t));
+    be.upload(step_visible_, n_visible_.data(), size_t(n) * sizeof(int64_t));
     // x: [n, hidden] = Embed[tokens]
     const ModelWeights& globals = weights_.globals();
-    const auto& embed_type = block_type(globals.embed.type);
-    for (int64_t t = 0; t < n; ++t)
-        embed_type.dequantize_row(globals.embed.row(step_tokens_[size_t(t)]), x + t * d.hidden, d.hidden);
+    be.begin_span("embed", -1, -1);
+    be.embed(globals.embed, step_tokens_.data(), n, x);
+    be.end_span();
 
     for (int l = 0; l < d.n_layers; ++l) {
         const LayerWeights& w = weights_.begin_layer(l);
         // x = x + MLA(RMSNorm(x))
-        for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.attn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
+        be.begin_span("attention", l, -1);
+        be.rms_norm(x, d.hidden, w.attn_norm, d.rms_eps, n, d.hidden, normed, d.hidden);
         attention(w, l, n);
-        for (int64_t i = 0; i < n * d.hidden; ++i) x[i] += branch[i];
+        be.add(x, branch, n * d.hidden);
+        be.end_span();
         // A MoE layer predicts after its own router has asked for its experts (in moe()), so its
         // reads queue ahead of the guesses for the next layer; a dense layer predicts here.
         if (!w.is_moe && weights_.wants_predictions()) predict_next_layer_experts(l, n);
         // x = x + MLP/MoE(RMSNorm(x))
-        for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w.ffn_norm, d.rms_eps, d.hidden, normed + t * d.hidden);
-        if (w.is_moe) moe(w, l, n);
-        else mlp(w.dense, normed, n, branch, false);
-        for (int64_t i = 0; i < n * d.hidden; ++i) x[i] += branch[i];
+        if (w.is_moe) {
+            moe(w, l, n);
+        } else {
+            be.begin_span("mlp", l, -1);
+            be.rms_norm(x, d.hidden, w.ffn_norm, d.rms_eps, n, d.hidden, normed, d.hidden);
+            mlp(w.dense, normed, n, branch, false);
+            be.end_span();
+        }
+        be.add(x, branch, n * d.hidden);
         weights_.end_layer(l);
     }
 
     if (logits && !logit_rows_.empty()) {
         // logits = lm_head . RMSNorm(x) for the rows asked for, in fp32.
         const int64_t rows = int64_t(logit_rows_.size());
-        for (int64_t r = 0; r < rows; ++r)
-            cpu::rms_norm(x + logit_rows_[size_t(r)] * d.hidden, globals.final_norm, d.rms_eps, d.hidden,
-                          normed + r * d.hidden);
-        cpu::gemm(globals.lm_head, normed, d.hidden, rows, logits, d.vocab, pool_);
+        be.begin_span("head", -1, -1);
+        be.upload(logit_rows_dev_, logit_rows_.data(), size_t(rows) * sizeof(int32_t));
+        be.gather_rows(x, d.hidden, logit_rows_dev_, rows, normed);
+        be.rms_norm(normed, d.hidden, globals.final_norm, d.rms_eps, rows, d.hidden, normed, d.hidden);
+        be.end_span();  // the logits come back to the host in output_logits: outside the span
+        be.output_logits(globals.lm_head, normed, rows, logits);
     }
+    be.synchronize();
     weights_.end_step();
 }
 
 // MLA (spec §2.4, §2.7, §2.8). Input: normed_ [n, hidden]. Output: branch_out_ [n, hidden].
 void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
     const auto& d = layout_;
-    const float* a = normed_.as<float>();
-    float* q = q_.as<float>();                      // [n, heads, qk_head] = [nope | rope] per head
-    float* ckv = kv_compressed_.as<float>();        // [n, kv_rank + rope]
+    Backend& be = backend_;
+    const float* a = normed_;
+    float* q = q_;                      // [n, heads, qk_head] = [nope | rope] per head
+    float* ckv = kv_compressed_;        // [n, kv_rank + rope]
     const int64_t q_stride = d.n_heads * d.qk_head;
+    const int64_t cw = d.cache_width();
 
     if (d.q_lora > 0) {
-        float* cq = q_compressed_.as<float>();      // [n, q_lora]
-        cpu::gemm(w.q_a, a, d.hidden, n, cq, d.q_lora, pool_);
-        for (int64_t t = 0; t < n; ++t) cpu::rms_norm(cq + t * d.q_lora, w.q_a_norm, d.latent_norm_eps, d.q_lora, cq + t * d.q_lora);
-        cpu::gemm(w.q_b, cq, d.q_lora, n, q, q_stride, pool_);
+        float* cq = q_compressed_;      // [n, q_lora]
+        be.linear(w.q_a, a, d.hidden, n, cq, d.q_lora);
+        be.rms_norm(cq, d.q_lora, w.q_a_norm, d.latent_norm_eps, n, d.q_lora, cq, d.q_lora);
+        be.linear(w.q_b, cq, d.q_lora, n, q, q_stride);
     } else {
-        cpu::gemm(w.q, a, d.hidden, n, q, q_stride, pool_);
+        be.linear(w.q, a, d.hidden, n, q, q_stride);
     }
-    cpu::gemm(w.kv_a, a, d.hidden, n, ckv, d.cache_width(), pool_);
+    be.linear(w.kv_a, a, d.hidden, n, ckv, cw);
 
     // Cache the normalised latent and the roped key of each new position, in its sequence's cache.
-    float* q_rope = q_rope_.as<float>();            // [n, heads, rope]
-    for (int64_t t = 0; t < n; ++t) {
-        const int64_t pos = positions_[size_t(t)];
-        const size_t cache = size_t(step_sequence_[size_t(t)]) * size_t(d.n_layers) + size_t(layer);
-        const float* row = ckv + t * d.cache_width();
-        cpu::rms_norm(row, w.kv_a_norm, d.latent_norm_eps, d.kv_rank, cache_latent_[cache].as<float>() + pos * d.kv_rank);
-        float* k_pe = cache_rope_[cache].as<float>() + pos * d.rope_dim;
-        std::memcpy(k_pe, row + d.kv_rank, size_t(d.rope_dim) * sizeof(float));
-        cpu::rope_interleaved(k_pe, int(d.rope_dim), pos, rope_freq_.data(), d.rope_magnitude);
-        for (int64_t h = 0; h < d.n_heads; ++h) {
-            float* q_pe = q_rope + (t * d.n_heads + h) * d.rope_dim;
-            std::memcpy(q_pe, q + t * q_stride + h * d.qk_head + d.nope, size_t(d.rope_dim) * sizeof(float));
-            cpu::rope_interleaved(q_pe, int(d.rope_dim), pos, rope_freq_.data(), d.rope_magnitude);
-        }
+    for (const auto& g : groups_) {
+        const size_t cache = cache_index(g.sequence, layer);
+        const int64_t past = positions_[size_t(g.begin)];
+        const float* rows = ckv + g.begin * cw;
+        be.rms_norm(rows, cw, w.kv_a_norm, d.latent_norm_eps, g.count, d.kv_rank, cache_latent_[cache] + past * d.kv_rank,
+                    d.kv_rank);
+        float* k_pe = cache_rope_[cache] + past * d.rope_dim;
+        be.copy_rows(rows + d.kv_rank, cw, g.count, d.rope_dim, k_pe, d.rope_dim);
+        be.rope(k_pe, g.count, 1, d.rope_dim, d.rope_dim, int(d.rope_dim), step_positions_ + g.begin, rope_freq_,
+                d.rope_magnitude);
     }
+    // q_rope: [n, heads, rope] = the rope part of each head's query, rotated.
+    be.copy_rows(q + d.nope, d.qk_head, n * d.n_heads, d.rope_dim, q_rope_, d.rope_dim);
+    be.rope(q_rope_, n, int(d.n_heads), d.n_heads * d.rope_dim, d.rope_dim, int(d.rope_dim), step_positions_,
+            rope_freq_, d.rope_magnitude);
 
-    // k_b holds W_UK^T per head ([kv_rank, nope]): for the decompressed form it is turned round once
-    // per layer, whatever the number of sequences expanded, so the expansion is an ordinary GEMM
-    // (the transposed product ran at 57 GFLOP/s, under half the f32 GEMM's rate).
-    if (w.kv_b.rows == 0 &&
-        std::any_of(groups_.begin(), groups_.end(), [&](const auto& g) { return use_decompressed(g.count, positions_[size_t(g.begin)]); })) {
-        if (!w_uk_.data())
-            fail(ErrorKind::invalid_input, "layer {}: attn_k_b in a model whose layout said kv_b (split_kv_b false)", layer);
-        float* w_uk = w_uk_.as<float>();
-        pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
-            float* scratch = row_scratch_.as<float>() + int64_t(thread) * row_scratch_floats_;
-            for (int64_t h = h0; h < h1; ++h)
-                cpu::transpose_to_f32(w.k_b.row_slice(h * d.kv_rank, d.kv_rank), w_uk + h * d.nope * d.kv_rank, scratch);
-        });
-    }
+    const bool any_decompressed = std::any_of(groups_.begin(), groups_.end(), [&](const auto& g) {
+        return use_decompressed(g.count, positions_[size_t(g.begin)]);
+    });
+    be.begin_latent_products(w, layer, any_decompressed);
     // Per sequence, the cheaper form; consecutive absorbed groups go together (a batched decode).
     for (size_t g = 0; g < groups_.size();) {
         if (use_decompressed(groups_[g].count, positions_[size_t(groups_[g].begin)])) {
@@ -265,9 +295,7 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
         attention_absorbed(w, layer, g, end);
         g = end;
     }
-    float* heads = attn_heads_.as<float>();         // [n, heads * v_dim]
-    const int64_t heads_stride = d.n_heads * d.v_dim;
-    cpu::gemm(w.o, heads, heads_stride, n, branch_out_.as<float>(), d.hidden, pool_);
+    be.linear(w.o, attn_heads_, d.n_heads * d.v_dim, n, branch_out_, d.hidden);
 }
 
 // Under --attention auto, the form with fewer multiply-adds for `count` new positions after `past`
@@ -293,88 +321,48 @@ bool DeepseekForward::use_decompressed(int64_t count, int64_t past) const {
 // Absorbed form (spec §2.8) for groups [first_group, end_group), whose tokens are contiguous.
 void DeepseekForward::attention_absorbed(const LayerWeights& w, int layer, size_t first_group, size_t end_group) {
     const auto& d = layout_;
+    Backend& be = backend_;
     const int64_t row0 = groups_[first_group].begin;
     const int64_t n = groups_[end_group - 1].begin + groups_[end_group - 1].count - row0;
-    const int64_t q_stride = d.n_heads * d.qk_head;
-    const float* q = q_.as<float>() + row0 * q_stride;
-    // q~_h = W_UK_h^T . q_nope_h: [kv_rank] per head (absorb, spec §2.8).
     const int64_t latent_stride = d.n_heads * d.kv_rank;
-    float* q_latent = q_latent_.as<float>() + row0 * latent_stride;  // [n, heads, kv_rank]
-    const int64_t kv_b_head_rows = d.nope + d.v_dim;
-    if (w.kv_b.rows > 0) {
-        pool_.parallel_for(d.n_heads, [&](int64_t h0, int64_t h1, int thread) {
-            float* scratch = row_scratch_.as<float>() + int64_t(thread) * row_scratch_floats_;
-            for (int64_t h = h0; h < h1; ++h)
-                cpu::gemm_transposed(w.kv_b.row_slice(h * kv_b_head_rows, d.nope), q + h * d.qk_head, q_stride, n,
-                                     q_latent + h * d.kv_rank, latent_stride, scratch);
-        });
-    } else {
-        for (int64_t h = 0; h < d.n_heads; ++h)
-            cpu::gemm(w.k_b.row_slice(h * d.kv_rank, d.kv_rank), q + h * d.qk_head, q_stride, n,
-                      q_latent + h * d.kv_rank, latent_stride, pool_);
-    }
-
-    float* attn = attn_latent_.as<float>() + row0 * latent_stride;  // [n, heads, kv_rank] = sum_t P * c_t
-    const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
+    // q~_h = W_UK_h^T . q_nope_h: [n, heads, kv_rank] (absorb, spec §2.8).
+    float* q_latent = q_latent_ + row0 * latent_stride;
+    be.absorb_queries(w, q_ + row0 * d.n_heads * d.qk_head, n, q_latent);
+    float* attn = attn_latent_ + row0 * latent_stride;  // [n, heads, kv_rank] = sum_t P * c_t
     for (size_t i = first_group; i < end_group; ++i) {
         const auto& g = groups_[i];
-        const size_t cache = size_t(g.sequence) * size_t(d.n_layers) + size_t(layer);
+        const size_t cache = cache_index(g.sequence, layer);
         const int64_t r = g.begin - row0;
-        cpu::mla_attention_absorbed(shape, g.count, q_latent + r * latent_stride,
-                                    q_rope_.as<float>() + g.begin * d.n_heads * d.rope_dim,
-                                    cache_latent_[cache].as<float>(), cache_rope_[cache].as<float>(),
-                                    n_visible_.data() + g.begin, attn + r * latent_stride,
-                                    attention_scratch_.as<float>(), pool_);
+        be.attention_absorbed(g.count, q_latent + r * latent_stride, q_rope_ + g.begin * d.n_heads * d.rope_dim,
+                              cache_latent_[cache], cache_rope_[cache], step_visible_ + g.begin,
+                              attn + r * latent_stride);
     }
-
-    // o_h = v_b_h . c^_h   ([v_dim, kv_rank] per head)
-    float* heads = attn_heads_.as<float>() + row0 * d.n_heads * d.v_dim;  // [n, heads * v_dim]
-    const int64_t heads_stride = d.n_heads * d.v_dim;
-    for (int64_t h = 0; h < d.n_heads; ++h) {
-        const Matrix w_uv = w.kv_b.rows > 0 ? w.kv_b.row_slice(h * kv_b_head_rows + d.nope, d.v_dim)
-                                            : w.v_b.row_slice(h * d.v_dim, d.v_dim);
-        cpu::gemm(w_uv, attn + h * d.kv_rank, latent_stride, n, heads + h * d.v_dim, heads_stride, pool_);
-    }
+    // o_h = W_UV_h . c^_h: [n, heads * v_dim]
+    be.unabsorb(w, attn, n, attn_heads_ + row0 * d.n_heads * d.v_dim);
 }
 
 // Decompressed form (spec §2.7) for one group: the sequence's cache is expanded through kv_b (or
-// W_UK from k_b, and v_b) a block of positions at a time into [k_nope | v] per head, and each block is folded
-// into the output by the online softmax of cpu::mla_attention_decompressed_block.
+// W_UK from k_b, and v_b) a block of positions at a time into [k_nope | v] per head, and each block
+// is folded into the output by an online softmax.
 void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, size_t group) {
     const auto& d = layout_;
+    Backend& be = backend_;
     const auto& g = groups_[group];
-    const size_t cache = size_t(g.sequence) * size_t(d.n_layers) + size_t(layer);
-    const cpu::DecompressedAttentionShape shape = decompressed_shape(d);
-    const int64_t kv_head = d.nope + d.v_dim, kv_row = d.n_heads * kv_head;
+    const size_t cache = cache_index(g.sequence, layer);
     const int64_t n_positions = n_visible_[size_t(g.begin + g.count - 1)];  // the last token sees them all
-    const float* latent = cache_latent_[cache].as<float>();
-    float* kv = kv_block_.as<float>();
-    float* out = attn_heads_.as<float>() + g.begin * d.n_heads * d.v_dim;
-    float* running_max = running_max_.as<float>() + g.begin * d.n_heads;
-    float* running_sum = running_sum_.as<float>() + g.begin * d.n_heads;
-    cpu::mla_decompressed_begin(shape, g.count, out, running_max, running_sum);
-    const float* w_uk = w_uk_.as<float>();  // turned round by attention() for this layer
-    for (int64_t first = 0; first < n_positions; first += decompress_block_) {
-        const int64_t m = std::min(decompress_block_, n_positions - first);
-        const float* c = latent + first * d.kv_rank;
-        if (w.kv_b.rows > 0) {
-            cpu::gemm(w.kv_b, c, d.kv_rank, m, kv, kv_row, pool_);  // rows per head: [nope | v]
-        } else {
-            // v_b holds W_UV per head ([v_dim, kv_rank]) as the GEMM wants it.
-            for (int64_t h = 0; h < d.n_heads; ++h) {
-                const Matrix w_uk_h{DType::F32, d.nope, d.kv_rank, w_uk + h * d.nope * d.kv_rank, nullptr, 0};
-                cpu::gemm(w_uk_h, c, d.kv_rank, m, kv + h * kv_head, kv_row, pool_);
-                cpu::gemm(w.v_b.row_slice(h * d.v_dim, d.v_dim), c, d.kv_rank, m, kv + h * kv_head + d.nope, kv_row,
-                          pool_);
-            }
-        }
-        cpu::mla_attention_decompressed_block(shape, g.count, q_.as<float>() + g.begin * d.n_heads * d.qk_head,
-                                              q_rope_.as<float>() + g.begin * d.n_heads * d.rope_dim, kv,
-                                              cache_rope_[cache].as<float>() + first * d.rope_dim, first, m,
-                                              n_visible_.data() + g.begin, out, running_max, running_sum,
-                                              decompressed_scratch_.as<float>(), pool_);
+    const int64_t block = std::min(shape_.max_context, shape_.decompress_block);
+    float* out = attn_heads_ + g.begin * d.n_heads * d.v_dim;
+    float* running_max = running_max_ + g.begin * d.n_heads;
+    float* running_sum = running_sum_ + g.begin * d.n_heads;
+    be.decompressed_begin(g.count, out, running_max, running_sum);
+    for (int64_t first = 0; first < n_positions; first += block) {
+        const int64_t m = std::min(block, n_positions - first);
+        be.expand_latents(w, cache_latent_[cache] + first * d.kv_rank, m, kv_block_);
+        be.decompressed_block(g.count, q_ + g.begin * d.n_heads * d.qk_head, q_rope_ + g.begin * d.n_heads * d.rope_dim,
+                              kv_block_, cache_rope_[cache] + first * d.rope_dim, first, m, step_visible_ + g.begin, out,
+                              running_max, running_sum);
     }
-    cpu::mla_decompressed_end(shape, g.count, out, running_sum);
+    be.decompressed_end(g.count, out, running_sum);
 }
 
 // Speculative prefetch (DESIGN: data flow): the residual after layer l's attention is a good
@@ -384,24 +372,20 @@ void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, s
 // is still on disk; a wrong guess costs a read, never a number.
 void DeepseekForward::predict_next_layer_experts(int layer, int64_t n) {
     const auto& d = layout_;
+    Backend& be = backend_;
     const int next = layer + 1;
     if (next >= d.n_layers || !d.is_moe_layer(next)) return;
     const LayerWeights* w = &weights_.globals().layers[size_t(next)];
     if (w->router.rows == 0) w = weights_.peek_layer(next);  // a provider without resident routers
     if (!w) return;
-    const float* x = x_.as<float>();
-    float* guess_in = expert_in_.as<float>();
-    for (int64_t t = 0; t < n; ++t) cpu::rms_norm(x + t * d.hidden, w->ffn_norm, d.rms_eps, d.hidden, guess_in + t * d.hidden);
-    float* logits = router_logits_.as<float>();
-    cpu::gemm(w->router, guess_in, d.hidden, n, logits, d.n_experts, pool_);
-    // Its own marks: moe() is still using expert_count_ when it calls this.
+    float* guess_in = expert_in_;
+    be.rms_norm(x_, d.hidden, w->ffn_norm, d.rms_eps, n, d.hidden, guess_in, d.hidden);
+    be.linear(w->router, guess_in, d.hidden, n, router_logits_, d.n_experts);
+    // Its own marks and ids: moe() is still using expert_count_ when it calls this.
     const int k = d.router.top_k;
+    be.route(router_logits_, w->router_bias, d.router, n, expert_ids_.data(), expert_weights_.data());
     std::fill(predicted_mark_.begin(), predicted_mark_.end(), 0);
-    for (int64_t t = 0; t < n; ++t) {
-        cpu::route(logits + t * d.n_experts, w->router_bias, d.router, &expert_ids_[size_t(t * k)],
-                   &expert_weights_[size_t(t * k)]);
-        for (int j = 0; j < k; ++j) predicted_mark_[size_t(expert_ids_[size_t(t * k + j)])] = 1;
-    }
+    for (int64_t i = 0; i < n * k; ++i) predicted_mark_[size_t(expert_ids_[size_t(i)])] = 1;
     predicted_experts_.clear();
     for (int64_t e = 0; e < d.n_experts; ++e)
         if (predicted_mark_[size_t(e)]) predicted_experts_.push_back(int32_t(e));
@@ -411,38 +395,32 @@ void DeepseekForward::predict_next_layer_experts(int layer, int64_t n) {
 // out[t] (+)= down . (silu(gate . in[t]) * (up . in[t]))  (spec §2.9)
 void DeepseekForward::mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate) {
     const auto& d = layout_;
+    Backend& be = backend_;
     const int64_t width = w.gate.rows;
-    float* gate = expert_gate_.as<float>();
-    float* up = expert_up_.as<float>();
-    cpu::gemm(w.gate, in, d.hidden, n, gate, width, pool_);
-    cpu::gemm(w.up, in, d.hidden, n, up, width, pool_);
-    cpu::silu_mul(gate, up, n * width, gate);
+    be.linear(w.gate, in, d.hidden, n, expert_gate_, width);
+    be.linear(w.up, in, d.hidden, n, expert_up_, width);
+    be.silu_mul(expert_gate_, expert_up_, n * width);
     if (!accumulate) {
-        cpu::gemm(w.down, gate, width, n, out, d.hidden, pool_);
+        be.linear(w.down, expert_gate_, width, n, out, d.hidden);
         return;
     }
-    float* down = expert_out_.as<float>();
-    cpu::gemm(w.down, gate, width, n, down, d.hidden, pool_);
-    for (int64_t t = 0; t < n; ++t) {
-        float* o = out + t * d.hidden;
-        const float* r = down + t * d.hidden;
-        for (int64_t i = 0; i < d.hidden; ++i) o[i] += r[i];
-    }
+    // The routed outputs are combined by now: their rows are free for the shared expert's.
+    be.linear(w.down, expert_gate_, width, n, expert_out_, d.hidden);
+    be.add(out, expert_out_, n * d.hidden);
 }
 
 // MoE (spec §2.10, §2.11). Input: normed_ [n, hidden]. Output: branch_out_ [n, hidden].
 void DeepseekForward::moe(const LayerWeights& w, int layer, int64_t n) {
     const auto& d = layout_;
-    const float* a = normed_.as<float>();
-    float* out = branch_out_.as<float>();
+    Backend& be = backend_;
     const int k = d.router.top_k;
 
-    // Route every token: fp32 router logits, then top-k selection and weights.
-    float* logits = router_logits_.as<float>();
-    cpu::gemm(w.router, a, d.hidden, n, logits, d.n_experts, pool_);
-    for (int64_t t = 0; t < n; ++t)
-        cpu::route(logits + t * d.n_experts, w.router_bias, d.router, &expert_ids_[size_t(t * k)],
-                   &expert_weights_[size_t(t * k)]);
+    // Route every token: fp32 router logits, then top-k selection and weights (on the host).
+    be.begin_span("router", layer, -1);
+    be.rms_norm(x_, d.hidden, w.ffn_norm, d.rms_eps, n, d.hidden, normed_, d.hidden);
+    be.linear(w.router, normed_, d.hidden, n, router_logits_, d.n_experts);
+    be.end_span();
+    be.route(router_logits_, w.router_bias, d.router, n, expert_ids_.data(), expert_weights_.data());
 
     // Group the (token, weight) pairs by expert (ascending ids) so each expert is read once.
     std::fill(expert_count_.begin(), expert_count_.end(), 0);
@@ -461,39 +439,40 @@ void DeepseekForward::moe(const LayerWeights& w, int layer, int64_t n) {
             routed_token_[size_t(slot)] = int32_t(t);
             routed_weight_[size_t(slot)] = expert_weights_[size_t(t * k + j)];
         }
+    // Each token's slots in ascending order: the combine sums them in that fixed order.
+    std::fill(token_fill_.begin(), token_fill_.begin() + n, 0);
+    for (int64_t s = 0; s < n * k; ++s) {
+        const int32_t t = routed_token_[size_t(s)];
+        token_slots_[size_t(t * k + token_fill_[size_t(t)]++)] = int32_t(s);
+    }
+    be.upload(routed_token_dev_, routed_token_.data(), size_t(n * k) * sizeof(int32_t));
+    be.upload(token_slots_dev_, token_slots_.data(), size_t(n * k) * sizeof(int32_t));
+    be.upload(slot_weight_dev_, routed_weight_.data(), size_t(n * k) * sizeof(float));
     weights_.need_experts(layer, needed_experts_);
     // Guess the next layer's experts now, so their reads follow this layer's in the queue.
     if (weights_.wants_predictions()) predict_next_layer_experts(layer, n);
 
     // Each expert runs on its tokens as soon as its weights are in memory; its outputs land
     // in its own rows of expert_out_ (slot order).
-    float* gathered = expert_in_.as<float>();
-    float* expert_out = expert_out_.as<float>();
     const ExpertWeights* ex = nullptr;
     for (int32_t e; (e = weights_.next_expert(layer, &ex)) >= 0;) {
         const int32_t begin = expert_begin_[size_t(e)], count = expert_count_[size_t(e)];
-        for (int32_t i = 0; i < count; ++i)
-            std::memcpy(gathered + int64_t(i) * d.hidden, a + int64_t(routed_token_[size_t(begin + i)]) * d.hidden,
-                        size_t(d.hidden) * sizeof(float));
-        float* gate = expert_gate_.as<float>();
-        float* up = expert_up_.as<float>();
+        be.begin_span("expert", layer, e);
+        be.gather_rows(normed_, d.hidden, routed_token_dev_ + begin, count, expert_in_);
         const int64_t width = ex->gate.rows;
-        cpu::gemm(ex->gate, gathered, d.hidden, count, gate, width, pool_);
-        cpu::gemm(ex->up, gathered, d.hidden, count, up, width, pool_);
-        cpu::silu_mul(gate, up, int64_t(count) * width, gate);
-        cpu::gemm(ex->down, gate, width, count, expert_out + int64_t(begin) * d.hidden, d.hidden, pool_);
+        be.linear(ex->gate, expert_in_, d.hidden, count, expert_gate_, width);
+        be.linear(ex->up, expert_in_, d.hidden, count, expert_up_, width);
+        be.silu_mul(expert_gate_, expert_up_, int64_t(count) * width);
+        be.linear(ex->down, expert_gate_, width, count, expert_out_ + int64_t(begin) * d.hidden, d.hidden);
+        be.end_span();
     }
 
     // Combine in slot order (experts ascending): the same sum whatever the arrival order.
-    std::fill(out, out + n * d.hidden, 0.0f);
-    for (int64_t s = 0; s < n * k; ++s) {
-        const float weight = routed_weight_[size_t(s)];
-        float* o = out + int64_t(routed_token_[size_t(s)]) * d.hidden;
-        const float* r = expert_out + s * d.hidden;
-        for (int64_t c = 0; c < d.hidden; ++c) o[c] += weight * r[c];
-    }
+    be.begin_span("combine", layer, -1);
+    be.combine_slots(expert_out_, token_slots_dev_, slot_weight_dev_, n, k, d.hidden, branch_out_);
     // Shared experts see every token with weight 1.
-    if (d.n_shared > 0) mlp(w.shared, a, n, out, true);
+    if (d.n_shared > 0) mlp(w.shared, normed_, n, branch_out_, true);
+    be.end_span();
 }
 
 }  // namespace sluice

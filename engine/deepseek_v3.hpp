@@ -1,16 +1,18 @@
 // The DeepSeek-V3 forward pass (spec §2), readable top to bottom: embedding, then per layer
-// RMSNorm -> MLA (absorbed form over the latent cache) -> RMSNorm -> dense MLP or MoE, then the
-// final norm and the output head. Scheduling, streaming and caching of weights live elsewhere;
-// this file only asks for a layer's weights.
+// RMSNorm -> MLA (absorbed or decompressed form over the latent cache) -> RMSNorm -> dense MLP or
+// MoE, then the final norm and the output head. Written once: the arithmetic runs on a Backend
+// (engine/backend.hpp: the CPU, or a CUDA device real or emulated). Scheduling, streaming and
+// caching of weights live elsewhere; this file only asks for a layer's weights.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "core/aligned_buffer.hpp"
 #include "core/thread_pool.hpp"
+#include "engine/backend.hpp"
 #include "engine/model_layout.hpp"
 #include "engine/model_weights.hpp"
 #include "engine/weight_provider.hpp"
@@ -45,11 +47,19 @@ public:
     // Cache positions the decompressed form of attention expands at a time by default (V3: 256 x
     // 128 heads x 256 floats = 32 MiB); larger blocks only save per-block overhead.
     static constexpr int64_t kDecompressBlockPositions = 256;
-    // Shared with the memory planner, which sizes these buffers before any forward exists.
-    static cpu::DecompressedAttentionShape decompressed_shape(const ModelLayout& layout);
-    static int64_t row_scratch_floats(const ModelLayout& layout);  // per thread
+    // The sizes the buffers follow from (decompress_block resolved to its default).
+    static ForwardShape shape_of(const ForwardOptions& options);
+    // Floats of activations this object allocates for `shape`; the latent cache (n_sequences x
+    // n_layers x max_context x cache_width) and the backend's own scratch (CpuBackend::
+    // scratch_floats) come on top. Shared with the memory planner.
+    static int64_t activation_floats(const ModelLayout& layout, const ForwardShape& shape);
 
+    // On the CPU backend, threaded on `pool`.
     DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, ThreadPool& pool);
+    // On any backend; `weights` must hand out views the backend can use (host views for the CPU,
+    // device views for a device backend: engine/device_weights).
+    DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, Backend& backend);
+    ~DeepseekForward();
 
     // Runs `tokens` at the next positions of sequence 0, appending to its latent cache.
     // Writes logits [tokens.size(), vocab] when all_logits, else [1, vocab] for the last token.
@@ -65,10 +75,12 @@ public:
     void truncate(int64_t n, int sequence = 0);
 
     const ModelLayout& layout() const { return layout_; }
-    // Bytes this object allocated (activations + latent cache), for the memory report.
-    int64_t allocated_bytes() const { return allocated_bytes_; }
+    Backend& backend() { return backend_; }
+    // Bytes allocated for activations, the latent cache and the backend's scratch.
+    int64_t allocated_bytes() const { return backend_.allocated_bytes(); }
 
 private:
+    void allocate();
     void run_step(int64_t n, float* logits);
     void attention(const LayerWeights& w, int layer, int64_t n);
     // The attention of one sequence's tokens (a group of the step) in the two forms of MLA, writing
@@ -79,43 +91,53 @@ private:
     void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate);
     void moe(const LayerWeights& w, int layer, int64_t n);
     void predict_next_layer_experts(int layer, int64_t n);
+    size_t cache_index(int sequence, int layer) const { return size_t(sequence) * size_t(layout_.n_layers) + size_t(layer); }
 
     ModelLayout layout_;
     WeightProvider& weights_;
     ForwardOptions options_;
-    ThreadPool& pool_;
+    ForwardShape shape_;
+    std::unique_ptr<Backend> owned_backend_;  // the CPU backend of the pool constructor
+    Backend& backend_;
+    size_t backend_mark_ = 0;             // what the backend held before this object's buffers
     std::vector<int64_t> n_past_;         // [n_sequences]
 
-    // Activations, [max_batch_tokens, width] each, allocated once.
-    AlignedBuffer x_, normed_, q_compressed_, q_, kv_compressed_, q_latent_, q_rope_, attn_latent_, attn_heads_,
-        branch_out_, router_logits_, expert_in_, expert_gate_, expert_up_, expert_out_, attention_scratch_,
-        row_scratch_,  // per thread: a kv_rank row (transposed absorb product) or rows being turned round
-        kv_block_,     // [decompress_block_, heads, nope + v]: one block of expanded cache positions
-        w_uk_,         // [heads, nope, kv_rank]: a k_b layer's W_UK turned round for the expansion
-        running_max_, running_sum_, decompressed_scratch_;  // the decompressed form's online softmax
-    int64_t decompress_block_ = 0;         // positions expanded at a time
-    int64_t row_scratch_floats_ = 0;       // per thread in row_scratch_
-    std::vector<int> expert_ids_;          // [max_batch_tokens, top_k]
+    // Backend memory, allocated once. Activations [max_batch_tokens, width] each.
+    float *x_ = nullptr, *normed_ = nullptr, *q_compressed_ = nullptr, *q_ = nullptr, *kv_compressed_ = nullptr,
+          *q_latent_ = nullptr, *q_rope_ = nullptr, *attn_latent_ = nullptr, *attn_heads_ = nullptr,
+          *branch_out_ = nullptr, *router_logits_ = nullptr, *expert_in_ = nullptr, *expert_gate_ = nullptr,
+          *expert_up_ = nullptr, *expert_out_ = nullptr;
+    float* kv_block_ = nullptr;            // [decompress_block, heads, nope + v]: one block of expanded positions
+    float *running_max_ = nullptr, *running_sum_ = nullptr;  // the decompressed form's online softmax
+    float* rope_freq_ = nullptr;           // [rope_dim / 2]
+    int64_t* step_positions_ = nullptr;    // [max_batch_tokens]
+    int64_t* step_visible_ = nullptr;      // [max_batch_tokens]
+    int32_t* routed_token_dev_ = nullptr;  // [max_batch_tokens * top_k]
+    int32_t* token_slots_dev_ = nullptr;
+    float* slot_weight_dev_ = nullptr;
+    int32_t* logit_rows_dev_ = nullptr;    // [max_batch_tokens]
+    // Latent cache per (sequence, layer): normalised latent [max_context, kv_rank] and roped
+    // key [max_context, rope]; index sequence * n_layers + layer.
+    std::vector<float*> cache_latent_, cache_rope_;
+
+    // Host-side bookkeeping of a step.
+    std::vector<int32_t> expert_ids_;      // [max_batch_tokens, top_k]
     std::vector<float> expert_weights_;    // [max_batch_tokens, top_k]
     std::vector<int32_t> expert_count_;    // [n_experts]
     std::vector<int32_t> expert_begin_;    // [n_experts + 1]
     std::vector<int32_t> routed_token_;    // [max_batch_tokens * top_k], grouped by expert
     std::vector<float> routed_weight_;
+    std::vector<int32_t> token_slots_;     // [max_batch_tokens * top_k]: each token's slots, ascending
+    std::vector<int32_t> token_fill_;      // [max_batch_tokens]
     std::vector<int32_t> needed_experts_;  // ascending ids routed to in this step
     std::vector<int32_t> predicted_experts_;
     std::vector<uint8_t> predicted_mark_;  // [n_experts]
     std::vector<int64_t> n_visible_;       // [max_batch_tokens]
     std::vector<int64_t> positions_;       // [max_batch_tokens]
     std::vector<int32_t> step_tokens_;     // [max_batch_tokens]
-    std::vector<int32_t> step_sequence_;   // [max_batch_tokens]
     struct Group { int sequence; int64_t begin, count; };
     std::vector<Group> groups_;            // consecutive tokens of one sequence in this step
-    std::vector<int64_t> logit_rows_;      // rows of this step whose logits are wanted
-    // Latent cache per (sequence, layer): normalised latent [max_context, kv_rank] and roped
-    // key [max_context, rope]; index sequence * n_layers + layer.
-    std::vector<AlignedBuffer> cache_latent_, cache_rope_;
-    std::vector<float> rope_freq_;
-    int64_t allocated_bytes_ = 0;
+    std::vector<int32_t> logit_rows_;      // rows of this step whose logits are wanted
 };
 
 }  // namespace sluice

@@ -5,8 +5,8 @@
 #include <fmt/format.h>
 
 #include "core/error.hpp"
+#include "engine/cpu_backend.hpp"
 #include "engine/deepseek_v3.hpp"
-#include "kernels/cpu/ops.hpp"
 
 namespace sluice {
 
@@ -33,20 +33,8 @@ uint64_t mla_cache_bytes(const ModelLayout& d, int64_t context) {
 }
 
 uint64_t forward_activation_bytes(const ModelLayout& d, int64_t n, int64_t context, int n_threads) {
-    const int64_t k = std::max(d.router.top_k, 1);
-    const int64_t widest = std::max({d.dense_inter, d.moe_inter, d.n_shared * d.moe_inter, int64_t(1)});
-    int64_t floats = n * d.hidden * 4                      // x, normed, branch, expert_in
-                     + n * std::max<int64_t>(d.q_lora, 1) + n * d.n_heads * d.qk_head + n * d.cache_width() +
-                     2 * n * d.n_heads * d.kv_rank + n * d.n_heads * d.rope_dim + n * d.n_heads * d.v_dim +
-                     n * std::max<int64_t>(d.n_experts, 1) + 2 * n * widest + n * k * d.hidden +
-                     int64_t(n_threads) * DeepseekForward::row_scratch_floats(d);
-    const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
-    floats += cpu::attention_scratch_floats(shape, context, n_threads);
-    // The decompressed form: one expanded block of positions, its scratch, the running max and sum.
-    const int64_t block = std::min(context, DeepseekForward::kDecompressBlockPositions);
-    floats += block * d.n_heads * (d.nope + d.v_dim) + (d.split_kv_b ? d.n_heads * d.nope * d.kv_rank : 0) + 2 * n * d.n_heads +
-              cpu::decompressed_attention_scratch_floats(DeepseekForward::decompressed_shape(d), block, n_threads);
-    return uint64_t(floats) * 4;
+    ForwardShape shape{n, context, 1, DeepseekForward::kDecompressBlockPositions};
+    return uint64_t(DeepseekForward::activation_floats(d, shape) + CpuBackend::scratch_floats(d, shape, n_threads)) * 4;
 }
 
 MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const MemoryRequest& req) {

@@ -331,6 +331,7 @@ namespace {
 // Reads a segment's bytes into one owned buffer; data[i] / scales[i] point into it.
 struct ReadSegment {
     std::vector<const std::byte*> data, scales;
+    SegmentBytes bytes;
 };
 
 ReadSegment read_segment(const Segment& segment, const TensorSource& source, ModelWeights& out) {
@@ -339,6 +340,7 @@ ReadSegment read_segment(const Segment& segment, const TensorSource& source, Mod
     for (const auto& t : segment.tensors) total += (t.extent.length + 63) / 64 * 64 + (t.scales.length + 63) / 64 * 64;
     auto& buf = out.storage.emplace_back(size_t(total), 64);
     out.resident_bytes += int64_t(total);
+    r.bytes = {buf.data(), size_t(total)};
     std::byte* cursor = buf.data();
     for (const auto& t : segment.tensors) {
         SourceTensor st{t.name, t.type, {}, t.extent};
@@ -406,11 +408,15 @@ void load_globals(const ModelPlan& plan, const TensorSource& source, ModelWeight
     bind_globals(plan.globals, r.data.data(), r.scales.data(), out);
 }
 
+void load_dense_segment(const ModelPlan& plan, int layer, const TensorSource& source, ModelWeights& out) {
+    const auto& segment = plan.layers[size_t(layer)].dense;
+    const auto r = read_segment(segment, source, out);
+    bind_dense(segment, r.data.data(), r.scales.data(), out.layers[size_t(layer)]);
+    out.layers[size_t(layer)].dense_segment = r.bytes;
+}
+
 void load_dense_resident(const ModelPlan& plan, const TensorSource& source, ModelWeights& out) {
-    for (size_t i = 0; i < plan.layers.size(); ++i) {
-        const auto r = read_segment(plan.layers[i].dense, source, out);
-        bind_dense(plan.layers[i].dense, r.data.data(), r.scales.data(), out.layers[i]);
-    }
+    for (size_t i = 0; i < plan.layers.size(); ++i) load_dense_segment(plan, int(i), source, out);
 }
 
 ModelWeights load_resident(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source) {
@@ -426,6 +432,7 @@ ModelWeights load_resident(const ModelLayout& layout, const ModelPlan& plan, con
         for (size_t e = 0; e < lp.experts.size(); ++e) {
             const auto re = read_segment(lp.experts[e], source, w);
             bind_expert(lp.experts[e], re.data.data(), re.scales.data(), l.experts[e]);
+            l.experts[e].segment = re.bytes;
         }
     }
     return w;

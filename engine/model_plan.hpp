@@ -92,6 +92,8 @@ void load_vectors(const ModelPlan& plan, const TensorSource& source, ModelWeight
 
 // Reads the global segment (embedding, head) into `out.storage` and binds it.
 void load_globals(const ModelPlan& plan, const TensorSource& source, ModelWeights& out);
+// Reads one layer's dense segment into `out.storage` (one buffer) and binds out.layers[layer].
+void load_dense_segment(const ModelPlan& plan, int layer, const TensorSource& source, ModelWeights& out);
 // Reads every layer's dense segment into `out.storage` and binds it (--resident dense).
 void load_dense_resident(const ModelPlan& plan, const TensorSource& source, ModelWeights& out);
 

@@ -13,10 +13,22 @@
 
 namespace sluice {
 
+// The host bytes one segment's views point into, as one contiguous range (a staging buffer, a cache
+// entry or a resident arena), so a device can take the segment in one copy and rebase the views.
+struct SegmentBytes {
+    const std::byte* data = nullptr;
+    size_t size = 0;
+    bool contains(const void* p) const {
+        const auto* b = static_cast<const std::byte*>(p);
+        return data && b >= data && b < data + size;
+    }
+};
+
 struct ExpertWeights {
     Matrix gate;  // [moe_inter, hidden]
     Matrix up;    // [moe_inter, hidden]
     Matrix down;  // [hidden, moe_inter]
+    SegmentBytes segment;  // where gate, up and down (and FP8 scales) are
 };
 
 struct LayerWeights {
@@ -46,6 +58,7 @@ struct LayerWeights {
     const float* router_bias = nullptr;  // [n_experts] or null (V2)
     std::vector<ExpertWeights> experts;  // routed experts
     ExpertWeights shared;              // shared experts fused: [n_shared * moe_inter, ...]; rows 0 when none
+    SegmentBytes dense_segment;        // where the dense segment's matrices are (not the vectors or router)
 };
 
 struct ModelWeights {

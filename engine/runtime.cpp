@@ -9,8 +9,10 @@
 
 #include "core/error.hpp"
 #include "engine/background_segment_io.hpp"
+#include "engine/cuda/cuda_backend.hpp"
 #include "engine/reader_segment_io.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cuda/device.hpp"
 
 namespace sluice {
 
@@ -75,12 +77,121 @@ void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
     c.add_option_function<std::string>(
          "--io-rate-cap", [&o](const std::string& s) { o.io_rate_cap = double(parse_byte_size(s)); },
          "Deliver weights no faster than this many bytes/s (what-if runs)");
+    c.add_option("--device", o.device,
+                 "Where to compute: auto (a CUDA device when one is usable, else the CPU), cpu, cuda or cuda:N")
+        ->capture_default_str();
+    c.add_option_function<std::string>(
+         "--vram", [&o](const std::string& s) { o.vram_budget_bytes = parse_byte_size(s); },
+         "Device memory budget (default: free device memory less 5% of the device and 512 MiB)");
+    c.add_option("--trace", o.trace_path,
+                 "Write a timeline of reads, copies, kernels and waits as Chrome trace-event JSON (Perfetto) to FILE");
+}
+
+DeviceChoice resolve_device(const std::string& text) {
+    DeviceChoice c;
+    if (text == "cpu") {
+        c.reason = "asked for";
+        return c;
+    }
+    if (text == "auto") {
+        const auto q = cuda::query_devices();
+        if (q.devices.empty()) {
+            c.reason = "auto: " + q.reason;
+            return c;
+        }
+        c.cuda = true;
+        c.reason = "auto: " + q.devices.front().name;
+        return c;
+    }
+    if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
+        c.cuda = true;
+        c.reason = "asked for";
+        if (text.size() > 5) {
+            size_t used = 0;
+            try {
+                c.index = std::stoi(text.substr(5), &used);
+            } catch (const std::exception&) {
+                used = 0;
+            }
+            if (used != text.size() - 5 || c.index < 0)
+                fail(ErrorKind::invalid_input, "--device '{}': expected cuda:N with N a device number", text);
+        }
+        return c;
+    }
+    fail(ErrorKind::invalid_input, "--device must be auto, cpu, cuda or cuda:N, not '{}'", text);
+}
+
+namespace {
+
+// The device side of --device cuda: the backend under the VRAM budget, and the plan of what it keeps.
+void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice& choice, const MemoryRequest& host) {
+    const auto q = cuda::query_devices();
+    if (!q.compiled) fail(ErrorKind::unsupported, "--device cuda: this sluice was built without CUDA (nvcc not found at build time)");
+    if (choice.index >= int(q.devices.size()))
+        fail(ErrorKind::unsupported, "--device cuda:{}: {}", choice.index,
+             q.devices.empty() ? "no usable CUDA device (" + q.reason + ")"
+                               : fmt::format("there are {} CUDA device(s)", q.devices.size()));
+    const auto& info = q.devices[size_t(choice.index)];
+    uint64_t budget = options.vram_budget_bytes;
+    const char* source = "--vram";
+    if (budget == 0) {
+        const uint64_t margin = uint64_t(double(info.total_bytes) * kVramMarginShare) + kVramMarginBytes;
+        budget = info.free_bytes > margin ? info.free_bytes - margin : 0;
+        source = "free device memory less 5% and 512 MiB";
+    }
+    const ForwardShape shape{host.batch_tokens, host.context, std::max(options.n_sequences, 1),
+                             DeepseekForward::kDecompressBlockPositions};
+    CudaBackendOptions bo;
+    bo.device = choice.index;
+    bo.memory_limit_bytes = budget;
+    DeviceRequest req;
+    req.vram_budget_bytes = budget;
+    req.context = host.context;
+    req.n_sequences = shape.n_sequences;
+    req.batch_tokens = host.batch_tokens;
+    req.activation_bytes = cuda_forward_device_bytes(rt.model->layout, shape, bo, false);
+    req.expert_slots = options.expert_buffers;
+    rt.device_plan = plan_device_memory(rt.model->layout, rt.model->plan, req);
+    bo.cache_in_host_memory = !rt.device_plan.mla_on_device;
+    rt.backend = make_cuda_backend(bo);
+    rt.device_name = rt.backend->name();
+    if (options.verbose)
+        fmt::print(stderr, "device: {} ({}), budget {:.2f} GiB ({}): {}\n", rt.device_name, choice.reason,
+                   double(budget) / (1 << 30), source, rt.device_plan.describe());
+}
+
+}  // namespace
+
+std::unique_ptr<DeepseekForward> Runtime::make_forward(const ForwardOptions& options, ThreadPool& pool) {
+    std::unique_ptr<DeepseekForward> f;
+    if (backend) {
+        f = std::make_unique<DeepseekForward>(model->layout, *device_weights, options, *backend);
+    } else {
+        f = std::make_unique<DeepseekForward>(model->layout, *provider, options, pool);
+        f->backend().set_trace(trace.get());
+    }
+    return f;
+}
+
+void Runtime::finish() {
+    if (!trace) return;
+    if (backend) backend->synchronize();
+    trace->write(trace_path_);
+}
+
+Runtime::~Runtime() {
+    if (streamer) streamer->set_trace(nullptr);
 }
 
 std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options) {
     auto rt = std::make_unique<Runtime>();
     rt->model = open_model(path);
     const auto& layout = rt->model->layout;
+    const DeviceChoice device = resolve_device(options.device);
+    if (!options.trace_path.empty()) {
+        rt->trace = std::make_unique<Trace>();
+        rt->trace_path_ = options.trace_path;
+    }
 
     MemoryRequest req;
     req.ram_budget_bytes = options.ram_budget_bytes ? options.ram_budget_bytes : available_ram_bytes() / 100 * 85;
@@ -98,6 +209,21 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     }
     rt->memory = plan_memory(layout, rt->model->plan, req);
     rt->mode = req.resident;
+    if (device.cuda) plan_device(*rt, options, device, req);
+    else if (options.verbose) fmt::print(stderr, "device: cpu ({})\n", device.reason);
+    // The host provider is made below; the device side goes in front of it when it exists.
+    auto attach_device = [&] {
+        if (rt->backend) {
+            DeviceWeightsOptions dwo;
+            dwo.dense_resident = rt->device_plan.dense_resident;
+            dwo.dense_slots = std::max(rt->device_plan.dense_slots, 2);
+            dwo.expert_slots = rt->device_plan.expert_slots + int(rt->device_plan.expert_cache_entries);
+            rt->device_weights =
+                std::make_unique<DeviceWeights>(layout, rt->model->plan, *rt->model->source, *rt->provider, *rt->backend, dwo);
+            rt->backend->set_trace(rt->trace.get());
+        }
+        if (rt->streamer) rt->streamer->set_trace(rt->trace.get());
+    };
     if (options.verbose)
         fmt::print(stderr, "memory: --resident {} under a budget of {:.2f} GiB: {}\n", resident_mode_name(rt->mode),
                    double(req.ram_budget_bytes) / (1 << 30), rt->memory.describe());
@@ -105,6 +231,7 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     if (rt->mode == ResidentMode::all) {
         rt->resident = load_resident(layout, rt->model->plan, *rt->model->source);
         rt->provider = std::make_unique<ResidentWeights>(rt->resident);
+        attach_device();
         return rt;
     }
     io::ReaderOptions reader;
@@ -130,9 +257,11 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     if (rt->memory.expert_slot_bytes > 0)
         expert_buffers += int(rt->memory.expert_cache_bytes / rt->memory.expert_slot_bytes);
     so.expert_buffers = std::max(expert_buffers, 1);
+    if (rt->backend) so.dense_elsewhere = rt->device_plan.dense_resident;  // never read: the device holds them
     auto streamer = std::make_unique<Streamer>(layout, rt->model->plan, *rt->model->source, io, so);
     rt->streamer = streamer.get();
     rt->provider = std::move(streamer);
+    attach_device();
     return rt;
 }
 

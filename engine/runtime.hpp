@@ -7,8 +7,12 @@
 #include <memory>
 #include <string>
 
+#include "engine/backend.hpp"
 #include "engine/deepseek_v3.hpp"
+#include "engine/device_planner.hpp"
+#include "engine/device_weights.hpp"
 #include "engine/memory_planner.hpp"
+#include "engine/trace.hpp"
 #include "engine/model_loader.hpp"
 #include "engine/segment_io.hpp"
 #include "engine/streamer.hpp"
@@ -32,7 +36,24 @@ struct RuntimeOptions {
     size_t io_request_bytes = size_t(4) << 20;
     double io_rate_cap = 0;            // bytes/s, 0 = none (what-if runs and tests)
     bool verbose = true;               // print the memory plan on stderr
+    std::string device = "auto";       // auto | cpu | cuda | cuda:N
+    uint64_t vram_budget_bytes = 0;    // 0: the device's free memory less kVramMargin
+    int n_sequences = 1;               // sequences whose latent caches a step holds (device planning)
+    std::string trace_path;            // --trace: Chrome trace-event JSON of the run
 };
+
+// What --device resolves to.
+struct DeviceChoice {
+    bool cuda = false;
+    int index = 0;
+    std::string reason;                // why this choice (auto: what was found)
+};
+DeviceChoice resolve_device(const std::string& text);
+
+// The default --vram: free device memory less this share of the device and a fixed reserve (the
+// CUDA context, cuBLAS workspaces, other processes' growth).
+constexpr double kVramMarginShare = 0.05;
+constexpr uint64_t kVramMarginBytes = uint64_t(512) << 20;
 
 // Adds --ram --resident --prefetch --expert-buffers --no-speculate --io --qd --bs --io-rate-cap.
 void add_runtime_options(CLI::App& command, RuntimeOptions& options);
@@ -51,8 +72,21 @@ struct Runtime {
     std::unique_ptr<SegmentIo> io;              // --io-rate-cap only
     std::unique_ptr<WeightProvider> provider;
     Streamer* streamer = nullptr;               // provider, when streaming
+    // --device cuda: the backend, VRAM as cache level 1 in front of `provider`, and its plan.
+    std::unique_ptr<Trace> trace;               // --trace; declared before what records into it
+    std::unique_ptr<Backend> backend;
+    std::unique_ptr<DeviceWeights> device_weights;
+    DevicePlan device_plan;
+    std::string device_name = "cpu";
 
     const ModelLayout& layout() const { return model->layout; }
+    // A forward pass on the chosen device (the CPU backend on `pool`, or the CUDA backend).
+    std::unique_ptr<DeepseekForward> make_forward(const ForwardOptions& options, ThreadPool& pool);
+    // Ends the run: writes the trace when one was asked for.
+    void finish();
+    ~Runtime();
+
+    std::string trace_path_;
 };
 
 std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options);

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "core/error.hpp"
 #include "kernels/cuda/device.hpp"
 
@@ -79,11 +81,12 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
         allocated_bytes_ += uint64_t(globals_.resident_bytes - before);
     } else {
         size_t largest = 0;
-        for (const auto& l : plan_.layers) {
-            flatten(l.dense, extent_scratch_);
+        for (size_t i = 0; i < plan_.layers.size(); ++i) {
+            if (dense_elsewhere(int(i))) continue;
+            flatten(plan_.layers[i].dense, extent_scratch_);
             largest = std::max(largest, io_.buffer_bytes_for(extent_scratch_));
         }
-        dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
+        if (largest > 0) dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
         for (auto& b : dense_pool_) {
             b.memory.allocate(largest, buffer_alignment(), true, false);
             b.capacity = largest;
@@ -188,6 +191,7 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
         fail(ErrorKind::internal, "segment of layer {} needs {} bytes, buffer holds {}", layer, need, b.capacity);
     b.layer = layer;
     b.expert = expert;
+    b.used_bytes = need;
     b.bound = false;
     b.predicted = false;
     b.submitted = Clock::now();
@@ -204,7 +208,19 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
 
 void Streamer::finish_read(Buffer& b) {
     b.state = BufferState::ready;
-    note_read_interval(b.submitted, Clock::now());
+    const auto now = Clock::now();
+    note_read_interval(b.submitted, now);
+    if (trace_) {
+        nlohmann::json args = {{"layer", b.layer}, {"bytes", b.used_bytes}, {"host", fmt::format("{}", static_cast<const void*>(b.memory.data()))}};
+        if (b.expert >= 0) args["expert"] = b.expert;
+        if (b.predicted) args["predicted"] = true;
+        trace_->add(Trace::Track::reads, b.expert >= 0 ? "read expert" : "read dense", trace_->to_us(b.submitted),
+                    trace_->to_us(now), std::move(args));
+    }
+}
+
+void Streamer::trace_wait(Clock::time_point start, int layer) {
+    if (trace_) trace_->add(Trace::Track::waits, "wait for data", trace_->to_us(start), trace_->now_us(), {{"layer", layer}});
 }
 
 void Streamer::wait_for(Buffer& b) {
@@ -213,6 +229,7 @@ void Streamer::wait_for(Buffer& b) {
         const auto t0 = Clock::now();
         io_.wait(b.ticket);
         current_.wait_seconds += seconds(Clock::now() - t0);
+        trace_wait(t0, b.layer);
     }
     finish_read(b);
 }
@@ -231,10 +248,12 @@ void Streamer::bind(Buffer& b) {
         split_pointers(seg, b.extent_data, data, scales);
         b.dense = globals_.layers[size_t(b.layer)];  // vectors and router from the resident set
         bind_dense(seg, data.data(), scales.data(), b.dense);
+        b.dense.dense_segment = {b.memory.data(), b.used_bytes};
     } else {
         const Segment& seg = plan_.layers[size_t(b.layer)].experts[size_t(b.expert)];
         split_pointers(seg, b.extent_data, data, scales);
         bind_expert(seg, data.data(), scales.data(), b.expert_weights);
+        b.expert_weights.segment = {b.memory.data(), b.used_bytes};
     }
     b.bound = true;
 }
@@ -380,7 +399,7 @@ void Streamer::prefetch_dense_after(int layer) {
     const int n = int(plan_.layers.size());
     for (int k = 1; k <= options_.prefetch_layers; ++k) {
         const int next = (layer + k) % n;
-        if (find(dense_pool_, next, -1)) continue;
+        if (dense_elsewhere(next) || find(dense_pool_, next, -1)) continue;
         Buffer* b = acquire_dense(next);
         if (!b) return;
         submit(*b, next, -1, plan_.layers[size_t(next)].dense);
@@ -415,7 +434,8 @@ void Streamer::end_step() {
 const LayerWeights& Streamer::begin_layer(int layer) {
     computing_layer_ = layer;
     poll_all();
-    if (dense_resident_) {
+    if (dense_resident_ || dense_elsewhere(layer)) {
+        prefetch_dense_after(layer);
         return globals_.layers[size_t(layer)];
     }
     Buffer* b = find(dense_pool_, layer, -1);
@@ -435,7 +455,7 @@ const LayerWeights& Streamer::begin_layer(int layer) {
 
 const LayerWeights* Streamer::peek_layer(int layer) {
     if (layer < 0 || layer >= int(plan_.layers.size())) return nullptr;
-    if (dense_resident_) return &globals_.layers[size_t(layer)];
+    if (dense_resident_ || dense_elsewhere(layer)) return &globals_.layers[size_t(layer)];
     Buffer* b = find(dense_pool_, layer, -1);
     if (!b) return nullptr;
     if (b->state == BufferState::reading) {
@@ -588,6 +608,7 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
         const auto t0 = Clock::now();
         const size_t which = io_.wait_any(wait_tickets_);
         current_.wait_seconds += seconds(Clock::now() - t0);
+        trace_wait(t0, layer);
         finish_read(expert_pool_[wait_index_[which]]);
     }
 }

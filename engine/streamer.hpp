@@ -19,6 +19,7 @@
 #include "engine/model_plan.hpp"
 #include "engine/segment_io.hpp"
 #include "engine/tensor_source.hpp"
+#include "engine/trace.hpp"
 #include "engine/weight_provider.hpp"
 
 namespace sluice {
@@ -30,6 +31,9 @@ struct StreamerOptions {
     int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k
     bool speculate = true;        // predict layer L+1's experts from the state entering it
     double score_decay = 0.9;     // per step, for the cache's frequency score
+    // [layer] != 0: that layer's dense segment is never read here (a device keeps it resident);
+    // begin_layer hands out its vectors and router only.
+    std::vector<uint8_t> dense_elsewhere;
     // Tests: replace every prediction by experts that will not be needed.
     bool force_wrong_predictions = false;
 };
@@ -73,6 +77,9 @@ public:
     void predict_experts(int layer, std::span<const int32_t> experts) override;
     bool wants_predictions() const override { return options_.speculate && !expert_pool_.empty(); }
 
+    // --trace: every read (segment, bytes, buffer) and every wait goes on the timeline.
+    void set_trace(Trace* trace) { trace_ = trace; }
+
     const std::vector<StepStats>& steps() const { return steps_; }
     StepStats totals() const;
     // Bytes of buffers this streamer allocated (staging + cache + resident parts).
@@ -83,6 +90,7 @@ private:
     struct Buffer {
         AlignedBuffer memory;
         size_t capacity = 0;
+        size_t used_bytes = 0;                   // of the segment read last (extents rounded out)
         int layer = -1;
         int expert = -1;                         // -1: a dense segment
         BufferState state = BufferState::empty;
@@ -114,6 +122,9 @@ private:
     size_t buffer_alignment() const;
     double score(int layer, int expert) const;
     bool still_needed(int expert) const;
+    bool dense_elsewhere(int layer) const {
+        return size_t(layer) < options_.dense_elsewhere.size() && options_.dense_elsewhere[size_t(layer)];
+    }
     void touch(int layer, int expert);
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);
@@ -163,6 +174,8 @@ private:
     std::chrono::steady_clock::time_point read_busy_until_{};
     uint64_t allocated_bytes_ = 0;
     std::vector<void*> pinned_;                // buffers page-locked for a CUDA device
+    Trace* trace_ = nullptr;
+    void trace_wait(std::chrono::steady_clock::time_point start, int layer);
 };
 
 }  // namespace sluice

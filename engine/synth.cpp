@@ -126,6 +126,21 @@ ModelConfig synth_preset(std::string_view name) {
     c.rope_scaling = YarnRopeScaling{40.0, 4096, 32.0, 1.0, 1.0, 1.0};
     c.max_position_embeddings = 163840;
     c.num_nextn_predict_layers = 0;
+    if (name == "demo") {
+        // The README's first command: DeepSeek-V3's attention (16 heads of it), vocabulary and
+        // routing, narrower: 8 layers, 128 experts of 2048 x 1024, so that at Q4_K the experts
+        // (3.2 GB) dwarf what stays resident and the model streams under a budget a third its size.
+        c.hidden_size = 2048;
+        c.n_layers = 8;
+        c.first_k_dense_replace = 1;
+        c.intermediate_size = 5632;
+        c.moe_intermediate_size = 1024;
+        c.n_routed_experts = 128;
+        c.n_shared_experts = 1;
+        c.num_experts_per_tok = 8;
+        c.n_heads = 16;
+        return c;
+    }
     if (name == "small") {
         c.hidden_size = 256;
         c.n_layers = 4;
@@ -164,7 +179,7 @@ ModelConfig synth_preset(std::string_view name) {
         c.v_head_dim = 16;
         return c;
     }
-    fail(ErrorKind::invalid_input, "synth: preset '{}' is not one of tiny, small, v3", name);
+    fail(ErrorKind::invalid_input, "synth: preset '{}' is not one of tiny, small, demo, v3", name);
 }
 
 std::vector<SafetensorsTensorSpec> synth_tensor_specs(const ModelConfig& c, std::string_view weight_dtype) {

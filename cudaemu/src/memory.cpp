@@ -273,6 +273,18 @@ cudaError_t cudaHostUnregister(void* ptr) {
     return cudaSuccess;
 }
 
+// Unified addressing, as on every device sluice targets: pinned host memory is reachable from
+// kernels at its host address.
+cudaError_t cudaHostGetDevicePointer(void** device_ptr, void* host_ptr, unsigned int flags) {
+    if (!device_ptr || flags != 0) return api_error(cudaErrorInvalidValue, "cudaHostGetDevicePointer: bad arguments");
+    Device& d = device();
+    std::lock_guard lock(d.mu);
+    if (!pinned_range(host_ptr, 1))
+        return api_error(cudaErrorInvalidValue, "cudaHostGetDevicePointer of " + describe_pointer(host_ptr) + ", not pinned");
+    *device_ptr = host_ptr;
+    return cudaSuccess;
+}
+
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
     return copy_2d("cudaMemcpy", {dst, count, src, count, count, 1}, kind, nullptr, false);
 }

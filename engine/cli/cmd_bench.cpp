@@ -203,7 +203,8 @@ void register_bench(CLI::App& app) {
 
         for (int64_t len : prompt_lengths) {
             ForwardOptions fo{len + args->decode + 2, std::min(args->batch_tokens, len), 1, ro.attention};
-            DeepseekForward forward(layout, *rt->provider, fo, pool);
+            const auto forward_owner = rt->make_forward(fo, pool);
+            DeepseekForward& forward = *forward_owner;
             std::vector<int32_t> prompt(static_cast<size_t>(len));
             for (auto& t : prompt) t = token(rng);
             prompt[0] = layout.bos_id;
@@ -229,7 +230,8 @@ void register_bench(CLI::App& app) {
         for (int64_t b : batch_sizes) {
             // b sequences, each with a 4-token prompt, decoding together.
             ForwardOptions fo{4 + args->decode + 2, std::max<int64_t>(b * 4, b), int(b), ro.attention};
-            DeepseekForward forward(layout, *rt->provider, fo, pool);
+            const auto forward_owner = rt->make_forward(fo, pool);
+            DeepseekForward& forward = *forward_owner;
             std::vector<std::vector<int32_t>> prompts(size_t(b), std::vector<int32_t>(4));
             std::vector<SequenceTokens> step;
             for (int64_t s = 0; s < b; ++s) {
@@ -268,7 +270,9 @@ void register_bench(CLI::App& app) {
                                       {"activations", rt->memory.activation_bytes}};
             for (const auto& p : phases) j["phases"].push_back(phase_json(p));
             if (!args->no_roofline) j["roofline"] = roofline_inputs(*rt, longest, args->batch_tokens, pool);
+            j["device"] = rt->device_name;
             fmt::print("{}\n", j.dump(2));
+            rt->finish();
             return 0;
         }
         fmt::print("{:<14} {:>8} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>8}\n", "phase", "tokens", "seconds",
@@ -282,6 +286,7 @@ void register_bench(CLI::App& app) {
                        s.read_seconds > 0 ? double(s.bytes_read) / s.read_seconds / 1e9 : 0.0, s.wait_seconds,
                        s.step_seconds > 0 ? std::max(s.read_seconds, s.compute_seconds) / s.step_seconds : 0.0, hits);
         }
+        rt->finish();
         return 0;
     });
 }

@@ -22,7 +22,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "engine/cli/bench_io_device.hpp"
 #include "engine/cli/command.hpp"
+#include "engine/runtime.hpp"
 #include "io/segment_reader.hpp"
 #include "io/staging_ring.hpp"
 
@@ -50,6 +52,7 @@ struct BenchArgs {
     bool json = false;
     bool no_fio = false;
     bool keep_cache = false;
+    std::string to_device;  // --to-device [cuda:N]
 };
 
 uint64_t parse_size(const std::string& text) {
@@ -290,6 +293,23 @@ int run_bench_io(const BenchArgs& a) {
                      a.keep_cache ? "--keep-cache" : "not root",
                      total < avail ? "; the files fit in free RAM, so the page cache may serve reads" : "");
     }
+    if (!a.to_device.empty()) {
+        DeviceIoBenchOptions o;
+        o.paths = paths;
+        o.sizes = sizes;
+        o.request_bytes = bs;
+        o.queue_depth = a.qd;
+        o.seconds = a.seconds;
+        o.rounds = a.rounds;
+        o.json = a.json;
+        const DeviceChoice d = resolve_device(a.to_device);
+        if (!d.cuda) fail(ErrorKind::invalid_input, "--to-device {}: name a CUDA device (cuda or cuda:N)", a.to_device);
+        o.device = d.index;
+        if (can_drop) o.drop_caches = drop_caches;
+        const auto j = run_bench_io_to_device(o);
+        if (a.json) fmt::print("{}\n", j.dump());
+        return 0;
+    }
     const bool fio = !a.no_fio && fio_available();
     if (fio && paths.size() > 1)
         std::fprintf(stderr, "sluice: note: fio reads the first file only; ours read all %zu\n", paths.size());
@@ -372,6 +392,11 @@ void register_bench_io(CLI::App& app) {
     sub->add_flag("--no-fio", args->no_fio, "Do not run fio even if it is on PATH");
     sub->add_flag("--keep-cache", args->keep_cache, "Do not drop the page cache between runs (even as root)");
     sub->add_flag("--json", args->json, "Print one JSON object");
+    sub->add_option("--to-device", args->to_device,
+                    "Disk-to-GPU by stage instead: disk -> pinned host, pinned host -> device, both pipelined (and "
+                    "cuFile where libcufile loads), on this device (cuda or cuda:N)")
+        ->expected(0, 1)
+        ->default_str("cuda");
     add_command(app, sub, [args] { return run_bench_io(*args); });
 }
 

@@ -49,7 +49,8 @@ void register_perplexity(CLI::App& app) {
         fo.max_context = args->ctx;
         fo.max_batch_tokens = args->batch;
         fo.attention = ro.attention;
-        DeepseekForward forward(rt->layout(), *rt->provider, fo, pool);
+        const auto forward_owner = rt->make_forward(fo, pool);
+        DeepseekForward& forward = *forward_owner;
         fmt::print(stderr, "{}: {} tokens, {} chunks of {}\n", args->file, tokens.size(),
                    int64_t(tokens.size()) / args->ctx, args->ctx);
         const auto r = perplexity(forward, tokens, args->ctx, args->chunks, [](int64_t c, double ppl) {
@@ -57,6 +58,7 @@ void register_perplexity(CLI::App& app) {
         });
         fmt::print("perplexity: {:.4f} over {} tokens in {} chunks ({:.1f} s, {:.1f} tokens/s)\n", r.perplexity,
                    r.n_scored, r.n_chunks, r.seconds, double(r.n_chunks * args->ctx) / r.seconds);
+        rt->finish();
         return 0;
     });
 }

@@ -114,7 +114,8 @@ int run(const RunArgs& args) {
     fo.max_context = std::min<int64_t>(args.context, int64_t(prompt.size()) + args.n_predict + 1);
     fo.max_batch_tokens = args.batch;
     fo.attention = args.runtime.attention;
-    DeepseekForward forward(layout, *rt->provider, fo, pool);
+    const auto forward_owner = rt->make_forward(fo, pool);
+    DeepseekForward& forward = *forward_owner;
 
     GenerateOptions go;
     go.max_new_tokens = args.n_predict;
@@ -148,6 +149,13 @@ int run(const RunArgs& args) {
                stats.generate_seconds, stats.generate_tokens_per_s(), stats.stopped_at_eos ? ", stopped at EOS" : "");
     fmt::print(stderr, "generated ids: {}\n", fmt::join(generated, ","));
     if (rt->streamer) report_stream_stats(*rt->streamer, args.stats, args.stats_json);
+    if (rt->device_weights && args.stats) {
+        const auto& d = rt->device_weights->stats();
+        fmt::print(stderr, "device: {:.2f} GB copied to the device ({} dense, {} expert copies, {} dense copied ahead), {} "
+                   "experts found on the device\n", double(d.bytes_copied) / 1e9, d.dense_copies, d.expert_copies,
+                   d.dense_prefetches, d.expert_hits);
+    }
+    rt->finish();
     return 0;
 }
 

@@ -17,8 +17,9 @@ void register_version(CLI::App& app) {
         const auto q = cuda::query_devices();
         if (q.devices.empty()) fmt::print("cuda: none ({})\n", q.reason);
         for (const auto& d : q.devices)
-            fmt::print("cuda: device {} {} sm_{}{} {:.1f} GiB, {} SMs\n", d.index, d.name, d.sm_major, d.sm_minor,
-                       double(d.total_bytes) / (1 << 30), d.n_multiprocessors);
+            fmt::print("cuda: device {} {}, compute capability {}.{}, {:.1f} GiB ({:.1f} GiB free), {} SMs\n", d.index,
+                       d.name, d.sm_major, d.sm_minor, double(d.total_bytes) / (1 << 30),
+                       double(d.free_bytes) / (1 << 30), d.n_multiprocessors);
         return 0;
     });
 }

@@ -1,9 +1,9 @@
 #include "kernels/cuda/cuda_error.hpp"
 
-#include <cublas_api.h>
 #include <cuda_runtime_api.h>
 
 #include "core/error.hpp"
+#include "kernels/cuda/cublas_api.hpp"
 
 namespace sluice::cuda {
 
@@ -15,7 +15,7 @@ void throw_cuda_error(int code, const char* call, const char* file, int line) {
 
 void throw_cublas_error(int code, const char* call, const char* file, int line) {
     fail(ErrorKind::internal, "cuBLAS: {} failed with {} ({}) at {}:{}", call, code,
-         cublasGetStatusString(cublasStatus_t(code)), file, line);
+         cublas_status_name(code), file, line);
 }
 
 void throw_weight_error(const char* op, DType type, const char* problem) {

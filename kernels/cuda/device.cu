@@ -22,7 +22,12 @@ DeviceQuery query_devices() {
     for (int i = 0; i < n; ++i) {
         cudaDeviceProp p{};
         if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
-        q.devices.push_back({i, p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount});
+        size_t free = 0, total = 0;
+        if (cudaSetDevice(i) != cudaSuccess || cudaMemGetInfo(&free, &total) != cudaSuccess) {
+            cudaGetLastError();
+            free = 0;
+        }
+        q.devices.push_back({i, p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount, free});
     }
     return q;
 }

@@ -15,6 +15,7 @@ struct DeviceInfo {
     int sm_minor = 0;
     size_t total_bytes = 0;
     int n_multiprocessors = 0;
+    size_t free_bytes = 0;        // free device memory when queried (cudaMemGetInfo)
 };
 
 struct DeviceQuery {

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/cublas_api.hpp"
 #include "kernels/cuda/cuda_error.hpp"
 #include "kernels/cuda/launch.hpp"
 #include "kernels/cuda/quant_codecs.cuh"
@@ -126,44 +127,55 @@ void convert_f32_to_bf16(const float* in, int64_t in_stride, int64_t n_rows, int
 
 Gemm::Gemm() {
     cublasHandle_t h = nullptr;
-    SLUICE_CUBLAS_CHECK(cublasCreate(&h));
+    SLUICE_CUBLAS_CHECK(cublas().create(&h));
     handle_ = h;
 }
 
 Gemm::~Gemm() {
-    if (handle_) cublasDestroy(handle_);
+    if (handle_) cublas().destroy(handle_);
 }
 
-void Gemm::reserve(int64_t max_weight_elems, int64_t max_activation_elems) {
-    weight_bf16_.ensure(size_t(max_weight_elems) * 2);
+void Gemm::reserve(int64_t max_weight_tile_elems, int64_t max_activation_elems) {
+    weight_bf16_.ensure(size_t(max_weight_tile_elems) * 2);
     activation_bf16_.ensure(size_t(max_activation_elems) * 2);
 }
 
 void Gemm::run(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
                cudaStream_t stream) {
     if (w.rows == 0 || n_tokens == 0) return;
-    SLUICE_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    SLUICE_CUBLAS_CHECK(cublas().set_stream(handle_, stream));
     const float alpha = 1.0f, beta = 0.0f;
     // Row-major Y [n, rows] is column-major [rows, n]; W row-major [rows, cols] is column-major
     // [cols, rows], hence op(A) = T with lda = cols; X row-major [n, cols] is column-major [cols, n].
-    const int m = int(w.rows), n = int(n_tokens), k = int(w.cols);
+    const int n = int(n_tokens), k = int(w.cols);
     if (w.type == DType::F32) {
-        SLUICE_CUBLAS_CHECK(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha,
+        SLUICE_CUBLAS_CHECK(cublas().sgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, k, &alpha,
                                         static_cast<const float*>(w.data), k, x, int(x_stride), &beta, y,
                                         int(y_stride)));
         return;
     }
-    const void* a = w.data;
-    if (w.type != DType::BF16) {
-        reserve(w.rows * w.cols, 0);
-        dequantize_to_bf16(w, weight_bf16_.data(), stream);
-        a = weight_bf16_.data();
-    }
-    reserve(0, n_tokens * w.cols);
+    if (size_t(n_tokens * w.cols) * 2 > activation_bf16_.size_bytes())
+        throw_cuda_error(int(cudaErrorInvalidValue), "Gemm::run: activations larger than Gemm::reserve allowed",
+                         __FILE__, __LINE__);
     convert_f32_to_bf16(x, x_stride, n_tokens, w.cols, activation_bf16_.data(), stream);
-    SLUICE_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, a, CUDA_R_16BF, k,
-                                     activation_bf16_.data(), CUDA_R_16BF, k, &beta, y, CUDA_R_32F, int(y_stride),
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    // BF16 weights are used in place; other types are dequantised to BF16 a tile of rows at a time,
+    // so the scratch stays a fixed size whatever the matrix (the V3 head is 926 M weights).
+    const int64_t tile_rows = w.type == DType::BF16 ? w.rows : int64_t(weight_bf16_.size_bytes() / 2) / w.cols;
+    if (tile_rows <= 0)
+        throw_cuda_error(int(cudaErrorInvalidValue), "Gemm::run: a weight row is wider than Gemm::reserve allowed",
+                         __FILE__, __LINE__);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += tile_rows) {
+        const int64_t rows = w.rows - r0 < tile_rows ? w.rows - r0 : tile_rows;
+        const Matrix tile = w.row_slice(r0, rows);
+        const void* a = tile.data;
+        if (w.type != DType::BF16) {
+            dequantize_to_bf16(tile, weight_bf16_.data(), stream);
+            a = weight_bf16_.data();
+        }
+        SLUICE_CUBLAS_CHECK(cublas().gemm_ex(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), n, k, &alpha, a, CUDA_R_16BF, k,
+                                         activation_bf16_.data(), CUDA_R_16BF, k, &beta, y + r0, CUDA_R_32F,
+                                         int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
 }
 
 }  // namespace sluice::cuda

@@ -32,9 +32,11 @@ public:
     Gemm(const Gemm&) = delete;
     Gemm& operator=(const Gemm&) = delete;
 
-    // Grows the BF16 scratch once for the largest weight and activation seen, so steady-state
-    // calls allocate nothing (call it up front with the model's largest shapes).
-    void reserve(int64_t max_weight_elems, int64_t max_activation_elems);
+    // Sizes the BF16 scratch once, before any run: a tile of dequantised weights (run() goes
+    // through a larger matrix a tile of rows at a time) and the widest activations. run() never
+    // allocates; it refuses activations or a single weight row larger than reserved.
+    void reserve(int64_t max_weight_tile_elems, int64_t max_activation_elems);
+    int64_t reserved_bytes() const { return int64_t(weight_bf16_.size_bytes() + activation_bf16_.size_bytes()); }
 
     // Asynchronous on `stream`; the scratch is reused by the next call on any stream, so callers
     // issue all Gemm calls of one object on one stream.

@@ -372,6 +372,8 @@ TEST_CASE("the device activation quantisers write the CPU's int8 blocks byte for
 TEST_CASE("gemm (BF16 tensor cores, F32 SGEMM) matches the reference within BF16 rounding") {
     std::mt19937 rng(5);
     cuda::Gemm gemm;
+    // A scratch of 16 rows of the widest matrix: every quantised case goes through several tiles.
+    gemm.reserve(16 * 768, 19 * (768 + 8));
     std::vector<TypeCase> cases = {{DType::F32, 96, 512}, {DType::F16, 130, 768}, {DType::BF16, 64, 256},
                                    {DType::FP8_E4M3_B128, 200, 384}};
     for (DType type : kQuantTypes) cases.push_back({type, 40, 512});

@@ -1,0 +1,222 @@
+#include "engine/cpu_backend.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/matmul_transposed.hpp"
+
+namespace sluice {
+
+MlaShape MlaShape::from(const ModelLayout& d) {
+    return {d.n_heads, d.kv_rank, d.nope, d.rope_dim, d.v_dim, d.qk_head, d.softmax_scale};
+}
+
+namespace {
+cpu::AttentionShape absorbed_shape(const MlaShape& m) {
+    return {int(m.n_heads), int(m.kv_rank), int(m.rope_dim), m.scale};
+}
+cpu::DecompressedAttentionShape decompressed_shape(const MlaShape& m) {
+    return {int(m.n_heads), int(m.nope), int(m.rope_dim), int(m.v_dim), int(m.qk_head), m.scale};
+}
+// A kv_rank row for the transposed absorb product, or the rows transpose_to_f32 turns at a time.
+int64_t row_scratch_per_thread(const ModelLayout& d) {
+    return std::max(d.kv_rank, cpu::transpose_scratch_floats(d.nope));
+}
+}  // namespace
+
+int64_t CpuBackend::scratch_floats(const ModelLayout& d, const ForwardShape& s, int n_threads) {
+    const MlaShape m = MlaShape::from(d);
+    const int64_t block = std::min(s.max_context, s.decompress_block);
+    return int64_t(n_threads) * row_scratch_per_thread(d) +
+           cpu::attention_scratch_floats(absorbed_shape(m), s.max_context, n_threads) +
+           (d.split_kv_b ? d.n_heads * d.nope * d.kv_rank : 0) +
+           cpu::decompressed_attention_scratch_floats(decompressed_shape(m), block, n_threads);
+}
+
+void* CpuBackend::alloc(int64_t bytes) {
+    auto& b = buffers_.emplace_back(size_t(std::max<int64_t>(bytes, 4)), 64);
+    allocated_bytes_ += int64_t(b.size());
+    return b.data();
+}
+
+void CpuBackend::release_to(size_t mark) {
+    while (buffers_.size() > mark) {
+        allocated_bytes_ -= int64_t(buffers_.back().size());
+        buffers_.pop_back();
+    }
+}
+
+void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
+    mla_ = MlaShape::from(d);
+    absorbed_shape_ = absorbed_shape(mla_);
+    decompressed_shape_ = decompressed_shape(mla_);
+    hidden_ = d.hidden;
+    const int threads = pool_.size();
+    row_scratch_floats_ = row_scratch_per_thread(d);
+    row_scratch_ = alloc_floats(int64_t(threads) * row_scratch_floats_);
+    attention_scratch_ = alloc_floats(cpu::attention_scratch_floats(absorbed_shape_, s.max_context, threads));
+    // k_b turned round for the decompressed form: only files that split kv_b need it.
+    if (d.split_kv_b) w_uk_ = alloc_floats(d.n_heads * d.nope * d.kv_rank);
+    const int64_t block = std::min(s.max_context, s.decompress_block);
+    decompressed_scratch_ =
+        alloc_floats(cpu::decompressed_attention_scratch_floats(decompressed_shape_, block, threads));
+}
+
+void CpuBackend::upload(void* dst, const void* host, size_t bytes) {
+    if (dst != host) std::memcpy(dst, host, bytes);
+}
+
+void CpuBackend::download(void* host, const void* src, size_t bytes) {
+    if (host != src) std::memcpy(host, src, bytes);
+}
+
+void CpuBackend::embed(const Matrix& embedding, const int32_t* tokens, int64_t n, float* x) {
+    const auto& type = block_type(embedding.type);
+    for (int64_t t = 0; t < n; ++t) type.dequantize_row(embedding.row(tokens[t]), x + t * embedding.cols, embedding.cols);
+}
+
+void CpuBackend::rms_norm(const float* x, int64_t x_stride, const float* w, float eps, int64_t n_rows, int64_t width,
+                          float* out, int64_t out_stride) {
+    for (int64_t r = 0; r < n_rows; ++r) cpu::rms_norm(x + r * x_stride, w, eps, width, out + r * out_stride);
+}
+
+void CpuBackend::linear(const Matrix& w, const float* x, int64_t x_stride, int64_t n, float* y, int64_t y_stride) {
+    cpu::gemm(w, x, x_stride, n, y, y_stride, pool_);
+}
+
+void CpuBackend::add(float* x, const float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void CpuBackend::silu_mul(float* gate, const float* up, int64_t n) { cpu::silu_mul(gate, up, n, gate); }
+
+void CpuBackend::copy_rows(const float* src, int64_t src_stride, int64_t n_rows, int64_t width, float* dst,
+                           int64_t dst_stride) {
+    for (int64_t r = 0; r < n_rows; ++r)
+        std::memcpy(dst + r * dst_stride, src + r * src_stride, size_t(width) * sizeof(float));
+}
+
+void CpuBackend::gather_rows(const float* rows, int64_t width, const int32_t* index, int64_t n_rows, float* out) {
+    for (int64_t r = 0; r < n_rows; ++r)
+        std::memcpy(out + r * width, rows + int64_t(index[r]) * width, size_t(width) * sizeof(float));
+}
+
+void CpuBackend::combine_slots(const float* expert_out, const int32_t* token_slots, const float* slot_weight,
+                               int64_t n_tokens, int per_token, int64_t width, float* out) {
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        float* o = out + t * width;
+        std::fill(o, o + width, 0.0f);
+        for (int j = 0; j < per_token; ++j) {
+            const int32_t s = token_slots[t * per_token + j];
+            const float weight = slot_weight[s];
+            const float* r = expert_out + int64_t(s) * width;
+            for (int64_t c = 0; c < width; ++c) o[c] += weight * r[c];
+        }
+    }
+}
+
+void CpuBackend::rope(float* x, int64_t n_tokens, int n_heads, int64_t token_stride, int64_t head_stride, int dim,
+                      const int64_t* positions, const float* freq, float magnitude) {
+    for (int64_t t = 0; t < n_tokens; ++t)
+        for (int h = 0; h < n_heads; ++h)
+            cpu::rope_interleaved(x + t * token_stride + h * head_stride, dim, positions[t], freq, magnitude);
+}
+
+void CpuBackend::route(const float* logits, const float* bias, const cpu::RouterConfig& config, int64_t n_tokens,
+                       int32_t* ids, float* weights) {
+    const int k = config.top_k;
+    for (int64_t t = 0; t < n_tokens; ++t)
+        cpu::route(logits + t * config.n_experts, bias, config, ids + t * k, weights + t * k);
+}
+
+// k_b holds W_UK^T per head ([kv_rank, nope]): for the decompressed form it is turned round once
+// per layer, whatever the number of sequences expanded, so the expansion is an ordinary GEMM
+// (the transposed product ran at 57 GFLOP/s, under half the f32 GEMM's rate).
+void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool decompressed) {
+    if (!decompressed || w.kv_b.rows > 0) return;
+    if (!w_uk_)
+        fail(ErrorKind::invalid_input, "layer {}: attn_k_b in a model whose layout said kv_b (split_kv_b false)", layer);
+    const MlaShape& m = mla_;
+    pool_.parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
+        float* scratch = row_scratch_ + int64_t(thread) * row_scratch_floats_;
+        for (int64_t h = h0; h < h1; ++h)
+            cpu::transpose_to_f32(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), w_uk_ + h * m.nope * m.kv_rank, scratch);
+    });
+}
+
+void CpuBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t n, float* q_latent) {
+    const MlaShape& m = mla_;
+    const int64_t q_stride = m.n_heads * m.qk_head, latent_stride = m.n_heads * m.kv_rank;
+    if (w.kv_b.rows > 0) {
+        // kv_b rows per head: [W_UK_h (nope) | W_UV_h (v)]; the absorb is the transposed product.
+        const int64_t head_rows = m.nope + m.v_dim;
+        pool_.parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
+            float* scratch = row_scratch_ + int64_t(thread) * row_scratch_floats_;
+            for (int64_t h = h0; h < h1; ++h)
+                cpu::gemm_transposed(w.kv_b.row_slice(h * head_rows, m.nope), q + h * m.qk_head, q_stride, n,
+                                     q_latent + h * m.kv_rank, latent_stride, scratch);
+        });
+    } else {
+        for (int64_t h = 0; h < m.n_heads; ++h)
+            cpu::gemm(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), q + h * m.qk_head, q_stride, n,
+                      q_latent + h * m.kv_rank, latent_stride, pool_);
+    }
+}
+
+void CpuBackend::attention_absorbed(int64_t count, const float* q_latent, const float* q_rope,
+                                    const float* cache_latent, const float* cache_rope, const int64_t* n_visible,
+                                    float* out) {
+    cpu::mla_attention_absorbed(absorbed_shape_, count, q_latent, q_rope, cache_latent, cache_rope, n_visible, out,
+                                attention_scratch_, pool_);
+}
+
+// o_h = W_UV_h . c^_h ([v_dim, kv_rank] per head)
+void CpuBackend::unabsorb(const LayerWeights& w, const float* attn_latent, int64_t n, float* heads) {
+    const MlaShape& m = mla_;
+    const int64_t latent_stride = m.n_heads * m.kv_rank, heads_stride = m.n_heads * m.v_dim;
+    const int64_t head_rows = m.nope + m.v_dim;
+    for (int64_t h = 0; h < m.n_heads; ++h) {
+        const Matrix w_uv = w.kv_b.rows > 0 ? w.kv_b.row_slice(h * head_rows + m.nope, m.v_dim)
+                                            : w.v_b.row_slice(h * m.v_dim, m.v_dim);
+        cpu::gemm(w_uv, attn_latent + h * m.kv_rank, latent_stride, n, heads + h * m.v_dim, heads_stride, pool_);
+    }
+}
+
+void CpuBackend::expand_latents(const LayerWeights& w, const float* latent, int64_t count, float* kv) {
+    const MlaShape& m = mla_;
+    const int64_t kv_head = m.nope + m.v_dim, kv_row = m.n_heads * kv_head;
+    if (w.kv_b.rows > 0) {
+        cpu::gemm(w.kv_b, latent, m.kv_rank, count, kv, kv_row, pool_);  // rows per head: [nope | v]
+        return;
+    }
+    // W_UK turned round by begin_latent_products; v_b holds W_UV per head as the GEMM wants it.
+    for (int64_t h = 0; h < m.n_heads; ++h) {
+        const Matrix w_uk_h{DType::F32, m.nope, m.kv_rank, w_uk_ + h * m.nope * m.kv_rank, nullptr, 0};
+        cpu::gemm(w_uk_h, latent, m.kv_rank, count, kv + h * kv_head, kv_row, pool_);
+        cpu::gemm(w.v_b.row_slice(h * m.v_dim, m.v_dim), latent, m.kv_rank, count, kv + h * kv_head + m.nope, kv_row,
+                  pool_);
+    }
+}
+
+void CpuBackend::decompressed_begin(int64_t count, float* out, float* running_max, float* running_sum) {
+    cpu::mla_decompressed_begin(decompressed_shape_, count, out, running_max, running_sum);
+}
+
+void CpuBackend::decompressed_block(int64_t count, const float* q, const float* q_rope, const float* kv,
+                                    const float* k_rope, int64_t first, int64_t m, const int64_t* n_visible, float* out,
+                                    float* running_max, float* running_sum) {
+    cpu::mla_attention_decompressed_block(decompressed_shape_, count, q, q_rope, kv, k_rope, first, m, n_visible, out,
+                                          running_max, running_sum, decompressed_scratch_, pool_);
+}
+
+void CpuBackend::decompressed_end(int64_t count, float* out, const float* running_sum) {
+    cpu::mla_decompressed_end(decompressed_shape_, count, out, running_sum);
+}
+
+void CpuBackend::output_logits(const Matrix& head, const float* normed, int64_t rows, float* logits) {
+    cpu::gemm(head, normed, head.cols, rows, logits, head.rows, pool_);
+}
+
+}  // namespace sluice
