@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.hpp"
+#include "engine/device_weights.hpp"
 
 namespace sluice {
 
@@ -36,18 +37,19 @@ DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, cons
     DevicePlan p;
     p.budget_bytes = req.vram_budget_bytes;
     p.activation_bytes = aligned(req.activation_bytes, align);
-    p.vectors_bytes = aligned(model.global_vectors.bytes(), align);
+    // What DeviceWeights allocates, counted by DeviceWeights itself. The norms, routers and the
+    // head always live on the device (the head in one piece: a step's logits need all of it); the
+    // embedding never does (the host dequantises the step's rows).
+    p.vectors_bytes = DeviceWeights::resident_region_bytes(d, model);
     int64_t n_experts_total = 0;
     uint64_t largest_expert = 0;
     for (const auto& l : model.layers) {
-        p.vectors_bytes += aligned(l.vectors.bytes(), align);
         n_experts_total += int64_t(l.experts.size());
-        for (const auto& e : l.experts) largest_expert = std::max(largest_expert, e.bytes());
+        for (const auto& e : l.experts) largest_expert = std::max(largest_expert, DeviceWeights::slot_bytes(e));
     }
     p.head_bytes = aligned(role_bytes(model.globals, WeightRole::lm_head), align);
+    p.head_resident = true;
     p.embedding_bytes = aligned(role_bytes(model.globals, WeightRole::embed), align);
-    // A tied head is the embedding itself: one buffer.
-    if (p.head_bytes == 0) p.head_bytes = p.embedding_bytes;
     p.mla_cache_bytes = aligned(uint64_t(std::max<int64_t>(req.context, 0)) * uint64_t(std::max(req.n_sequences, 1)) *
                                     uint64_t(d.cache_width()) * uint64_t(std::max(req.mla_value_bytes, 1)) *
                                     uint64_t(d.n_layers),
@@ -57,8 +59,13 @@ DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, cons
     // layer's experts computing while the next layer's land), each as large as the largest segment.
     const int n_layers = int(model.layers.size());
     std::vector<uint64_t> dense_bytes(static_cast<size_t>(n_layers));
-    for (int l = 0; l < n_layers; ++l) dense_bytes[size_t(l)] = aligned(model.layers[size_t(l)].dense.bytes(), align);
-    const uint64_t largest_dense = n_layers ? *std::max_element(dense_bytes.begin(), dense_bytes.end()) : 0;
+    std::vector<uint64_t> slot_bytes(static_cast<size_t>(n_layers));  // the same segment streamed
+    for (int l = 0; l < n_layers; ++l) {
+        const Segment& dense = model.layers[size_t(l)].dense;
+        dense_bytes[size_t(l)] = dense.tensors.empty() ? 0 : DeviceWeights::resident_segment_bytes(dense);
+        slot_bytes[size_t(l)] = dense.tensors.empty() ? 0 : DeviceWeights::slot_bytes(dense);
+    }
+    const uint64_t largest_dense = n_layers ? *std::max_element(slot_bytes.begin(), slot_bytes.end()) : 0;
     const int dense_slots = std::max(req.dense_slots, 2);
     p.dense_slots = largest_dense > 0 ? dense_slots : 0;
     p.dense_slot_bytes = largest_dense;
@@ -70,12 +77,12 @@ DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, cons
     p.minimum_bytes = p.vectors_bytes + p.activation_bytes + staging();
     if (p.minimum_bytes > req.vram_budget_bytes)
         fail(ErrorKind::out_of_memory,
-             "the device needs at least {:.2f} GiB ({:.2f} GiB norms and routers, {:.2f} GiB activations, {} dense slots "
+             "the device needs at least {:.2f} GiB ({:.2f} GiB norms, routers and the head, {:.2f} GiB activations, {} dense slots "
              "x {:.1f} MiB, {} expert slots x {:.1f} MiB; the MLA cache in pinned host memory); --vram is {:.2f} GiB: "
-             "raise --vram to at least {:.2f} GiB or lower --batch",
+             "raise --vram to at least {:.2f} GiB ({} bytes) or lower --batch",
              gib(p.minimum_bytes), gib(p.vectors_bytes), gib(p.activation_bytes), p.dense_slots,
              double(p.dense_slot_bytes) / (1 << 20), p.expert_slots, double(p.expert_slot_bytes) / (1 << 20),
-             gib(req.vram_budget_bytes), gib(p.minimum_bytes));
+             gib(req.vram_budget_bytes), gib(p.minimum_bytes), p.minimum_bytes);
     uint64_t room = req.vram_budget_bytes - p.minimum_bytes;
     p.residents.push_back({"vectors", p.vectors_bytes, double(p.vectors_bytes)});
 
@@ -98,7 +105,7 @@ DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, cons
         if (dense_bytes[size_t(l)] == 0) continue;
         uint64_t next_slot = 0;  // the largest dense segment still streamed if l becomes resident
         for (size_t j = 0; j < order.size(); ++j)
-            if (j != i && !p.dense_resident[size_t(order[j])]) next_slot = std::max(next_slot, dense_bytes[size_t(order[j])]);
+            if (j != i && !p.dense_resident[size_t(order[j])]) next_slot = std::max(next_slot, slot_bytes[size_t(order[j])]);
         const int slots_after = next_slot > 0 ? dense_slots : 0;
         const uint64_t freed = staging() - (uint64_t(slots_after) * next_slot + uint64_t(p.expert_slots) * p.expert_slot_bytes);
         if (dense_bytes[size_t(l)] > room + freed) continue;
@@ -109,11 +116,7 @@ DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, cons
         p.dense_slot_bytes = next_slot;
         p.residents.push_back({fmt::format("dense {}", l), dense_bytes[size_t(l)], double(dense_bytes[size_t(l)])});
     }
-    if (p.head_bytes > 0 && p.head_bytes <= room) {
-        p.head_resident = true;
-        room -= p.head_bytes;
-        p.residents.push_back({"head", p.head_bytes, double(p.head_bytes)});
-    }
+
     // Experts: an entry saves a read in a step of t tokens with probability 1 - (1 - k/E)^t under
     // uniform routing (each token picks k of E), below 1 for every step a batch can fill.
     if (p.expert_slot_bytes > 0) {
@@ -127,17 +130,9 @@ DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, cons
             p.residents.push_back({"expert cache", p.expert_cache_bytes, needed * double(p.expert_cache_bytes)});
         }
     }
-    // The embedding is needed a few rows per step (the step's tokens), which the host can copy.
-    if (p.embedding_bytes > 0 && p.embedding_bytes != p.head_bytes && p.embedding_bytes <= room) {
-        p.embedding_resident = true;
-        room -= p.embedding_bytes;
-        const double row = double(p.embedding_bytes) / double(std::max<int64_t>(d.vocab, 1));
-        p.residents.push_back({"embedding", p.embedding_bytes, row * double(std::max<int64_t>(req.batch_tokens, 1))});
-    }
     p.staging_bytes = staging();
     p.total_bytes = p.vectors_bytes + p.activation_bytes + p.staging_bytes + (p.mla_on_device ? p.mla_cache_bytes : 0) +
-                    p.resident_dense_bytes + (p.head_resident ? p.head_bytes : 0) + p.expert_cache_bytes +
-                    (p.embedding_resident ? p.embedding_bytes : 0);
+                    p.resident_dense_bytes + p.expert_cache_bytes;
     if (p.total_bytes > req.vram_budget_bytes)
         fail(ErrorKind::internal, "device plan of {} bytes exceeds the budget of {}", p.total_bytes, req.vram_budget_bytes);
     return p;

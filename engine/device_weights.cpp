@@ -58,17 +58,37 @@ LayerWeights rebase_dense(const LayerWeights& host, const SegmentBytes& from, st
 
 }  // namespace
 
-uint64_t DeviceWeights::max_dense_segment_bytes(const ModelPlan& plan) {
-    uint64_t m = 0;
-    for (const auto& l : plan.layers) m = std::max(m, l.dense.bytes());
-    return m;
+uint64_t DeviceWeights::slot_bytes(const Segment& s) {
+    return aligned(size_t(s.bytes()) + (s.tensors.size() * 2 + 1) * 8192);
 }
 
-uint64_t DeviceWeights::max_expert_segment_bytes(const ModelPlan& plan) {
-    uint64_t m = 0;
+uint64_t DeviceWeights::resident_segment_bytes(const Segment& s) {
+    uint64_t total = 0;  // as model_plan's read_segment lays a segment out
+    for (const auto& t : s.tensors) total += (t.extent.length + 63) / 64 * 64 + (t.scales.length + 63) / 64 * 64;
+    return aligned(size_t(total));
+}
+
+uint64_t DeviceWeights::resident_region_bytes(const ModelLayout& d, const ModelPlan& plan) {
+    // As copy_resident lays it out: f32 norms and bias per layer, the router as stored (and its
+    // FP8 scales), the final norm, the head as stored.
+    uint64_t total = 0;
+    auto add = [&](uint64_t bytes) { total += bytes ? aligned(size_t(bytes)) : 0; };
     for (const auto& l : plan.layers)
-        for (const auto& e : l.experts) m = std::max(m, e.bytes());
-    return m;
+        for (const auto& t : l.vectors.tensors) {
+            if (t.role == WeightRole::router) {
+                add(t.extent.length);
+                add(t.scales.length);
+            } else {
+                add(uint64_t(t.cols) * 4);
+            }
+        }
+    add(uint64_t(d.hidden) * 4);  // final norm
+    for (const auto& t : plan.globals.tensors)
+        if (t.role == WeightRole::lm_head) {
+            add(t.extent.length);
+            add(t.scales.length);
+        }
+    return std::max<uint64_t>(total, kAlign);
 }
 
 DeviceWeights::DeviceWeights(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source,
@@ -83,7 +103,6 @@ DeviceWeights::DeviceWeights(const ModelLayout& layout, const ModelPlan& plan, c
 
     // Slots: a host buffer holds a segment with its extents rounded out to 4 KiB, so a slot takes
     // the largest segment plus the rounding of each of its extents.
-    auto slot_bytes = [](const Segment& s) { return aligned(size_t(s.bytes()) + (s.tensors.size() * 2 + 1) * 8192); };
     size_t dense_bytes = 0, expert_bytes = 0;
     for (int l = 0; l < n_layers; ++l) {
         if (!resident_[size_t(l)]) dense_bytes = std::max(dense_bytes, slot_bytes(plan_.layers[size_t(l)].dense));
@@ -155,6 +174,8 @@ void DeviceWeights::copy_resident(const ModelWeights& host, const TensorSource& 
     const size_t final_norm = add(host.final_norm, size_t(d.hidden) * 4);
     const MatrixItems head = add_matrix(host.lm_head);
 
+    if (std::max<size_t>(total, kAlign) != resident_region_bytes(layout_, plan_))
+        fail(ErrorKind::internal, "device resident region of {} bytes, planned {}", total, resident_region_bytes(layout_, plan_));
     auto* region = static_cast<std::byte*>(device_alloc(std::max<size_t>(total, kAlign)));
     for (const auto& it : items) device_.copy_weights_async(region + it.offset, it.host, it.bytes, -2, -2);
     auto at = [&](size_t offset) -> std::byte* { return offset == SIZE_MAX ? nullptr : region + offset; };
@@ -193,6 +214,9 @@ void DeviceWeights::copy_resident(const ModelWeights& host, const TensorSource& 
         scratch.layers.resize(size_t(n_layers));
         load_dense_segment(plan_, l, source, scratch);
         const SegmentBytes& from = scratch.layers[size_t(l)].dense_segment;
+        if (aligned(from.size) != resident_segment_bytes(plan_.layers[size_t(l)].dense))
+            fail(ErrorKind::internal, "layer {}: resident dense segment of {} bytes, planned {}", l, from.size,
+                 resident_segment_bytes(plan_.layers[size_t(l)].dense));
         auto* to = static_cast<std::byte*>(device_alloc(from.size));
         device_.copy_weights_async(to, from.data, from.size, l, -1);
         resident_layers_[size_t(l)] = rebase_dense(scratch.layers[size_t(l)], from, to, device_globals_.layers[size_t(l)]);
@@ -257,6 +281,8 @@ const LayerWeights& DeviceWeights::begin_layer(int layer) {
         wait_dense_copies();
         host_.begin_layer(layer);
         current_dense_ = nullptr;
+        computing_layer_ = layer;
+        prefetch_next_dense();
         return resident_layers_[size_t(layer)];
     }
     Slot* s = find_dense(layer);
@@ -272,17 +298,22 @@ const LayerWeights& DeviceWeights::begin_layer(int layer) {
     ++s->pins;
     current_dense_ = s;
     device_.compute_waits_for(s->copy_done);
-    // Layer L+1's dense part goes to the device while L computes, if its read has landed.
-    const int next = layer + 1;
-    if (next < int(plan_.layers.size()) && !resident_[size_t(next)] && !find_dense(next)) {
-        if (const LayerWeights* peek = host_.peek_layer(next)) {
-            if (Slot* t = acquire_dense(next)) {
-                copy_dense_into(*t, next, *peek);
-                ++stats_.dense_prefetches;
-            }
+    computing_layer_ = layer;
+    prefetch_next_dense();
+    return s->dense;
+}
+
+// Layer L+1's dense part goes to the device while L computes, as soon as its read has landed:
+// tried whenever the forward calls in during L (the read usually lands while L's experts run).
+void DeviceWeights::prefetch_next_dense() {
+    const int next = computing_layer_ + 1;
+    if (computing_layer_ < 0 || next >= int(plan_.layers.size()) || resident_[size_t(next)] || find_dense(next)) return;
+    if (const LayerWeights* peek = host_.peek_layer(next)) {
+        if (Slot* t = acquire_dense(next)) {
+            copy_dense_into(*t, next, *peek);
+            ++stats_.dense_prefetches;
         }
     }
-    return s->dense;
 }
 
 const LayerWeights* DeviceWeights::peek_layer(int layer) {
@@ -315,6 +346,7 @@ void DeviceWeights::need_experts(int layer, std::span<const int32_t> experts) {
     }
     host_.need_experts(layer, host_needed_);
     host_done_ = host_needed_.empty();
+    prefetch_next_dense();
 }
 
 // The expert handed out last: its work is queued; mark when the compute queue is past it.
@@ -337,6 +369,7 @@ DeviceWeights::Slot* DeviceWeights::acquire_expert() {
 
 int32_t DeviceWeights::next_expert(int layer, const ExpertWeights** weights) {
     release_handed();
+    prefetch_next_dense();
     if (next_ready_ < device_ready_.size()) {
         const int32_t e = device_ready_[next_ready_++];
         Slot& s = expert_slots_[size_t(expert_slot_of_[size_t(layer)][size_t(e)])];
@@ -388,6 +421,7 @@ int32_t DeviceWeights::next_expert(int layer, const ExpertWeights** weights) {
 
 void DeviceWeights::end_layer(int layer) {
     release_handed();
+    prefetch_next_dense();
     // Experts found on the device were pinned for the layer; all have been handed out by now.
     for (size_t i = next_ready_; i < device_ready_.size(); ++i) {
         Slot& s = expert_slots_[size_t(expert_slot_of_[size_t(layer)][size_t(device_ready_[i])])];
@@ -406,6 +440,7 @@ void DeviceWeights::end_layer(int layer) {
         current_dense_ = nullptr;
     }
     host_.end_layer(layer);
+    computing_layer_ = -1;
 }
 
 void DeviceWeights::end_step() {

@@ -60,9 +60,14 @@ public:
     const DeviceWeightStats& stats() const { return stats_; }
     // Bytes of device memory this object holds (resident parts and slots).
     uint64_t device_bytes() const { return device_bytes_; }
-    // Bytes the resident part and one dense / expert slot take, for the planner.
-    static uint64_t max_dense_segment_bytes(const ModelPlan& plan);
-    static uint64_t max_expert_segment_bytes(const ModelPlan& plan);
+    // What this object allocates, for the device planner (engine/device_planner), exactly:
+    // the always-resident region (every layer's norms, router and router bias, the final norm and
+    // the head, each 256-byte aligned), one slot for a streamed segment (the host buffer it is
+    // copied from holds the segment with each extent rounded out to 4 KiB), and a dense segment
+    // kept resident (read as one buffer, each tensor 64-byte aligned).
+    static uint64_t resident_region_bytes(const ModelLayout& layout, const ModelPlan& plan);
+    static uint64_t slot_bytes(const Segment& segment);
+    static uint64_t resident_segment_bytes(const Segment& segment);
 
 private:
     struct Slot {
@@ -88,6 +93,7 @@ private:
     void copy_dense_into(Slot& s, int layer, const LayerWeights& host_layer);
     void release_handed();
     void wait_dense_copies();
+    void prefetch_next_dense();
 
     ModelLayout layout_;
     const ModelPlan& plan_;
@@ -104,6 +110,7 @@ private:
     std::vector<std::vector<int>> expert_slot_of_;  // [layer][expert] -> slot or -1
 
     // The layer computing now.
+    int computing_layer_ = -1;
     Slot* current_dense_ = nullptr;
     std::vector<int32_t> device_ready_; // needed experts already on the device, handed out first
     size_t next_ready_ = 0;

@@ -122,7 +122,9 @@ cublasStatus_t submit(cublasHandle_t h, const char* api, const Gemm& g) {
     };
     for (const auto& sp : spans) {
         std::string problem;
-        if (sp.bytes && !device_range(sp.p, sp.bytes, &problem)) {
+        // Pinned host memory is reachable from the device under unified addressing, as cuBLAS
+        // sees it on a real GPU (mapped memory: slow, but valid).
+        if (sp.bytes && !device_range(sp.p, sp.bytes, &problem) && !pinned_range(sp.p, sp.bytes)) {
             std::fprintf(stderr, "cudaemu: %s: matrix %s: %s\n", api, sp.name, problem.c_str());
             return CUBLAS_STATUS_INVALID_VALUE;
         }

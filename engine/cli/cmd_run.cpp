@@ -15,6 +15,7 @@
 #include "engine/runtime.hpp"
 #include "formats/chat_template.hpp"
 #include "formats/npy.hpp"
+#include "kernels/cuda/device.hpp"
 
 namespace sluice::cli {
 
@@ -150,6 +151,10 @@ int run(const RunArgs& args) {
     fmt::print(stderr, "generated ids: {}\n", fmt::join(generated, ","));
     if (rt->streamer) report_stream_stats(*rt->streamer, args.stats, args.stats_json);
     if (rt->device_weights && args.stats) {
+        const size_t allocator_peak = cuda::allocator_peak_bytes();
+        fmt::print(stderr, "device memory: {} bytes planned under a budget of {} bytes{}\n", rt->device_plan.total_bytes,
+                   rt->device_plan.budget_bytes,
+                   allocator_peak ? fmt::format(", allocator peak {} bytes", allocator_peak) : std::string());
         const auto& d = rt->device_weights->stats();
         fmt::print(stderr, "device: {:.2f} GB copied to the device ({} dense, {} expert copies, {} dense copied ahead), {} "
                    "experts found on the device\n", double(d.bytes_copied) / 1e9, d.dense_copies, d.expert_copies,

@@ -2,6 +2,10 @@
 
 #include <cuda_runtime.h>
 
+#ifdef CUDAEMU
+#include "cudaemu/cudaemu.hpp"
+#endif
+
 namespace sluice::cuda {
 
 DeviceQuery query_devices() {
@@ -30,6 +34,14 @@ DeviceQuery query_devices() {
         q.devices.push_back({i, p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount, free});
     }
     return q;
+}
+
+size_t allocator_peak_bytes() {
+#ifdef CUDAEMU
+    return cudaemu::device_memory().peak_bytes;
+#else
+    return 0;
+#endif
 }
 
 bool pin_host_memory(void* data, size_t bytes) {

@@ -31,6 +31,10 @@ DeviceQuery query_devices();
 // The staging buffers the io layer fills are pinned this way so the CUDA path copies straight
 // from them, with no bounce through another buffer.
 bool pin_host_memory(void* data, size_t bytes);
+
+// The most device memory the process held at once, as the device's allocator counts it, where the
+// allocator can tell (the emulated device); 0 elsewhere (CUDA has no such figure).
+size_t allocator_peak_bytes();
 void unpin_host_memory(void* data);
 
 }  // namespace sluice::cuda

@@ -10,6 +10,7 @@ DeviceQuery query_devices() {
 }
 
 bool pin_host_memory(void*, size_t) { return false; }
+size_t allocator_peak_bytes() { return 0; }
 void unpin_host_memory(void*) {}
 
 }  // namespace sluice::cuda
