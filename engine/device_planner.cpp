@@ -1,0 +1,162 @@
+#include "engine/device_planner.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+
+namespace sluice {
+
+namespace {
+
+uint64_t aligned(uint64_t bytes, uint64_t alignment) {
+    const uint64_t a = std::max<uint64_t>(alignment, 1);
+    return (bytes + a - 1) / a * a;
+}
+
+double gib(uint64_t bytes) { return double(bytes) / double(uint64_t(1) << 30); }
+
+const PlannedTensor* find_role(const Segment& s, WeightRole role) {
+    for (const auto& t : s.tensors)
+        if (t.role == role) return &t;
+    return nullptr;
+}
+
+uint64_t tensor_bytes(const PlannedTensor* t) { return t ? t->extent.length + t->scales.length : 0; }
+
+}  // namespace
+
+int DevicePlan::n_dense_resident() const { return int(std::count(dense_resident.begin(), dense_resident.end(), 1)); }
+
+DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, const DeviceRequest& req) {
+    if (req.vram_budget_bytes == 0) fail(ErrorKind::invalid_input, "the device plan needs a --vram budget above 0");
+    const uint64_t align = std::max<uint64_t>(req.alignment_bytes, 1);
+    DevicePlan p;
+    p.budget_bytes = req.vram_budget_bytes;
+    p.activation_bytes = aligned(req.activation_bytes, align);
+    p.vectors_bytes = aligned(model.global_vectors.bytes(), align);
+    int64_t n_experts_total = 0;
+    uint64_t largest_expert = 0;
+    for (const auto& l : model.layers) {
+        p.vectors_bytes += aligned(l.vectors.bytes(), align);
+        n_experts_total += int64_t(l.experts.size());
+        for (const auto& e : l.experts) largest_expert = std::max(largest_expert, e.bytes());
+    }
+    const PlannedTensor* head = find_role(model.globals, WeightRole::lm_head);
+    const PlannedTensor* embed = find_role(model.globals, WeightRole::embed);
+    // A tied head is the embedding's own bytes: one buffer, placed as the head.
+    const bool tied = head && embed && head->extent.file_index == embed->extent.file_index &&
+                      head->extent.offset == embed->extent.offset;
+    p.head_bytes = aligned(tensor_bytes(head), align);
+    p.embedding_bytes = tied ? 0 : aligned(tensor_bytes(embed), align);
+    p.mla_cache_bytes = aligned(uint64_t(std::max<int64_t>(req.context, 0)) * uint64_t(std::max(req.n_sequences, 1)) *
+                                    uint64_t(d.cache_width()) * uint64_t(std::max(req.mla_value_bytes, 1)) *
+                                    uint64_t(d.n_layers),
+                                align);
+
+    // Staging: at least two dense slots (one computing, one landing) and 2 x top_k expert slots (a
+    // layer's experts computing while the next layer's land), each as large as the largest segment.
+    const int n_layers = int(model.layers.size());
+    std::vector<uint64_t> dense_bytes(static_cast<size_t>(n_layers));
+    for (int l = 0; l < n_layers; ++l) dense_bytes[size_t(l)] = aligned(model.layers[size_t(l)].dense.bytes(), align);
+    const uint64_t largest_dense = n_layers ? *std::max_element(dense_bytes.begin(), dense_bytes.end()) : 0;
+    const int dense_slots = std::max(req.dense_slots, 2);
+    p.dense_slots = largest_dense > 0 ? dense_slots : 0;
+    p.dense_slot_bytes = largest_dense;
+    const int min_expert_slots = 2 * std::max(d.router.top_k, 1);
+    p.expert_slots = largest_expert > 0 ? std::max(req.expert_slots, min_expert_slots) : 0;
+    p.expert_slot_bytes = aligned(largest_expert, align);
+    auto staging = [&] { return uint64_t(p.dense_slots) * p.dense_slot_bytes + uint64_t(p.expert_slots) * p.expert_slot_bytes; };
+
+    p.minimum_bytes = p.vectors_bytes + p.activation_bytes + staging();
+    if (p.minimum_bytes > req.vram_budget_bytes)
+        fail(ErrorKind::out_of_memory,
+             "the device needs at least {:.2f} GiB ({:.2f} GiB norms and routers, {:.2f} GiB activations, {} dense slots "
+             "x {:.1f} MiB, {} expert slots x {:.1f} MiB; the MLA cache in pinned host memory); --vram is {:.2f} GiB: "
+             "raise --vram to at least {:.2f} GiB or lower --batch",
+             gib(p.minimum_bytes), gib(p.vectors_bytes), gib(p.activation_bytes), p.dense_slots,
+             double(p.dense_slot_bytes) / (1 << 20), p.expert_slots, double(p.expert_slot_bytes) / (1 << 20),
+             gib(req.vram_budget_bytes), gib(p.minimum_bytes));
+    uint64_t room = req.vram_budget_bytes - p.minimum_bytes;
+    p.residents.push_back({"vectors", p.vectors_bytes, double(p.vectors_bytes)});
+
+    // Everything from here is placed by bytes moved per step per byte of VRAM. The latent cache,
+    // the dense segments and the head are each read whole every step (ratio 1); the cache goes
+    // first, as the design has it (attention over a host-resident cache would copy it every step).
+    if (p.mla_cache_bytes <= room) {
+        p.mla_on_device = true;
+        room -= p.mla_cache_bytes;
+        p.residents.push_back({"mla cache", p.mla_cache_bytes, double(p.mla_cache_bytes)});
+    }
+    // Dense segments, largest first: each one made resident can also shrink the dense slots to
+    // the largest segment still streamed, and all of them resident frees the slots altogether.
+    p.dense_resident.assign(size_t(n_layers), 0);
+    std::vector<int> order(static_cast<size_t>(n_layers));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return dense_bytes[size_t(a)] > dense_bytes[size_t(b)]; });
+    for (size_t i = 0; i < order.size(); ++i) {
+        const int l = order[size_t(i)];
+        if (dense_bytes[size_t(l)] == 0) continue;
+        uint64_t next_slot = 0;  // the largest dense segment still streamed if l becomes resident
+        for (size_t j = 0; j < order.size(); ++j)
+            if (j != i && !p.dense_resident[size_t(order[j])]) next_slot = std::max(next_slot, dense_bytes[size_t(order[j])]);
+        const int slots_after = next_slot > 0 ? dense_slots : 0;
+        const uint64_t freed = staging() - (uint64_t(slots_after) * next_slot + uint64_t(p.expert_slots) * p.expert_slot_bytes);
+        if (dense_bytes[size_t(l)] > room + freed) continue;
+        room = room + freed - dense_bytes[size_t(l)];
+        p.dense_resident[size_t(l)] = 1;
+        p.resident_dense_bytes += dense_bytes[size_t(l)];
+        p.dense_slots = slots_after;
+        p.dense_slot_bytes = next_slot;
+        p.residents.push_back({fmt::format("dense {}", l), dense_bytes[size_t(l)], double(dense_bytes[size_t(l)])});
+    }
+    if (p.head_bytes > 0 && p.head_bytes <= room) {
+        p.head_resident = true;
+        room -= p.head_bytes;
+        p.residents.push_back({"head", p.head_bytes, double(p.head_bytes)});
+    }
+    // Experts: an entry saves a read in a step of t tokens with probability 1 - (1 - k/E)^t under
+    // uniform routing (each token picks k of E), below 1 for every step a batch can fill.
+    if (p.expert_slot_bytes > 0) {
+        const int64_t cacheable = std::max<int64_t>(n_experts_total - p.expert_slots, 0);
+        p.expert_cache_entries = std::min<int64_t>(int64_t(room / p.expert_slot_bytes), cacheable);
+        p.expert_cache_bytes = uint64_t(p.expert_cache_entries) * p.expert_slot_bytes;
+        room -= p.expert_cache_bytes;
+        if (p.expert_cache_entries > 0) {
+            const double k_over_e = double(d.router.top_k) / double(std::max<int64_t>(d.n_experts, 1));
+            const double needed = 1.0 - std::pow(1.0 - k_over_e, double(std::max<int64_t>(req.batch_tokens, 1)));
+            p.residents.push_back({"expert cache", p.expert_cache_bytes, needed * double(p.expert_cache_bytes)});
+        }
+    }
+    // The embedding is needed a few rows per step (the step's tokens), which the host can copy.
+    if (p.embedding_bytes > 0 && p.embedding_bytes <= room) {
+        p.embedding_resident = true;
+        room -= p.embedding_bytes;
+        const double row = double(p.embedding_bytes) / double(std::max<int64_t>(d.vocab, 1));
+        p.residents.push_back({"embedding", p.embedding_bytes, row * double(std::max<int64_t>(req.batch_tokens, 1))});
+    }
+    p.staging_bytes = staging();
+    p.total_bytes = p.vectors_bytes + p.activation_bytes + p.staging_bytes + (p.mla_on_device ? p.mla_cache_bytes : 0) +
+                    p.resident_dense_bytes + (p.head_resident ? p.head_bytes : 0) + p.expert_cache_bytes +
+                    (p.embedding_resident ? p.embedding_bytes : 0);
+    if (p.total_bytes > req.vram_budget_bytes)
+        fail(ErrorKind::internal, "device plan of {} bytes exceeds the budget of {}", p.total_bytes, req.vram_budget_bytes);
+    return p;
+}
+
+std::string DevicePlan::describe() const {
+    return fmt::format(
+        "{:.2f} of {:.2f} GiB: norms and routers {:.2f} GiB, activations {:.2f} GiB, MLA cache {:.2f} GiB {}, {} of {} "
+        "dense segments resident ({:.2f} GiB), head {}, staging {} dense x {:.1f} MiB + {} expert x {:.1f} MiB, "
+        "expert cache {} entries ({:.2f} GiB), embedding {}",
+        gib(total_bytes), gib(budget_bytes), gib(vectors_bytes), gib(activation_bytes), gib(mla_cache_bytes),
+        mla_on_device ? "on the device" : "in pinned host memory (does not fit)", n_dense_resident(),
+        dense_resident.size(), gib(resident_dense_bytes), head_resident ? "resident" : "copied per step", dense_slots,
+        double(dense_slot_bytes) / (1 << 20), expert_slots, double(expert_slot_bytes) / (1 << 20), expert_cache_entries,
+        gib(expert_cache_bytes), embedding_resident ? "resident" : "on the host");
+}
+
+}  // namespace sluice
