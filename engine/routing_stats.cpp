@@ -105,9 +105,9 @@ RoutingCounts RoutingCounts::load(const std::string& path) {
     const std::string s = text.str();
     // One JSON document (bench --json, or the object), else JSON lines (run --stats-json).
     const auto whole = nlohmann::json::parse(s, nullptr, false);
-    if (!whole.is_discarded()) {
+    if (!whole.is_discarded() && whole.is_object()) {
         if (whole.contains("routing")) return from_json(whole.at("routing"), path);
-        return from_json(whole, path);
+        if (whole.contains("needed")) return from_json(whole, path);
     }
     std::istringstream lines(s);
     std::string line;

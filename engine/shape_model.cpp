@@ -32,7 +32,8 @@ public:
     // `tensor` may be a slice of a planned tensor (one expert of a 3-D one): its blocks are the
     // ones at its offset, so every slice reads the same values whichever way it is read.
     void read(const SourceTensor& tensor, std::span<std::byte> out) const override {
-        const auto it = tensors_.find(tensor.name);
+        // An expert's slab is named "<tensor>[expert e]" (model_plan.cpp).
+        const auto it = tensors_.find(tensor.name.substr(0, tensor.name.find('[')));
         if (it == tensors_.end()) fail(ErrorKind::internal, "{}: no tensor '{}'", name_, tensor.name);
         const Entry& e = it->second;
         const uint64_t block_bytes = uint64_t(block_type(e.tensor.type).block_bytes);
@@ -41,7 +42,7 @@ public:
             begin + tensor.extent.length > e.tensor.extent.length)
             fail(ErrorKind::internal, "{}: tensor '{}': bytes [{}, +{}) are not whole blocks of it", name_, tensor.name, begin,
                  tensor.extent.length);
-        fill_random_blocks(e.tensor.type, e.fill, e.std, std::hash<std::string>{}(tensor.name), begin / block_bytes,
+        fill_random_blocks(e.tensor.type, e.fill, e.std, std::hash<std::string>{}(e.tensor.name), begin / block_bytes,
                            out.data(), int64_t(tensor.extent.length / block_bytes));
     }
     std::string describe() const override { return name_; }
