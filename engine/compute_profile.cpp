@@ -168,6 +168,12 @@ nlohmann::json TimeCurve::to_json() const {
     return j;
 }
 
+TimeCurve TimeCurve::from_json(const nlohmann::json& j) {
+    TimeCurve c;
+    for (const auto& p : j) c.points.emplace_back(p.at("tokens").get<double>(), p.at("seconds").get<double>());
+    return c;
+}
+
 const MatrixTiming* CpuComputeProfile::find(DType type, int64_t rows, int64_t cols) const {
     for (const auto& m : matrices)
         if (m.type == type && m.rows == rows && m.cols == cols) return &m;
@@ -177,13 +183,38 @@ const MatrixTiming* CpuComputeProfile::find(DType type, int64_t rows, int64_t co
 nlohmann::json CpuComputeProfile::to_json() const {
     nlohmann::json m = nlohmann::json::array();
     for (const auto& t : matrices)
-        m.push_back({{"what", t.what}, {"rows", t.rows}, {"cols", t.cols}, {"seconds", t.seconds.to_json()}});
+        m.push_back({{"what", t.what},
+                     {"type", dtype_name(t.type)},
+                     {"type_id", uint32_t(t.type)},
+                     {"rows", t.rows},
+                     {"cols", t.cols},
+                     {"seconds", t.seconds.to_json()}});
     return {{"threads", threads},
             {"dense_part_seconds", dense_part.to_json()},
             {"absorbed_seconds_per_token_position", absorbed_seconds_per_token_position},
             {"decompressed_seconds_per_token_position", decompressed_seconds_per_token_position},
             {"matrices", m},
             {"seconds_spent", seconds_spent}};
+}
+
+CpuComputeProfile CpuComputeProfile::from_json(const nlohmann::json& j, const std::string& source) {
+    CpuComputeProfile p;
+    try {
+        p.threads = j.at("threads").get<int>();
+        p.dense_part = TimeCurve::from_json(j.at("dense_part_seconds"));
+        p.absorbed_seconds_per_token_position = j.at("absorbed_seconds_per_token_position").get<double>();
+        p.decompressed_seconds_per_token_position = j.at("decompressed_seconds_per_token_position").get<double>();
+        p.seconds_spent = j.at("seconds_spent").get<double>();
+        for (const auto& m : j.at("matrices")) {
+            const uint32_t id = m.at("type_id").get<uint32_t>();
+            if (!find_block_type(id)) fail(ErrorKind::invalid_input, "{}: unknown type id {}", source, id);
+            p.matrices.push_back({m.at("what").get<std::string>(), DType(id), m.at("rows").get<int64_t>(),
+                                  m.at("cols").get<int64_t>(), TimeCurve::from_json(m.at("seconds"))});
+        }
+    } catch (const nlohmann::json::exception& e) {
+        fail(ErrorKind::invalid_input, "{}: compute profile: {}", source, e.what());
+    }
+    return p;
 }
 
 CpuComputeProfile measure_cpu_compute(const OpenModel& model, ThreadPool& pool, const ComputeProbeOptions& o) {

@@ -24,6 +24,7 @@ struct TimeCurve {
     std::vector<std::pair<double, double>> points;  // (tokens, seconds), tokens ascending
     double at(double tokens) const;
     nlohmann::json to_json() const;
+    static TimeCurve from_json(const nlohmann::json& j);
 };
 
 // One matrix shape of the model as it is timed: `scale` times the product of its first `rows`
@@ -51,10 +52,12 @@ struct CpuComputeProfile {
     // The timing of a matrix of this type and shape, or null.
     const MatrixTiming* find(DType type, int64_t rows, int64_t cols) const;
     nlohmann::json to_json() const;
+    // What to_json wrote (`sluice plan --compute-profile FILE` reuses a measurement); errors name `source`.
+    static CpuComputeProfile from_json(const nlohmann::json& j, const std::string& source);
 };
 
 struct ComputeProbeOptions {
-    double seconds_per_point = 0.08;     // the median of the runs within about this long
+    double seconds_per_point = 0.05;     // the median of the runs (at least 3) within about this long
     int64_t large_chunk = 64;            // the longest chunk timed (products scale linearly past it)
     int64_t slope_context = 256;         // cached positions the attention slopes are measured over
     uint64_t working_set_bytes = 256ull << 20;  // matrices rotate through copies this large (not cache-resident)

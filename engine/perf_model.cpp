@@ -264,7 +264,11 @@ std::vector<PerfModel::LayerNeeds> PerfModel::needs(const StepShape& shape) cons
         }
     }
     std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.need > b.need; });
-    double device_left = double(placement_.device_expert_entries), host_left = double(placement_.host_expert_entries);
+    // A cold start empties caches, not a placement that holds every expert (loaded before the run).
+    const bool cold = shape.cold && double(placement_.device_expert_entries + placement_.host_expert_entries) <
+                                        double(entries.size());
+    double device_left = cold ? 0 : double(placement_.device_expert_entries);
+    double host_left = cold ? 0 : double(placement_.host_expert_entries);
     for (size_t i = 0; i < entries.size();) {
         size_t j = i;
         while (j < entries.size() && std::abs(entries[j].need - entries[i].need) <= 1e-12 * std::max(entries[i].need, 1e-300)) ++j;
@@ -326,6 +330,19 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
     const bool speculating = std::any_of(placement_.dense.begin(), placement_.dense.end(),
                                          [](Tier t) { return t == Tier::disk; }) ||
                              std::any_of(layer_needs.begin(), layer_needs.end(), [](const LayerNeeds& n) { return n.disk > 0; });
+    // The dense ring keeps (D - 1) / (L - 1) of the L streamed segments from one step to the next.
+    int streamed_dense = 0;
+    for (Tier t : placement_.dense) streamed_dense += t != Tier::device && (t == Tier::disk || gpu);
+    const double dense_kept =
+        shape.cold ? 0.0
+        : streamed_dense <= placement_.dense_buffers
+            ? 1.0
+            : double(std::max(placement_.dense_buffers - 1, 0)) / double(std::max(streamed_dense - 1, 1));
+    auto dense_fetch_bytes = [&](int layer) {
+        const Tier t = placement_.dense[size_t(layer)];
+        const bool ring = t == Tier::disk || (gpu && t == Tier::host);
+        return double(dense_bytes_[size_t(layer)]) * (ring ? 1.0 - dense_kept : 1.0);
+    };
     std::vector<double> dense_ready(size_t(L), 0.0);
     double step_start = 0;
     for (int round = 0; round < 2; ++round) {
@@ -334,14 +351,14 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
             step_start = t_compute;
             p.disk_bytes = p.copy_bytes = p.disk_seconds = p.copy_seconds = p.compute_seconds = 0;
         } else {
-            dense_ready[0] = fetch(placement_.dense[0], double(dense_bytes_[0]), 0, false);
+            dense_ready[0] = fetch(placement_.dense[0], dense_fetch_bytes(0), 0, false);
         }
         const double head_ready = gpu && placement_.head != Tier::device ? fetch(Tier::host, double(head_bytes_), t_compute, count)
                                                                          : 0;
         for (int l = 0; l < L; ++l) {
             const double begin = t_compute;
             const int next = (l + 1) % L;
-            dense_ready[size_t(next)] = fetch(placement_.dense[size_t(next)], double(dense_bytes_[size_t(next)]), begin, count);
+            dense_ready[size_t(next)] = fetch(placement_.dense[size_t(next)], dense_fetch_bytes(next), begin, count);
             double ready = dense_ready[size_t(l)];
             if (mla_copy_bytes > 0) ready = std::max(ready, fetch(Tier::host, mla_copy_bytes, begin, count));
             const double start = std::max(begin, ready);
@@ -399,14 +416,14 @@ void add(StepPrediction& sum, const StepPrediction& s) {
 }
 }  // namespace
 
-PhasePrediction PerfModel::prefill(const std::string& name, int64_t prompt, int64_t chunk) const {
+PhasePrediction PerfModel::prefill(const std::string& name, int64_t prompt, int64_t chunk, bool cold) const {
     PhasePrediction ph;
     ph.name = name;
     ph.tokens = prompt;
     chunk = std::max<int64_t>(chunk, 1);
     for (int64_t done = 0; done < prompt; done += chunk) {
         const int64_t n = std::min(chunk, prompt - done);
-        add(ph.sum, step(StepShape{n, 1, done, 1}));
+        add(ph.sum, step(StepShape{n, 1, done, 1, cold && done == 0}));
         ++ph.steps;
     }
     ph.seconds = ph.sum.seconds;

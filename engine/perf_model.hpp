@@ -7,7 +7,9 @@
 // needs it with probability P = 1 - (1 - p)^t. The caches hold the entries a step is most likely
 // to need (the streamer's frequency score keeps what is used most): VRAM the first, RAM the next,
 // and the rest comes from disk. Per layer, in order:
-//   - its dense segment was read (and copied) while the previous layer computed;
+//   - its dense segment was read (and copied) while the previous layer computed; a ring of D
+//     buffers over L streamed segments, evicting the one needed furthest ahead, keeps a fraction
+//     (D - 1) / (L - 1) of them from one step to the next (optimal eviction of a cyclic scan);
 //   - attention and the router compute once it is there;
 //   - the missing experts are read (and copied) in that order behind whatever the disk and the
 //     link were already doing, and each computes as it lands (cached ones first);
@@ -40,6 +42,7 @@ struct Placement {
     Tier head = Tier::host;
     int64_t device_expert_entries = 0;  // expert buffers that keep their expert between steps
     int64_t host_expert_entries = 0;
+    int dense_buffers = 2;              // buffers streamed dense segments pass through (the streamer's ring)
     bool mla_on_device = true;          // GPU: else copied over the link for every layer of every step
     uint64_t mla_bytes_per_position = 0;  // latent cache bytes per cached position, all layers
 };
@@ -84,6 +87,7 @@ struct StepShape {
     int sequences = 1;        // tokens / sequences each
     int64_t context = 0;      // positions each sequence has cached before the step
     int64_t logits_rows = 1;  // head rows computed
+    bool cold = false;        // the expert caches start empty (a run's first step)
 };
 
 struct StepPrediction {
@@ -112,8 +116,9 @@ public:
     PerfModel(const OpenModel& model, Placement placement, const ComputeTimes& compute, Routing routing, LinkRates rates);
 
     StepPrediction step(const StepShape& shape) const;
-    // A prompt of `prompt` tokens from position 0, in chunks of `chunk`; logits of the last token only.
-    PhasePrediction prefill(const std::string& name, int64_t prompt, int64_t chunk) const;
+    // A prompt of `prompt` tokens from position 0, in chunks of `chunk`; logits of the last token
+    // only. `cold`: the run's first work, its first step finds the expert caches empty.
+    PhasePrediction prefill(const std::string& name, int64_t prompt, int64_t chunk, bool cold = false) const;
     // `steps` steps of one token for each of `sequences` sequences, from `context` cached positions.
     PhasePrediction decode(const std::string& name, int sequences, int64_t context, int64_t steps) const;
 

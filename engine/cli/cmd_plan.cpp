@@ -6,6 +6,8 @@
 // equations: engine/perf_model.hpp and the README's "Performance model".
 #include <fmt/format.h>
 
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <thread>
 
@@ -39,7 +41,7 @@ struct PlanArgs {
     std::optional<int> layers, dense_layers;
     std::optional<int64_t> experts;
     std::string mix, expert_type = "q4_k", dense_type = "q4_k", embed_type = "q4_k", head_type = "q6_k";
-    std::string ram, vram, gpu, routing;
+    std::string ram, vram, gpu, routing, compute_profile;
     std::string resident = "auto";
     double disk_gb = 0, pcie_gb = 0, cpu_gemm_gflops = 0, cpu_bw_gb = 0, gpu_gemm_tflops = 0, gpu_bw_gb = 0;
     double disk_seconds = 1.5;
@@ -182,7 +184,21 @@ int run_plan(const PlanArgs& a) {
     } else {
         if (a.cpu_gemm_gflops > 0 || a.cpu_bw_gb > 0)
             fail(ErrorKind::invalid_input, "--cpu-gemm and --cpu-bw go together (else both are measured here)");
-        profile = measure_cpu_compute(*model, pool);
+        std::string how = fmt::format("measured here: the model's own shapes, {} threads", pool.size());
+        if (!a.compute_profile.empty() && std::filesystem::exists(a.compute_profile)) {
+            std::ifstream in(a.compute_profile);
+            const auto j = nlohmann::json::parse(in, nullptr, false);
+            if (j.is_discarded()) fail(ErrorKind::invalid_input, "{}: not JSON", a.compute_profile);
+            profile = CpuComputeProfile::from_json(j, a.compute_profile);
+            how = fmt::format("measured here earlier ({})", a.compute_profile);
+        } else {
+            profile = measure_cpu_compute(*model, pool);
+            if (!a.compute_profile.empty()) {
+                std::ofstream out(a.compute_profile);
+                out << profile->to_json().dump(1) << "\n";
+                if (!out) fail(ErrorKind::io, "{}: cannot write", a.compute_profile);
+            }
+        }
         compute = measured_cpu_times(*model, *profile);
         const MatrixTiming* expert = nullptr;
         for (const auto& m : profile->matrices)
@@ -193,10 +209,10 @@ int run_plan(const PlanArgs& a) {
         if (expert) {
             const double bytes = double(row_bytes(expert->type, expert->cols) * expert->rows);
             rates.push_back({"cpu expert gemv", bytes / expert->seconds.at(1), "GB/s",
-                             fmt::format("measured here: {} at 1 token, {} threads", expert->what, profile->threads)});
+                             fmt::format("{}: {} at 1 token, {} threads", how, expert->what, profile->threads)});
             const double n = 64, flops = 2.0 * double(expert->rows * expert->cols) * n;
             rates.push_back({"cpu expert gemm", flops / expert->seconds.at(n), "GFLOP/s",
-                             fmt::format("measured here: {} at 64 tokens", expert->what)});
+                             fmt::format("{}: {} at 64 tokens", how, expert->what)});
         }
     }
     const Routing routing = a.routing.empty() ? Routing::uniform(d)
@@ -221,7 +237,9 @@ int run_plan(const PlanArgs& a) {
         // What `sluice bench` runs: each prompt from position 0 in chunks of min(-b, length); decode
         // after the first prompt; b sequences of 4-token prompts decoding together.
         for (size_t i = 0; i < prompts.size(); ++i) {
-            phases.push_back(perf.prefill(fmt::format("prompt {}", prompts[i]), prompts[i], std::min(a.batch_tokens, prompts[i])));
+            // The first prompt is the run's first work: its first step finds the caches empty.
+            phases.push_back(perf.prefill(fmt::format("prompt {}", prompts[i]), prompts[i], std::min(a.batch_tokens, prompts[i]),
+                                          i == 0));
             if (i == 0) phases.push_back(perf.decode("decode", 1, prompts[0], a.decode));
         }
         for (int64_t b : batches) phases.push_back(decode_phase(fmt::format("decode x{}", b), int(b), 4));
@@ -340,6 +358,8 @@ void register_plan(CLI::App& app) {
     sub->add_option("--decode", a->decode, "Decode steps per phase")->capture_default_str();
     sub->add_option("--prompt-lengths", a->prompt_lengths, "Prefill lengths")->capture_default_str();
     sub->add_option("--batch-sizes", a->batch_sizes, "Sequences decoded together")->capture_default_str();
+    sub->add_option("--compute-profile", a->compute_profile,
+                    "Reuse the CPU timings in FILE when it exists, else measure them and write FILE");
     sub->add_option("--routing", a->routing, "Expert counts of a real run (`run --stats-json` or `bench --json` output)");
     sub->add_option("-t,--threads", a->threads, "CPU threads (0 = all)")->capture_default_str();
     sub->add_flag("--bench", a->bench,
