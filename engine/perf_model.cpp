@@ -200,8 +200,10 @@ Routing Routing::measured(const ModelLayout& d, const RoutingCounts& c, const st
         fail(ErrorKind::invalid_input, "{}: routing recorded on {} layers x {} experts; this model has {} x {}", source,
              c.n_layers, c.n_experts, d.n_layers, d.n_experts);
     Routing r;
-    r.source = fmt::format("measured ({}: {} steps, {} tokens)", source, c.steps, c.tokens);
     r.p = c.token_probabilities();
+    r.guess_accuracy = c.guess_needed > 0 ? double(c.guess_hits) / double(c.guess_needed) : 0;
+    r.source = fmt::format("measured ({}: {} steps, {} tokens; early guesses named {:.0f}% of the needed experts)", source,
+                           c.steps, c.tokens, 100 * r.guess_accuracy);
     return r;
 }
 
@@ -236,8 +238,12 @@ PerfModel::PerfModel(const OpenModel& model, Placement placement, const ComputeT
     }
     for (const auto& t : plan.globals.tensors)
         if (t.role == WeightRole::lm_head) head_bytes_ = t.extent.length + t.scales.length;
-    const bool needs_disk = std::any_of(placement_.dense.begin(), placement_.dense.end(), [](Tier t) { return t == Tier::disk; });
+    int64_t experts = 0;
+    for (const auto& l : plan.layers) experts += int64_t(l.experts.size());
+    const bool needs_disk = std::any_of(placement_.dense.begin(), placement_.dense.end(), [](Tier t) { return t == Tier::disk; }) ||
+                            placement_.device_expert_entries + placement_.host_expert_entries < experts;
     if (rates_.disk_bytes_per_s <= 0 && needs_disk) fail(ErrorKind::invalid_input, "the plan streams from disk: a disk rate is needed");
+    if (rates_.expert_disk_bytes_per_s <= 0) rates_.expert_disk_bytes_per_s = rates_.disk_bytes_per_s;
     if (placement_.gpu && rates_.pcie_bytes_per_s <= 0) fail(ErrorKind::invalid_input, "a GPU plan needs a host-to-device rate");
 }
 
@@ -296,14 +302,17 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
     const int L = d.n_layers;
     const bool gpu = placement_.gpu;
     const auto layer_needs = needs(shape);
-    const double R = rates_.disk_bytes_per_s, C = rates_.pcie_bytes_per_s;
+    const double C = rates_.pcie_bytes_per_s;
+    const double R_dense = rates_.disk_bytes_per_s;
+    const double R_expert = rates_.expert_disk_bytes_per_s > 0 ? rates_.expert_disk_bytes_per_s : R_dense;
 
     // Three resources, each a FIFO: the disk, the host-to-device link (GPU), the computing device.
     double t_compute = 0, t_disk = 0, t_copy = 0;
     StepPrediction p;
     p.shape = shape;
-    // A read of `bytes` issued at `at`; returns when its bytes are where the computing device reads them.
-    auto fetch = [&](Tier tier, double bytes, double at, bool count) {
+    // A read of `bytes` (at disk rate R) issued at `at`; returns when its bytes are where the
+    // computing device reads them.
+    auto fetch = [&](Tier tier, double bytes, double R, double at, bool count) {
         double ready = at;
         if (bytes <= 0 || tier == Tier::device || (tier == Tier::host && !gpu)) return ready;
         double read_start = at, read_end = at;
@@ -345,22 +354,23 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
     };
     std::vector<double> dense_ready(size_t(L), 0.0);
     double step_start = 0;
+    double guess_named = -1;  // when the layer before named this layer's experts
     for (int round = 0; round < 2; ++round) {
         const bool count = round == 1;
         if (count) {
             step_start = t_compute;
             p.disk_bytes = p.copy_bytes = p.disk_seconds = p.copy_seconds = p.compute_seconds = 0;
         } else {
-            dense_ready[0] = fetch(placement_.dense[0], dense_fetch_bytes(0), 0, false);
+            dense_ready[0] = fetch(placement_.dense[0], dense_fetch_bytes(0), R_dense, 0, false);
         }
-        const double head_ready = gpu && placement_.head != Tier::device ? fetch(Tier::host, double(head_bytes_), t_compute, count)
-                                                                         : 0;
+        const double head_ready =
+            gpu && placement_.head != Tier::device ? fetch(Tier::host, double(head_bytes_), R_dense, t_compute, count) : 0;
         for (int l = 0; l < L; ++l) {
             const double begin = t_compute;
             const int next = (l + 1) % L;
-            dense_ready[size_t(next)] = fetch(placement_.dense[size_t(next)], dense_fetch_bytes(next), begin, count);
+            dense_ready[size_t(next)] = fetch(placement_.dense[size_t(next)], dense_fetch_bytes(next), R_dense, begin, count);
             double ready = dense_ready[size_t(l)];
-            if (mla_copy_bytes > 0) ready = std::max(ready, fetch(Tier::host, mla_copy_bytes, begin, count));
+            if (mla_copy_bytes > 0) ready = std::max(ready, fetch(Tier::host, mla_copy_bytes, R_dense, begin, count));
             const double start = std::max(begin, ready);
             const bool moe = !model_.plan.layers[size_t(l)].experts.empty();
             double compute = compute_.dense_part(l, shape.tokens, shape.sequences, shape.context);
@@ -376,8 +386,19 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
                     p.experts_disk += n.disk;
                 }
                 double landed = end;
-                if (n.host > 0) landed = std::max(landed, fetch(Tier::host, n.host * b, end, count));
-                if (n.disk > 0) landed = std::max(landed, fetch(Tier::disk, n.disk * b, end, count));
+                double from_disk = n.disk * b;
+                if (speculating && routing_.guess_accuracy > 0 && guess_named >= 0 && from_disk > 0) {
+                    // The disk's idle time between the guess and the router reads the guessed experts
+                    // it does not hold (as many as the misses); a fraction a of them are misses.
+                    const double idle_from = std::max(t_disk, guess_named);
+                    const double guessed = std::min(from_disk, std::max(0.0, end - idle_from) * R_expert);
+                    if (guessed > 0) {
+                        landed = std::max(landed, fetch(Tier::disk, guessed, R_expert, idle_from, count));
+                        from_disk -= routing_.guess_accuracy * guessed;
+                    }
+                }
+                if (n.host > 0) landed = std::max(landed, fetch(Tier::host, n.host * b, R_expert, end, count));
+                if (from_disk > 0) landed = std::max(landed, fetch(Tier::disk, from_disk, R_expert, end, count));
                 const double one = n.needed > 0 ? n.compute / n.needed : 0;
                 // Experts compute as they land: never before the last has landed, never faster than compute.
                 const double experts_end = std::max(end + n.compute, landed > end ? landed + one : end + n.compute);
@@ -385,6 +406,10 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
                 end = experts_end + compute_.shared_expert(l, shape.tokens);
             }
             if (count) p.compute_seconds += compute;
+            // The next layer's guess is made once this layer's router has run (a dense layer: after it).
+            guess_named = moe ? start + compute_.dense_part(l, shape.tokens, shape.sequences, shape.context) +
+                                    compute_.router(l, shape.tokens)
+                              : end;
             t_compute = end;
         }
         const double head = compute_.head(shape.logits_rows);

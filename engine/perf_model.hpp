@@ -15,8 +15,10 @@
 //     link were already doing, and each computes as it lands (cached ones first);
 //   - the shared expert computes last; the next layer's dense read was issued when this layer began.
 // The step ends with the head. Two identical steps run back to back and the second is the
-// prediction (the first fills the pipeline, as the previous step does in a real run). Speculative
-// reads are left out: they only fill the disk's idle moments, which the timeline shows.
+// prediction (the first fills the pipeline, as the previous step does in a real run).
+// Speculation: the previous layer's router names this layer's experts early; between that moment
+// and this layer's router the disk reads the named experts it is not busy with otherwise, and a
+// fraction a of them (the guess accuracy a run measured, 0 without one) are this layer's misses.
 #pragma once
 
 #include <cstdint>
@@ -71,6 +73,7 @@ std::unique_ptr<ComputeTimes> roofline_times(const OpenModel& model, double byte
 // Per-token routing probability of every (layer, expert).
 struct Routing {
     std::vector<double> p;  // [layer * n_experts + expert]; dense layers 0
+    double guess_accuracy = 0;  // fraction of a layer's needed experts its early guess named
     std::string source;
     static Routing uniform(const ModelLayout& layout);
     // Checks the counts were recorded on a model of this shape (invalid_input naming `source`).
@@ -78,8 +81,9 @@ struct Routing {
 };
 
 struct LinkRates {
-    double disk_bytes_per_s = 0;
-    double pcie_bytes_per_s = 0;  // GPU only
+    double disk_bytes_per_s = 0;         // dense segments: long sequential reads
+    double expert_disk_bytes_per_s = 0;  // experts (a few MB each, several extents); 0: disk_bytes_per_s
+    double pcie_bytes_per_s = 0;         // GPU only
 };
 
 struct StepShape {

@@ -14,6 +14,15 @@ RoutingRecorder::RoutingRecorder(WeightProvider& inner, const ModelLayout& layou
     counts_.top_k = layout.router.top_k;
     counts_.needed.assign(size_t(layout.n_layers) * size_t(std::max<int64_t>(layout.n_experts, 0)), 0);
     counts_.step_widths.reserve(64);
+    guessed_.assign(counts_.needed.size(), 0);
+    has_guess_.assign(size_t(layout.n_layers), 0);
+}
+
+void RoutingRecorder::predict_experts(int layer, std::span<const int32_t> experts) {
+    uint8_t* row = guessed_.data() + size_t(layer) * size_t(counts_.n_experts);
+    for (int32_t e : experts) row[e] = 1;
+    has_guess_[size_t(layer)] = 1;
+    inner_.predict_experts(layer, experts);
 }
 
 void RoutingRecorder::begin_step(int64_t n_tokens) {
@@ -33,6 +42,13 @@ void RoutingRecorder::begin_step(int64_t n_tokens) {
 void RoutingRecorder::need_experts(int layer, std::span<const int32_t> experts) {
     int64_t* row = counts_.needed.data() + size_t(layer) * size_t(counts_.n_experts);
     for (int32_t e : experts) ++row[e];
+    if (has_guess_[size_t(layer)]) {
+        uint8_t* guessed = guessed_.data() + size_t(layer) * size_t(counts_.n_experts);
+        counts_.guess_needed += int64_t(experts.size());
+        for (int32_t e : experts) counts_.guess_hits += guessed[e];
+        std::fill(guessed, guessed + counts_.n_experts, uint8_t(0));
+        has_guess_[size_t(layer)] = 0;
+    }
     inner_.need_experts(layer, experts);
 }
 
@@ -64,8 +80,9 @@ nlohmann::json RoutingCounts::to_json() const {
     for (int l = 0; l < n_layers; ++l)
         layers.push_back(std::vector<int64_t>(needed.begin() + ptrdiff_t(l * n_experts),
                                               needed.begin() + ptrdiff_t((l + 1) * n_experts)));
-    return {{"layers", n_layers}, {"experts", n_experts}, {"top_k", top_k},   {"steps", steps},
-            {"tokens", tokens},   {"step_widths", widths}, {"needed", layers}};
+    return {{"layers", n_layers},         {"experts", n_experts},   {"top_k", top_k},
+            {"steps", steps},             {"tokens", tokens},       {"step_widths", widths},
+            {"guess_needed", guess_needed}, {"guess_hits", guess_hits}, {"needed", layers}};
 }
 
 RoutingCounts RoutingCounts::from_json(const nlohmann::json& j, const std::string& source) {
@@ -77,6 +94,11 @@ RoutingCounts RoutingCounts::from_json(const nlohmann::json& j, const std::strin
         c.steps = j.at("steps").get<int64_t>();
         c.tokens = j.at("tokens").get<int64_t>();
         for (const auto& w : j.at("step_widths")) c.step_widths.emplace_back(w.at(0).get<int64_t>(), w.at(1).get<int64_t>());
+        c.guess_needed = j.value("guess_needed", int64_t(0));
+        c.guess_hits = j.value("guess_hits", int64_t(0));
+        if (c.guess_hits < 0 || c.guess_hits > c.guess_needed)
+            fail(ErrorKind::invalid_input, "{}: routing guess_hits {} outside 0..guess_needed ({})", source, c.guess_hits,
+                 c.guess_needed);
         const auto& layers = j.at("needed");
         if (!layers.is_array() || int(layers.size()) != c.n_layers)
             fail(ErrorKind::invalid_input, "{}: routing 'needed' has {} layers, 'layers' says {}", source, layers.size(),

@@ -27,6 +27,11 @@ struct RoutingCounts {
     std::vector<std::pair<int64_t, int64_t>> step_widths;
     // [layer * n_experts + expert]: steps in which the expert was needed (0 for dense layers).
     std::vector<int64_t> needed;
+    // Speculation: of the experts needed by layers that had a guess (the previous layer's router
+    // applied early, what the streamer reads ahead), how many the guess named. 0 / 0 when the run
+    // made no guesses (everything resident, or --no-speculate).
+    int64_t guess_needed = 0;
+    int64_t guess_hits = 0;
 
     // Per-token routing probability p of (layer, expert): under independent tokens, a step of w
     // tokens needs the expert with probability 1 - (1 - p)^w, so p solves
@@ -55,7 +60,7 @@ public:
     void begin_step(int64_t n_tokens) override;
     void end_step() override { inner_.end_step(); }
     const LayerWeights* peek_layer(int layer) override { return inner_.peek_layer(layer); }
-    void predict_experts(int layer, std::span<const int32_t> experts) override { inner_.predict_experts(layer, experts); }
+    void predict_experts(int layer, std::span<const int32_t> experts) override;
     bool wants_predictions() const override { return inner_.wants_predictions(); }
 
     const RoutingCounts& counts() const { return counts_; }
@@ -63,6 +68,8 @@ public:
 private:
     WeightProvider& inner_;
     RoutingCounts counts_;
+    std::vector<uint8_t> guessed_;      // [layer * n_experts + expert]: named by this step's guess
+    std::vector<uint8_t> has_guess_;    // [layer]
 };
 
 }  // namespace sluice

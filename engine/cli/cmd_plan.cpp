@@ -21,6 +21,7 @@
 #include "engine/perf_model.hpp"
 #include "engine/placement.hpp"
 #include "engine/runtime.hpp"
+#include "engine/segment_read_rate.hpp"
 #include "engine/shape_model.hpp"
 #include "io/read_rate.hpp"
 
@@ -45,6 +46,7 @@ struct PlanArgs {
     std::string resident = "auto";
     double disk_gb = 0, pcie_gb = 0, cpu_gemm_gflops = 0, cpu_bw_gb = 0, gpu_gemm_tflops = 0, gpu_bw_gb = 0;
     double disk_seconds = 1.5;
+    double guess_accuracy = -1;  // < 0: the routing file's, else 0
     int64_t batch_tokens = 512, context = 4096, decode_context = 512, decode = 16;
     int sequences = 1;
     std::string prompt_lengths = "16,128,512,2048", batch_sizes = "1,4,16,64,256";
@@ -143,13 +145,10 @@ int run_plan(const PlanArgs& a) {
         placement = cpu_placement(*model, hp);
         ram_plan = fmt::format("--resident {}: {}", resident_mode_name(hp.mode), hp.memory.describe());
     }
+    int64_t n_experts = 0;
+    for (const auto& l : model->plan.layers) n_experts += int64_t(l.experts.size());
     const bool streams = std::any_of(placement.dense.begin(), placement.dense.end(), [](Tier t) { return t == Tier::disk; }) ||
-                         placement.device_expert_entries + placement.host_expert_entries <
-                             [&] {
-                                 int64_t n = 0;
-                                 for (const auto& l : model->plan.layers) n += int64_t(l.experts.size());
-                                 return n;
-                             }();
+                         placement.device_expert_entries + placement.host_expert_entries < n_experts;
 
     // Rates of the disk and of compute.
     LinkRates links;
@@ -164,11 +163,18 @@ int run_plan(const PlanArgs& a) {
         ro.request_bytes = size_t(4) << 20;
         ro.queue_depth = 8;
         io::StagingRing ring(ro.queue_depth, ro.request_bytes, 4);
-        const auto run = io::time_sequential_reads(model->source->files().paths, ro, ring, a.disk_seconds);
+        const auto run = io::time_sequential_reads(model->source->files().paths, ro, ring, a.disk_seconds / 2);
         links.disk_bytes_per_s = run.gb_per_s * 1e9;
         rates.push_back({"disk", links.disk_bytes_per_s, "GB/s",
-                         fmt::format("measured: {} O_DIRECT 4 MiB x 8 over the model, {:.2f} GB in {:.1f} s", run.backend,
-                                     double(run.bytes) / 1e9, run.seconds)});
+                         fmt::format("measured: {} O_DIRECT 4 MiB x 8 over the model, {:.2f} GB in {:.1f} s (dense segments)",
+                                     run.backend, double(run.bytes) / 1e9, run.seconds)});
+        if (n_experts > 0) {
+            const auto experts = time_expert_reads(*model, ro, 8, a.disk_seconds / 2);
+            links.expert_disk_bytes_per_s = experts.gb_per_s * 1e9;
+            rates.push_back({"disk, experts", links.expert_disk_bytes_per_s, "GB/s",
+                             fmt::format("measured: {} experts, 8 in flight, {:.2f} GB in {:.1f} s", experts.segments,
+                                         double(experts.bytes) / 1e9, experts.seconds)});
+        }
     }
     std::unique_ptr<ComputeTimes> compute;
     std::optional<CpuComputeProfile> profile;
@@ -215,8 +221,11 @@ int run_plan(const PlanArgs& a) {
                              fmt::format("{}: {} at 64 tokens", how, expert->what)});
         }
     }
-    const Routing routing = a.routing.empty() ? Routing::uniform(d)
-                                              : Routing::measured(d, RoutingCounts::load(a.routing), a.routing);
+    Routing routing = a.routing.empty() ? Routing::uniform(d) : Routing::measured(d, RoutingCounts::load(a.routing), a.routing);
+    if (a.guess_accuracy >= 0) {
+        routing.guess_accuracy = std::min(a.guess_accuracy, 1.0);
+        routing.source += fmt::format("; early guesses name {:.0f}% of the needed experts (flag)", 100 * routing.guess_accuracy);
+    }
     PerfModel perf(*model, placement, *compute, routing, links);
 
     // The phases.
@@ -251,10 +260,9 @@ int run_plan(const PlanArgs& a) {
     }
 
     uint64_t dense_bytes = 0, expert_bytes = 0;
-    int64_t n_experts = 0;
     for (const auto& l : model->plan.layers) {
         dense_bytes += l.dense.bytes() + l.vectors.bytes();
-        for (const auto& e : l.experts) expert_bytes += e.bytes(), ++n_experts;
+        for (const auto& e : l.experts) expert_bytes += e.bytes();
     }
     const uint64_t global_bytes = model->plan.globals.bytes() + model->plan.global_vectors.bytes();
     int in_vram = 0, in_ram = 0, on_disk = 0;
@@ -347,7 +355,9 @@ void register_plan(CLI::App& app) {
     sub->add_option("--gpu-gemm", a->gpu_gemm_tflops, "GPU dense BF16 TFLOP/s (instead of the table's)");
     sub->add_option("--gpu-bw", a->gpu_bw_gb, "GPU memory GB/s (instead of the table's)");
     sub->add_option("--pcie", a->pcie_gb, "Host-to-device GB/s (instead of the table's)");
-    sub->add_option("--disk", a->disk_gb, "Disk read GB/s, all drives together (default: measured on the model file)");
+    sub->add_option("--disk", a->disk_gb,
+                    "Disk read GB/s, all drives together (default: measured on the model file, sequentially and as expert "
+                    "segments)");
     sub->add_option("--disk-seconds", a->disk_seconds, "How long to time the disk")->capture_default_str();
     sub->add_option("--cpu-gemm", a->cpu_gemm_gflops, "CPU GEMM GFLOP/s, with --cpu-bw (default: measured on the model's matrices)");
     sub->add_option("--cpu-bw", a->cpu_bw_gb, "CPU memory GB/s for GEMV, with --cpu-gemm");
@@ -361,6 +371,9 @@ void register_plan(CLI::App& app) {
     sub->add_option("--compute-profile", a->compute_profile,
                     "Reuse the CPU timings in FILE when it exists, else measure them and write FILE");
     sub->add_option("--routing", a->routing, "Expert counts of a real run (`run --stats-json` or `bench --json` output)");
+    sub->add_option("--guess-accuracy", a->guess_accuracy,
+                    "Fraction of a layer's needed experts the previous layer's early guess names (default: measured "
+                    "by the --routing run, else 0: no credit for speculative reads)");
     sub->add_option("-t,--threads", a->threads, "CPU threads (0 = all)")->capture_default_str();
     sub->add_flag("--bench", a->bench,
                   "Predict what `sluice bench` runs with the same -b, --prompt-lengths, --decode, --batch-sizes, --ram, "

@@ -135,7 +135,7 @@ TEST_CASE("on a GPU, experts held in RAM cross the link, which bounds a step who
     p.head = Tier::device;
     p.host_expert_entries = 58 * 256;
     const double link = 25e9;
-    PerfModel model(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{kInstant, link});
+    PerfModel model(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{kInstant, 0, link});
     const StepPrediction s = model.step(StepShape{1, 1, 0, 1});
     const double bytes = 8.0 * kMoeLayers * double(expert_bytes());
     CHECK(s.disk_bytes == 0);
@@ -144,7 +144,7 @@ TEST_CASE("on a GPU, experts held in RAM cross the link, which bounds a step who
     CHECK(s.bound == "pcie");
     // The same experts on disk: read, then copied as they land; the slower of the two sets the pace.
     p.host_expert_entries = 0;
-    PerfModel from_disk(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, link});
+    PerfModel from_disk(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, 0, link});
     const StepPrediction t = from_disk.step(StepShape{1, 1, 0, 1});
     CHECK(t.disk_bytes == doctest::Approx(bytes));
     CHECK(t.copy_bytes == doctest::Approx(bytes));
@@ -166,4 +166,28 @@ TEST_CASE("a prompt runs in chunks from position 0 and a decode phase in steps o
     CHECK(dec.seconds == doctest::Approx(10 * model.step({4, 4, 105, 4}).seconds));
     // A wider step reads more distinct experts: 1 - (1 - 8/256)^t of each layer's 256.
     CHECK(model.step({4, 4, 100, 4}).experts_needed == doctest::Approx(kMoeLayers * 256 * (1 - std::pow(248.0 / 256, 4))));
+}
+
+TEST_CASE("early guesses read in the disk's idle time save a fraction of the misses equal to their accuracy") {
+    // Dense parts resident, compute slow enough that the disk idles through each layer's attention.
+    const auto compute = roofline_times(v3(), 20e9, 1e12, 0, "cpu");
+    Placement p;
+    p.dense.assign(61, Tier::host);
+    p.host_expert_entries = 0;
+    Routing none = Routing::uniform(v3().layout);
+    Routing perfect = none;
+    perfect.guess_accuracy = 1.0;
+    Routing half = none;
+    half.guess_accuracy = 0.5;
+    const StepShape decode{1, 1, 0, 1};
+    const StepPrediction a = PerfModel(v3(), p, *compute, none, LinkRates{7e9, 0, 0}).step(decode);
+    const StepPrediction b = PerfModel(v3(), p, *compute, half, LinkRates{7e9, 0, 0}).step(decode);
+    const StepPrediction c = PerfModel(v3(), p, *compute, perfect, LinkRates{7e9, 0, 0}).step(decode);
+    CHECK(b.seconds < a.seconds);
+    CHECK(c.seconds < b.seconds);
+    // Right guesses replace reads (the bytes stay those of the misses); wrong ones add reads.
+    CHECK(c.disk_bytes == doctest::Approx(a.disk_bytes).epsilon(1e-9));
+    CHECK(b.disk_bytes > a.disk_bytes);
+    // Never faster than the compute alone.
+    CHECK(c.seconds >= c.compute_seconds * (1 - 1e-9));
 }

@@ -130,3 +130,23 @@ TEST_CASE("per-token probabilities reproduce the counts: needed / steps for one-
     decode.tokens = 110;
     CHECK(decode.token_probabilities()[1] == doctest::Approx(11.0 / 110).epsilon(1e-9));
 }
+
+TEST_CASE("the recorder counts how many of a layer's needed experts its early guess named") {
+    const char* data = std::getenv("SLUICE_TEST_DATA");
+    REQUIRE_MESSAGE(data, "SLUICE_TEST_DATA is not set");
+    const auto model = load_model(std::string(data) + "/hf_tiny_v3");
+    RoutingRecorder r(*model->provider, model->layout());
+    r.begin_step(1);
+    const std::vector<int32_t> guess = {0, 1, 2}, needed = {1, 2, 5, 9};
+    r.predict_experts(1, guess);
+    r.need_experts(1, needed);       // 2 of 4 named
+    r.need_experts(2, needed);       // no guess for layer 2: not counted
+    r.begin_step(1);
+    r.predict_experts(2, std::vector<int32_t>{9});
+    r.need_experts(2, std::vector<int32_t>{9, 10});  // 1 of 2
+    CHECK(r.counts().guess_needed == 6);
+    CHECK(r.counts().guess_hits == 3);
+    const auto back = RoutingCounts::from_json(r.counts().to_json(), "test");
+    CHECK(back.guess_needed == 6);
+    CHECK(back.guess_hits == 3);
+}
