@@ -14,7 +14,6 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -22,6 +21,8 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "run_command.hpp"
 
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -31,15 +32,9 @@ namespace {
 constexpr double kTolerance = 0.25;
 
 std::string capture(const std::string& command) {
-    std::string out;
-    FILE* pipe = ::popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    char buffer[4096];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-    const int status = ::pclose(pipe);
-    REQUIRE_MESSAGE(status == 0, command, " exited with ", status, ": ", out);
-    return out;
+    const auto r = sluice::test::run_command(command);
+    REQUIRE_MESSAGE(r.status == 0, command, " exited with ", r.status, ": ", r.out);
+    return r.out;
 }
 
 json capture_json(const std::string& command) {

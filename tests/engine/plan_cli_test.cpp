@@ -3,7 +3,6 @@
 // the model; and the clear refusals (a --vram below the minimum, a shapes-only model with no disk rate).
 #include <doctest/doctest.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <string>
@@ -11,30 +10,22 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "run_command.hpp"
+
 namespace {
 
-struct Result {
-    int status = 0;
-    std::string out;
-};
+using sluice::test::CommandResult;
 
-Result run(const std::string& args) {
+CommandResult run(const std::string& args) {
     const char* bin = std::getenv("SLUICE_BIN");
     REQUIRE_MESSAGE(bin, "SLUICE_BIN is not set");
-    Result r;
-    FILE* pipe = ::popen(fmt::format("'{}' plan {} 2>&1", bin, args).c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    char buffer[4096];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) r.out.append(buffer, n);
-    r.status = ::pclose(pipe);
-    return r;
+    return sluice::test::run_command(fmt::format("'{}' plan {} 2>&1", bin, args));
 }
 
 }  // namespace
 
 TEST_CASE("V3 at q4_k_m on an RTX 4090 with 64 GiB and one 7 GB/s drive: placement, sources and a disk-bound decode") {
-    const Result r = run("--preset v3 --mix q4_k_m --gpu 'RTX 4090' --ram 64G --disk 7 --json");
+    const CommandResult r = run("--preset v3 --mix q4_k_m --gpu 'RTX 4090' --ram 64G --disk 7 --json");
     REQUIRE_MESSAGE(r.status == 0, r.out);
     const auto j = nlohmann::json::parse(r.out);
     CHECK(j.at("format") == "shapes");
@@ -61,15 +52,15 @@ TEST_CASE("V3 at q4_k_m on an RTX 4090 with 64 GiB and one 7 GB/s drive: placeme
 }
 
 TEST_CASE("sluice plan refuses what cannot work, naming what would") {
-    const Result small = run("--preset v3 --mix q4_k_m --gpu 'RTX 4090' --vram 1G --ram 64G --disk 7");
+    const CommandResult small = run("--preset v3 --mix q4_k_m --gpu 'RTX 4090' --vram 1G --ram 64G --disk 7");
     CHECK(small.status != 0);
     CHECK_MESSAGE(small.out.find("raise --vram to at least") != std::string::npos, small.out);
-    const Result no_disk = run("--preset v3 --mix q4_k_m --ram 32G --cpu-bw 50 --cpu-gemm 500");
+    const CommandResult no_disk = run("--preset v3 --mix q4_k_m --ram 32G --cpu-bw 50 --cpu-gemm 500");
     CHECK(no_disk.status != 0);
     CHECK_MESSAGE(no_disk.out.find("give --disk") != std::string::npos, no_disk.out);
-    const Result unknown = run("--preset v3 --gpu 'GTX 480' --ram 64G --disk 7");
+    const CommandResult unknown = run("--preset v3 --gpu 'GTX 480' --ram 64G --disk 7");
     CHECK(unknown.status != 0);
     CHECK_MESSAGE(unknown.out.find("RTX 4090") != std::string::npos, unknown.out);
-    const Result both = run("-m nowhere.gguf --preset v3");
+    const CommandResult both = run("-m nowhere.gguf --preset v3");
     CHECK(both.status != 0);
 }

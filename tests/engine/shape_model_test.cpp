@@ -22,28 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Tiny DeepSeek-V3 shapes whose rows fit K-quant super-blocks (256).
-ModelConfig k_quant_tiny() {
-    ModelConfig c = synth_preset("tiny");
-    c.hidden_size = 256;
-    c.n_layers = 3;
-    c.first_k_dense_replace = 1;
-    c.intermediate_size = 512;
-    c.moe_intermediate_size = 256;
-    c.n_routed_experts = 8;
-    c.num_experts_per_tok = 2;
-    c.n_group = 2;
-    c.topk_group = 1;
-    c.n_heads = 2;
-    c.q_lora_rank = 256;
-    c.kv_lora_rank = 256;
-    c.qk_nope_head_dim = 32;
-    c.qk_rope_head_dim = 32;
-    c.v_head_dim = 128;
-    c.num_nextn_predict_layers = 0;
-    return c;
-}
-
 void check_same_segment(const Segment& a, const Segment& b, uint64_t a_base, uint64_t b_base) {
     REQUIRE(a.tensors.size() == b.tensors.size());
     for (size_t i = 0; i < a.tensors.size(); ++i) {
@@ -80,11 +58,11 @@ TEST_CASE("a shapes-only model plans byte for byte as the GGUF sluice synth writ
     const char* shared = std::getenv("SLUICE_SHARED");
     REQUIRE_MESSAGE(shared, "SLUICE_SHARED is not set");
     GgufSynthOptions o;
-    o.config = k_quant_tiny();
-    o.expert_type = DType::Q4_K;
-    o.dense_type = DType::Q6_K;
-    o.embed_type = DType::Q4_K;
-    o.head_type = DType::Q8_0;
+    o.config = synth_gguf_config("small", 3, 1, 8);  // hidden 256, experts 128 wide: Q8_0 blocks fit every row
+    o.expert_type = DType::Q8_0;
+    o.dense_type = DType::Q4_0;
+    o.embed_type = DType::Q8_0;
+    o.head_type = DType::F16;
     o.tokenizer_dir = fs::path(shared) / "models" / "deepseek-v3-tokenizer";
     o.output_path = fs::temp_directory_path() / fmt::format("sluice_shape_model_{}.gguf", ::getpid());
     write_synthetic_gguf(o);
@@ -169,9 +147,9 @@ TEST_CASE("q2_k on DeepSeek-V3: Q2_K with ffn_down and attn_output Q3_K, the hea
 }
 
 TEST_CASE("a shapes-only model reads as random blocks: the same bytes however a tensor is sliced") {
-    const ModelConfig c = k_quant_tiny();
+    const ModelConfig c = synth_gguf_config("small", 3, 1, 8);
     GgufSynthOptions types;
-    types.dense_type = DType::Q6_K;
+    types.expert_type = types.dense_type = types.embed_type = DType::Q8_0;
     const auto m = open_shape_model(c, types, nullptr, "shapes");
     const Segment& experts_layer = m->plan.layers[1].experts[3];
     const PlannedTensor& up = experts_layer.tensors[1];

@@ -25,6 +25,7 @@
 #include "engine/gguf_source.hpp"
 #include "engine/synth.hpp"
 #include "engine/synth_gguf.hpp"
+#include "run_command.hpp"
 #include "formats/gguf.hpp"
 #include "formats/tokenizer.hpp"
 #include "kernels/block_type.hpp"
@@ -135,15 +136,9 @@ void check_json_equal(const nlohmann::json& a, const nlohmann::json& b, const st
 }
 
 std::string run_capture(const std::string& command) {
-    std::string out;
-    FILE* pipe = ::popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    char buffer[4096];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-    const int status = ::pclose(pipe);
-    CHECK_MESSAGE(status == 0, command, " exited with ", status, ": ", out);
-    return out;
+    const auto r = test::run_command(command);
+    CHECK_MESSAGE(r.status == 0, command, " exited with ", r.status, ": ", r.out);
+    return r.out;
 }
 
 }  // namespace
