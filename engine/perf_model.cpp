@@ -389,12 +389,17 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
                 double from_disk = n.disk * b;
                 if (speculating && routing_.guess_accuracy > 0 && guess_named >= 0 && from_disk > 0) {
                     // The disk's idle time between the guess and the router reads the guessed experts
-                    // it does not hold (as many as the misses); a fraction a of them are misses.
+                    // it does not hold (as many as the misses); a fraction a(t) of them are misses. A
+                    // step's guess is the union of its tokens' guesses: an expert one token's guess
+                    // missed is still named when another's names it, about as often as the step needs
+                    // an expert at all: a(t) = 1 - (1 - a) (1 - P), P = needed / experts of the layer.
+                    const double share = n.needed / double(std::max<int64_t>(d.n_experts, 1));
+                    const double accuracy = 1.0 - (1.0 - routing_.guess_accuracy) * (1.0 - std::min(share, 1.0));
                     const double idle_from = std::max(t_disk, guess_named);
                     const double guessed = std::min(from_disk, std::max(0.0, end - idle_from) * R_expert);
                     if (guessed > 0) {
                         landed = std::max(landed, fetch(Tier::disk, guessed, R_expert, idle_from, count));
-                        from_disk -= routing_.guess_accuracy * guessed;
+                        from_disk -= accuracy * guessed;
                     }
                 }
                 if (n.host > 0) landed = std::max(landed, fetch(Tier::host, n.host * b, R_expert, end, count));

@@ -26,6 +26,7 @@ void RoutingRecorder::predict_experts(int layer, std::span<const int32_t> expert
 }
 
 void RoutingRecorder::begin_step(int64_t n_tokens) {
+    step_tokens_ = n_tokens;
     ++counts_.steps;
     counts_.tokens += n_tokens;
     bool seen = false;
@@ -44,8 +45,10 @@ void RoutingRecorder::need_experts(int layer, std::span<const int32_t> experts) 
     for (int32_t e : experts) ++row[e];
     if (has_guess_[size_t(layer)]) {
         uint8_t* guessed = guessed_.data() + size_t(layer) * size_t(counts_.n_experts);
-        counts_.guess_needed += int64_t(experts.size());
-        for (int32_t e : experts) counts_.guess_hits += guessed[e];
+        if (step_tokens_ == 1) {
+            counts_.guess_needed += int64_t(experts.size());
+            for (int32_t e : experts) counts_.guess_hits += guessed[e];
+        }
         std::fill(guessed, guessed + counts_.n_experts, uint8_t(0));
         has_guess_[size_t(layer)] = 0;
     }

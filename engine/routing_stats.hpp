@@ -27,9 +27,10 @@ struct RoutingCounts {
     std::vector<std::pair<int64_t, int64_t>> step_widths;
     // [layer * n_experts + expert]: steps in which the expert was needed (0 for dense layers).
     std::vector<int64_t> needed;
-    // Speculation: of the experts needed by layers that had a guess (the previous layer's router
-    // applied early, what the streamer reads ahead), how many the guess named. 0 / 0 when the run
-    // made no guesses (everything resident, or --no-speculate).
+    // Speculation, over one-token steps: of the experts needed by layers that had a guess (the
+    // previous layer's router applied early, what the streamer reads ahead), how many the guess
+    // named. 0 / 0 when the run made no guesses (everything resident, or --no-speculate) or had no
+    // one-token steps. (A wider step's guess is the union of its tokens' guesses: engine/perf_model.)
     int64_t guess_needed = 0;
     int64_t guess_hits = 0;
 
@@ -70,6 +71,7 @@ private:
     RoutingCounts counts_;
     std::vector<uint8_t> guessed_;      // [layer * n_experts + expert]: named by this step's guess
     std::vector<uint8_t> has_guess_;    // [layer]
+    int64_t step_tokens_ = 0;
 };
 
 }  // namespace sluice

@@ -131,7 +131,7 @@ TEST_CASE("per-token probabilities reproduce the counts: needed / steps for one-
     CHECK(decode.token_probabilities()[1] == doctest::Approx(11.0 / 110).epsilon(1e-9));
 }
 
-TEST_CASE("the recorder counts how many of a layer's needed experts its early guess named") {
+TEST_CASE("the recorder counts how many of a one-token step's needed experts the early guess named") {
     const char* data = std::getenv("SLUICE_TEST_DATA");
     REQUIRE_MESSAGE(data, "SLUICE_TEST_DATA is not set");
     const auto model = load_model(std::string(data) + "/hf_tiny_v3");
@@ -144,6 +144,9 @@ TEST_CASE("the recorder counts how many of a layer's needed experts its early gu
     r.begin_step(1);
     r.predict_experts(2, std::vector<int32_t>{9});
     r.need_experts(2, std::vector<int32_t>{9, 10});  // 1 of 2
+    r.begin_step(5);                                 // wider steps are not counted
+    r.predict_experts(1, guess);
+    r.need_experts(1, needed);
     CHECK(r.counts().guess_needed == 6);
     CHECK(r.counts().guess_hits == 3);
     const auto back = RoutingCounts::from_json(r.counts().to_json(), "test");
