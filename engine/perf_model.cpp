@@ -37,24 +37,31 @@ std::vector<const PlannedTensor*> dense_matrices(const LayerPlan& l) {
 // the matrix curves.
 class MeasuredCpuTimes final : public ComputeTimes {
 public:
-    MeasuredCpuTimes(const OpenModel& m, const CpuComputeProfile& p) : model_(m), profile_(p) {
+    MeasuredCpuTimes(const OpenModel& m, const CpuComputeProfile& p) : profile_(p) {
+        auto need = [&](const PlannedTensor& t) {
+            const MatrixTiming* timing = p.find(t.type, t.rows, t.cols);
+            if (!timing)
+                fail(ErrorKind::invalid_input, "the CPU timings have none of '{}' ({} {}x{}): measured on another model?",
+                     t.name, dtype_name(t.type), t.rows, t.cols);
+            return timing;
+        };
         for (const auto& l : m.plan.layers) {
             Layer x;
             for (const auto& t : l.dense.tensors) {
-                const MatrixTiming* timing = t.rows > 1 ? p.find(t.type, t.rows, t.cols) : nullptr;
-                if (!timing) continue;
-                if (is_shared(t.role)) x.shared.push_back(timing);
-                else x.mlp.push_back(timing);  // dense layers' MLP (attention matrices are in the probe)
+                // The attention matrices are timed inside the probe's forward pass, not here.
+                const bool mlp = t.role == WeightRole::dense_gate || t.role == WeightRole::dense_up ||
+                                 t.role == WeightRole::dense_down;
+                if (!mlp && !is_shared(t.role)) continue;
+                (mlp ? x.mlp : x.shared).push_back(need(t));
             }
             if (!l.experts.empty())
-                for (const auto& t : l.experts.front().tensors)
-                    if (const MatrixTiming* timing = p.find(t.type, t.rows, t.cols)) x.expert.push_back(timing);
+                for (const auto& t : l.experts.front().tensors) x.expert.push_back(need(t));
             for (const auto& t : l.vectors.tensors)
-                if (t.role == WeightRole::router) x.router = p.find(t.type, t.rows, t.cols);
+                if (t.role == WeightRole::router) x.router = need(t);
             layers_.push_back(std::move(x));
         }
         for (const auto& t : m.plan.globals.tensors)
-            if (t.role == WeightRole::lm_head) head_ = p.find(t.type, t.rows, t.cols);
+            if (t.role == WeightRole::lm_head) head_ = need(t);
         // The probe's MLP is the typical MoE layer's shared expert.
         for (const auto& l : layers_)
             if (!l.shared.empty()) {
@@ -98,7 +105,6 @@ private:
             for (const auto* m : *ms) s += m->seconds.at(n);
         return s;
     }
-    const OpenModel& model_;
     const CpuComputeProfile& profile_;
     std::vector<Layer> layers_;
     const std::vector<const MatrixTiming*>* probe_mlp_ = nullptr;
