@@ -162,12 +162,14 @@ void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice&
 
 }  // namespace
 
-std::unique_ptr<DeepseekForward> Runtime::make_forward(const ForwardOptions& options, ThreadPool& pool) {
+std::unique_ptr<DeepseekForward> Runtime::make_forward(const ForwardOptions& options, ThreadPool& pool,
+                                                       WeightProvider* over) {
+    WeightProvider& w = over ? *over : weights();
     std::unique_ptr<DeepseekForward> f;
     if (backend) {
-        f = std::make_unique<DeepseekForward>(model->layout, *device_weights, options, *backend);
+        f = std::make_unique<DeepseekForward>(model->layout, w, options, *backend);
     } else {
-        f = std::make_unique<DeepseekForward>(model->layout, *provider, options, pool);
+        f = std::make_unique<DeepseekForward>(model->layout, w, options, pool);
         f->backend().set_trace(trace.get());
     }
     return f;

@@ -80,8 +80,12 @@ struct Runtime {
     std::string device_name = "cpu";
 
     const ModelLayout& layout() const { return model->layout; }
-    // A forward pass on the chosen device (the CPU backend on `pool`, or the CUDA backend).
-    std::unique_ptr<DeepseekForward> make_forward(const ForwardOptions& options, ThreadPool& pool);
+    // What a forward pass reads its weights through: the device's view when computing on a device.
+    WeightProvider& weights() { return device_weights ? static_cast<WeightProvider&>(*device_weights) : *provider; }
+    // A forward pass on the chosen device (the CPU backend on `pool`, or the CUDA backend), reading
+    // through weights() or through `over` (a wrapper of weights(): e.g. the routing recorder).
+    std::unique_ptr<DeepseekForward> make_forward(const ForwardOptions& options, ThreadPool& pool,
+                                                  WeightProvider* over = nullptr);
     // Ends the run: writes the trace when one was asked for.
     void finish();
     ~Runtime();

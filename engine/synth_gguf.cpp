@@ -23,6 +23,7 @@
 #include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
+#include "engine/synth.hpp"
 #include "formats/gguf_writer.hpp"
 
 namespace sluice {
@@ -108,6 +109,31 @@ DType parse_synth_dtype(std::string_view name) {
         if (dtype_name(t) == upper) return t;
     fail(ErrorKind::invalid_input, "synth: type '{}' is not one of f32, f16, bf16, q4_0, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k",
          name);
+}
+
+ModelConfig synth_gguf_config(std::string_view preset, std::optional<int> layers, std::optional<int> dense_layers,
+                              std::optional<int64_t> experts) {
+    ModelConfig c = synth_preset(preset);
+    c.num_nextn_predict_layers = 0;  // llama.cpp and sluice decode without MTP
+    if (layers) c.n_layers = *layers;
+    if (dense_layers) {
+        if (*dense_layers > c.n_layers)
+            fail(ErrorKind::invalid_input, "synth: --dense-layers {} is more than --layers {}", *dense_layers, c.n_layers);
+        c.first_k_dense_replace = *dense_layers;
+    } else {
+        // Keep at least one MoE layer when there is more than one layer.
+        c.first_k_dense_replace = std::min(c.first_k_dense_replace, std::max(c.n_layers - 1, 0));
+    }
+    if (experts) {
+        c.n_routed_experts = *experts;
+        c.num_experts_per_tok = std::min(c.num_experts_per_tok, *experts);
+        // Keep the preset's grouping when the experts still divide into it, the chosen groups hold
+        // top-k experts, and (llama.cpp asserts it) groups < experts; otherwise route without groups.
+        const bool grouping_fits = c.n_group > 1 && c.n_routed_experts % c.n_group == 0 && c.n_group < c.n_routed_experts &&
+                                   c.topk_group * (c.n_routed_experts / c.n_group) >= c.num_experts_per_tok;
+        if (!grouping_fits) c.n_group = c.topk_group = 1;
+    }
+    return c;
 }
 
 std::vector<GgufSynthTensor> synth_gguf_tensors(const GgufSynthOptions& o) {

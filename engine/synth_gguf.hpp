@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,5 +74,13 @@ GgufSynthSummary write_synthetic_gguf(const GgufSynthOptions& options);
 
 // "q4_k" / "Q4_K" / "bf16" ... -> DType; invalid_input naming the accepted list otherwise.
 DType parse_synth_dtype(std::string_view name);
+
+// A preset's config (synth_preset) shaped as `sluice synth -o X.gguf` shapes it: no MTP module;
+// `layers` main layers; `dense_layers` leading dense ones (default min(preset's, layers - 1), so
+// one MoE layer remains); `experts` routed experts per MoE layer, top-k clamped to them and the
+// expert grouping kept only while it still divides them (else no groups). `sluice plan --preset`
+// sizes the same shapes without a file.
+ModelConfig synth_gguf_config(std::string_view preset, std::optional<int> layers, std::optional<int> dense_layers,
+                              std::optional<int64_t> experts);
 
 }  // namespace sluice

@@ -18,6 +18,7 @@
 #include "core/thread_pool.hpp"
 #include "engine/cli/command.hpp"
 #include "engine/deepseek_v3.hpp"
+#include "engine/routing_stats.hpp"
 #include "engine/runtime.hpp"
 #include "engine/sampler.hpp"
 #include "kernels/cpu/matmul.hpp"
@@ -25,21 +26,6 @@
 namespace sluice::cli {
 
 namespace {
-
-std::vector<int64_t> parse_list(const std::string& text, const char* what) {
-    std::vector<int64_t> out;
-    std::stringstream ss(text);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        try {
-            out.push_back(std::stoll(item));
-        } catch (const std::exception&) {
-            fail(ErrorKind::invalid_input, "{}: '{}' is not a number", what, item);
-        }
-        if (out.back() <= 0) fail(ErrorKind::invalid_input, "{}: {} must be positive", what, out.back());
-    }
-    return out;
-}
 
 struct Phase {
     std::string name;
@@ -172,8 +158,8 @@ void register_bench(CLI::App& app) {
     sub->add_flag("--no-roofline", args->no_roofline, "With --json: skip the GEMM-rate measurement");
     add_runtime_options(*sub, args->runtime);
     add_command(app, sub, [args] {
-        const auto prompt_lengths = parse_list(args->prompt_lengths, "--prompt-lengths");
-        const auto batch_sizes = parse_list(args->batch_sizes, "--batch-sizes");
+        const auto prompt_lengths = parse_positive_list(args->prompt_lengths, "--prompt-lengths");
+        const auto batch_sizes = parse_positive_list(args->batch_sizes, "--batch-sizes");
         int64_t longest = 0, widest = 1;
         for (auto p : prompt_lengths) longest = std::max(longest, p);
         for (auto b : batch_sizes) widest = std::max(widest, b);
@@ -186,6 +172,8 @@ void register_bench(CLI::App& app) {
         ro.verbose = !args->json;
         const auto rt = make_runtime(args->model, ro);
         const auto& layout = rt->layout();
+        // Every step's expert requests, for `sluice plan --routing` (the JSON's "routing").
+        RoutingRecorder provider(rt->weights(), layout);
         std::mt19937_64 rng(args->seed);
         std::uniform_int_distribution<int32_t> token(2, int32_t(std::min<int64_t>(layout.vocab, 128000) - 1));
 
@@ -203,7 +191,7 @@ void register_bench(CLI::App& app) {
 
         for (int64_t len : prompt_lengths) {
             ForwardOptions fo{len + args->decode + 2, std::min(args->batch_tokens, len), 1, ro.attention};
-            const auto forward_owner = rt->make_forward(fo, pool);
+            const auto forward_owner = rt->make_forward(fo, pool, &provider);
             DeepseekForward& forward = *forward_owner;
             std::vector<int32_t> prompt(static_cast<size_t>(len));
             for (auto& t : prompt) t = token(rng);
@@ -230,7 +218,7 @@ void register_bench(CLI::App& app) {
         for (int64_t b : batch_sizes) {
             // b sequences, each with a 4-token prompt, decoding together.
             ForwardOptions fo{4 + args->decode + 2, std::max<int64_t>(b * 4, b), int(b), ro.attention};
-            const auto forward_owner = rt->make_forward(fo, pool);
+            const auto forward_owner = rt->make_forward(fo, pool, &provider);
             DeepseekForward& forward = *forward_owner;
             std::vector<std::vector<int32_t>> prompts(size_t(b), std::vector<int32_t>(4));
             std::vector<SequenceTokens> step;
@@ -269,6 +257,7 @@ void register_bench(CLI::App& app) {
                                       {"mla_cache", rt->memory.mla_cache_bytes},
                                       {"activations", rt->memory.activation_bytes}};
             for (const auto& p : phases) j["phases"].push_back(phase_json(p));
+            j["routing"] = provider.counts().to_json();
             if (!args->no_roofline) j["roofline"] = roofline_inputs(*rt, longest, args->batch_tokens, pool);
             j["device"] = rt->device_name;
             fmt::print("{}\n", j.dump(2));

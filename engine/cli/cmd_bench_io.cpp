@@ -25,6 +25,7 @@
 #include "engine/cli/bench_io_device.hpp"
 #include "engine/cli/command.hpp"
 #include "engine/runtime.hpp"
+#include "io/read_rate.hpp"
 #include "io/segment_reader.hpp"
 #include "io/staging_ring.hpp"
 
@@ -119,56 +120,19 @@ std::vector<Block> sequential_blocks(const std::vector<uint64_t>& sizes, uint64_
     return out;
 }
 
-RunResult run_sluice(const std::vector<std::string>& paths, const std::vector<Block>& blocks, uint64_t bs,
-                     const BenchArgs& a, io::Backend backend, io::StagingRing& ring, std::string* backend_used) {
+RunResult run_sluice(const std::vector<std::string>& paths, uint64_t bs, const BenchArgs& a, io::Backend backend,
+                     io::StagingRing& ring, std::string* backend_used) {
     io::ReaderOptions options;
     options.backend = backend;
     options.direct = !a.buffered;
     options.request_bytes = size_t(bs);
     options.queue_depth = a.qd;
     options.pread_threads = int(a.qd);
-    io::SegmentReader reader(FileSet{paths}, options);
-    *backend_used = reader.backend_name();
-    reader.register_buffers(ring.regions());
-    std::vector<uint64_t> tickets(a.qd, 0);
-    std::vector<Clock::time_point> started(a.qd);
-    std::vector<const std::byte*> data(a.qd);
-    std::vector<size_t> slot_of(a.qd);
-    std::vector<double> lat_us;
-    lat_us.reserve(blocks.size());
-    const auto t0 = Clock::now();
-    const auto deadline = t0 + std::chrono::duration<double>(a.seconds);
-    size_t next = 0, in_flight = 0;
-    uint64_t bytes = 0;
-    std::vector<uint64_t> live;  // tickets in flight, parallel to live_slot
-    std::vector<size_t> live_slot;
-    std::vector<size_t> free_slots;
-    for (size_t i = 0; i < a.qd; ++i) free_slots.push_back(i);
-    for (;;) {
-        while (!free_slots.empty() && next < blocks.size() && Clock::now() < deadline) {
-            const size_t s = free_slots.back();
-            free_slots.pop_back();
-            const auto& b = blocks[next++];
-            const Extent e{b.file, b.offset, b.length};
-            started[s] = Clock::now();
-            live.push_back(reader.submit({&e, 1}, ring.regions()[0].data() + s * ring.slot_bytes(), ring.slot_bytes(),
-                                         &data[s]));
-            live_slot.push_back(s);
-            bytes += b.length;
-            ++in_flight;
-        }
-        if (live.empty()) break;
-        const size_t i = reader.wait_any(live);
-        const size_t s = live_slot[i];
-        lat_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - started[s]).count());
-        live.erase(live.begin() + long(i));
-        live_slot.erase(live_slot.begin() + long(i));
-        free_slots.push_back(s);
-    }
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    io::ReadRun run = io::time_sequential_reads(paths, options, ring, a.seconds);
+    *backend_used = run.backend;
     RunResult r;
-    r.gb_per_s = double(bytes) / secs / 1e9;
-    fill_latency(r, lat_us);
+    r.gb_per_s = run.gb_per_s;
+    fill_latency(r, run.latency_us);
     return r;
 }
 
@@ -327,10 +291,10 @@ int run_bench_io(const BenchArgs& a) {
     };
     for (int round = 0; round < a.rounds; ++round) {
         if (backend != io::Backend::pread)
-            record("sluice io_uring", [&] { return run_sluice(paths, blocks, bs, a, backend, ring, &uring_used); });
+            record("sluice io_uring", [&] { return run_sluice(paths, bs, a, backend, ring, &uring_used); });
         if (fio) record("fio io_uring", [&] { return run_fio(paths[0], sizes[0], bs, a, true); });
         if (backend != io::Backend::uring)
-            record("sluice pread pool", [&] { return run_sluice(paths, blocks, bs, a, io::Backend::pread, ring, &pread_used); });
+            record("sluice pread pool", [&] { return run_sluice(paths, bs, a, io::Backend::pread, ring, &pread_used); });
         if (fio) record("fio psync", [&] { return run_fio(paths[0], sizes[0], bs, a, false); });
         record("buffered read", [&] { return run_buffered_read(paths, blocks, bs, a, scratch); });
         record("mmap sequential", [&] { return run_mmap(paths, blocks, a, scratch, false); });

@@ -12,6 +12,7 @@
 #include "engine/cli/command.hpp"
 #include "engine/deepseek_v3.hpp"
 #include "engine/generate.hpp"
+#include "engine/routing_stats.hpp"
 #include "engine/runtime.hpp"
 #include "formats/chat_template.hpp"
 #include "formats/npy.hpp"
@@ -62,9 +63,9 @@ std::vector<int32_t> parse_ids(const std::string& text) {
     return ids;
 }
 
-void report_stream_stats(const Streamer& streamer, bool print, const std::string& json_path) {
-    const StepStats t = streamer.totals();
-    if (print) {
+void report_stream_stats(const Streamer* streamer, const RoutingCounts& routing, bool print, const std::string& json_path) {
+    if (streamer && print) {
+        const StepStats t = streamer->totals();
         const double hits = t.experts_needed ? double(t.cache_hits) / double(t.experts_needed) : 0;
         const double prefetch = t.experts_needed ? double(t.prefetch_hits) / double(t.experts_needed) : 0;
         fmt::print(stderr,
@@ -78,7 +79,10 @@ void report_stream_stats(const Streamer& streamer, bool print, const std::string
     if (!json_path.empty()) {
         std::FILE* f = std::fopen(json_path.c_str(), "w");
         if (!f) fail(ErrorKind::io, "{}: cannot create", json_path);
-        for (const auto& s : streamer.steps()) std::fprintf(f, "%s\n", s.to_json().dump().c_str());
+        if (streamer)
+            for (const auto& s : streamer->steps()) std::fprintf(f, "%s\n", s.to_json().dump().c_str());
+        // The last line: which experts the steps asked for (`sluice plan --routing FILE` reads it).
+        std::fprintf(f, "%s\n", nlohmann::json{{"routing", routing.to_json()}}.dump().c_str());
         std::fclose(f);
     }
 }
@@ -115,7 +119,8 @@ int run(const RunArgs& args) {
     fo.max_context = std::min<int64_t>(args.context, int64_t(prompt.size()) + args.n_predict + 1);
     fo.max_batch_tokens = args.batch;
     fo.attention = args.runtime.attention;
-    const auto forward_owner = rt->make_forward(fo, pool);
+    RoutingRecorder provider(rt->weights(), layout);
+    const auto forward_owner = rt->make_forward(fo, pool, &provider);
     DeepseekForward& forward = *forward_owner;
 
     GenerateOptions go;
@@ -149,7 +154,7 @@ int run(const RunArgs& args) {
     fmt::print(stderr, "generation: {} tokens in {:.3f} s ({:.2f} tokens/s){}\n", stats.n_generated,
                stats.generate_seconds, stats.generate_tokens_per_s(), stats.stopped_at_eos ? ", stopped at EOS" : "");
     fmt::print(stderr, "generated ids: {}\n", fmt::join(generated, ","));
-    if (rt->streamer) report_stream_stats(*rt->streamer, args.stats, args.stats_json);
+    report_stream_stats(rt->streamer, provider.counts(), args.stats, args.stats_json);
     if (rt->device_weights && args.stats) {
         const size_t allocator_peak = cuda::allocator_peak_bytes();
         fmt::print(stderr, "device memory: {} bytes planned under a budget of {} bytes{}\n", rt->device_plan.total_bytes,
@@ -186,7 +191,9 @@ void register_run(CLI::App& app) {
     sub->add_option("--logits-out", args->logits_out, "Write the prompt's logits [positions, vocab] as float32 .npy");
     sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating after the end-of-sentence token");
     sub->add_flag("--stats", args->stats, "Print streaming figures: bytes read, read/compute/wait time, overlap, hit rates");
-    sub->add_option("--stats-json", args->stats_json, "Write every step's streaming figures as JSON lines to FILE");
+    sub->add_option("--stats-json", args->stats_json,
+                    "Write every step's streaming figures as JSON lines to FILE, and last the experts each layer asked "
+                    "for ({\"routing\": ...}, what `sluice plan --routing` reads)");
     add_runtime_options(*sub, args->runtime);
     add_command(app, sub, [args] { return run(*args); });
 }

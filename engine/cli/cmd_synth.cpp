@@ -86,32 +86,8 @@ void register_synth(CLI::App& app) {
         if (is_gguf_path(args->output)) {
             GgufSynthOptions options;
             const std::string preset = args->preset.value_or("v3");
-            options.config = synth_preset(preset);
-            options.config.num_nextn_predict_layers = 0;  // llama.cpp and sluice decode without MTP
-            if (args->layers) options.config.n_layers = *args->layers;
+            options.config = synth_gguf_config(preset, args->layers, args->dense_layers, args->experts);
             const int n_layers = options.config.n_layers;
-            if (args->dense_layers) {
-                if (*args->dense_layers > n_layers)
-                    fail(ErrorKind::invalid_input, "synth: --dense-layers {} is more than --layers {}", *args->dense_layers,
-                         n_layers);
-                options.config.first_k_dense_replace = *args->dense_layers;
-            } else {
-                // Keep at least one MoE layer when there is more than one layer.
-                options.config.first_k_dense_replace =
-                    std::min(options.config.first_k_dense_replace, std::max(n_layers - 1, 0));
-            }
-            if (args->experts) {
-                options.config.n_routed_experts = *args->experts;
-                options.config.num_experts_per_tok = std::min(options.config.num_experts_per_tok, *args->experts);
-                // Keep the preset's grouping when the experts still divide into it, the chosen
-                // groups hold top-k experts, and (llama.cpp asserts it) groups < experts;
-                // otherwise route without groups.
-                auto& c = options.config;
-                const bool grouping_fits = c.n_group > 1 && c.n_routed_experts % c.n_group == 0 &&
-                                           c.n_group < c.n_routed_experts &&
-                                           c.topk_group * (c.n_routed_experts / c.n_group) >= c.num_experts_per_tok;
-                if (!grouping_fits) c.n_group = c.topk_group = 1;
-            }
             options.output_path = args->output;
             options.expert_type = parse_synth_dtype(args->expert_type);
             options.dense_type = parse_synth_dtype(args->dense_type);

@@ -1,6 +1,7 @@
 // sluice: the command-line entry. Dispatches to the registered subcommands and turns a typed
 // error into one line on stderr and a non-zero exit.
 #include <cstdio>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -20,6 +21,21 @@ std::vector<std::pair<CLI::App*, CommandRunner>>& registry() {
 
 void add_command(CLI::App&, CLI::App* sub, CommandRunner run) { registry().emplace_back(sub, std::move(run)); }
 
+std::vector<int64_t> parse_positive_list(const std::string& text, const char* what) {
+    std::vector<int64_t> out;
+    std::stringstream ss(text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        try {
+            out.push_back(std::stoll(item));
+        } catch (const std::exception&) {
+            fail(ErrorKind::invalid_input, "{}: '{}' is not a number", what, item);
+        }
+        if (out.back() <= 0) fail(ErrorKind::invalid_input, "{}: {} must be positive", what, out.back());
+    }
+    return out;
+}
+
 }  // namespace sluice::cli
 
 int main(int argc, char** argv) {
@@ -35,6 +51,7 @@ int main(int argc, char** argv) {
     cli::register_perplexity(app);
     cli::register_bench(app);
     cli::register_bench_io(app);
+    cli::register_plan(app);
     try {
         // Option callbacks (--ram, --resident, --attention ...) throw typed errors while parsing.
         try {

@@ -25,6 +25,7 @@
 #include "engine/gguf_source.hpp"
 #include "engine/synth.hpp"
 #include "engine/synth_gguf.hpp"
+#include "run_command.hpp"
 #include "formats/gguf.hpp"
 #include "formats/tokenizer.hpp"
 #include "kernels/block_type.hpp"
@@ -135,15 +136,9 @@ void check_json_equal(const nlohmann::json& a, const nlohmann::json& b, const st
 }
 
 std::string run_capture(const std::string& command) {
-    std::string out;
-    FILE* pipe = ::popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    char buffer[4096];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
-    const int status = ::pclose(pipe);
-    CHECK_MESSAGE(status == 0, command, " exited with ", status, ": ", out);
-    return out;
+    const auto r = test::run_command(command);
+    CHECK_MESSAGE(r.status == 0, command, " exited with ", r.status, ": ", r.out);
+    return r.out;
 }
 
 }  // namespace
@@ -328,6 +323,26 @@ TEST_CASE("sluice run generates from a synthetic GGUF and its router picks diffe
     const auto step0 = nlohmann::json::parse(first_line);
     CAPTURE(first_line);
     CHECK(step0.at("experts_needed").get<int>() >= 8);
+    // The last line holds the routing counts (`sluice plan --routing` reads them): per layer and
+    // expert the steps that needed it, which add up to the steps' experts_needed.
+    int64_t needed_in_steps = 0, steps = 1;
+    needed_in_steps += step0.at("experts_needed").get<int64_t>();
+    std::string line, last;
+    while (std::getline(in, line)) {
+        if (line.find("\"routing\"") != std::string::npos) {
+            last = line;
+            break;
+        }
+        needed_in_steps += nlohmann::json::parse(line).at("experts_needed").get<int64_t>();
+        ++steps;
+    }
+    REQUIRE_MESSAGE(!last.empty(), "no routing line");
+    const auto routing = nlohmann::json::parse(last).at("routing");
+    CHECK(routing.at("steps").get<int64_t>() == steps);
+    int64_t needed_in_routing = 0;
+    for (const auto& layer : routing.at("needed"))
+        for (const auto& v : layer) needed_in_routing += v.get<int64_t>();
+    CHECK(needed_in_routing == needed_in_steps);
     in.close();
     std::error_code ec;
     fs::remove(stats, ec);
