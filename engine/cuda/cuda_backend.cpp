@@ -190,11 +190,7 @@ void* CudaBackend::device_alloc(int64_t bytes) {
              double(size) / (1 << 20), double(options_.memory_limit_bytes) / (1 << 20), double(device_bytes_) / (1 << 20));
     void* p = nullptr;
     const cudaError_t status = cudaMalloc(&p, size);
-    if (status != cudaSuccess) {
-        cudaGetLastError();  // clear the sticky-free allocation error
-        fail(ErrorKind::out_of_memory, "device memory: cudaMalloc of {:.1f} MiB failed ({}) with {:.1f} MiB allocated",
-             double(size) / (1 << 20), cudaGetErrorString(status), double(device_bytes_) / (1 << 20));
-    }
+    if (status != cudaSuccess) cuda::throw_allocation_error(int(status), size, "cudaMalloc");
     device_ptrs_.push_back(p);
     device_sizes_.push_back(size);
     device_bytes_ += size;

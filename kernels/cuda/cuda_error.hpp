@@ -4,11 +4,15 @@
 
 #include "kernels/block_type.hpp"
 
+#include <cstddef>
+
 namespace sluice::cuda {
 
 // Throws sluice::Error naming the call, the CUDA error name and text, and the source line.
 [[noreturn]] void throw_cuda_error(int code, const char* call, const char* file, int line);
 [[noreturn]] void throw_cublas_error(int code, const char* call, const char* file, int line);
+// A device allocation the device refused: out_of_memory (a budget the machine cannot meet), not a bug.
+[[noreturn]] void throw_allocation_error(int code, size_t bytes, const char* what);
 // Throws sluice::Error (kind unsupported) naming the operation, the weight type and the problem:
 // a type with no device kernel, or rows not aligned for the type's block loads.
 [[noreturn]] void throw_weight_error(const char* op, DType type, const char* problem);

@@ -16,7 +16,13 @@ class DeviceBuffer {
 public:
     DeviceBuffer() = default;
     explicit DeviceBuffer(size_t size_bytes) : size_bytes_(size_bytes) {
-        if (size_bytes > 0) SLUICE_CUDA_CHECK(cudaMalloc(&data_, size_bytes));
+        if (size_bytes == 0) return;
+        const cudaError_t status = cudaMalloc(&data_, size_bytes);
+        if (status != cudaSuccess) {
+            data_ = nullptr;
+            size_bytes_ = 0;
+            throw_allocation_error(int(status), size_bytes, "cudaMalloc");
+        }
     }
     ~DeviceBuffer() { release(); }
     DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_bytes_(std::exchange(o.size_bytes_, 0)) {}
@@ -55,7 +61,13 @@ class PinnedBuffer {
 public:
     PinnedBuffer() = default;
     explicit PinnedBuffer(size_t size_bytes) : size_bytes_(size_bytes) {
-        if (size_bytes > 0) SLUICE_CUDA_CHECK(cudaHostAlloc(&data_, size_bytes, cudaHostAllocPortable));
+        if (size_bytes == 0) return;
+        const cudaError_t status = cudaHostAlloc(&data_, size_bytes, cudaHostAllocPortable);
+        if (status != cudaSuccess) {
+            data_ = nullptr;
+            size_bytes_ = 0;
+            throw_allocation_error(int(status), size_bytes, "cudaHostAlloc (pinned host memory)");
+        }
     }
     ~PinnedBuffer() {
         if (data_) cudaFreeHost(data_);
