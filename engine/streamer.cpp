@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <system_error>
 #include <thread>
 
 #include "core/error.hpp"
@@ -153,7 +154,14 @@ void Streamer::zero_buffers() {
         }
     };
     std::vector<std::thread> threads;
-    for (size_t t = 1; t < n_threads; ++t) threads.emplace_back(zero_share, t);
+    threads.reserve(n_threads);
+    for (size_t t = 1; t < n_threads; ++t) {
+        try {
+            threads.emplace_back(zero_share, t);
+        } catch (const std::system_error&) {
+            zero_share(t);  // the OS refused a helper thread: this share is done here instead
+        }
+    }
     zero_share(0);
     for (auto& th : threads) th.join();
 }

@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "../limited_child.hpp"
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
 #include "engine/deepseek_v3.hpp"
@@ -580,4 +581,23 @@ TEST_CASE("BackgroundSegmentIo refuses a read past its slots or its extents inst
         CHECK(internal_error_of([&] { io.register_buffers(regions); }).find("after the first read") != std::string::npos);
         for (uint64_t t : tickets) io.wait(t);
     }
+}
+
+TEST_CASE("BackgroundSegmentIo whose thread the OS refuses throws a typed error") {
+    if (!testing::address_space_caps_work) {
+        MESSAGE("sanitizer build: an address-space cap cannot work here; skipped");
+        return;
+    }
+    InstantSegmentIo inner;
+    // 1 MiB above what the child maps: no room for an 8 MiB thread stack.
+    const int code = testing::run_with_address_space_cap(1 << 20, [&] {
+        try {
+            BackgroundSegmentIo io(inner, 2);
+            return 2;
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::out_of_memory) return 3;
+            return std::string(e.what()).find("could not start the background I/O thread") != std::string::npos ? 0 : 4;
+        }
+    });
+    CHECK(code == 0);  // 123: std::system_error, untyped
 }

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../limited_child.hpp"
 #include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
 #include "io/pread_completion_source.hpp"
@@ -379,4 +380,48 @@ TEST_CASE("an unknown backend name or a request size that is not a block multipl
     const auto files = make_files(dir.path, {100}, 1);
     CHECK_THROWS_AS(SegmentReader(files, ReaderOptions{.request_bytes = 5000}), Error);
     CHECK_THROWS_AS(SegmentReader(files, ReaderOptions{.queue_depth = 0}), Error);
+}
+
+namespace {
+size_t open_descriptors() {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& entry : fs::directory_iterator("/proc/self/fd")) ++n;
+    return n;
+}
+}  // namespace
+
+TEST_CASE("pread threads the OS refuses end in a typed error naming the count, with no file left open") {
+    if (!testing::address_space_caps_work) {
+        MESSAGE("sanitizer build: an address-space cap cannot work here; skipped");
+        return;
+    }
+    TempDir dir;
+    const auto files = make_files(dir.path, {100000, 5000}, 4);
+    // 4096 threads need 32 GiB of stacks; the cap leaves room for a few dozen.
+    const int code = testing::run_with_address_space_cap(256 << 20, [&] {
+        try {
+            PreadCompletionSource source(4096, 4096);
+            return 2;
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::out_of_memory) return 3;
+            if (std::string(e.what()).find("could not start 4096 I/O threads") == std::string::npos) return 4;
+        }
+        // The reader opens its files before it starts the backend: they must close again.
+        const size_t before = open_descriptors();
+        try {
+            SegmentReader reader(files, ReaderOptions{.backend = Backend::pread, .queue_depth = 4096});
+            return 5;
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::out_of_memory) return 6;
+        }
+        if (open_descriptors() != before) return 7;
+        // Threads within the cap still start and read.
+        SegmentReader reader(files, ReaderOptions{.backend = Backend::pread, .queue_depth = 4});
+        AlignedBuffer buffer(1 << 20, 4096);
+        const std::vector<Extent> extents = {{0, 10, 90000}};
+        std::vector<const std::byte*> data(1);
+        reader.wait(reader.submit(extents, buffer.data(), buffer.size(), data.data()));
+        return std::memcmp(data[0], pread_reference(files.paths[0], 10, 90000).data(), 90000) == 0 ? 0 : 8;
+    });
+    CHECK(code == 0);  // 134: std::terminate on the joinable threads of the half-built pool
 }
