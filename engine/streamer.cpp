@@ -189,17 +189,21 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
     if (b.state == BufferState::reading) wait_for(b);  // cannot reuse memory a read still targets
     if (b.layer >= 0 && b.expert >= 0) expert_buffer_[size_t(b.layer)][size_t(b.expert)] = -1;
     if (b.predicted && b.layer > computing_layer_) ++current_.guesses_evicted;
+    // Empty until the read is under way: if the reader refuses it, no buffer claims to hold the
+    // segment (find() would hand out the previous segment's bytes under the new name).
+    b.layer = b.expert = -1;
+    b.state = BufferState::empty;
+    b.bound = false;
+    b.predicted = false;
     flatten(segment, extent_scratch_);
     b.extent_data.assign(extent_scratch_.size(), nullptr);
     const size_t need = io_.buffer_bytes_for(extent_scratch_);
     if (need > b.capacity)
         fail(ErrorKind::internal, "segment of layer {} needs {} bytes, buffer holds {}", layer, need, b.capacity);
-    b.layer = layer;
-    b.expert = expert;
-    b.bound = false;
-    b.predicted = false;
     b.submitted = Clock::now();
     b.ticket = io_.submit(extent_scratch_, b.memory.data(), b.capacity, b.extent_data.data());
+    b.layer = layer;
+    b.expert = expert;
     b.state = BufferState::reading;
     current_.bytes_read += segment.bytes();
     if (expert >= 0) {
@@ -396,6 +400,7 @@ void Streamer::prefetch_dense_after(int layer) {
 }
 
 void Streamer::begin_step(int64_t n_tokens) {
+    abandon_layer();  // a step an error cut short (its reads in flight land as usual)
     guesses_.clear();  // made from the previous step's hidden states
     // A scan: the distinct experts the step's routes are expected to touch (uniform routing) over
     // all MoE layers exceed the pool. Decoding 16 sequences on the 5-layer V3 model (~400 experts a
@@ -602,6 +607,12 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
 
 void Streamer::end_layer(int layer) {
     (void)layer;
+    abandon_layer();
+    issue_guesses();
+}
+
+// Lets go of the computing layer's buffers and of what it still needed.
+void Streamer::abandon_layer() {
     if (current_expert_) {
         --current_expert_->pins;
         current_expert_ = nullptr;
@@ -611,7 +622,8 @@ void Streamer::end_layer(int layer) {
         current_dense_ = nullptr;
     }
     needed_.clear();
-    issue_guesses();
+    handed_.clear();
+    deferred_.clear();
 }
 
 StepStats& StepStats::operator+=(const StepStats& s) {

@@ -98,6 +98,7 @@ private:
 
     void zero_buffers();
     void submit(Buffer& b, int layer, int expert, const Segment& segment);
+    void abandon_layer();
     void finish_read(Buffer& b);
     void wait_for(Buffer& b);
     void poll_all();

@@ -7,6 +7,8 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +16,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -326,6 +329,65 @@ TEST_CASE("an I/O error in the middle of a step ends the run with an error namin
     fs::remove_all(tmp);
 }
 
+namespace {
+// The reader, except that its n-th submit is refused (as a reader refuses an extent past the end
+// of its file, before queuing anything).
+class RefusingSegmentIo final : public SegmentIo {
+public:
+    RefusingSegmentIo(SegmentIo& inner, int refuse_submit) : inner_(inner), refuse_submit_(refuse_submit) {}
+    size_t buffer_bytes_for(std::span<const Extent> extents) const override { return inner_.buffer_bytes_for(extents); }
+    size_t buffer_alignment() const override { return inner_.buffer_alignment(); }
+    bool register_buffers(std::span<const std::span<std::byte>> buffers) override {
+        return inner_.register_buffers(buffers);
+    }
+    uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
+                    const std::byte** extent_data) override {
+        if (++submits_ == refuse_submit_) fail(ErrorKind::io, "refused read number {}", submits_);
+        return inner_.submit(extents, buffer, buffer_bytes, extent_data);
+    }
+    bool poll(uint64_t ticket) override { return inner_.poll(ticket); }
+    void wait(uint64_t ticket) override { inner_.wait(ticket); }
+    size_t wait_any(std::span<const uint64_t> tickets) override { return inner_.wait_any(tickets); }
+    int submits() const { return submits_; }
+
+private:
+    SegmentIo& inner_;
+    int refuse_submit_;
+    int submits_ = 0;
+};
+}  // namespace
+
+TEST_CASE("a read the reader refuses leaves no buffer claiming its segment: the next steps compute the same numbers") {
+    const std::string dir = fixture("hf_tiny_v3");
+    const auto prompt = prompt_of(dir);
+    const auto resident = load_model(dir);
+    const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 4);
+    const auto model = open_model(dir);
+    // Refuse each of the first reads in turn: dense segments (layers 0-2 through two buffers) and
+    // experts, into buffers empty or holding an earlier segment.
+    int refused = 0;
+    for (int refuse = 1; refuse <= 24; ++refuse) {
+        CAPTURE(refuse);
+        ReaderSegmentIo reader(model->source->files(), reader_options("auto"));
+        RefusingSegmentIo io(reader, refuse);
+        StreamerOptions so;
+        so.expert_buffers = 4;
+        so.speculate = false;
+        Streamer streamer(model->layout, model->plan, *model->source, io, so);
+        bool threw = false;
+        try {
+            run_logits(model->layout, streamer, prompt, 4);
+        } catch (const Error& e) {
+            threw = true;
+            CHECK(std::string(e.what()) == fmt::format("refused read number {}", refuse));
+        }
+        refused += threw;
+        // The same streamer, from a fresh sequence: the step the error cut short is abandoned.
+        CHECK(bit_identical(run_logits(model->layout, streamer, prompt, 4), reference));
+    }
+    CHECK(refused == 24);
+}
+
 TEST_CASE("speculative prefetch keeps predicting once the expert pool is warm, and some predictions hit") {
     const std::string dir = fixture("hf_tiny_v3");
     const auto prompt = prompt_of(dir);
@@ -589,15 +651,37 @@ TEST_CASE("BackgroundSegmentIo whose thread the OS refuses throws a typed error"
         return;
     }
     InstantSegmentIo inner;
-    // 1 MiB above what the child maps: no room for an 8 MiB thread stack.
-    const int code = testing::run_with_address_space_cap(1 << 20, [&] {
+    const int code = testing::run_with_address_space_cap(64 << 20, [&] {
+        // Threads that wait until told: started until the OS refuses one (glibc reuses the stacks
+        // of threads that ended, so a cap alone may leave room for one more).
+        std::mutex mutex;
+        std::condition_variable released;
+        bool release = false;
+        std::vector<std::thread> holders;
+        holders.reserve(4096);
+        try {
+            while (holders.size() < 4096)
+                holders.emplace_back([&] {
+                    std::unique_lock lock(mutex);
+                    released.wait(lock, [&] { return release; });
+                });
+        } catch (const std::system_error&) {
+        }
+        int result = 2;
         try {
             BackgroundSegmentIo io(inner, 2);
-            return 2;
         } catch (const Error& e) {
-            if (e.kind() != ErrorKind::out_of_memory) return 3;
-            return std::string(e.what()).find("could not start the background I/O thread") != std::string::npos ? 0 : 4;
+            result = e.kind() != ErrorKind::out_of_memory ? 3
+                     : std::string(e.what()).find("could not start the background I/O thread") != std::string::npos ? 0
+                                                                                                                  : 4;
         }
+        {
+            std::lock_guard lock(mutex);
+            release = true;
+        }
+        released.notify_all();
+        for (auto& t : holders) t.join();
+        return holders.size() < 4096 ? result : 5;
     });
     CHECK(code == 0);  // 123: std::system_error, untyped
 }
