@@ -28,6 +28,10 @@ const char* resident_mode_name(ResidentMode mode) {
     return "?";
 }
 
+int dense_buffer_count(int prefetch_layers, int n_layers) {
+    return std::clamp(prefetch_layers + 1, 1, std::max(n_layers, 1));
+}
+
 uint64_t mla_cache_bytes(const ModelLayout& d, int64_t context) {
     return uint64_t(context) * uint64_t(d.cache_width()) * 4 * uint64_t(d.n_layers);
 }
@@ -62,7 +66,7 @@ MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const Memor
         }
     }
     p.global_bytes += model.globals.bytes() + model.global_vectors.bytes();
-    p.dense_slots = std::max(req.dense_slots, 2);
+    p.dense_slots = dense_buffer_count(req.prefetch_layers, int(model.layers.size()));
     p.expert_slots = req.expert_slots > 0 ? req.expert_slots : 2 * std::max(d.router.top_k, 1);
     if (p.expert_slot_bytes == 0) p.expert_slots = 0;
     p.mla_cache_bytes = mla_cache_bytes(d, req.context);

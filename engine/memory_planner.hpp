@@ -20,7 +20,7 @@ struct MemoryRequest {
     int64_t context = 4096;          // positions of the MLA cache
     int64_t batch_tokens = 128;      // tokens per forward chunk
     int n_threads = 1;
-    int dense_slots = 2;             // staging slots for dense segments (>= 2: double buffering)
+    int prefetch_layers = 1;         // dense segments read ahead (dense_buffer_count slots)
     int expert_slots = 0;            // staging slots for experts; 0 = 2 x top_k
     ResidentMode resident = ResidentMode::automatic;
 };
@@ -42,6 +42,10 @@ struct MemoryPlan {
 
     std::string describe() const;
 };
+
+// Dense buffers the streamer holds to read `prefetch_layers` ahead: the layer computing and the
+// ones being read, never more than there are layers.
+int dense_buffer_count(int prefetch_layers, int n_layers);
 
 // Activation and cache bytes of DeepseekForward for these sizes (must match its allocations).
 uint64_t forward_activation_bytes(const ModelLayout& layout, int64_t batch_tokens, int64_t context, int n_threads);

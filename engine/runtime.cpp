@@ -88,11 +88,12 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     req.batch_tokens = options.batch_tokens;
     req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
     req.expert_slots = options.expert_buffers;
+    req.prefetch_layers = std::max(options.prefetch_layers, 0);
     req.resident = options.resident;
     if (req.resident == ResidentMode::automatic) {
         // Everything resident when it fits; else stream with what the budget allows.
         const MemoryPlan p = plan_memory(layout, rt->model->plan, MemoryRequest{0, req.context, req.batch_tokens,
-                                                                                 req.n_threads, 2, req.expert_slots,
+                                                                                 req.n_threads, req.prefetch_layers, req.expert_slots,
                                                                                  ResidentMode::all});
         if (p.total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
     }
@@ -123,8 +124,7 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     StreamerOptions so;
     // auto keeps the dense parts resident when the planner found room for them.
     so.resident = rt->memory.resident_dense_bytes > 0 ? ResidentMode::dense : ResidentMode::none;
-    so.dense_buffers = std::max(rt->memory.dense_slots, 2);
-    so.prefetch_layers = options.prefetch_layers;
+    so.prefetch_layers = req.prefetch_layers;
     so.speculate = options.speculate;
     int expert_buffers = rt->memory.expert_slots;
     if (rt->memory.expert_slot_bytes > 0)

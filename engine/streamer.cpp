@@ -84,7 +84,7 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
             flatten(l.dense, extent_scratch_);
             largest = std::max(largest, io_.buffer_bytes_for(extent_scratch_));
         }
-        dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
+        dense_pool_.resize(size_t(dense_buffer_count(options_.prefetch_layers, n_layers)));
         for (auto& b : dense_pool_) {
             b.memory.allocate(largest, buffer_alignment(), true, false);
             b.capacity = largest;
@@ -261,18 +261,22 @@ Streamer::Buffer* Streamer::find(std::vector<Buffer>& pool, int layer, int exper
     return nullptr;
 }
 
-// A dense buffer for `for_layer`: an empty one, else the unpinned one whose layer comes
-// furthest after it in the cycle (it will be needed last).
+// A dense buffer to read `for_layer` into: an empty one, else the unpinned one whose layer is next
+// needed furthest from now — and only if that comes after for_layer: evicting a layer that
+// computes before it would read that layer twice in one step (measured from the fetched layer, as
+// this once was, --prefetch 2 evicted the very next layer: 2.04 dense reads per layer per step).
 Streamer::Buffer* Streamer::acquire_dense(int for_layer) {
     const int n = int(plan_.layers.size());
+    const int now = computing_layer_ >= 0 ? computing_layer_ : for_layer;
+    const auto layers_until_needed = [&](int layer) { return ((layer - now) % n + n) % n; };
+    const int target = layers_until_needed(for_layer);
     Buffer* best = nullptr;
     int best_distance = -1;
     for (auto& b : dense_pool_) {
         if (b.pins > 0) continue;
         if (b.state == BufferState::empty) return &b;
-        const int distance = ((b.layer - for_layer) % n + n) % n;
-        // Never evict a layer we are about to need (within the prefetch window).
-        if (distance <= options_.prefetch_layers) continue;
+        const int distance = layers_until_needed(b.layer);
+        if (distance <= target) continue;
         if (distance > best_distance) {
             best_distance = distance;
             best = &b;
@@ -390,7 +394,7 @@ Streamer::Buffer* Streamer::acquire_expert_in_scan(int for_layer, bool for_predi
 void Streamer::prefetch_dense_after(int layer) {
     if (dense_resident_) return;
     const int n = int(plan_.layers.size());
-    for (int k = 1; k <= options_.prefetch_layers; ++k) {
+    for (int k = 1; k <= std::min(options_.prefetch_layers, n - 1); ++k) {
         const int next = (layer + k) % n;
         if (find(dense_pool_, next, -1)) continue;
         Buffer* b = acquire_dense(next);

@@ -25,8 +25,7 @@ namespace sluice {
 
 struct StreamerOptions {
     ResidentMode resident = ResidentMode::none;  // none | dense (all dense parts resident)
-    int dense_buffers = 2;        // >= 2: the layer computing + the one being read
-    int prefetch_layers = 1;      // dense segments read ahead of compute
+    int prefetch_layers = 1;      // dense segments read ahead of compute (dense_buffer_count buffers)
     int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k
     bool speculate = true;        // predict layer L+1's experts from the state entering it
     double score_decay = 0.9;     // per step, for the cache's frequency score

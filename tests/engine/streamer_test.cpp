@@ -116,6 +116,26 @@ std::vector<float> logits_in_steps(const ModelLayout& layout, WeightProvider& we
     return out;
 }
 
+// A synthetic model (tiny preset, 1 dense + 5 MoE layers of 16 experts, top 4), F32, written to a
+// temporary directory named after `what` (the caller removes it).
+std::filesystem::path six_layer_model(const char* what) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / fmt::format("sluice_{}_model_{}", what, ::getpid());
+    fs::remove_all(dir);
+    SynthOptions synth;
+    synth.config = synth_preset("tiny");
+    synth.config.n_layers = 6;
+    synth.config.first_k_dense_replace = 1;
+    synth.config.n_routed_experts = 16;
+    synth.config.num_experts_per_tok = 4;
+    synth.config.n_group = 1;
+    synth.config.topk_group = 1;
+    synth.output_dir = dir;
+    synth.weight_dtype = "F32";
+    write_synthetic_model(synth);
+    return dir;
+}
+
 }  // namespace
 
 TEST_CASE("streamed with --resident none and minimal buffers equals resident, bit for bit") {
@@ -138,7 +158,6 @@ TEST_CASE("streamed with --resident none and minimal buffers equals resident, bi
                 StreamerIo io(model->source->files(), backend, background);
                 StreamerOptions so;
                 so.resident = ResidentMode::none;
-                so.dense_buffers = 2;
                 so.expert_buffers = expert_buffers;
                 so.speculate = speculate;
                 Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
@@ -230,19 +249,7 @@ TEST_CASE("on five MoE layers, wide steps keep the later layers' experts for the
     // policy for narrow steps) found 24 of 80 in the pool at the second and third steps; evicting
     // in scan order (acquire_expert_in_scan) finds 32-40. Speculation off: its timing varies.
     namespace fs = std::filesystem;
-    const fs::path dir = fs::temp_directory_path() / fmt::format("sluice_scan_model_{}", ::getpid());
-    fs::remove_all(dir);
-    SynthOptions synth;
-    synth.config = synth_preset("tiny");
-    synth.config.n_layers = 6;
-    synth.config.first_k_dense_replace = 1;
-    synth.config.n_routed_experts = 16;
-    synth.config.num_experts_per_tok = 4;
-    synth.config.n_group = 1;
-    synth.config.topk_group = 1;
-    synth.output_dir = dir;
-    synth.weight_dtype = "F32";
-    write_synthetic_model(synth);
+    const fs::path dir = six_layer_model("scan");
     const auto resident = load_model(dir.string());
     const auto model = open_model(dir.string());
     const auto tokens = spread_tokens(210, model->layout.vocab);  // three steps of 70
@@ -261,6 +268,40 @@ TEST_CASE("on five MoE layers, wide steps keep the later layers' experts for the
         CAPTURE(s.to_json().dump());
         CHECK(s.experts_needed == 80);
         CHECK(s.cache_hits >= 28);
+    }
+    fs::remove_all(dir);
+}
+
+TEST_CASE("reading dense segments N layers ahead reads each layer once per step, at every depth") {
+    // With --prefetch N the streamer holds N + 1 dense buffers (the layer computing and the N being
+    // read) and never evicts a layer that computes before the one it fetches. Evicting by distance
+    // from the fetched layer instead read 2.04 dense segments per layer per step at depth 2, and
+    // at depth 5 ran out of buffers ("no dense buffer free").
+    namespace fs = std::filesystem;
+    const fs::path dir = six_layer_model("prefetch");
+    const auto resident = load_model(dir.string());
+    const auto model = open_model(dir.string());
+    const auto prompt = spread_tokens(8, model->layout.vocab);
+    const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 8);
+    const int n_layers = int(model->plan.layers.size());
+    for (int prefetch = 1; prefetch <= 5; ++prefetch) {
+        CAPTURE(prefetch);
+        StreamerIo io(model->source->files(), "auto", true);
+        StreamerOptions so;
+        so.resident = ResidentMode::none;
+        so.prefetch_layers = prefetch;
+        so.expert_buffers = 16;
+        so.speculate = false;
+        Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
+        CHECK(bit_identical(run_logits(model->layout, streamer, prompt, 8), reference));
+        const auto t = streamer.totals();
+        const int64_t steps = int64_t(streamer.steps().size());  // the prompt, then 6 decode steps
+        MESSAGE("prefetch " << prefetch << ": " << t.dense_reads << " dense reads in " << steps << " steps of "
+                            << n_layers << " layers");
+        // Each layer once per step, plus the next step's first layers read ahead at the end of the last.
+        CHECK(t.dense_reads <= n_layers * steps + prefetch);
+        // Enough buffers for every layer: each is read once and stays.
+        if (prefetch + 1 >= n_layers) CHECK(t.dense_reads == n_layers);
     }
     fs::remove_all(dir);
 }
@@ -426,7 +467,6 @@ TEST_CASE("with --resident none the routers stay resident, so speculation predic
         ReaderSegmentIo io(model->source->files(), reader_options("auto"));
         StreamerOptions so;
         so.resident = ResidentMode::none;
-        so.dense_buffers = 2;
         so.expert_buffers = 12;
         Streamer streamer(model->layout, model->plan, *model->source, io, so);
         CHECK(bit_identical(run_logits(model->layout, streamer, prompt, 1), reference));
