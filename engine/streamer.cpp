@@ -179,10 +179,15 @@ Streamer::~Streamer() {
             }
 }
 
-void Streamer::note_read_interval(Clock::time_point start, Clock::time_point end) {
-    const auto from = std::max(start, read_busy_until_);
-    if (end > from) current_.read_seconds += seconds(end - from);
-    read_busy_until_ = std::max(read_busy_until_, end);
+// read_seconds is the time with at least one read in flight: a count of reads between submit and
+// the moment the streamer sees them land. (Adding each read's [submit, land] interval past the
+// latest end seen so far under-counted reads that landed out of submit order.)
+void Streamer::read_started() {
+    if (reads_in_flight_++ == 0) busy_since_ = Clock::now();
+}
+
+void Streamer::read_landed() {
+    if (reads_in_flight_ > 0 && --reads_in_flight_ == 0) current_.read_seconds += seconds(Clock::now() - busy_since_);
 }
 
 void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) {
@@ -200,8 +205,8 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
     const size_t need = io_.buffer_bytes_for(extent_scratch_);
     if (need > b.capacity)
         fail(ErrorKind::internal, "segment of layer {} needs {} bytes, buffer holds {}", layer, need, b.capacity);
-    b.submitted = Clock::now();
     b.ticket = io_.submit(extent_scratch_, b.memory.data(), b.capacity, b.extent_data.data());
+    read_started();
     b.layer = layer;
     b.expert = expert;
     b.state = BufferState::reading;
@@ -216,7 +221,7 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
 
 void Streamer::finish_read(Buffer& b) {
     b.state = BufferState::ready;
-    note_read_interval(b.submitted, Clock::now());
+    read_landed();
 }
 
 void Streamer::wait_for(Buffer& b) {
@@ -417,13 +422,18 @@ void Streamer::begin_step(int64_t n_tokens) {
     current_.n_tokens = n_tokens;
     current_.step = step_index_;
     step_start_ = Clock::now();
-    read_busy_until_ = step_start_;
+    busy_since_ = step_start_;  // reads still in flight from the previous step count from here
 }
 
 void Streamer::end_step() {
     computing_layer_ = -1;
     poll_all();
-    current_.step_seconds = seconds(Clock::now() - step_start_);
+    const auto now = Clock::now();
+    if (reads_in_flight_ > 0) {  // the rest of their time belongs to the next step
+        current_.read_seconds += seconds(now - busy_since_);
+        busy_since_ = now;
+    }
+    current_.step_seconds = seconds(now - step_start_);
     current_.compute_seconds = std::max(0.0, current_.step_seconds - current_.wait_seconds);
     steps_.push_back(current_);
     ++step_index_;

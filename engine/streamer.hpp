@@ -89,7 +89,6 @@ private:
         std::vector<const std::byte*> extent_data;  // per flattened extent
         int pins = 0;
         bool predicted = false;                  // read on a prediction, not yet used
-        std::chrono::steady_clock::time_point submitted;
         LayerWeights dense;                      // views, when expert == -1 and bound
         ExpertWeights expert_weights;            // views, when expert >= 0 and bound
         bool bound = false;
@@ -118,7 +117,8 @@ private:
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);
     void issue_guesses();
-    void note_read_interval(std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point end);
+    void read_started();
+    void read_landed();
 
     ModelLayout layout_;
     const ModelPlan& plan_;
@@ -159,8 +159,9 @@ private:
     bool scan_step_ = false;                   // this step needs more experts than the pool holds
     int64_t n_moe_layers_ = 0;
     std::chrono::steady_clock::time_point step_start_;
-    // Union of read intervals inside the step.
-    std::chrono::steady_clock::time_point read_busy_until_{};
+    // Time with a read in flight: reads submitted and not yet seen landed, since when.
+    int reads_in_flight_ = 0;
+    std::chrono::steady_clock::time_point busy_since_{};
     uint64_t allocated_bytes_ = 0;
     std::vector<void*> pinned_;                // buffers page-locked for a CUDA device
 };

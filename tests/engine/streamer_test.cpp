@@ -306,34 +306,149 @@ TEST_CASE("reading dense segments N layers ahead reads each layer once per step,
     fs::remove_all(dir);
 }
 
-TEST_CASE("with the reader throttled, step time tracks the read time and waiting is reported") {
-    // The tiny model computes in well under a millisecond per step while a throttled reader
-    // needs tens of milliseconds: the step is read-bound, so it should take about the read
-    // time (overlap efficiency near 1), and the compute must be seen waiting.
+namespace {
+
+// Between the streamer and its reader: which reads are outstanding (submitted, not yet handed
+// back), their bytes, and how long the streamer spent blocked inside wait / wait_any.
+class RecordingSegmentIo final : public SegmentIo {
+public:
+    explicit RecordingSegmentIo(SegmentIo& inner) : inner_(inner) {}
+    size_t buffer_bytes_for(std::span<const Extent> extents) const override { return inner_.buffer_bytes_for(extents); }
+    size_t buffer_alignment() const override { return inner_.buffer_alignment(); }
+    bool register_buffers(std::span<const std::span<std::byte>> buffers) override {
+        return inner_.register_buffers(buffers);
+    }
+    uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
+                    const std::byte** extent_data) override {
+        const uint64_t ticket = inner_.submit(extents, buffer, buffer_bytes, extent_data);
+        uint64_t bytes = 0;
+        for (const auto& e : extents) bytes += e.length;
+        outstanding_.push_back({ticket, extents.front(), bytes});
+        bytes_submitted += bytes;
+        return ticket;
+    }
+    bool poll(uint64_t ticket) override {
+        if (!inner_.poll(ticket)) return false;
+        handed_back(ticket);
+        return true;
+    }
+    void wait(uint64_t ticket) override {
+        const auto t0 = std::chrono::steady_clock::now();
+        inner_.wait(ticket);
+        blocked_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ++blocking_waits;
+        handed_back(ticket);
+    }
+    size_t wait_any(std::span<const uint64_t> tickets) override {
+        const auto t0 = std::chrono::steady_clock::now();
+        const size_t which = inner_.wait_any(tickets);
+        blocked_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ++blocking_waits;
+        handed_back(tickets[which]);
+        return which;
+    }
+    // Whether a read whose first extent is `first` is outstanding.
+    bool outstanding(const Extent& first) const {
+        for (const auto& r : outstanding_)
+            if (r.first.file_index == first.file_index && r.first.offset == first.offset) return true;
+        return false;
+    }
+
+    uint64_t bytes_submitted = 0, bytes_handed_back = 0;
+    double blocked_seconds = 0;
+    int blocking_waits = 0;
+
+private:
+    struct Read {
+        uint64_t ticket;
+        Extent first;
+        uint64_t bytes;
+    };
+    void handed_back(uint64_t ticket) {
+        for (size_t i = 0; i < outstanding_.size(); ++i)
+            if (outstanding_[i].ticket == ticket) {
+                bytes_handed_back += outstanding_[i].bytes;
+                outstanding_.erase(outstanding_.begin() + ptrdiff_t(i));
+                return;
+            }
+    }
+    SegmentIo& inner_;
+    std::vector<Read> outstanding_;
+};
+
+// The streamer as the forward pass sees it, noting at each begin_layer whether the next layer's
+// dense read is in flight while this layer computes.
+class OverlapProbe final : public WeightProvider {
+public:
+    OverlapProbe(Streamer& streamer, const RecordingSegmentIo& io, const ModelPlan& plan)
+        : streamer_(streamer), io_(io), plan_(plan) {}
+    const ModelWeights& globals() override { return streamer_.globals(); }
+    const LayerWeights& begin_layer(int layer) override {
+        const LayerWeights& w = streamer_.begin_layer(layer);
+        const int next = (layer + 1) % int(plan_.layers.size());
+        ++layers;
+        layers_computing_while_next_read += io_.outstanding(plan_.layers[size_t(next)].dense.tensors.front().extent);
+        return w;
+    }
+    void need_experts(int layer, std::span<const int32_t> experts) override { streamer_.need_experts(layer, experts); }
+    int32_t next_expert(int layer, const ExpertWeights** weights) override { return streamer_.next_expert(layer, weights); }
+    void end_layer(int layer) override { streamer_.end_layer(layer); }
+    void begin_step(int64_t n_tokens) override { streamer_.begin_step(n_tokens); }
+    void end_step() override { streamer_.end_step(); }
+    const LayerWeights* peek_layer(int layer) override { return streamer_.peek_layer(layer); }
+    void predict_experts(int layer, std::span<const int32_t> experts) override { streamer_.predict_experts(layer, experts); }
+    bool wants_predictions() const override { return streamer_.wants_predictions(); }
+
+    int layers = 0;
+    int layers_computing_while_next_read = 0;
+
+private:
+    Streamer& streamer_;
+    const RecordingSegmentIo& io_;
+    const ModelPlan& plan_;
+};
+
+}  // namespace
+
+TEST_CASE("with the reader throttled, the next layer's read is in flight while each layer computes, and time is accounted") {
+    // No ratio of wall times (under TSan on two busy cores an overlap of 0.89 against 0.9 failed
+    // 6 runs in 10): what is checked holds whatever the speed of the machine. The throttle makes
+    // every read take at least bytes / rate after the one before it.
     const std::string dir = fixture("hf_tiny_v3");
     const auto model = open_model(dir);
     const double rate = 20e6;  // bytes per second
     ReaderSegmentIo reader(model->source->files(), reader_options("auto"));
-    RateCappedSegmentIo io(reader, rate);
+    RateCappedSegmentIo throttled(reader, rate);
+    RecordingSegmentIo io(throttled);
     StreamerOptions so;
     so.expert_buffers = 8;
     so.speculate = false;
     Streamer streamer(model->layout, model->plan, *model->source, io, so);
+    OverlapProbe probe(streamer, io, model->plan);
     ThreadPool pool(1);
     ForwardOptions options;
     options.max_context = 64;
-    DeepseekForward forward(model->layout, streamer, options, pool);
+    DeepseekForward forward(model->layout, probe, options, pool);
     std::vector<float> logits(static_cast<size_t>(model->layout.vocab));
     const auto prompt = prompt_of(dir);
-    forward.forward(prompt, false, logits.data());
+    forward.forward(prompt, false, logits.data());  // one step
+    REQUIRE(streamer.steps().size() == 1);
     const auto& s = streamer.steps().back();
     CAPTURE(s.to_json().dump());
-    CHECK(s.bytes_read > 0);
-    const double read_time_at_rate = double(s.bytes_read) / rate;
-    CHECK(s.read_seconds >= 0.9 * read_time_at_rate);
-    CHECK(s.wait_seconds > 0.5 * s.step_seconds);
-    CHECK(s.step_seconds <= 1.1 * std::max(s.read_seconds, s.compute_seconds));
-    CHECK(s.overlap_efficiency() >= 0.9);
+    // Every layer computed with the next one's dense segment being read (the last layer with the
+    // next step's first).
+    CHECK(probe.layers == int(model->plan.layers.size()));
+    CHECK(probe.layers_computing_while_next_read == probe.layers);
+    // The bytes the streamer reports are the bytes it asked for.
+    CHECK(s.bytes_read == io.bytes_submitted);
+    // Reads in flight for at least the throttle's time for every read that landed in the step.
+    CHECK(s.read_seconds >= double(io.bytes_handed_back) / rate * (1 - 1e-9));
+    // Every moment blocked in the reader is reported as waiting.
+    CHECK(s.wait_seconds >= io.blocked_seconds * (1 - 1e-9));
+    CHECK(s.step_seconds >= s.wait_seconds);
+    MESSAGE("read " << s.read_seconds << " s (throttle " << double(io.bytes_handed_back) / rate << " s), waited "
+                    << s.wait_seconds << " s in " << io.blocking_waits << " blocking waits, step " << s.step_seconds
+                    << " s, overlap " << s.overlap_efficiency());
 }
 
 TEST_CASE("an I/O error in the middle of a step ends the run with an error naming the file and offset") {
