@@ -39,77 +39,144 @@ const char* attention_form_name(AttentionForm form) {
     return "?";
 }
 
+int64_t DeepseekForward::decompress_block_for(const ForwardOptions& o) {
+    return std::min(o.shape.positions, o.decompress_block > 0 ? o.decompress_block : kDecompressBlockPositions);
+}
+
+int64_t DeepseekForward::widest_matrix_cols(const ModelLayout& d) {
+    return max_of({d.hidden, d.q_lora, d.kv_rank, d.nope, d.n_heads * d.v_dim, d.dense_inter, d.moe_inter,
+                   d.n_shared * d.moe_inter});
+}
+
+template <typename Visit>
+void DeepseekForward::each_buffer(const ModelLayout& d, const ForwardOptions& o, int n_threads, Visit&& visit) {
+    const int64_t n = o.shape.step_tokens;
+    // Activations, [step_tokens, width] each.
+    visit(&DeepseekForward::x_, n * d.hidden);
+    visit(&DeepseekForward::normed_, n * d.hidden);
+    visit(&DeepseekForward::q_compressed_, n * std::max<int64_t>(d.q_lora, 1));
+    visit(&DeepseekForward::q_, n * d.n_heads * d.qk_head);
+    visit(&DeepseekForward::kv_compressed_, n * d.cache_width());
+    visit(&DeepseekForward::q_latent_, n * d.n_heads * d.kv_rank);
+    visit(&DeepseekForward::q_rope_, n * d.n_heads * d.rope_dim);
+    visit(&DeepseekForward::attn_latent_, n * d.n_heads * d.kv_rank);
+    visit(&DeepseekForward::attn_heads_, n * d.n_heads * d.v_dim);
+    visit(&DeepseekForward::branch_out_, n * d.hidden);
+    visit(&DeepseekForward::router_logits_, n * std::max<int64_t>(d.n_experts, 1));
+    const int64_t widest = max_of({d.dense_inter, d.moe_inter, d.n_shared * d.moe_inter, 1});
+    visit(&DeepseekForward::expert_in_, n * d.hidden);
+    visit(&DeepseekForward::expert_gate_, n * widest);
+    visit(&DeepseekForward::expert_up_, n * widest);
+    // Routed expert outputs are kept per (token, expert) pair and summed in a fixed order, so
+    // the result does not depend on the order in which experts arrive from disk.
+    const int64_t k = std::max(d.router.top_k, 1);
+    visit(&DeepseekForward::expert_out_, n * k * d.hidden);
+    const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
+    visit(&DeepseekForward::row_scratch_, int64_t(n_threads) * row_scratch_floats(d));
+    visit(&DeepseekForward::attention_scratch_, cpu::attention_scratch_floats(shape, o.shape.positions, n_threads));
+    const int64_t block = decompress_block_for(o);
+    visit(&DeepseekForward::kv_block_, block * d.n_heads * (d.nope + d.v_dim));
+    if (d.split_kv_b) visit(&DeepseekForward::w_uk_, d.n_heads * d.nope * d.kv_rank);
+    visit(&DeepseekForward::running_max_, n * d.n_heads);
+    visit(&DeepseekForward::running_sum_, n * d.n_heads);
+    visit(&DeepseekForward::decompressed_scratch_,
+          cpu::decompressed_attention_scratch_floats(decompressed_shape(d), block, n_threads));
+    // Routing bookkeeping (resize: indexed; reserve: appended to in a step).
+    visit(&DeepseekForward::expert_ids_, n * k, false);
+    visit(&DeepseekForward::expert_weights_, n * k, false);
+    visit(&DeepseekForward::expert_count_, d.n_experts, false);
+    visit(&DeepseekForward::predicted_mark_, d.n_experts, false);
+    visit(&DeepseekForward::needed_experts_, d.n_experts, true);
+    visit(&DeepseekForward::predicted_experts_, d.n_experts, true);
+    visit(&DeepseekForward::expert_begin_, d.n_experts + 1, false);
+    visit(&DeepseekForward::routed_token_, n * k, false);
+    visit(&DeepseekForward::routed_weight_, n * k, false);
+    visit(&DeepseekForward::n_visible_, n, false);
+    visit(&DeepseekForward::positions_, n, false);
+    visit(&DeepseekForward::step_tokens_, n, false);
+    visit(&DeepseekForward::step_sequence_, n, false);
+    visit(&DeepseekForward::groups_, n, true);
+    visit(&DeepseekForward::logit_rows_, n, true);
+    // Latent cache per (sequence, layer): normalised latent [positions, kv_rank] and roped key
+    // [positions, rope]; index sequence * n_layers + layer.
+    const int64_t n_caches = int64_t(o.shape.n_sequences) * d.n_layers;
+    visit(&DeepseekForward::cache_latent_, n_caches, o.shape.positions * d.kv_rank);
+    visit(&DeepseekForward::cache_rope_, n_caches, o.shape.positions * d.rope_dim);
+}
+
+namespace {
+
+size_t float_bytes(int64_t floats) { return size_t(std::max<int64_t>(floats, 1)) * sizeof(float); }
+
+// each_buffer's visitors: one adds up what a forward would hold, the other allocates it.
+struct CountBuffers {
+    DeepseekForward::Bytes bytes;
+    void operator()(AlignedBuffer DeepseekForward::*, int64_t floats) {
+        bytes.activations += AlignedBuffer::held_bytes(float_bytes(floats));
+    }
+    template <typename T> void operator()(std::vector<T> DeepseekForward::*, int64_t count, bool) {
+        bytes.activations += uint64_t(std::max<int64_t>(count, 0)) * sizeof(T);
+    }
+    void operator()(std::vector<AlignedBuffer> DeepseekForward::*, int64_t n, int64_t floats) {
+        bytes.mla_cache += uint64_t(n) * AlignedBuffer::held_bytes(float_bytes(floats));
+    }
+};
+
+struct AllocateBuffers {
+    DeepseekForward& f;
+    int64_t& allocated;
+    void operator()(AlignedBuffer DeepseekForward::*member, int64_t floats) {
+        (f.*member).allocate(float_bytes(floats));
+        allocated += int64_t((f.*member).held());
+    }
+    template <typename T> void operator()(std::vector<T> DeepseekForward::*member, int64_t count, bool reserve_only) {
+        auto& v = f.*member;
+        v.reserve(size_t(count));  // exactly that: resize alone may take more
+        if (!reserve_only) v.resize(size_t(count));
+        allocated += int64_t(v.capacity() * sizeof(T));
+    }
+    void operator()(std::vector<AlignedBuffer> DeepseekForward::*member, int64_t n, int64_t floats) {
+        auto& caches = f.*member;
+        caches.resize(size_t(n));
+        for (auto& c : caches) {
+            c.allocate(float_bytes(floats));
+            allocated += int64_t(c.held());
+        }
+    }
+};
+
+}  // namespace
+
+DeepseekForward::Bytes DeepseekForward::bytes_for(const ModelLayout& d, const ForwardOptions& o, int n_threads) {
+    CountBuffers count;
+    each_buffer(d, o, n_threads, count);
+    count.bytes.kernel_scratch =
+        std::max(cpu::gemm_scratch_bytes(o.shape.step_tokens, widest_matrix_cols(d), n_threads),
+                 cpu::gemm_scratch_bytes(decompress_block_for(o), d.kv_rank, n_threads));
+    return count.bytes;
+}
+
 DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options,
                                  ThreadPool& pool)
     : layout_(layout), weights_(weights), options_(options), pool_(pool) {
     const auto& d = layout_;
-    const int64_t n = options_.max_batch_tokens;
-    if (n <= 0 || options_.max_context <= 0) fail(ErrorKind::invalid_input, "batch and context sizes must be positive");
-    auto alloc = [&](AlignedBuffer& b, int64_t floats) {
-        b.allocate(size_t(std::max<int64_t>(floats, 1)) * sizeof(float));
-        allocated_bytes_ += int64_t(b.size());
-    };
-    alloc(x_, n * d.hidden);
-    alloc(normed_, n * d.hidden);
-    alloc(q_compressed_, n * std::max<int64_t>(d.q_lora, 1));
-    alloc(q_, n * d.n_heads * d.qk_head);
-    alloc(kv_compressed_, n * d.cache_width());
-    alloc(q_latent_, n * d.n_heads * d.kv_rank);
-    alloc(q_rope_, n * d.n_heads * d.rope_dim);
-    alloc(attn_latent_, n * d.n_heads * d.kv_rank);
-    alloc(attn_heads_, n * d.n_heads * d.v_dim);
-    alloc(branch_out_, n * d.hidden);
-    alloc(router_logits_, n * std::max<int64_t>(d.n_experts, 1));
-    const int64_t widest = max_of({d.dense_inter, d.moe_inter, d.n_shared * d.moe_inter, 1});
-    alloc(expert_in_, n * d.hidden);
-    alloc(expert_gate_, n * widest);
-    alloc(expert_up_, n * widest);
-    // Routed expert outputs are kept per (token, expert) pair and summed in a fixed order, so
-    // the result does not depend on the order in which experts arrive from disk.
-    alloc(expert_out_, n * std::max(d.router.top_k, 1) * d.hidden);
-    const cpu::AttentionShape shape{int(d.n_heads), int(d.kv_rank), int(d.rope_dim), d.softmax_scale};
+    const RunShape& shape = options_.shape;
+    if (shape.step_tokens <= 0 || shape.positions <= 0)
+        fail(ErrorKind::invalid_input, "step tokens and positions must be positive");
+    if (shape.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
+    each_buffer(d, options_, pool_.size(), AllocateBuffers{*this, allocated_bytes_});
     row_scratch_floats_ = row_scratch_floats(d);
-    alloc(row_scratch_, int64_t(pool_.size()) * row_scratch_floats_);
-    alloc(attention_scratch_, cpu::attention_scratch_floats(shape, options_.max_context, pool_.size()));
-    decompress_block_ = std::min(options_.max_context, options_.decompress_block > 0 ? options_.decompress_block
-                                                                                   : kDecompressBlockPositions);
-    alloc(kv_block_, decompress_block_ * d.n_heads * (d.nope + d.v_dim));
-    if (d.split_kv_b) alloc(w_uk_, d.n_heads * d.nope * d.kv_rank);
-    alloc(running_max_, n * d.n_heads);
-    alloc(running_sum_, n * d.n_heads);
-    alloc(decompressed_scratch_,
-          cpu::decompressed_attention_scratch_floats(decompressed_shape(d), decompress_block_, pool_.size()));
-    const int k = std::max(d.router.top_k, 1);
-    expert_ids_.resize(size_t(n * k));
-    expert_weights_.resize(size_t(n * k));
-    expert_count_.resize(size_t(d.n_experts));
-    predicted_mark_.resize(size_t(d.n_experts));
-    needed_experts_.reserve(size_t(d.n_experts));
-    predicted_experts_.reserve(size_t(d.n_experts));
-    expert_begin_.resize(size_t(d.n_experts + 1));
-    routed_token_.resize(size_t(n * k));
-    routed_weight_.resize(size_t(n * k));
-    n_visible_.resize(size_t(n));
-    positions_.resize(size_t(n));
-    step_tokens_.resize(size_t(n));
-    step_sequence_.resize(size_t(n));
-    groups_.reserve(size_t(n));
-    logit_rows_.reserve(size_t(n));
-    if (options_.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
-    n_past_.assign(size_t(options_.n_sequences), 0);
-    const size_t n_caches = size_t(options_.n_sequences) * size_t(d.n_layers);
-    cache_latent_.resize(n_caches);
-    cache_rope_.resize(n_caches);
-    for (size_t c = 0; c < n_caches; ++c) {
-        alloc(cache_latent_[c], options_.max_context * d.kv_rank);
-        alloc(cache_rope_[c], options_.max_context * d.rope_dim);
-    }
+    decompress_block_ = decompress_block_for(options_);
+    // The kernels' own scratch, for the largest calls of a step, before the first one.
+    cpu::reserve_gemm_scratch(shape.step_tokens, widest_matrix_cols(d), pool_);
+    cpu::reserve_gemm_scratch(decompress_block_, d.kv_rank, pool_);
+    n_past_.assign(size_t(shape.n_sequences), 0);
     rope_freq_ = cpu::yarn_frequencies(d.rope);
 }
 
 void DeepseekForward::truncate(int64_t n, int sequence) {
-    if (sequence < 0 || sequence >= options_.n_sequences)
-        fail(ErrorKind::internal, "sequence {} of {}", sequence, options_.n_sequences);
+    if (sequence < 0 || sequence >= options_.shape.n_sequences)
+        fail(ErrorKind::internal, "sequence {} of {}", sequence, options_.shape.n_sequences);
     if (n < 0 || n > n_past_[size_t(sequence)])
         fail(ErrorKind::internal, "truncate to {} with {} positions cached", n, n_past_[size_t(sequence)]);
     n_past_[size_t(sequence)] = n;
@@ -117,8 +184,8 @@ void DeepseekForward::truncate(int64_t n, int sequence) {
 
 void DeepseekForward::forward(std::span<const int32_t> tokens, bool all_logits, float* logits) {
     const int64_t n = int64_t(tokens.size());
-    for (int64_t begin = 0; begin < n; begin += options_.max_batch_tokens) {
-        const int64_t count = std::min(options_.max_batch_tokens, n - begin);
+    for (int64_t begin = 0; begin < n; begin += options_.shape.step_tokens) {
+        const int64_t count = std::min(options_.shape.step_tokens, n - begin);
         const bool last_chunk = begin + count == n;
         const SequenceTokens entry{0, tokens.subspan(size_t(begin), size_t(count)), all_logits};
         if (all_logits) forward_batch({&entry, 1}, logits + begin * layout_.vocab);
@@ -132,14 +199,14 @@ void DeepseekForward::forward_batch(std::span<const SequenceTokens> batch, float
     logit_rows_.clear();
     for (const auto& entry : batch) {
         const int64_t count = int64_t(entry.tokens.size());
-        if (entry.sequence < 0 || entry.sequence >= options_.n_sequences)
-            fail(ErrorKind::invalid_input, "sequence {} is outside [0, {})", entry.sequence, options_.n_sequences);
+        if (entry.sequence < 0 || entry.sequence >= options_.shape.n_sequences)
+            fail(ErrorKind::invalid_input, "sequence {} is outside [0, {})", entry.sequence, options_.shape.n_sequences);
         const int64_t past = n_past_[size_t(entry.sequence)];
-        if (past + count > options_.max_context)
+        if (past + count > options_.shape.positions)
             fail(ErrorKind::invalid_input, "context full: {} cached + {} new positions exceed the context of {}", past,
-                 count, options_.max_context);
-        if (n + count > options_.max_batch_tokens)
-            fail(ErrorKind::invalid_input, "a step of more than {} tokens", options_.max_batch_tokens);
+                 count, options_.shape.positions);
+        if (n + count > options_.shape.step_tokens)
+            fail(ErrorKind::invalid_input, "a step of more than {} tokens", options_.shape.step_tokens);
         for (const auto& g : groups_)
             if (g.sequence == entry.sequence)
                 fail(ErrorKind::invalid_input, "sequence {} appears twice in one step", entry.sequence);

@@ -24,10 +24,22 @@ enum class AttentionForm { automatic, absorbed, decompressed };
 AttentionForm parse_attention_form(const std::string& text);  // "auto" | "absorbed" | "decompressed"
 const char* attention_form_name(AttentionForm form);
 
+// What a forward pass is sized for. The memory planner plans from it and DeepseekForward allocates
+// from it, through the same list of buffers (DeepseekForward::bytes_for), so the plan is the
+// allocation. A scheduler holding up to N sequences of up to C positions, running up to T tokens
+// per step, plans and runs RunShape{N, C, T}; a program that runs several forwards one after
+// another (bench) plans each of their shapes, and the planner holds the largest.
+struct RunShape {
+    int n_sequences = 1;         // sequences held at once, each with its own latent cache
+    int64_t positions = 4096;    // most positions one sequence's latent cache holds
+    int64_t step_tokens = 128;   // most tokens in one step, over all its sequences (prefill is split into steps)
+    int64_t logit_rows = 0;      // rows of [rows, vocab] f32 logits the caller holds; 0: one per sequence
+
+    int64_t logits_held() const { return logit_rows > 0 ? logit_rows : n_sequences; }
+};
+
 struct ForwardOptions {
-    int64_t max_context = 4096;       // positions the latent cache holds, per sequence
-    int64_t max_batch_tokens = 128;   // tokens per step (prefill is split into steps)
-    int n_sequences = 1;              // independent sequences, each with its own latent cache
+    RunShape shape;
     AttentionForm attention = AttentionForm::automatic;
     int64_t decompress_block = 0;     // positions the decompressed form expands at a time; 0: default
 };
@@ -51,11 +63,20 @@ public:
 
     DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, ThreadPool& pool);
 
+    // The bytes a forward with these options allocates, and the matmul scratch it reserves on
+    // its threads, with a pool of n_threads: the planner's figures.
+    struct Bytes {
+        uint64_t mla_cache = 0;      // latent cache, all sequences and layers
+        uint64_t activations = 0;    // step buffers and the routing bookkeeping
+        uint64_t kernel_scratch = 0; // per-thread matmul scratch: kept by the threads after the forward, grown only
+    };
+    static Bytes bytes_for(const ModelLayout& layout, const ForwardOptions& options, int n_threads);
+
     // Runs `tokens` at the next positions of sequence 0, appending to its latent cache.
     // Writes logits [tokens.size(), vocab] when all_logits, else [1, vocab] for the last token.
     void forward(std::span<const int32_t> tokens, bool all_logits, float* logits);
 
-    // One step over several sequences (at most max_batch_tokens tokens in all): every
+    // One step over several sequences (at most shape().step_tokens tokens in all): every
     // sequence's tokens share the weights read for the step. Logits rows are written in batch
     // order: all positions of entries with all_logits, the last position of the others.
     void forward_batch(std::span<const SequenceTokens> batch, float* logits);
@@ -65,10 +86,19 @@ public:
     void truncate(int64_t n, int sequence = 0);
 
     const ModelLayout& layout() const { return layout_; }
-    // Bytes this object allocated (activations + latent cache), for the memory report.
+    const RunShape& shape() const { return options_.shape; }
+    // Bytes this object holds (activations + latent cache), summed from what was allocated.
     int64_t allocated_bytes() const { return allocated_bytes_; }
 
 private:
+    // Calls visit(member, count) for every buffer of a forward with these options, in one list
+    // that the constructor allocates from and bytes_for adds up.
+    template <typename Visit>
+    static void each_buffer(const ModelLayout& d, const ForwardOptions& o, int n_threads, Visit&& visit);
+    static int64_t decompress_block_for(const ForwardOptions& o);
+    // The most columns of any matrix the pass multiplies (kernel scratch is sized by it).
+    static int64_t widest_matrix_cols(const ModelLayout& d);
+
     void run_step(int64_t n, float* logits);
     void attention(const LayerWeights& w, int layer, int64_t n);
     // The attention of one sequence's tokens (a group of the step) in the two forms of MLA, writing
@@ -86,7 +116,7 @@ private:
     ThreadPool& pool_;
     std::vector<int64_t> n_past_;         // [n_sequences]
 
-    // Activations, [max_batch_tokens, width] each, allocated once.
+    // Activations, [step_tokens, width] each, allocated once.
     AlignedBuffer x_, normed_, q_compressed_, q_, kv_compressed_, q_latent_, q_rope_, attn_latent_, attn_heads_,
         branch_out_, router_logits_, expert_in_, expert_gate_, expert_up_, expert_out_, attention_scratch_,
         row_scratch_,  // per thread: a kv_rank row (transposed absorb product) or rows being turned round
@@ -95,24 +125,24 @@ private:
         running_max_, running_sum_, decompressed_scratch_;  // the decompressed form's online softmax
     int64_t decompress_block_ = 0;         // positions expanded at a time
     int64_t row_scratch_floats_ = 0;       // per thread in row_scratch_
-    std::vector<int> expert_ids_;          // [max_batch_tokens, top_k]
-    std::vector<float> expert_weights_;    // [max_batch_tokens, top_k]
+    std::vector<int> expert_ids_;          // [step_tokens, top_k]
+    std::vector<float> expert_weights_;    // [step_tokens, top_k]
     std::vector<int32_t> expert_count_;    // [n_experts]
     std::vector<int32_t> expert_begin_;    // [n_experts + 1]
-    std::vector<int32_t> routed_token_;    // [max_batch_tokens * top_k], grouped by expert
+    std::vector<int32_t> routed_token_;    // [step_tokens * top_k], grouped by expert
     std::vector<float> routed_weight_;
     std::vector<int32_t> needed_experts_;  // ascending ids routed to in this step
     std::vector<int32_t> predicted_experts_;
     std::vector<uint8_t> predicted_mark_;  // [n_experts]
-    std::vector<int64_t> n_visible_;       // [max_batch_tokens]
-    std::vector<int64_t> positions_;       // [max_batch_tokens]
-    std::vector<int32_t> step_tokens_;     // [max_batch_tokens]
-    std::vector<int32_t> step_sequence_;   // [max_batch_tokens]
+    std::vector<int64_t> n_visible_;       // [step_tokens]
+    std::vector<int64_t> positions_;       // [step_tokens]
+    std::vector<int32_t> step_tokens_;     // [step_tokens]
+    std::vector<int32_t> step_sequence_;   // [step_tokens]
     struct Group { int sequence; int64_t begin, count; };
     std::vector<Group> groups_;            // consecutive tokens of one sequence in this step
     std::vector<int64_t> logit_rows_;      // rows of this step whose logits are wanted
-    // Latent cache per (sequence, layer): normalised latent [max_context, kv_rank] and roped
-    // key [max_context, rope]; index sequence * n_layers + layer.
+    // Latent cache per (sequence, layer): normalised latent [positions, kv_rank] and roped
+    // key [positions, rope]; index sequence * n_layers + layer.
     std::vector<AlignedBuffer> cache_latent_, cache_rope_;
     std::vector<float> rope_freq_;
     int64_t allocated_bytes_ = 0;

@@ -36,20 +36,26 @@ uint64_t parse_byte_size(const std::string& text) {
     return uint64_t(value * scale);
 }
 
-uint64_t available_ram_bytes() {
-    std::ifstream in("/proc/meminfo");
+uint64_t peak_resident_bytes() {
+    std::ifstream in("/proc/self/status");
     std::string key;
-    uint64_t kib = 0;
-    std::string unit;
-    while (in >> key >> kib >> unit)
-        if (key == "MemAvailable:") return kib * 1024;
+    while (in >> key) {
+        uint64_t kib = 0;
+        if (key == "VmHWM:" && in >> kib) return kib * 1024;
+        std::getline(in, key);
+    }
     return 0;
+}
+
+uint64_t Runtime::weights_allocated_bytes() const {
+    if (streamer) return streamer->allocated_bytes();
+    return uint64_t(resident.resident_bytes);
 }
 
 void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
     c.add_option_function<std::string>(
          "--ram", [&o](const std::string& s) { o.ram_budget_bytes = parse_byte_size(s); },
-         "Memory budget for weights, caches and activations (default: 85% of available RAM)");
+         "Memory budget for the whole process (default: 85% of the memory free on the host or, when lower, under the cgroup memory limit)");
     c.add_option_function<std::string>(
          "--resident", [&o](const std::string& s) { o.resident = parse_resident_mode(s); },
          "What stays in memory: none (only segments in flight), dense, auto (fill the budget), all")
@@ -78,30 +84,37 @@ void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
 }
 
 std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options) {
+    return make_runtime(open_model(path), options);
+}
+
+std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const RuntimeOptions& options) {
     auto rt = std::make_unique<Runtime>();
-    rt->model = open_model(path);
+    rt->model = std::move(model);
     const auto& layout = rt->model->layout;
 
+    rt->budget = options.ram_budget_bytes ? MemoryBudget{options.ram_budget_bytes, "--ram"}
+                                          : default_memory_budget(0.85);
     MemoryRequest req;
-    req.ram_budget_bytes = options.ram_budget_bytes ? options.ram_budget_bytes : available_ram_bytes() / 100 * 85;
-    req.context = options.context;
-    req.batch_tokens = options.batch_tokens;
+    req.ram_budget_bytes = rt->budget.bytes;
+    req.shapes = options.shapes;
+    req.other_pass_bytes = options.other_pass_bytes;
     req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
     req.expert_slots = options.expert_buffers;
     req.prefetch_layers = std::max(options.prefetch_layers, 0);
     req.resident = options.resident;
+    req.held_bytes = process_resident_bytes();
     if (req.resident == ResidentMode::automatic) {
         // Everything resident when it fits; else stream with what the budget allows.
-        const MemoryPlan p = plan_memory(layout, rt->model->plan, MemoryRequest{0, req.context, req.batch_tokens,
-                                                                                 req.n_threads, req.prefetch_layers, req.expert_slots,
-                                                                                 ResidentMode::all});
-        if (p.total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
+        MemoryRequest all = req;
+        all.ram_budget_bytes = 0;
+        all.resident = ResidentMode::all;
+        if (plan_memory(layout, rt->model->plan, all).total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
     }
     rt->memory = plan_memory(layout, rt->model->plan, req);
     rt->mode = req.resident;
     if (options.verbose)
-        fmt::print(stderr, "memory: --resident {} under a budget of {:.2f} GiB: {}\n", resident_mode_name(rt->mode),
-                   double(req.ram_budget_bytes) / (1 << 30), rt->memory.describe());
+        fmt::print(stderr, "memory: budget {:.2f} GiB ({}); --resident {}: {}\n", double(rt->budget.bytes) / (1 << 30),
+                   rt->budget.source, resident_mode_name(rt->mode), rt->memory.describe());
 
     if (rt->mode == ResidentMode::all) {
         rt->resident = load_resident(layout, rt->model->plan, *rt->model->source);
@@ -126,10 +139,7 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     so.resident = rt->memory.resident_dense_bytes > 0 ? ResidentMode::dense : ResidentMode::none;
     so.prefetch_layers = req.prefetch_layers;
     so.speculate = options.speculate;
-    int expert_buffers = rt->memory.expert_slots;
-    if (rt->memory.expert_slot_bytes > 0)
-        expert_buffers += int(rt->memory.expert_cache_bytes / rt->memory.expert_slot_bytes);
-    so.expert_buffers = std::max(expert_buffers, 1);
+    so.expert_buffers = std::max(rt->memory.expert_pool.count, 1);
     auto streamer = std::make_unique<Streamer>(layout, rt->model->plan, *rt->model->source, io, so);
     rt->streamer = streamer.get();
     rt->provider = std::move(streamer);

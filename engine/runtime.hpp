@@ -1,13 +1,16 @@
-// A model ready to run under a memory budget: opens it, plans memory (--ram, --resident,
-// --context, --batch), and picks the weight provider — everything resident when it fits and
-// was asked for, else the streamer over the chosen reader. Shared by run, perplexity and bench.
+// A model ready to run under a memory budget: opens it, plans memory (--ram, --resident, and the
+// shapes of the forward passes the command will run), and picks the weight provider — everything
+// resident when it fits and was asked for, else the streamer over the chosen reader. Shared by
+// run, perplexity and bench (and what a batch scheduler builds on: plan its RunShape, run it).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/deepseek_v3.hpp"
+#include "engine/memory_limit.hpp"
 #include "engine/memory_planner.hpp"
 #include "engine/model_loader.hpp"
 #include "engine/segment_io.hpp"
@@ -18,10 +21,12 @@ namespace CLI { class App; }
 namespace sluice {
 
 struct RuntimeOptions {
-    uint64_t ram_budget_bytes = 0;     // 0: 85% of MemAvailable at start
+    uint64_t ram_budget_bytes = 0;     // 0: 85% of the memory free on the host or under the cgroup limit
     ResidentMode resident = ResidentMode::automatic;
-    int64_t context = 4096;
-    int64_t batch_tokens = 128;
+    // The forward passes the command runs, one at a time (the plan holds the largest); each pass
+    // must be built with ForwardOptions{shape} of one of these (or a smaller shape).
+    std::vector<RunShape> shapes{RunShape{}};
+    uint64_t other_pass_bytes = 0;     // MemoryRequest::other_pass_bytes
     int n_threads = 0;
     int prefetch_layers = 1;
     int expert_buffers = 0;            // 0: from the plan
@@ -37,10 +42,10 @@ struct RuntimeOptions {
 // Adds --ram --resident --prefetch --expert-buffers --no-speculate --io --qd --bs --io-rate-cap.
 void add_runtime_options(CLI::App& command, RuntimeOptions& options);
 uint64_t parse_byte_size(const std::string& text);  // "16G", "512M", "1.5GiB", "1000000"
-uint64_t available_ram_bytes();
 
 struct Runtime {
     std::unique_ptr<OpenModel> model;
+    MemoryBudget budget;                        // --ram, or the default and where it came from
     MemoryPlan memory;
     ResidentMode mode = ResidentMode::all;
     ModelWeights resident;                      // mode == all
@@ -53,8 +58,16 @@ struct Runtime {
     Streamer* streamer = nullptr;               // provider, when streaming
 
     const ModelLayout& layout() const { return model->layout; }
+    // What the process holds of what was planned: the provider's weights and buffers (the forward
+    // passes report their own, DeepseekForward::allocated_bytes).
+    uint64_t weights_allocated_bytes() const;
 };
 
 std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options);
+// The same for a model already open (a command that must tokenize before it knows its shapes).
+std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const RuntimeOptions& options);
+
+// Peak resident memory of this process so far (VmHWM), for the reports that set it beside the plan.
+uint64_t peak_resident_bytes();
 
 }  // namespace sluice

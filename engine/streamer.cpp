@@ -14,15 +14,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// A segment's extents in the order the buffer receives them: each tensor, then its scales.
-void flatten(const Segment& s, std::vector<Extent>& out) {
-    out.clear();
-    for (const auto& t : s.tensors) {
-        out.push_back(t.extent);
-        if (t.scales.length) out.push_back(t.scales);
-    }
-}
-
 // data[i] / scales[i] per planned tensor, from the flattened extent pointers.
 void split_pointers(const Segment& s, const std::vector<const std::byte*>& flat, std::vector<const std::byte*>& data,
                     std::vector<const std::byte*>& scales) {
@@ -36,8 +27,6 @@ void split_pointers(const Segment& s, const std::vector<const std::byte*>& flat,
 }
 }  // namespace
 
-// 2 MiB (a huge page) or the reader's alignment, whichever is larger.
-size_t Streamer::buffer_alignment() const { return std::max<size_t>(io_.buffer_alignment(), size_t(2) << 20); }
 
 double StepStats::overlap_efficiency() const {
     return step_seconds > 0 ? std::max(read_seconds, compute_seconds) / step_seconds : 0;
@@ -81,41 +70,32 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     } else {
         size_t largest = 0;
         for (const auto& l : plan_.layers) {
-            flatten(l.dense, extent_scratch_);
+            l.dense.extents(extent_scratch_);
             largest = std::max(largest, io_.buffer_bytes_for(extent_scratch_));
         }
-        dense_pool_.resize(size_t(dense_buffer_count(options_.prefetch_layers, n_layers)));
-        for (auto& b : dense_pool_) {
-            b.memory.allocate(largest, buffer_alignment(), true, false);
-            b.capacity = largest;
-            allocated_bytes_ += largest;
-        }
+        make_pool(dense_pool_, dense_arena_,
+                  staging_pool(largest, dense_buffer_count(options_.prefetch_layers, n_layers), io_.buffer_alignment()));
     }
-
     size_t largest_expert = 0;
     for (const auto& l : plan_.layers)
         for (const auto& e : l.experts) {
-            flatten(e, extent_scratch_);
+            e.extents(extent_scratch_);
             largest_expert = std::max(largest_expert, io_.buffer_bytes_for(extent_scratch_));
         }
     if (largest_expert > 0) {
         const int n = options_.expert_buffers > 0 ? options_.expert_buffers : 2 * std::max(layout_.router.top_k, 1);
-        expert_pool_.resize(size_t(std::max(n, 1)));
-        for (auto& b : expert_pool_) {
-            b.memory.allocate(largest_expert, buffer_alignment(), true, false);
-            b.capacity = largest_expert;
-            allocated_bytes_ += largest_expert;
-        }
+        make_pool(expert_pool_, expert_arena_, staging_pool(largest_expert, std::max(n, 1), io_.buffer_alignment()));
     }
     zero_buffers();
     // Registered once, so io_uring can use READ_FIXED into them.
     std::vector<std::span<std::byte>> regions;
     for (auto* pool : {&dense_pool_, &expert_pool_})
-        for (auto& b : *pool) regions.emplace_back(b.memory.data(), b.capacity);
+        for (auto& b : *pool) regions.emplace_back(b.data, b.capacity);
     if (!regions.empty()) io_.register_buffers(regions);
-    // With a CUDA device, page-lock them too, so device copies come straight from here.
-    for (auto& r : regions)
-        if (cuda::pin_host_memory(r.data(), r.size())) pinned_.push_back(r.data());
+    // With a CUDA device, page-lock them too, so device copies come straight from here (a pool at
+    // once: its buffers share pages).
+    for (auto* arena : {&dense_arena_, &expert_arena_})
+        if (arena->held() > 0 && cuda::pin_host_memory(arena->data(), arena->held())) pinned_.push_back(arena->data());
     expert_buffer_.assign(size_t(n_layers), std::vector<int>(size_t(layout_.n_experts), -1));
     for (const auto& l : plan_.layers) n_moe_layers_ += !l.experts.empty();
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
@@ -128,6 +108,18 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     wait_index_.reserve(wait_tickets_.capacity());
 }
 
+// `pool.count` buffers of pool.slot_bytes, end to end in one huge-page mapping (2 MiB aligned,
+// so every buffer is aligned for the reader): what the planner counts for the pool.
+void Streamer::make_pool(std::vector<Buffer>& buffers, AlignedBuffer& arena, const StagingPool& pool) {
+    arena.allocate(size_t(pool.slot_bytes) * size_t(pool.count), AlignedBuffer::kHugePageBytes, true, false);
+    buffers.resize(size_t(pool.count));
+    for (size_t i = 0; i < buffers.size(); ++i) {
+        buffers[i].data = arena.data() + i * pool.slot_bytes;
+        buffers[i].capacity = pool.slot_bytes;
+    }
+    allocated_bytes_ += arena.held();
+}
+
 // The first touch of the pool's memory is most of a start (4.6 GB on the 5-layer V3 model under
 // 8 GiB), so it is spread over the cores: a 2 GiB first touch took 0.26 s on one core and 0.14 s
 // on two. (On the dev VM the host's own first touch of guest memory can dominate instead, ~10 s
@@ -135,10 +127,10 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
 void Streamer::zero_buffers() {
     std::vector<AlignedBuffer*> buffers;
     size_t total = 0;
-    for (auto* pool : {&dense_pool_, &expert_pool_})
-        for (auto& b : *pool) {
-            buffers.push_back(&b.memory);
-            total += b.memory.size();
+    for (auto* arena : {&dense_arena_, &expert_arena_})
+        if (arena->size() > 0) {
+            buffers.push_back(arena);
+            total += arena->size();
         }
     if (buffers.empty()) return;
     const size_t n_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
@@ -200,12 +192,12 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
     b.state = BufferState::empty;
     b.bound = false;
     b.predicted = false;
-    flatten(segment, extent_scratch_);
+    segment.extents(extent_scratch_);
     b.extent_data.assign(extent_scratch_.size(), nullptr);
     const size_t need = io_.buffer_bytes_for(extent_scratch_);
     if (need > b.capacity)
         fail(ErrorKind::internal, "segment of layer {} needs {} bytes, buffer holds {}", layer, need, b.capacity);
-    b.ticket = io_.submit(extent_scratch_, b.memory.data(), b.capacity, b.extent_data.data());
+    b.ticket = io_.submit(extent_scratch_, b.data, b.capacity, b.extent_data.data());
     read_started();
     b.layer = layer;
     b.expert = expert;

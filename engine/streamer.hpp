@@ -26,7 +26,7 @@ namespace sluice {
 struct StreamerOptions {
     ResidentMode resident = ResidentMode::none;  // none | dense (all dense parts resident)
     int prefetch_layers = 1;      // dense segments read ahead of compute (dense_buffer_count buffers)
-    int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k
+    int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k (the runtime: the plan's count)
     bool speculate = true;        // predict layer L+1's experts from the state entering it
     double score_decay = 0.9;     // per step, for the cache's frequency score
     // Tests: replace every prediction by experts that will not be needed.
@@ -74,13 +74,13 @@ public:
 
     const std::vector<StepStats>& steps() const { return steps_; }
     StepStats totals() const;
-    // Bytes of buffers this streamer allocated (staging + cache + resident parts).
+    // Bytes this streamer holds from the OS: staging and cache pools, resident weights.
     uint64_t allocated_bytes() const { return allocated_bytes_; }
 
 private:
     enum class BufferState { empty, reading, ready };
     struct Buffer {
-        AlignedBuffer memory;
+        std::byte* data = nullptr;               // in its pool's arena
         size_t capacity = 0;
         int layer = -1;
         int expert = -1;                         // -1: a dense segment
@@ -110,7 +110,7 @@ private:
     static constexpr int64_t kWideStepTokens = 64;
     // Reads in flight below which a needed read of a scan step may evict experts kept for later layers.
     static constexpr int kScanReadsInFlight = 8;
-    size_t buffer_alignment() const;
+    void make_pool(std::vector<Buffer>& buffers, AlignedBuffer& arena, const StagingPool& pool);
     double score(int layer, int expert) const;
     bool still_needed(int expert) const;
     void touch(int layer, int expert);
@@ -128,6 +128,7 @@ private:
 
     ModelWeights globals_;                     // embedding, head, every vector; resident dense parts
     bool dense_resident_ = false;
+    AlignedBuffer dense_arena_, expert_arena_;  // the pools' memory
     std::vector<Buffer> dense_pool_;
     std::vector<Buffer> expert_pool_;
     std::vector<std::vector<int>> expert_buffer_;  // [layer][expert] -> buffer index or -1

@@ -46,8 +46,8 @@ void compare(const std::string& name, int64_t step, int64_t gemm_min_tokens, dou
 
     ThreadPool pool(2);
     ForwardOptions cpu_options;
-    cpu_options.max_context = 64;
-    cpu_options.max_batch_tokens = 64;
+    cpu_options.shape.positions = 64;
+    cpu_options.shape.step_tokens = 64;
     DeepseekForward cpu_forward(model->layout(), *model->provider, cpu_options, pool);
     std::vector<float> want(n * size_t(vocab));
     cpu_forward.forward(prompt, true, want.data());

@@ -56,8 +56,8 @@ std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights
                               int64_t batch_tokens) {
     ThreadPool pool(2);
     ForwardOptions options;
-    options.max_context = 64;
-    options.max_batch_tokens = batch_tokens;
+    options.shape.positions = 64;
+    options.shape.step_tokens = batch_tokens;
     DeepseekForward forward(layout, weights, options, pool);
     std::vector<float> out(prompt.size() * size_t(layout.vocab));
     forward.forward(prompt, true, out.data());
@@ -108,8 +108,8 @@ std::vector<float> logits_in_steps(const ModelLayout& layout, WeightProvider& we
                                    const std::vector<int32_t>& tokens, int64_t step_tokens, bool all_logits,
                                    ThreadPool& pool) {
     ForwardOptions options;
-    options.max_context = int64_t(tokens.size()) + 16;
-    options.max_batch_tokens = step_tokens;
+    options.shape.positions = int64_t(tokens.size()) + 16;
+    options.shape.step_tokens = step_tokens;
     DeepseekForward forward(layout, weights, options, pool);
     std::vector<float> out((all_logits ? tokens.size() : 1) * size_t(layout.vocab));
     forward.forward(tokens, all_logits, out.data());
@@ -427,7 +427,7 @@ TEST_CASE("with the reader throttled, the next layer's read is in flight while e
     OverlapProbe probe(streamer, io, model->plan);
     ThreadPool pool(1);
     ForwardOptions options;
-    options.max_context = 64;
+    options.shape.positions = 64;
     DeepseekForward forward(model->layout, probe, options, pool);
     std::vector<float> logits(static_cast<size_t>(model->layout.vocab));
     const auto prompt = prompt_of(dir);
@@ -469,7 +469,7 @@ TEST_CASE("an I/O error in the middle of a step ends the run with an error namin
     try {
         Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
         ThreadPool pool(1);
-        DeepseekForward forward(model->layout, streamer, ForwardOptions{16, 16}, pool);
+        DeepseekForward forward(model->layout, streamer, ForwardOptions{RunShape{1, 16, 16}}, pool);
         std::vector<float> logits(static_cast<size_t>(model->layout.vocab));
         const std::vector<int32_t> tokens = {0, 5, 9};
         forward.forward(tokens, false, logits.data());
