@@ -113,15 +113,16 @@ fs::path without_trailing_separator(fs::path p) {
 // container without its own cgroup namespace may see a path outside the root mounted for it:
 // then the mount is its own group.)
 fs::path group_directory(const fs::path& root, const Mount& m, const std::string& path) {
-    fs::path relative = path;
+    const fs::path full = path;
+    fs::path relative = full;
     if (m.root != "/") {
         const fs::path mounted = m.root;
-        auto p = fs::path(path).begin(), r = mounted.begin();
-        for (; r != mounted.end() && p != fs::path(path).end() && *p == *r; ++p, ++r) {
+        auto p = full.begin(), r = mounted.begin();
+        for (; r != mounted.end() && p != full.end() && *p == *r; ++p, ++r) {
         }
         relative = "/";
-        if (r == mounted.end())
-            for (; p != fs::path(path).end(); ++p) relative /= *p;
+        if (r == mounted.end())  // the group lies under the mounted root
+            for (; p != full.end(); ++p) relative /= *p;
     }
     return without_trailing_separator((under(root, m.mount_point) / relative.relative_path()).lexically_normal());
 }
