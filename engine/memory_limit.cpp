@@ -171,17 +171,6 @@ uint64_t available_ram_bytes(const fs::path& root) {
     return 0;
 }
 
-uint64_t process_resident_bytes() {
-    std::ifstream in("/proc/self/status");
-    std::string key;
-    while (in >> key) {
-        uint64_t kib = 0;
-        if (key == "VmRSS:" && in >> kib) return kib * 1024;
-        std::getline(in, key);
-    }
-    return 0;
-}
-
 MemoryBudget default_memory_budget(double fraction, const fs::path& root) {
     const uint64_t host = available_ram_bytes(root);
     const auto group = cgroup_memory_limit(root);

@@ -28,9 +28,6 @@ std::optional<CgroupMemoryLimit> cgroup_memory_limit(const std::filesystem::path
 // MemAvailable from /proc/meminfo, or 0 when it cannot be read.
 uint64_t available_ram_bytes(const std::filesystem::path& root = "/");
 
-// VmRSS of this process (what it holds now), or 0 when it cannot be read.
-uint64_t process_resident_bytes();
-
 // The default budget and where it came from, for the line every command that plans prints.
 struct MemoryBudget {
     uint64_t bytes = 0;

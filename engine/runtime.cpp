@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/error.hpp"
+#include "core/process_memory.hpp"
 #include "engine/background_segment_io.hpp"
 #include "engine/reader_segment_io.hpp"
 #include "kernels/cpu/matmul.hpp"
@@ -34,17 +35,6 @@ uint64_t parse_byte_size(const std::string& text) {
     else if (!unit.empty()) fail(ErrorKind::invalid_input, "'{}': unknown size unit '{}'", text, unit);
     if (value < 0) fail(ErrorKind::invalid_input, "'{}': a size cannot be negative", text);
     return uint64_t(value * scale);
-}
-
-uint64_t peak_resident_bytes() {
-    std::ifstream in("/proc/self/status");
-    std::string key;
-    while (in >> key) {
-        uint64_t kib = 0;
-        if (key == "VmHWM:" && in >> kib) return kib * 1024;
-        std::getline(in, key);
-    }
-    return 0;
 }
 
 uint64_t Runtime::weights_allocated_bytes() const {
@@ -102,7 +92,7 @@ std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const Ru
     req.expert_slots = options.expert_buffers;
     req.prefetch_layers = std::max(options.prefetch_layers, 0);
     req.resident = options.resident;
-    req.held_bytes = process_resident_bytes();
+    req.held_bytes = process_memory_bytes("VmRSS");
     if (req.resident == ResidentMode::automatic) {
         // Everything resident when it fits; else stream with what the budget allows.
         MemoryRequest all = req;

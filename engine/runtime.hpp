@@ -67,7 +67,5 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
 // The same for a model already open (a command that must tokenize before it knows its shapes).
 std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const RuntimeOptions& options);
 
-// Peak resident memory of this process so far (VmHWM), for the reports that set it beside the plan.
-uint64_t peak_resident_bytes();
 
 }  // namespace sluice

@@ -10,8 +10,8 @@
 
 #include <csignal>
 #include <cstdint>
-#include <fstream>
-#include <string>
+
+#include "core/process_memory.hpp"
 
 namespace sluice::testing {
 
@@ -22,17 +22,6 @@ constexpr bool address_space_caps_work = false;
 constexpr bool address_space_caps_work = true;
 #endif
 
-inline uint64_t mapped_bytes_now() {
-    std::ifstream in("/proc/self/status");
-    std::string key;
-    while (in >> key) {
-        uint64_t kib = 0;
-        if (key == "VmSize:" && in >> kib) return kib * 1024;
-        std::getline(in, key);
-    }
-    return 0;
-}
-
 // fn() runs in the child with RLIMIT_AS = what the child maps now + extra_bytes; its return value
 // is the child's exit code. Returns that code, or 128 + the signal that killed the child.
 template <typename Fn>
@@ -42,7 +31,8 @@ int run_with_address_space_cap(uint64_t extra_bytes, Fn fn) {
     if (pid == 0) {
         // The test framework's crash handlers are not for the child: a crash is its exit status.
         for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL}) std::signal(sig, SIG_DFL);
-        const rlimit cap{mapped_bytes_now() + extra_bytes, mapped_bytes_now() + extra_bytes};
+        const uint64_t mapped = process_memory_bytes("VmSize");
+        const rlimit cap{mapped + extra_bytes, mapped + extra_bytes};
         if (setrlimit(RLIMIT_AS, &cap) != 0) _exit(125);
         int code = 124;
         try {

@@ -15,6 +15,7 @@
 
 #include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
+#include "core/process_memory.hpp"
 #include "core/thread_pool.hpp"
 #include "engine/cli/command.hpp"
 #include "engine/deepseek_v3.hpp"
@@ -307,7 +308,7 @@ void register_bench(CLI::App& app) {
         // pass allocated (plus the process before and the logits), and the peak the OS saw.
         const uint64_t allocated = rt->memory.held_bytes + rt->weights_allocated_bytes() + largest_pass_allocated +
                                    AlignedBuffer::held_bytes(logits.size() * sizeof(float)) + rt->memory.kernel_scratch_bytes;
-        const uint64_t peak = peak_resident_bytes();
+        const uint64_t peak = process_memory_bytes("VmHWM");
 
         if (args->json) {
             nlohmann::json j;

@@ -308,16 +308,32 @@ TEST_CASE("reading dense segments N layers ahead reads each layer once per step,
 
 namespace {
 
-// Between the streamer and its reader: which reads are outstanding (submitted, not yet handed
-// back), their bytes, and how long the streamer spent blocked inside wait / wait_any.
-class RecordingSegmentIo final : public SegmentIo {
+// A SegmentIo that hands everything to another: each test decorator below changes one thing.
+class ForwardingSegmentIo : public SegmentIo {
 public:
-    explicit RecordingSegmentIo(SegmentIo& inner) : inner_(inner) {}
+    explicit ForwardingSegmentIo(SegmentIo& inner) : inner_(inner) {}
     size_t buffer_bytes_for(std::span<const Extent> extents) const override { return inner_.buffer_bytes_for(extents); }
     size_t buffer_alignment() const override { return inner_.buffer_alignment(); }
     bool register_buffers(std::span<const std::span<std::byte>> buffers) override {
         return inner_.register_buffers(buffers);
     }
+    uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
+                    const std::byte** extent_data) override {
+        return inner_.submit(extents, buffer, buffer_bytes, extent_data);
+    }
+    bool poll(uint64_t ticket) override { return inner_.poll(ticket); }
+    void wait(uint64_t ticket) override { inner_.wait(ticket); }
+    size_t wait_any(std::span<const uint64_t> tickets) override { return inner_.wait_any(tickets); }
+
+protected:
+    SegmentIo& inner_;
+};
+
+// Between the streamer and its reader: which reads are outstanding (submitted, not yet handed
+// back), their bytes, and how long the streamer spent blocked inside wait / wait_any.
+class RecordingSegmentIo final : public ForwardingSegmentIo {
+public:
+    using ForwardingSegmentIo::ForwardingSegmentIo;
     uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
                     const std::byte** extent_data) override {
         const uint64_t ticket = inner_.submit(extents, buffer, buffer_bytes, extent_data);
@@ -372,7 +388,6 @@ private:
                 return;
             }
     }
-    SegmentIo& inner_;
     std::vector<Read> outstanding_;
 };
 
@@ -486,31 +501,23 @@ TEST_CASE("an I/O error in the middle of a step ends the run with an error namin
 }
 
 namespace {
+
 // The reader, except that its n-th submit is refused (as a reader refuses an extent past the end
 // of its file, before queuing anything).
-class RefusingSegmentIo final : public SegmentIo {
+class RefusingSegmentIo final : public ForwardingSegmentIo {
 public:
-    RefusingSegmentIo(SegmentIo& inner, int refuse_submit) : inner_(inner), refuse_submit_(refuse_submit) {}
-    size_t buffer_bytes_for(std::span<const Extent> extents) const override { return inner_.buffer_bytes_for(extents); }
-    size_t buffer_alignment() const override { return inner_.buffer_alignment(); }
-    bool register_buffers(std::span<const std::span<std::byte>> buffers) override {
-        return inner_.register_buffers(buffers);
-    }
+    RefusingSegmentIo(SegmentIo& inner, int refuse_submit) : ForwardingSegmentIo(inner), refuse_submit_(refuse_submit) {}
     uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
                     const std::byte** extent_data) override {
         if (++submits_ == refuse_submit_) fail(ErrorKind::io, "refused read number {}", submits_);
         return inner_.submit(extents, buffer, buffer_bytes, extent_data);
     }
-    bool poll(uint64_t ticket) override { return inner_.poll(ticket); }
-    void wait(uint64_t ticket) override { inner_.wait(ticket); }
-    size_t wait_any(std::span<const uint64_t> tickets) override { return inner_.wait_any(tickets); }
-    int submits() const { return submits_; }
 
 private:
-    SegmentIo& inner_;
     int refuse_submit_;
     int submits_ = 0;
 };
+
 }  // namespace
 
 TEST_CASE("a read the reader refuses leaves no buffer claiming its segment: the next steps compute the same numbers") {
