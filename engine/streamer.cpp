@@ -27,7 +27,6 @@ void split_pointers(const Segment& s, const std::vector<const std::byte*>& flat,
 }
 }  // namespace
 
-
 double StepStats::overlap_efficiency() const {
     return step_seconds > 0 ? std::max(read_seconds, compute_seconds) / step_seconds : 0;
 }
