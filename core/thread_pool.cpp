@@ -1,4 +1,5 @@
 #include "core/thread_pool.hpp"
+#include "core/thread_start.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -40,18 +41,23 @@ bool spin_until(Ready&& ready) {
 ThreadPool::ThreadPool(int n_threads) {
     if (n_threads <= 0) n_threads = int(std::max(1u, std::thread::hardware_concurrency()));
     n_threads_ = n_threads;
-    workers_.reserve(size_t(n_threads - 1));
-    for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    // Worker i + 1 (the caller is thread 0).
+    start_threads(workers_, n_threads - 1, "compute threads", "; ask for fewer with --threads",
+                  [this](int i) { worker_loop(i + 1); }, [this] { stop(); });
 }
 
 ThreadPool::~ThreadPool() {
+    stop();
+    for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::stop() {
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
         generation_.fetch_add(1);
     }
     wake_.notify_all();
-    for (auto& t : workers_) t.join();
 }
 
 // Handshakes (new job -> workers, last worker done -> caller) are an atomic store followed by a

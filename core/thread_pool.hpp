@@ -15,7 +15,8 @@ namespace sluice {
 
 class ThreadPool {
 public:
-    // n_threads = 0 picks the number of online CPUs.
+    // n_threads = 0 picks the number of online CPUs. Throws ErrorKind::out_of_memory (having
+    // joined the workers that started) when the OS refuses a thread.
     explicit ThreadPool(int n_threads = 0);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
@@ -36,6 +37,7 @@ public:
 
 private:
     void worker_loop(int index);
+    void stop();  // tells every worker to return
 
     int n_threads_;
     std::vector<std::thread> workers_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <system_error>
 
 #include "core/error.hpp"
 
@@ -11,7 +12,12 @@ BackgroundSegmentIo::BackgroundSegmentIo(SegmentIo& inner, size_t max_reads_outs
     : inner_(inner), max_extents_per_read_(max_extents_per_read) {
     if (max_extents_per_read_ == 0) fail(ErrorKind::internal, "BackgroundSegmentIo with room for no extents per read");
     if (max_reads_outstanding > 0) size_slots(max_reads_outstanding);  // the thread is not running yet
-    thread_ = std::thread([this] { run(); });
+    try {
+        thread_ = std::thread([this] { run(); });
+    } catch (const std::system_error& e) {
+        // Nothing started: the typed error is all there is to do.
+        fail(ErrorKind::out_of_memory, "could not start the background I/O thread: {}", e.code().message());
+    }
 }
 
 BackgroundSegmentIo::~BackgroundSegmentIo() {

@@ -31,6 +31,7 @@ public:
 
     // max_reads_outstanding: slots for reads submitted and not yet handed back; 0 leaves the
     // sizing to register_buffers (one slot per buffer), which callers that register call anyway.
+    // Throws ErrorKind::out_of_memory when the OS refuses the thread.
     explicit BackgroundSegmentIo(SegmentIo& inner, size_t max_reads_outstanding = 0,
                                  size_t max_extents_per_read = default_max_extents_per_read);
     ~BackgroundSegmentIo() override;  // lets reads in flight land, then stops the thread

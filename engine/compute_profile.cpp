@@ -229,7 +229,7 @@ CpuComputeProfile measure_cpu_compute(const OpenModel& model, ThreadPool& pool, 
         ResidentWeights provider(weights);
         const int64_t big = std::max<int64_t>(o.large_chunk, 8);
         const int64_t context = std::max(o.slope_context, big);
-        DeepseekForward forward(probe->layout, provider, ForwardOptions{context + big + 2, big, 1, AttentionForm::automatic},
+        DeepseekForward forward(probe->layout, provider, ForwardOptions{RunShape{1, context + big + 2, big}, AttentionForm::automatic},
                                 pool);
         std::vector<int32_t> tokens(static_cast<size_t>(big));
         for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t(1 + (i * 37) % 500);

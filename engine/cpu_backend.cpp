@@ -26,24 +26,39 @@ int64_t row_scratch_per_thread(const ModelLayout& d) {
 }
 }  // namespace
 
-int64_t CpuBackend::scratch_floats(const ModelLayout& d, const ForwardShape& s, int n_threads) {
-    const MlaShape m = MlaShape::from(d);
-    const int64_t block = std::min(s.max_context, s.decompress_block);
-    return int64_t(n_threads) * row_scratch_per_thread(d) +
-           cpu::attention_scratch_floats(absorbed_shape(m), s.max_context, n_threads) +
-           (d.split_kv_b ? d.n_heads * d.nope * d.kv_rank : 0) +
-           cpu::decompressed_attention_scratch_floats(decompressed_shape(m), block, n_threads);
+int64_t CpuBackend::widest_matrix_cols(const ModelLayout& d) {
+    return std::max({d.hidden, d.q_lora, d.kv_rank, d.nope, d.n_heads * d.v_dim, d.dense_inter, d.moe_inter,
+                     d.n_shared * d.moe_inter});
+}
+
+ThreadPool& CpuBackend::pool() const {
+    if (!pool_) fail(ErrorKind::internal, "a counting CPU backend was asked to compute");
+    return *pool_;
 }
 
 void* CpuBackend::alloc(int64_t bytes) {
-    auto& b = buffers_.emplace_back(size_t(std::max<int64_t>(bytes, 4)), 64);
-    allocated_bytes_ += int64_t(b.size());
+    const size_t size = size_t(std::max<int64_t>(bytes, 4));
+    const auto held = int64_t(AlignedBuffer::held_bytes(size));
+    allocated_bytes_ += held;
+    held_.push_back(held);
+    if (!pool_) {
+        buffers_.emplace_back();  // counting: nothing allocated, the position kept for release_to
+        return nullptr;
+    }
+    auto& b = buffers_.emplace_back(size, 64);
     return b.data();
+}
+
+float* CpuBackend::alloc_cache_floats(int64_t n) {
+    float* p = alloc_floats(n);
+    cache_bytes_ += held_.back();
+    return p;
 }
 
 void CpuBackend::release_to(size_t mark) {
     while (buffers_.size() > mark) {
-        allocated_bytes_ -= int64_t(buffers_.back().size());
+        allocated_bytes_ -= held_.back();
+        held_.pop_back();
         buffers_.pop_back();
     }
 }
@@ -53,7 +68,7 @@ void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     absorbed_shape_ = absorbed_shape(mla_);
     decompressed_shape_ = decompressed_shape(mla_);
     hidden_ = d.hidden;
-    const int threads = pool_.size();
+    const int threads = n_threads_;
     row_scratch_floats_ = row_scratch_per_thread(d);
     row_scratch_ = alloc_floats(int64_t(threads) * row_scratch_floats_);
     attention_scratch_ = alloc_floats(cpu::attention_scratch_floats(absorbed_shape_, s.max_context, threads));
@@ -62,9 +77,16 @@ void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     const int64_t block = std::min(s.max_context, s.decompress_block);
     decompressed_scratch_ =
         alloc_floats(cpu::decompressed_attention_scratch_floats(decompressed_shape_, block, threads));
+    // The matmul kernels' per-thread scratch, for the largest calls of a step, before the first one
+    // (they keep it, grown only; the planner counts it as gemm_scratch_bytes).
+    if (pool_) {
+        cpu::reserve_gemm_scratch(s.max_batch_tokens, widest_matrix_cols(d), *pool_);
+        cpu::reserve_gemm_scratch(block, d.kv_rank, *pool_);
+    }
 }
 
 void CpuBackend::upload(void* dst, const void* host, size_t bytes) {
+    if (!pool_) return;  // counting: nothing to copy into
     if (dst != host) std::memcpy(dst, host, bytes);
 }
 
@@ -83,7 +105,7 @@ void CpuBackend::rms_norm(const float* x, int64_t x_stride, const float* w, floa
 }
 
 void CpuBackend::linear(const Matrix& w, const float* x, int64_t x_stride, int64_t n, float* y, int64_t y_stride) {
-    cpu::gemm(w, x, x_stride, n, y, y_stride, pool_);
+    cpu::gemm(w, x, x_stride, n, y, y_stride, pool());
 }
 
 void CpuBackend::add(float* x, const float* y, int64_t n) {
@@ -139,7 +161,7 @@ void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool de
     if (!w_uk_)
         fail(ErrorKind::invalid_input, "layer {}: attn_k_b in a model whose layout said kv_b (split_kv_b false)", layer);
     const MlaShape& m = mla_;
-    pool_.parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
+    pool().parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
         float* scratch = row_scratch_ + int64_t(thread) * row_scratch_floats_;
         for (int64_t h = h0; h < h1; ++h)
             cpu::transpose_to_f32(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), w_uk_ + h * m.nope * m.kv_rank, scratch);
@@ -152,7 +174,7 @@ void CpuBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t n
     if (w.kv_b.rows > 0) {
         // kv_b rows per head: [W_UK_h (nope) | W_UV_h (v)]; the absorb is the transposed product.
         const int64_t head_rows = m.nope + m.v_dim;
-        pool_.parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
+        pool().parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
             float* scratch = row_scratch_ + int64_t(thread) * row_scratch_floats_;
             for (int64_t h = h0; h < h1; ++h)
                 cpu::gemm_transposed(w.kv_b.row_slice(h * head_rows, m.nope), q + h * m.qk_head, q_stride, n,
@@ -161,7 +183,7 @@ void CpuBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t n
     } else {
         for (int64_t h = 0; h < m.n_heads; ++h)
             cpu::gemm(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), q + h * m.qk_head, q_stride, n,
-                      q_latent + h * m.kv_rank, latent_stride, pool_);
+                      q_latent + h * m.kv_rank, latent_stride, pool());
     }
 }
 
@@ -169,7 +191,7 @@ void CpuBackend::attention_absorbed(int64_t count, const float* q_latent, const 
                                     const float* cache_latent, const float* cache_rope, const int64_t* n_visible,
                                     float* out) {
     cpu::mla_attention_absorbed(absorbed_shape_, count, q_latent, q_rope, cache_latent, cache_rope, n_visible, out,
-                                attention_scratch_, pool_);
+                                attention_scratch_, pool());
 }
 
 // o_h = W_UV_h . c^_h ([v_dim, kv_rank] per head)
@@ -180,7 +202,7 @@ void CpuBackend::unabsorb(const LayerWeights& w, const float* attn_latent, int64
     for (int64_t h = 0; h < m.n_heads; ++h) {
         const Matrix w_uv = w.kv_b.rows > 0 ? w.kv_b.row_slice(h * head_rows + m.nope, m.v_dim)
                                             : w.v_b.row_slice(h * m.v_dim, m.v_dim);
-        cpu::gemm(w_uv, attn_latent + h * m.kv_rank, latent_stride, n, heads + h * m.v_dim, heads_stride, pool_);
+        cpu::gemm(w_uv, attn_latent + h * m.kv_rank, latent_stride, n, heads + h * m.v_dim, heads_stride, pool());
     }
 }
 
@@ -188,15 +210,15 @@ void CpuBackend::expand_latents(const LayerWeights& w, const float* latent, int6
     const MlaShape& m = mla_;
     const int64_t kv_head = m.nope + m.v_dim, kv_row = m.n_heads * kv_head;
     if (w.kv_b.rows > 0) {
-        cpu::gemm(w.kv_b, latent, m.kv_rank, count, kv, kv_row, pool_);  // rows per head: [nope | v]
+        cpu::gemm(w.kv_b, latent, m.kv_rank, count, kv, kv_row, pool());  // rows per head: [nope | v]
         return;
     }
     // W_UK turned round by begin_latent_products; v_b holds W_UV per head as the GEMM wants it.
     for (int64_t h = 0; h < m.n_heads; ++h) {
         const Matrix w_uk_h{DType::F32, m.nope, m.kv_rank, w_uk_ + h * m.nope * m.kv_rank, nullptr, 0};
-        cpu::gemm(w_uk_h, latent, m.kv_rank, count, kv + h * kv_head, kv_row, pool_);
+        cpu::gemm(w_uk_h, latent, m.kv_rank, count, kv + h * kv_head, kv_row, pool());
         cpu::gemm(w.v_b.row_slice(h * m.v_dim, m.v_dim), latent, m.kv_rank, count, kv + h * kv_head + m.nope, kv_row,
-                  pool_);
+                  pool());
     }
 }
 
@@ -208,7 +230,7 @@ void CpuBackend::decompressed_block(int64_t count, const float* q, const float* 
                                     const float* k_rope, int64_t first, int64_t m, const int64_t* n_visible, float* out,
                                     float* running_max, float* running_sum) {
     cpu::mla_attention_decompressed_block(decompressed_shape_, count, q, q_rope, kv, k_rope, first, m, n_visible, out,
-                                          running_max, running_sum, decompressed_scratch_, pool_);
+                                          running_max, running_sum, decompressed_scratch_, pool());
 }
 
 void CpuBackend::decompressed_end(int64_t count, float* out, const float* running_sum) {
@@ -216,7 +238,7 @@ void CpuBackend::decompressed_end(int64_t count, float* out, const float* runnin
 }
 
 void CpuBackend::output_logits(const Matrix& head, const float* normed, int64_t rows, float* logits) {
-    cpu::gemm(head, normed, head.cols, rows, logits, head.rows, pool_);
+    cpu::gemm(head, normed, head.cols, rows, logits, head.rows, pool());
 }
 
 }  // namespace sluice

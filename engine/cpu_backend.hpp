@@ -4,7 +4,9 @@
 // other backend is tested against.
 #pragma once
 
+#include <algorithm>
 #include <deque>
+#include <vector>
 
 #include "core/aligned_buffer.hpp"
 #include "core/thread_pool.hpp"
@@ -14,16 +16,21 @@ namespace sluice {
 
 class CpuBackend final : public Backend {
 public:
-    explicit CpuBackend(ThreadPool& pool) : pool_(pool) {}
+    explicit CpuBackend(ThreadPool& pool) : pool_(&pool), n_threads_(pool.size()) {}
+    // A backend that only counts: alloc_* add up what they would hold from the OS and return null
+    // (DeepseekForward::bytes_for runs a forward's allocation against it); nothing may run on it.
+    explicit CpuBackend(int n_threads_to_count) : pool_(nullptr), n_threads_(std::max(n_threads_to_count, 1)) {}
 
-    // Floats of scratch reserve() allocates for this model and shape (the memory planner's figure).
-    static int64_t scratch_floats(const ModelLayout& layout, const ForwardShape& shape, int n_threads);
+    // The most columns of any matrix the pass multiplies (the kernels' scratch is sized by it).
+    static int64_t widest_matrix_cols(const ModelLayout& layout);
 
     std::string name() const override { return "cpu"; }
     bool uses_host_weights() const override { return true; }
     void reserve(const ModelLayout& layout, const ForwardShape& shape) override;
 
     float* alloc_floats(int64_t n) override { return static_cast<float*>(alloc(n * 4)); }
+    float* alloc_cache_floats(int64_t n) override;
+    int64_t cache_bytes() const { return cache_bytes_; }  // of allocated_bytes(): the latent cache
     int64_t* alloc_int64(int64_t n) override { return static_cast<int64_t*>(alloc(n * 8)); }
     int32_t* alloc_int32(int64_t n) override { return static_cast<int32_t*>(alloc(n * 4)); }
     int64_t allocated_bytes() const override { return allocated_bytes_; }
@@ -65,13 +72,18 @@ public:
 private:
     void* alloc(int64_t bytes);
 
-    ThreadPool& pool_;
+    ThreadPool& pool() const;
+
+    ThreadPool* pool_;                       // null: counting only
+    int n_threads_;
     MlaShape mla_;
     cpu::AttentionShape absorbed_shape_;
     cpu::DecompressedAttentionShape decompressed_shape_;
     int64_t hidden_ = 0;
     std::deque<AlignedBuffer> buffers_;
     int64_t allocated_bytes_ = 0;
+    int64_t cache_bytes_ = 0;
+    std::vector<int64_t> held_;              // what each of buffers_ holds (counting: the only record)
     float* attention_scratch_ = nullptr;     // the absorbed form's scores
     float* row_scratch_ = nullptr;           // per thread: a kv_rank row or rows being turned round
     int64_t row_scratch_floats_ = 0;

@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "engine/cpu_backend.hpp"
+#include "kernels/cpu/matmul.hpp"
 
 namespace sluice {
 
@@ -29,8 +30,44 @@ const char* attention_form_name(AttentionForm form) {
 }
 
 ForwardShape DeepseekForward::shape_of(const ForwardOptions& o) {
-    return {o.max_batch_tokens, o.max_context, o.n_sequences,
-            o.decompress_block > 0 ? o.decompress_block : kDecompressBlockPositions};
+    return {o.shape.step_tokens, o.shape.positions, o.shape.n_sequences,
+            std::min(o.shape.positions, o.decompress_block > 0 ? o.decompress_block : kDecompressBlockPositions)};
+}
+
+int64_t DeepseekForward::host_bytes() const {
+    auto bytes = [](const auto& v) { return int64_t(v.capacity() * sizeof(v[0])); };
+    return bytes(expert_ids_) + bytes(expert_weights_) + bytes(expert_count_) + bytes(expert_begin_) +
+           bytes(routed_token_) + bytes(routed_weight_) + bytes(token_slots_) + bytes(token_fill_) +
+           bytes(needed_experts_) + bytes(predicted_experts_) + bytes(predicted_mark_) + bytes(n_visible_) +
+           bytes(positions_) + bytes(step_tokens_) + bytes(groups_) + bytes(logit_rows_) + bytes(n_past_) +
+           bytes(cache_latent_) + bytes(cache_rope_);
+}
+
+namespace {
+// A provider for a forward that is only counted, never run.
+class NoWeights final : public WeightProvider {
+public:
+    const ModelWeights& globals() override { fail(ErrorKind::internal, "a counted forward pass has no weights"); }
+    const LayerWeights& begin_layer(int) override { return globals().layers.front(); }
+    void need_experts(int, std::span<const int32_t>) override {}
+    int32_t next_expert(int, const ExpertWeights**) override { return -1; }
+    void end_layer(int) override {}
+};
+}  // namespace
+
+DeepseekForward::Bytes DeepseekForward::bytes_for(const ModelLayout& d, const ForwardOptions& o, int n_threads) {
+    CpuBackend counter(n_threads);  // counts what it would allocate
+    NoWeights none;
+    Bytes b;
+    {
+        DeepseekForward f(d, none, o, counter);
+        b.activations = uint64_t(counter.allocated_bytes() - counter.cache_bytes() + f.host_bytes());
+        b.mla_cache = uint64_t(counter.cache_bytes());
+    }
+    const ForwardShape s = shape_of(o);
+    b.kernel_scratch = std::max(cpu::gemm_scratch_bytes(s.max_batch_tokens, CpuBackend::widest_matrix_cols(d), n_threads),
+                                cpu::gemm_scratch_bytes(s.decompress_block, d.kv_rank, n_threads));
+    return b;
 }
 
 int64_t DeepseekForward::activation_floats(const ModelLayout& d, const ForwardShape& s) {
@@ -68,9 +105,9 @@ DeepseekForward::~DeepseekForward() {
 
 void DeepseekForward::allocate() {
     const auto& d = layout_;
-    const int64_t n = options_.max_batch_tokens;
-    if (n <= 0 || options_.max_context <= 0) fail(ErrorKind::invalid_input, "batch and context sizes must be positive");
-    if (options_.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
+    const int64_t n = shape_.max_batch_tokens;
+    if (n <= 0 || shape_.max_context <= 0) fail(ErrorKind::invalid_input, "step tokens and positions must be positive");
+    if (shape_.n_sequences < 1) fail(ErrorKind::invalid_input, "at least one sequence is needed");
     Backend& be = backend_;
     backend_mark_ = be.allocation_mark();
     be.reserve(d, shape_);
@@ -93,7 +130,7 @@ void DeepseekForward::allocate() {
     // the result does not depend on the order in which experts arrive from disk.
     const int k = std::max(d.router.top_k, 1);
     expert_out_ = be.alloc_floats(n * k * d.hidden);
-    const int64_t block = std::min(shape_.max_context, shape_.decompress_block);
+    const int64_t block = shape_.decompress_block;
     kv_block_ = be.alloc_floats(block * d.n_heads * (d.nope + d.v_dim));
     running_max_ = be.alloc_floats(n * d.n_heads);
     running_sum_ = be.alloc_floats(n * d.n_heads);
@@ -123,19 +160,19 @@ void DeepseekForward::allocate() {
     step_tokens_.resize(size_t(n));
     groups_.reserve(size_t(n));
     logit_rows_.reserve(size_t(n));
-    n_past_.assign(size_t(options_.n_sequences), 0);
-    const size_t n_caches = size_t(options_.n_sequences) * size_t(d.n_layers);
+    n_past_.assign(size_t(shape_.n_sequences), 0);
+    const size_t n_caches = size_t(shape_.n_sequences) * size_t(d.n_layers);
     cache_latent_.resize(n_caches);
     cache_rope_.resize(n_caches);
     for (size_t c = 0; c < n_caches; ++c) {
-        cache_latent_[c] = be.alloc_cache_floats(options_.max_context * d.kv_rank);
-        cache_rope_[c] = be.alloc_cache_floats(options_.max_context * d.rope_dim);
+        cache_latent_[c] = be.alloc_cache_floats(shape_.max_context * d.kv_rank);
+        cache_rope_[c] = be.alloc_cache_floats(shape_.max_context * d.rope_dim);
     }
 }
 
 void DeepseekForward::truncate(int64_t n, int sequence) {
-    if (sequence < 0 || sequence >= options_.n_sequences)
-        fail(ErrorKind::internal, "sequence {} of {}", sequence, options_.n_sequences);
+    if (sequence < 0 || sequence >= shape_.n_sequences)
+        fail(ErrorKind::internal, "sequence {} of {}", sequence, shape_.n_sequences);
     if (n < 0 || n > n_past_[size_t(sequence)])
         fail(ErrorKind::internal, "truncate to {} with {} positions cached", n, n_past_[size_t(sequence)]);
     n_past_[size_t(sequence)] = n;
@@ -143,8 +180,8 @@ void DeepseekForward::truncate(int64_t n, int sequence) {
 
 void DeepseekForward::forward(std::span<const int32_t> tokens, bool all_logits, float* logits) {
     const int64_t n = int64_t(tokens.size());
-    for (int64_t begin = 0; begin < n; begin += options_.max_batch_tokens) {
-        const int64_t count = std::min(options_.max_batch_tokens, n - begin);
+    for (int64_t begin = 0; begin < n; begin += shape_.max_batch_tokens) {
+        const int64_t count = std::min(shape_.max_batch_tokens, n - begin);
         const bool last_chunk = begin + count == n;
         const SequenceTokens entry{0, tokens.subspan(size_t(begin), size_t(count)), all_logits};
         if (all_logits) forward_batch({&entry, 1}, logits + begin * layout_.vocab);
@@ -158,14 +195,14 @@ void DeepseekForward::forward_batch(std::span<const SequenceTokens> batch, float
     logit_rows_.clear();
     for (const auto& entry : batch) {
         const int64_t count = int64_t(entry.tokens.size());
-        if (entry.sequence < 0 || entry.sequence >= options_.n_sequences)
-            fail(ErrorKind::invalid_input, "sequence {} is outside [0, {})", entry.sequence, options_.n_sequences);
+        if (entry.sequence < 0 || entry.sequence >= shape_.n_sequences)
+            fail(ErrorKind::invalid_input, "sequence {} is outside [0, {})", entry.sequence, shape_.n_sequences);
         const int64_t past = n_past_[size_t(entry.sequence)];
-        if (past + count > options_.max_context)
+        if (past + count > shape_.max_context)
             fail(ErrorKind::invalid_input, "context full: {} cached + {} new positions exceed the context of {}", past,
-                 count, options_.max_context);
-        if (n + count > options_.max_batch_tokens)
-            fail(ErrorKind::invalid_input, "a step of more than {} tokens", options_.max_batch_tokens);
+                 count, shape_.max_context);
+        if (n + count > shape_.max_batch_tokens)
+            fail(ErrorKind::invalid_input, "a step of more than {} tokens", shape_.max_batch_tokens);
         for (const auto& g : groups_)
             if (g.sequence == entry.sequence)
                 fail(ErrorKind::invalid_input, "sequence {} appears twice in one step", entry.sequence);
@@ -350,7 +387,7 @@ void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, s
     const auto& g = groups_[group];
     const size_t cache = cache_index(g.sequence, layer);
     const int64_t n_positions = n_visible_[size_t(g.begin + g.count - 1)];  // the last token sees them all
-    const int64_t block = std::min(shape_.max_context, shape_.decompress_block);
+    const int64_t block = shape_.decompress_block;
     float* out = attn_heads_ + g.begin * d.n_heads * d.v_dim;
     float* running_max = running_max_ + g.begin * d.n_heads;
     float* running_sum = running_sum_ + g.begin * d.n_heads;

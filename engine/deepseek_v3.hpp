@@ -26,10 +26,23 @@ enum class AttentionForm { automatic, absorbed, decompressed };
 AttentionForm parse_attention_form(const std::string& text);  // "auto" | "absorbed" | "decompressed"
 const char* attention_form_name(AttentionForm form);
 
+// What a forward pass is sized for. The memory planner plans from it and DeepseekForward allocates
+// from it, through the same allocation calls (DeepseekForward::bytes_for runs them against a
+// counting backend), so the plan is the allocation. A scheduler holding up to N sequences of up to
+// C positions, running up to T tokens per step, plans and runs RunShape{N, C, T}; a program that
+// runs several forwards one after another (bench) plans each of their shapes, and the planner
+// holds the largest.
+struct RunShape {
+    int n_sequences = 1;         // sequences held at once, each with its own latent cache
+    int64_t positions = 4096;    // most positions one sequence's latent cache holds
+    int64_t step_tokens = 128;   // most tokens in one step, over all its sequences (prefill is split into steps)
+    int64_t logit_rows = 0;      // rows of [rows, vocab] f32 logits the caller holds; 0: one per sequence
+
+    int64_t logits_held() const { return logit_rows > 0 ? logit_rows : n_sequences; }
+};
+
 struct ForwardOptions {
-    int64_t max_context = 4096;       // positions the latent cache holds, per sequence
-    int64_t max_batch_tokens = 128;   // tokens per step (prefill is split into steps)
-    int n_sequences = 1;              // independent sequences, each with its own latent cache
+    RunShape shape;
     AttentionForm attention = AttentionForm::automatic;
     int64_t decompress_block = 0;     // positions the decompressed form expands at a time; 0: default
 };
@@ -49,10 +62,19 @@ public:
     static constexpr int64_t kDecompressBlockPositions = 256;
     // The sizes the buffers follow from (decompress_block resolved to its default).
     static ForwardShape shape_of(const ForwardOptions& options);
-    // Floats of activations this object allocates for `shape`; the latent cache (n_sequences x
-    // n_layers x max_context x cache_width) and the backend's own scratch (CpuBackend::
-    // scratch_floats) come on top. Shared with the memory planner.
+    // Floats of activations this object asks its backend for (the latent cache and the backend's
+    // own scratch come on top): the CUDA backend's planner figure (engine/cuda/cuda_backend_sizes).
     static int64_t activation_floats(const ModelLayout& layout, const ForwardShape& shape);
+
+    // The bytes a forward with these options holds on the CPU backend with n_threads threads, and
+    // the matmul scratch it reserves on them: the memory planner's figures. Counted by running
+    // this class's own allocation against a CPU backend that counts instead of allocating.
+    struct Bytes {
+        uint64_t mla_cache = 0;      // latent cache, all sequences and layers
+        uint64_t activations = 0;    // step buffers, the backend's scratch and the routing bookkeeping
+        uint64_t kernel_scratch = 0; // per-thread matmul scratch: kept by the threads after the forward, grown only
+    };
+    static Bytes bytes_for(const ModelLayout& layout, const ForwardOptions& options, int n_threads);
 
     // On the CPU backend, threaded on `pool`.
     DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options, ThreadPool& pool);
@@ -65,19 +87,23 @@ public:
     // Writes logits [tokens.size(), vocab] when all_logits, else [1, vocab] for the last token.
     void forward(std::span<const int32_t> tokens, bool all_logits, float* logits);
 
-    // One step over several sequences (at most max_batch_tokens tokens in all): every
+    // One step over several sequences (at most shape().step_tokens tokens in all): every
     // sequence's tokens share the weights read for the step. Logits rows are written in batch
     // order: all positions of entries with all_logits, the last position of the others.
     void forward_batch(std::span<const SequenceTokens> batch, float* logits);
 
     int64_t position(int sequence = 0) const { return n_past_[size_t(sequence)]; }
+    const RunShape& shape() const { return options_.shape; }
     // Forgets positions >= n (n <= position()): a restart, or a rejected draft.
     void truncate(int64_t n, int sequence = 0);
 
     const ModelLayout& layout() const { return layout_; }
     Backend& backend() { return backend_; }
-    // Bytes allocated for activations, the latent cache and the backend's scratch.
-    int64_t allocated_bytes() const { return backend_.allocated_bytes(); }
+    // Bytes allocated for activations, the latent cache and the backend's scratch (and, on a device
+    // backend shared with the weights, those too), plus the host-side routing bookkeeping.
+    int64_t allocated_bytes() const { return backend_.allocated_bytes() + host_bytes(); }
+    // The host vectors of a step's bookkeeping (routing, positions, groups), as allocated.
+    int64_t host_bytes() const;
 
 private:
     void allocate();

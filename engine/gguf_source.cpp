@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/error.hpp"
+#include "core/page_cache.hpp"
 #include "formats/gguf_deepseek2.hpp"
 
 namespace sluice {
@@ -52,6 +53,7 @@ void GgufSource::read(const SourceTensor& tensor, std::span<std::byte> out) cons
                  tensor.name, e.offset + done);
         done += uint64_t(r);
     }
+    drop_cached(fds_[e.file_index], e.offset, e.length);
 }
 
 ModelConfig model_config_from_gguf(const gguf::GgufModel& model) {

@@ -4,9 +4,9 @@
 
 #include <fmt/format.h>
 
+#include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
-#include "engine/cpu_backend.hpp"
-#include "engine/deepseek_v3.hpp"
+#include "io/segment_reader.hpp"
 
 namespace sluice {
 
@@ -28,94 +28,140 @@ const char* resident_mode_name(ResidentMode mode) {
     return "?";
 }
 
-uint64_t mla_cache_bytes(const ModelLayout& d, int64_t context) {
-    return uint64_t(context) * uint64_t(d.cache_width()) * 4 * uint64_t(d.n_layers);
+uint64_t StagingPool::bytes() const {
+    return count > 0 ? AlignedBuffer::held_bytes(size_t(slot_bytes) * size_t(count), AlignedBuffer::kHugePageBytes, true)
+                     : 0;
 }
 
-uint64_t forward_activation_bytes(const ModelLayout& d, int64_t n, int64_t context, int n_threads) {
-    ForwardShape shape{n, context, 1, DeepseekForward::kDecompressBlockPositions};
-    return uint64_t(DeepseekForward::activation_floats(d, shape) + CpuBackend::scratch_floats(d, shape, n_threads)) * 4;
+StagingPool staging_pool(uint64_t largest_read_bytes, int count, size_t io_alignment) {
+    return {AlignedBuffer::round_up(size_t(largest_read_bytes), std::max<size_t>(io_alignment, 1)), count};
 }
+
+uint64_t segment_read_bytes(const Segment& segment) {
+    std::vector<Extent> extents;
+    segment.extents(extents);
+    return io::SegmentReader::buffer_bytes_for(extents);
+}
+
+int dense_buffer_count(int prefetch_layers, int n_layers) {
+    return std::clamp(prefetch_layers + 1, 1, std::max(n_layers, 1));
+}
+
+namespace {
+double gib(uint64_t b) { return double(b) / (1 << 30); }
+double mib(uint64_t b) { return double(b) / (1 << 20); }
+}  // namespace
 
 MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const MemoryRequest& req) {
     MemoryPlan p;
-    uint64_t all_dense = 0, all_experts = 0;
+    p.held_bytes = req.held_bytes;
+    // Weights: what reading them into memory holds, and the largest read a staging buffer takes.
+    uint64_t largest_dense_read = 0, largest_expert_read = 0;
+    int n_expert_segments = 0;
     for (const auto& l : model.layers) {
-        p.dense_slot_bytes = std::max(p.dense_slot_bytes, l.dense.bytes());
-        all_dense += l.dense.bytes();
-        p.global_bytes += l.vectors.bytes();
+        p.global_bytes += resident_vector_bytes(l.vectors);
+        p.resident_dense_bytes += resident_segment_bytes(l.dense);
+        largest_dense_read = std::max(largest_dense_read, segment_read_bytes(l.dense));
         for (const auto& e : l.experts) {
-            p.expert_slot_bytes = std::max(p.expert_slot_bytes, e.bytes());
-            all_experts += e.bytes();
+            p.resident_expert_bytes += resident_segment_bytes(e);
+            largest_expert_read = std::max(largest_expert_read, segment_read_bytes(e));
+            ++n_expert_segments;
         }
     }
-    p.global_bytes += model.globals.bytes() + model.global_vectors.bytes();
-    p.dense_slots = std::max(req.dense_slots, 2);
-    p.expert_slots = req.expert_slots > 0 ? req.expert_slots : 2 * std::max(d.router.top_k, 1);
-    if (p.expert_slot_bytes == 0) p.expert_slots = 0;
-    p.mla_cache_bytes = mla_cache_bytes(d, req.context);
-    p.activation_bytes = forward_activation_bytes(d, req.batch_tokens, req.context, req.n_threads);
+    p.global_bytes += resident_segment_bytes(model.globals) + resident_vector_bytes(model.global_vectors);
+    const uint64_t all_dense = p.resident_dense_bytes;
 
-    const uint64_t fixed = p.global_bytes + p.mla_cache_bytes + p.activation_bytes;
-    const uint64_t staging = uint64_t(p.dense_slots) * p.dense_slot_bytes + uint64_t(p.expert_slots) * p.expert_slot_bytes;
-    p.minimum_bytes = fixed + staging;
+    // The forward passes, one at a time: the largest, and the largest kernel scratch (kept by the
+    // threads from one pass to the next).
+    uint64_t largest_pass = 0;
+    for (const RunShape& shape : req.shapes) {
+        const auto b = DeepseekForward::bytes_for(d, ForwardOptions{shape}, req.n_threads);
+        const uint64_t logits = AlignedBuffer::held_bytes(size_t(shape.logits_held()) * size_t(d.vocab) * sizeof(float));
+        p.kernel_scratch_bytes = std::max(p.kernel_scratch_bytes, b.kernel_scratch);
+        if (b.mla_cache + b.activations + logits >= largest_pass) {
+            largest_pass = b.mla_cache + b.activations + logits;
+            p.shape = shape;
+            p.mla_cache_bytes = b.mla_cache;
+            p.activation_bytes = b.activations;
+            p.logits_bytes = logits;
+        }
+    }
+    if (req.other_pass_bytes > largest_pass) {
+        p.other_pass_bytes = req.other_pass_bytes;
+        largest_pass = req.other_pass_bytes;
+    }
+    const uint64_t fixed = p.held_bytes + p.global_bytes + largest_pass + p.kernel_scratch_bytes;
+
+    const size_t io_alignment = io::SegmentReader::buffer_alignment();
+    const StagingPool dense_pool =
+        staging_pool(largest_dense_read, dense_buffer_count(req.prefetch_layers, int(model.layers.size())), io_alignment);
+    p.expert_slots = n_expert_segments == 0 ? 0 : req.expert_slots > 0 ? req.expert_slots : 2 * std::max(d.router.top_k, 1);
+    const StagingPool expert_staging = staging_pool(largest_expert_read, p.expert_slots, io_alignment);
+    p.minimum_bytes = fixed + dense_pool.bytes() + expert_staging.bytes();
 
     switch (req.resident) {
-        case ResidentMode::all:
-            // Everything in memory: no staging at all.
-            p.resident_dense_bytes = all_dense;
-            p.expert_cache_bytes = all_experts;
-            p.dense_slots = p.expert_slots = 0;
+        case ResidentMode::all:  // everything in memory: no staging at all
+            p.expert_slots = 0;
             break;
-        case ResidentMode::none: p.staging_bytes = staging; break;
+        case ResidentMode::none:
+            p.resident_dense_bytes = p.resident_expert_bytes = 0;
+            p.dense_pool = dense_pool;
+            p.expert_pool = expert_staging;
+            break;
         case ResidentMode::dense:
-            p.staging_bytes = uint64_t(p.expert_slots) * p.expert_slot_bytes;
-            p.dense_slots = 0;
-            p.resident_dense_bytes = all_dense;
+            p.resident_expert_bytes = 0;
+            p.expert_pool = expert_staging;
             break;
         case ResidentMode::automatic: {
-            p.staging_bytes = staging;
-            // Dense parts first (read every step), then experts, while the budget allows.
-            if (req.ram_budget_bytes > p.minimum_bytes) {
-                uint64_t room = req.ram_budget_bytes - p.minimum_bytes;
-                if (room >= all_dense) {
-                    p.resident_dense_bytes = all_dense;
-                    room -= all_dense;
-                    p.staging_bytes -= uint64_t(p.dense_slots) * p.dense_slot_bytes;
-                    room += uint64_t(p.dense_slots) * p.dense_slot_bytes;
-                    p.dense_slots = 0;
-                }
-                p.expert_cache_bytes = std::min(room, all_experts);
+            // Dense parts first (read every step), then as many experts as the budget holds,
+            // as a cache in the expert pool.
+            p.resident_dense_bytes = p.resident_expert_bytes = 0;
+            p.dense_pool = dense_pool;
+            p.expert_pool = expert_staging;
+            if (req.ram_budget_bytes > 0 && fixed + all_dense + expert_staging.bytes() <= req.ram_budget_bytes) {
+                p.resident_dense_bytes = all_dense;
+                p.dense_pool = {};
+            }
+            const uint64_t used = fixed + p.resident_dense_bytes + p.dense_pool.bytes();
+            if (req.ram_budget_bytes > used && expert_staging.slot_bytes > 0) {
+                // The pool is one mapping rounded to 2 MiB: count the buffers in whole huge pages.
+                const uint64_t room = (req.ram_budget_bytes - used) / AlignedBuffer::kHugePageBytes *
+                                      AlignedBuffer::kHugePageBytes;
+                const uint64_t fit = room / expert_staging.slot_bytes;
+                p.expert_pool.count = int(std::clamp<uint64_t>(fit, uint64_t(p.expert_slots),
+                                                               uint64_t(p.expert_slots + n_expert_segments)));
             }
             break;
         }
     }
-    if (req.resident == ResidentMode::dense) p.staging_bytes = uint64_t(p.expert_slots) * p.expert_slot_bytes;
-    p.total_bytes = fixed + p.staging_bytes + p.resident_dense_bytes + p.expert_cache_bytes;
+    p.total_bytes = fixed + p.resident_dense_bytes + p.resident_expert_bytes + p.staging_bytes();
     p.fits = req.ram_budget_bytes == 0 || p.total_bytes <= req.ram_budget_bytes;
     if (!p.fits) {
         if (p.minimum_bytes > req.ram_budget_bytes)
             fail(ErrorKind::out_of_memory,
-                 "the model needs at least {:.2f} GiB with --resident none, context {} and batch {} ({}); the budget is "
-                 "{:.2f} GiB: raise --ram to at least {:.2f} GiB or lower --context / --batch",
-                 double(p.minimum_bytes) / (1 << 30), req.context, req.batch_tokens, p.describe(),
-                 double(req.ram_budget_bytes) / (1 << 30), double(p.minimum_bytes) / (1 << 30));
+                 "the model needs at least {:.2f} GiB with --resident none for {} sequence(s) of {} positions, {} tokens "
+                 "a step ({}); the budget is {:.2f} GiB: raise --ram to at least {:.2f} GiB or lower --context / --batch",
+                 gib(p.minimum_bytes), p.shape.n_sequences, p.shape.positions, p.shape.step_tokens, p.describe(),
+                 gib(req.ram_budget_bytes), gib(p.minimum_bytes));
         fail(ErrorKind::out_of_memory,
              "--resident {} needs {:.2f} GiB ({}), over the budget of {:.2f} GiB; --resident none needs {:.2f} GiB",
-             resident_mode_name(req.resident), double(p.total_bytes) / (1 << 30), p.describe(),
-             double(req.ram_budget_bytes) / (1 << 30), double(p.minimum_bytes) / (1 << 30));
+             resident_mode_name(req.resident), gib(p.total_bytes), p.describe(), gib(req.ram_budget_bytes),
+             gib(p.minimum_bytes));
     }
     return p;
 }
 
 std::string MemoryPlan::describe() const {
-    auto gib = [](uint64_t b) { return double(b) / (1 << 30); };
     return fmt::format(
-        "staging {:.2f} GiB ({} dense slots x {:.1f} MiB + {} expert slots x {:.1f} MiB), globals {:.2f} GiB, resident "
-        "dense {:.2f} GiB, expert cache {:.2f} GiB, MLA cache {:.2f} GiB, activations {:.2f} GiB",
-        gib(staging_bytes), dense_slots, double(dense_slot_bytes) / (1 << 20), expert_slots,
-        double(expert_slot_bytes) / (1 << 20), gib(global_bytes), gib(resident_dense_bytes), gib(expert_cache_bytes),
-        gib(mla_cache_bytes), gib(activation_bytes));
+        "staging {:.2f} GiB ({} dense buffers x {:.1f} MiB + {} expert buffers x {:.1f} MiB, {} of them cache), "
+        "globals {:.2f} GiB, resident dense {:.2f} GiB, resident experts {:.2f} GiB, MLA cache {:.2f} GiB, activations "
+        "{:.2f} GiB, logits {:.2f} GiB, kernel scratch {:.2f} GiB, other pass {:.2f} GiB, process before {:.2f} GiB; total "
+        "{:.2f} GiB",
+        gib(staging_bytes()), dense_pool.count, mib(dense_pool.slot_bytes), expert_pool.count, mib(expert_pool.slot_bytes),
+        expert_cache_entries(), gib(global_bytes), gib(resident_dense_bytes), gib(resident_expert_bytes),
+        gib(mla_cache_bytes), gib(activation_bytes), gib(logits_bytes), gib(kernel_scratch_bytes), gib(other_pass_bytes),
+        gib(held_bytes),
+        gib(total_bytes));
 }
 
 }  // namespace sluice

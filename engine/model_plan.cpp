@@ -44,6 +44,14 @@ uint64_t Segment::bytes() const {
     return total;
 }
 
+void Segment::extents(std::vector<Extent>& out) const {
+    out.clear();
+    for (const auto& t : tensors) {
+        out.push_back(t.extent);
+        if (t.scales.length) out.push_back(t.scales);
+    }
+}
+
 bool plan_has_role(const ModelPlan& plan, WeightRole role) {
     for (const auto& l : plan.layers)
         for (const auto& t : l.dense.tensors)
@@ -334,24 +342,36 @@ struct ReadSegment {
     SegmentBytes bytes;
 };
 
+constexpr uint64_t round64(uint64_t v) { return (v + 63) / 64 * 64; }
+
+// The owned buffer's size: every tensor and its scales, each 64-byte aligned.
+uint64_t segment_buffer_bytes(const Segment& segment) {
+    uint64_t total = 0;
+    for (const auto& t : segment.tensors) total += round64(t.extent.length) + round64(t.scales.length);
+    return total;
+}
+
+AlignedBuffer& keep(ModelWeights& out, size_t bytes) {
+    auto& buf = out.storage.emplace_back(bytes, 64);
+    out.resident_bytes += int64_t(buf.held());
+    return buf;
+}
+
 ReadSegment read_segment(const Segment& segment, const TensorSource& source, ModelWeights& out) {
     ReadSegment r;
-    uint64_t total = 0;
-    for (const auto& t : segment.tensors) total += (t.extent.length + 63) / 64 * 64 + (t.scales.length + 63) / 64 * 64;
-    auto& buf = out.storage.emplace_back(size_t(total), 64);
-    out.resident_bytes += int64_t(total);
-    r.bytes = {buf.data(), size_t(total)};
+    auto& buf = keep(out, size_t(segment_buffer_bytes(segment)));
+    r.bytes = {buf.data(), buf.size()};
     std::byte* cursor = buf.data();
     for (const auto& t : segment.tensors) {
         SourceTensor st{t.name, t.type, {}, t.extent};
         source.read(st, std::span<std::byte>(cursor, t.extent.length));
         r.data.push_back(cursor);
-        cursor += (t.extent.length + 63) / 64 * 64;
+        cursor += round64(t.extent.length);
         if (t.scales.length) {
             SourceTensor ss{t.name + " (scales)", DType::F32, {}, t.scales};
             source.read(ss, std::span<std::byte>(cursor, t.scales.length));
             r.scales.push_back(cursor);
-            cursor += (t.scales.length + 63) / 64 * 64;
+            cursor += round64(t.scales.length);
         } else {
             r.scales.push_back(nullptr);
         }
@@ -361,19 +381,38 @@ ReadSegment read_segment(const Segment& segment, const TensorSource& source, Mod
 
 }  // namespace
 
+uint64_t resident_segment_bytes(const Segment& segment) {
+    return AlignedBuffer::held_bytes(size_t(segment_buffer_bytes(segment)), 64);
+}
+
+// A vector as stored, and its f32 copy when stored otherwise; the router matrix as a segment.
+uint64_t resident_vector_bytes(const Segment& vectors) {
+    uint64_t total = 0;
+    for (const auto& t : vectors.tensors) {
+        if (t.role == WeightRole::router) {
+            Segment one;
+            one.tensors.push_back(t);
+            total += resident_segment_bytes(one);
+            continue;
+        }
+        total += AlignedBuffer::held_bytes(size_t(t.extent.length), 64);
+        if (t.type != DType::F32) total += AlignedBuffer::held_bytes(size_t(t.cols) * 4, 64);
+    }
+    return total;
+}
+
 void load_vectors(const ModelPlan& plan, const TensorSource& source, ModelWeights& out) {
     auto load = [&](const Segment& seg, auto&& assign) {
         for (const auto& t : seg.tensors) {
             if (t.role == WeightRole::router) continue;  // a matrix: below
-            auto& buf = out.storage.emplace_back(size_t(t.extent.length), 64);
+            auto& buf = keep(out, size_t(t.extent.length));
             source.read(SourceTensor{t.name, t.type, {}, t.extent}, std::span<std::byte>(buf.data(), t.extent.length));
             const float* values = buf.as<float>();
             if (t.type != DType::F32) {
-                auto& f32 = out.storage.emplace_back(size_t(t.cols) * 4, 64);
+                auto& f32 = keep(out, size_t(t.cols) * 4);
                 block_type(t.type).dequantize_row(buf.data(), f32.as<float>(), t.cols);
                 values = f32.as<float>();
             }
-            out.resident_bytes += t.cols * 4;
             assign(t.role, values);
         }
     };

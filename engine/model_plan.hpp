@@ -42,6 +42,8 @@ struct PlannedTensor {
 struct Segment {
     std::vector<PlannedTensor> tensors;
     uint64_t bytes() const;
+    // Its extents in the order a staging buffer receives them: each tensor, then its scales.
+    void extents(std::vector<Extent>& out) const;
 };
 
 struct LayerPlan {
@@ -96,6 +98,11 @@ void load_globals(const ModelPlan& plan, const TensorSource& source, ModelWeight
 void load_dense_segment(const ModelPlan& plan, int layer, const TensorSource& source, ModelWeights& out);
 // Reads every layer's dense segment into `out.storage` and binds it (--resident dense).
 void load_dense_resident(const ModelPlan& plan, const TensorSource& source, ModelWeights& out);
+
+// The bytes load_globals / load_dense_resident / load_resident hold for a segment read into memory,
+// and load_vectors for a layer's (or the final) vectors: what the memory planner counts.
+uint64_t resident_segment_bytes(const Segment& segment);
+uint64_t resident_vector_bytes(const Segment& vectors);
 
 // Every segment read into memory (the fully resident mode): what `run` uses when the model fits.
 ModelWeights load_resident(const ModelLayout& layout, const ModelPlan& plan, const TensorSource& source);

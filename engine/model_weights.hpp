@@ -70,7 +70,7 @@ struct ModelWeights {
     // Everything above points into these.
     // A deque: references to earlier buffers stay valid while more are added.
     std::deque<AlignedBuffer> storage;
-    int64_t resident_bytes = 0;
+    int64_t resident_bytes = 0;        // what `storage` holds from the OS (AlignedBuffer::held)
 };
 
 }  // namespace sluice

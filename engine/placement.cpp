@@ -35,10 +35,7 @@ HostPlan plan_host(const OpenModel& model, MemoryRequest req) {
     h.memory = plan_memory(model.layout, model.plan, req);
     h.mode = req.resident;
     if (h.mode != ResidentMode::all) {
-        h.expert_buffers = h.memory.expert_slots;
-        if (h.memory.expert_slot_bytes > 0)
-            h.expert_buffers += int64_t(h.memory.expert_cache_bytes / h.memory.expert_slot_bytes);
-        h.expert_buffers = std::max<int64_t>(h.expert_buffers, 1);
+        h.expert_buffers = std::max<int64_t>(h.memory.expert_pool.count, 1);
         h.mode = h.memory.resident_dense_bytes > 0 ? ResidentMode::dense : ResidentMode::none;
     }
     return h;
@@ -49,7 +46,7 @@ Placement cpu_placement(const OpenModel& model, const HostPlan& host) {
     const bool all = host.mode == ResidentMode::all;
     p.dense.assign(model.plan.layers.size(), all || host.mode == ResidentMode::dense ? Tier::host : Tier::disk);
     p.head = Tier::host;
-    p.dense_buffers = std::max(host.memory.dense_slots, 2);  // as make_runtime gives the streamer
+    p.dense_buffers = std::max(host.memory.dense_pool.count, 2);  // as make_runtime gives the streamer
     // The streamer's pool is staging and cache at once, and while a layer computes, the next layer's
     // predicted experts take about top_k of its buffers: they do not serve as cache. Measured on a
     // 3-layer V3-shaped model (64 experts, top 8): 57% of the needed experts found in a pool of 43,

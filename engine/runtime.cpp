@@ -8,11 +8,12 @@
 #include <thread>
 
 #include "core/error.hpp"
+#include "core/process_memory.hpp"
 #include "engine/background_segment_io.hpp"
 #include "engine/cuda/cuda_backend.hpp"
 #include "engine/reader_segment_io.hpp"
-#include "kernels/cpu/matmul.hpp"
 #include "kernels/cuda/device.hpp"
+#include "kernels/cpu/matmul.hpp"
 
 namespace sluice {
 
@@ -38,20 +39,15 @@ uint64_t parse_byte_size(const std::string& text) {
     return uint64_t(value * scale);
 }
 
-uint64_t available_ram_bytes() {
-    std::ifstream in("/proc/meminfo");
-    std::string key;
-    uint64_t kib = 0;
-    std::string unit;
-    while (in >> key >> kib >> unit)
-        if (key == "MemAvailable:") return kib * 1024;
-    return 0;
+uint64_t Runtime::weights_allocated_bytes() const {
+    if (streamer) return streamer->allocated_bytes();
+    return uint64_t(resident.resident_bytes);
 }
 
 void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
     c.add_option_function<std::string>(
          "--ram", [&o](const std::string& s) { o.ram_budget_bytes = parse_byte_size(s); },
-         "Memory budget for weights, caches and activations (default: 85% of available RAM)");
+         "Memory budget for the whole process (default: 85% of the memory free on the host or, when lower, under the cgroup memory limit)");
     c.add_option_function<std::string>(
          "--resident", [&o](const std::string& s) { o.resident = parse_resident_mode(s); },
          "What stays in memory: none (only segments in flight), dense, auto (fill the budget), all")
@@ -124,7 +120,7 @@ DeviceChoice resolve_device(const std::string& text) {
 namespace {
 
 // The device side of --device cuda: the backend under the VRAM budget, and the plan of what it keeps.
-void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice& choice, const MemoryRequest& host) {
+void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice& choice) {
     const auto q = cuda::query_devices();
     if (!q.compiled) fail(ErrorKind::unsupported, "--device cuda: this sluice was built without CUDA (nvcc not found at build time)");
     if (choice.index >= int(q.devices.size()))
@@ -139,16 +135,15 @@ void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice&
         budget = info.free_bytes > margin ? info.free_bytes - margin : 0;
         source = "free device memory less 5% and 512 MiB";
     }
-    const ForwardShape shape{host.batch_tokens, host.context, std::max(options.n_sequences, 1),
-                             DeepseekForward::kDecompressBlockPositions};
+    const ForwardShape shape = DeepseekForward::shape_of(ForwardOptions{rt.memory.shape});
     CudaBackendOptions bo;
     bo.device = choice.index;
     bo.memory_limit_bytes = budget;
     DeviceRequest req;
     req.vram_budget_bytes = budget;
-    req.context = host.context;
+    req.context = shape.max_context;
     req.n_sequences = shape.n_sequences;
-    req.batch_tokens = host.batch_tokens;
+    req.batch_tokens = shape.max_batch_tokens;
     req.activation_bytes = cuda_forward_device_bytes(rt.model->layout, shape, bo, false);
     req.expert_slots = options.expert_buffers;
     rt.device_plan = plan_device_memory(rt.model->layout, rt.model->plan, req);
@@ -178,7 +173,7 @@ std::unique_ptr<DeepseekForward> Runtime::make_forward(const ForwardOptions& opt
 void Runtime::finish() {
     if (!trace) return;
     if (backend) backend->synchronize();
-    trace->write(trace_path_);
+    trace->write(trace_path);
 }
 
 Runtime::~Runtime() {
@@ -186,32 +181,43 @@ Runtime::~Runtime() {
 }
 
 std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options) {
+    return make_runtime(open_model(path), options);
+}
+
+std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const RuntimeOptions& options) {
     auto rt = std::make_unique<Runtime>();
-    rt->model = open_model(path);
+    rt->model = std::move(model);
     const auto& layout = rt->model->layout;
     const DeviceChoice device = resolve_device(options.device);
     if (!options.trace_path.empty()) {
         rt->trace = std::make_unique<Trace>();
-        rt->trace_path_ = options.trace_path;
+        rt->trace_path = options.trace_path;
     }
 
+    rt->budget = options.ram_budget_bytes ? MemoryBudget{options.ram_budget_bytes, "--ram"}
+                                          : default_memory_budget(0.85);
     MemoryRequest req;
-    req.ram_budget_bytes = options.ram_budget_bytes ? options.ram_budget_bytes : available_ram_bytes() / 100 * 85;
-    req.context = options.context;
-    req.batch_tokens = options.batch_tokens;
+    req.ram_budget_bytes = rt->budget.bytes;
+    req.shapes = options.shapes;
+    req.other_pass_bytes = options.other_pass_bytes;
     req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
     req.expert_slots = options.expert_buffers;
+    req.prefetch_layers = std::max(options.prefetch_layers, 0);
     req.resident = options.resident;
+    req.held_bytes = process_memory_bytes("VmRSS");
     if (req.resident == ResidentMode::automatic) {
         // Everything resident when it fits; else stream with what the budget allows.
-        const MemoryPlan p = plan_memory(layout, rt->model->plan, MemoryRequest{0, req.context, req.batch_tokens,
-                                                                                 req.n_threads, 2, req.expert_slots,
-                                                                                 ResidentMode::all});
-        if (p.total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
+        MemoryRequest all = req;
+        all.ram_budget_bytes = 0;
+        all.resident = ResidentMode::all;
+        if (plan_memory(layout, rt->model->plan, all).total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
     }
     rt->memory = plan_memory(layout, rt->model->plan, req);
     rt->mode = req.resident;
-    if (device.cuda) plan_device(*rt, options, device, req);
+    if (options.verbose)
+        fmt::print(stderr, "memory: budget {:.2f} GiB ({}); --resident {}: {}\n", double(rt->budget.bytes) / (1 << 30),
+                   rt->budget.source, resident_mode_name(rt->mode), rt->memory.describe());
+    if (device.cuda) plan_device(*rt, options, device);
     else if (options.verbose) fmt::print(stderr, "device: cpu ({})\n", device.reason);
     // The host provider is made below; the device side goes in front of it when it exists.
     auto attach_device = [&] {
@@ -226,9 +232,6 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
         }
         if (rt->streamer) rt->streamer->set_trace(rt->trace.get());
     };
-    if (options.verbose)
-        fmt::print(stderr, "memory: --resident {} under a budget of {:.2f} GiB: {}\n", resident_mode_name(rt->mode),
-                   double(req.ram_budget_bytes) / (1 << 30), rt->memory.describe());
 
     if (rt->mode == ResidentMode::all) {
         rt->resident = load_resident(layout, rt->model->plan, *rt->model->source);
@@ -252,13 +255,9 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     StreamerOptions so;
     // auto keeps the dense parts resident when the planner found room for them.
     so.resident = rt->memory.resident_dense_bytes > 0 ? ResidentMode::dense : ResidentMode::none;
-    so.dense_buffers = std::max(rt->memory.dense_slots, 2);
-    so.prefetch_layers = options.prefetch_layers;
+    so.prefetch_layers = req.prefetch_layers;
     so.speculate = options.speculate;
-    int expert_buffers = rt->memory.expert_slots;
-    if (rt->memory.expert_slot_bytes > 0)
-        expert_buffers += int(rt->memory.expert_cache_bytes / rt->memory.expert_slot_bytes);
-    so.expert_buffers = std::max(expert_buffers, 1);
+    so.expert_buffers = std::max(rt->memory.expert_pool.count, 1);
     if (rt->backend) so.dense_elsewhere = rt->device_plan.dense_resident;  // never read: the device holds them
     auto streamer = std::make_unique<Streamer>(layout, rt->model->plan, *rt->model->source, io, so);
     rt->streamer = streamer.get();

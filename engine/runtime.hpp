@@ -1,31 +1,36 @@
-// A model ready to run under a memory budget: opens it, plans memory (--ram, --resident,
-// --context, --batch), and picks the weight provider — everything resident when it fits and
-// was asked for, else the streamer over the chosen reader. Shared by run, perplexity and bench.
+// A model ready to run under a memory budget: opens it, plans memory (--ram, --resident, and the
+// shapes of the forward passes the command will run), and picks the weight provider — everything
+// resident when it fits and was asked for, else the streamer over the chosen reader. Shared by
+// run, perplexity and bench (and what a batch scheduler builds on: plan its RunShape, run it).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/backend.hpp"
 #include "engine/deepseek_v3.hpp"
 #include "engine/device_planner.hpp"
 #include "engine/device_weights.hpp"
+#include "engine/memory_limit.hpp"
 #include "engine/memory_planner.hpp"
-#include "engine/trace.hpp"
 #include "engine/model_loader.hpp"
 #include "engine/segment_io.hpp"
 #include "engine/streamer.hpp"
+#include "engine/trace.hpp"
 
 namespace CLI { class App; }
 
 namespace sluice {
 
 struct RuntimeOptions {
-    uint64_t ram_budget_bytes = 0;     // 0: 85% of MemAvailable at start
+    uint64_t ram_budget_bytes = 0;     // 0: 85% of the memory free on the host or under the cgroup limit
     ResidentMode resident = ResidentMode::automatic;
-    int64_t context = 4096;
-    int64_t batch_tokens = 128;
+    // The forward passes the command runs, one at a time (the plan holds the largest); each pass
+    // must be built with ForwardOptions{shape} of one of these (or a smaller shape).
+    std::vector<RunShape> shapes{RunShape{}};
+    uint64_t other_pass_bytes = 0;     // MemoryRequest::other_pass_bytes
     int n_threads = 0;
     int prefetch_layers = 1;
     int expert_buffers = 0;            // 0: from the plan
@@ -37,8 +42,7 @@ struct RuntimeOptions {
     double io_rate_cap = 0;            // bytes/s, 0 = none (what-if runs and tests)
     bool verbose = true;               // print the memory plan on stderr
     std::string device = "auto";       // auto | cpu | cuda | cuda:N
-    uint64_t vram_budget_bytes = 0;    // 0: the device's free memory less kVramMargin
-    int n_sequences = 1;               // sequences whose latent caches a step holds (device planning)
+    uint64_t vram_budget_bytes = 0;    // 0: the device's free memory less kVramMarginShare and kVramMarginBytes
     std::string trace_path;            // --trace: Chrome trace-event JSON of the run
 };
 
@@ -55,13 +59,14 @@ DeviceChoice resolve_device(const std::string& text);
 constexpr double kVramMarginShare = 0.05;
 constexpr uint64_t kVramMarginBytes = uint64_t(512) << 20;
 
-// Adds --ram --resident --prefetch --expert-buffers --no-speculate --io --qd --bs --io-rate-cap.
+// Adds --ram --resident --prefetch --expert-buffers --no-speculate --io --qd --bs --io-rate-cap
+// --device --vram --trace.
 void add_runtime_options(CLI::App& command, RuntimeOptions& options);
 uint64_t parse_byte_size(const std::string& text);  // "16G", "512M", "1.5GiB", "1000000"
-uint64_t available_ram_bytes();
 
 struct Runtime {
     std::unique_ptr<OpenModel> model;
+    MemoryBudget budget;                        // --ram, or the default and where it came from
     MemoryPlan memory;
     ResidentMode mode = ResidentMode::all;
     ModelWeights resident;                      // mode == all
@@ -78,6 +83,7 @@ struct Runtime {
     std::unique_ptr<DeviceWeights> device_weights;
     DevicePlan device_plan;
     std::string device_name = "cpu";
+    std::string trace_path;
 
     const ModelLayout& layout() const { return model->layout; }
     // What a forward pass reads its weights through: the device's view when computing on a device.
@@ -89,10 +95,14 @@ struct Runtime {
     // Ends the run: writes the trace when one was asked for.
     void finish();
     ~Runtime();
-
-    std::string trace_path_;
+    // What the process holds of what was planned: the provider's weights and buffers (the forward
+    // passes report their own, DeepseekForward::allocated_bytes).
+    uint64_t weights_allocated_bytes() const;
 };
 
 std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOptions& options);
+// The same for a model already open (a command that must tokenize before it knows its shapes).
+std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const RuntimeOptions& options);
+
 
 }  // namespace sluice

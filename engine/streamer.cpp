@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <system_error>
 #include <thread>
 
 #include <fmt/format.h>
@@ -15,15 +16,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// A segment's extents in the order the buffer receives them: each tensor, then its scales.
-void flatten(const Segment& s, std::vector<Extent>& out) {
-    out.clear();
-    for (const auto& t : s.tensors) {
-        out.push_back(t.extent);
-        if (t.scales.length) out.push_back(t.scales);
-    }
-}
-
 // data[i] / scales[i] per planned tensor, from the flattened extent pointers.
 void split_pointers(const Segment& s, const std::vector<const std::byte*>& flat, std::vector<const std::byte*>& data,
                     std::vector<const std::byte*>& scales) {
@@ -36,9 +28,6 @@ void split_pointers(const Segment& s, const std::vector<const std::byte*>& flat,
     }
 }
 }  // namespace
-
-// 2 MiB (a huge page) or the reader's alignment, whichever is larger.
-size_t Streamer::buffer_alignment() const { return std::max<size_t>(io_.buffer_alignment(), size_t(2) << 20); }
 
 double StepStats::overlap_efficiency() const {
     return step_seconds > 0 ? std::max(read_seconds, compute_seconds) / step_seconds : 0;
@@ -83,41 +72,33 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
         size_t largest = 0;
         for (size_t i = 0; i < plan_.layers.size(); ++i) {
             if (dense_elsewhere(int(i))) continue;
-            flatten(plan_.layers[i].dense, extent_scratch_);
+            plan_.layers[i].dense.extents(extent_scratch_);
             largest = std::max(largest, io_.buffer_bytes_for(extent_scratch_));
         }
-        if (largest > 0) dense_pool_.resize(size_t(std::max(options_.dense_buffers, 2)));
-        for (auto& b : dense_pool_) {
-            b.memory.allocate(largest, buffer_alignment(), true, false);
-            b.capacity = largest;
-            allocated_bytes_ += largest;
-        }
+        if (largest > 0)
+            make_pool(dense_pool_, dense_arena_,
+                      staging_pool(largest, dense_buffer_count(options_.prefetch_layers, n_layers), io_.buffer_alignment()));
     }
-
     size_t largest_expert = 0;
     for (const auto& l : plan_.layers)
         for (const auto& e : l.experts) {
-            flatten(e, extent_scratch_);
+            e.extents(extent_scratch_);
             largest_expert = std::max(largest_expert, io_.buffer_bytes_for(extent_scratch_));
         }
     if (largest_expert > 0) {
         const int n = options_.expert_buffers > 0 ? options_.expert_buffers : 2 * std::max(layout_.router.top_k, 1);
-        expert_pool_.resize(size_t(std::max(n, 1)));
-        for (auto& b : expert_pool_) {
-            b.memory.allocate(largest_expert, buffer_alignment(), true, false);
-            b.capacity = largest_expert;
-            allocated_bytes_ += largest_expert;
-        }
+        make_pool(expert_pool_, expert_arena_, staging_pool(largest_expert, std::max(n, 1), io_.buffer_alignment()));
     }
     zero_buffers();
     // Registered once, so io_uring can use READ_FIXED into them.
     std::vector<std::span<std::byte>> regions;
     for (auto* pool : {&dense_pool_, &expert_pool_})
-        for (auto& b : *pool) regions.emplace_back(b.memory.data(), b.capacity);
+        for (auto& b : *pool) regions.emplace_back(b.data, b.capacity);
     if (!regions.empty()) io_.register_buffers(regions);
-    // With a CUDA device, page-lock them too, so device copies come straight from here.
-    for (auto& r : regions)
-        if (cuda::pin_host_memory(r.data(), r.size())) pinned_.push_back(r.data());
+    // With a CUDA device, page-lock them too, so device copies come straight from here (a pool at
+    // once: its buffers share pages).
+    for (auto* arena : {&dense_arena_, &expert_arena_})
+        if (arena->held() > 0 && cuda::pin_host_memory(arena->data(), arena->held())) pinned_.push_back(arena->data());
     expert_buffer_.assign(size_t(n_layers), std::vector<int>(size_t(layout_.n_experts), -1));
     for (const auto& l : plan_.layers) n_moe_layers_ += !l.experts.empty();
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
@@ -130,6 +111,18 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     wait_index_.reserve(wait_tickets_.capacity());
 }
 
+// `pool.count` buffers of pool.slot_bytes, end to end in one huge-page mapping (2 MiB aligned,
+// so every buffer is aligned for the reader): what the planner counts for the pool.
+void Streamer::make_pool(std::vector<Buffer>& buffers, AlignedBuffer& arena, const StagingPool& pool) {
+    arena.allocate(size_t(pool.slot_bytes) * size_t(pool.count), AlignedBuffer::kHugePageBytes, true, false);
+    buffers.resize(size_t(pool.count));
+    for (size_t i = 0; i < buffers.size(); ++i) {
+        buffers[i].data = arena.data() + i * pool.slot_bytes;
+        buffers[i].capacity = pool.slot_bytes;
+    }
+    allocated_bytes_ += arena.held();
+}
+
 // The first touch of the pool's memory is most of a start (4.6 GB on the 5-layer V3 model under
 // 8 GiB), so it is spread over the cores: a 2 GiB first touch took 0.26 s on one core and 0.14 s
 // on two. (On the dev VM the host's own first touch of guest memory can dominate instead, ~10 s
@@ -137,10 +130,10 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
 void Streamer::zero_buffers() {
     std::vector<AlignedBuffer*> buffers;
     size_t total = 0;
-    for (auto* pool : {&dense_pool_, &expert_pool_})
-        for (auto& b : *pool) {
-            buffers.push_back(&b.memory);
-            total += b.memory.size();
+    for (auto* arena : {&dense_arena_, &expert_arena_})
+        if (arena->size() > 0) {
+            buffers.push_back(arena);
+            total += arena->size();
         }
     if (buffers.empty()) return;
     const size_t n_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
@@ -156,7 +149,14 @@ void Streamer::zero_buffers() {
         }
     };
     std::vector<std::thread> threads;
-    for (size_t t = 1; t < n_threads; ++t) threads.emplace_back(zero_share, t);
+    threads.reserve(n_threads);
+    for (size_t t = 1; t < n_threads; ++t) {
+        try {
+            threads.emplace_back(zero_share, t);
+        } catch (const std::system_error&) {
+            zero_share(t);  // the OS refused a helper thread: this share is done here instead
+        }
+    }
     zero_share(0);
     for (auto& th : threads) th.join();
 }
@@ -174,28 +174,38 @@ Streamer::~Streamer() {
             }
 }
 
-void Streamer::note_read_interval(Clock::time_point start, Clock::time_point end) {
-    const auto from = std::max(start, read_busy_until_);
-    if (end > from) current_.read_seconds += seconds(end - from);
-    read_busy_until_ = std::max(read_busy_until_, end);
+// read_seconds is the time with at least one read in flight: a count of reads between submit and
+// the moment the streamer sees them land. (Adding each read's [submit, land] interval past the
+// latest end seen so far under-counted reads that landed out of submit order.)
+void Streamer::read_started() {
+    if (reads_in_flight_++ == 0) busy_since_ = Clock::now();
+}
+
+void Streamer::read_landed() {
+    if (reads_in_flight_ > 0 && --reads_in_flight_ == 0) current_.read_seconds += seconds(Clock::now() - busy_since_);
 }
 
 void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) {
     if (b.state == BufferState::reading) wait_for(b);  // cannot reuse memory a read still targets
     if (b.layer >= 0 && b.expert >= 0) expert_buffer_[size_t(b.layer)][size_t(b.expert)] = -1;
     if (b.predicted && b.layer > computing_layer_) ++current_.guesses_evicted;
-    flatten(segment, extent_scratch_);
+    // Empty until the read is under way: if the reader refuses it, no buffer claims to hold the
+    // segment (find() would hand out the previous segment's bytes under the new name).
+    b.layer = b.expert = -1;
+    b.state = BufferState::empty;
+    b.bound = false;
+    b.predicted = false;
+    segment.extents(extent_scratch_);
     b.extent_data.assign(extent_scratch_.size(), nullptr);
     const size_t need = io_.buffer_bytes_for(extent_scratch_);
     if (need > b.capacity)
         fail(ErrorKind::internal, "segment of layer {} needs {} bytes, buffer holds {}", layer, need, b.capacity);
+    b.ticket = io_.submit(extent_scratch_, b.data, b.capacity, b.extent_data.data());
+    read_started();
+    b.submitted = Clock::now();
+    b.used_bytes = need;
     b.layer = layer;
     b.expert = expert;
-    b.used_bytes = need;
-    b.bound = false;
-    b.predicted = false;
-    b.submitted = Clock::now();
-    b.ticket = io_.submit(extent_scratch_, b.memory.data(), b.capacity, b.extent_data.data());
     b.state = BufferState::reading;
     current_.bytes_read += segment.bytes();
     if (expert >= 0) {
@@ -208,14 +218,13 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
 
 void Streamer::finish_read(Buffer& b) {
     b.state = BufferState::ready;
-    const auto now = Clock::now();
-    note_read_interval(b.submitted, now);
+    read_landed();
     if (trace_) {
-        nlohmann::json args = {{"layer", b.layer}, {"bytes", b.used_bytes}, {"host", fmt::format("{}", static_cast<const void*>(b.memory.data()))}};
+        nlohmann::json args = {{"layer", b.layer}, {"bytes", b.used_bytes}, {"host", fmt::format("{}", static_cast<const void*>(b.data))}};
         if (b.expert >= 0) args["expert"] = b.expert;
         if (b.predicted) args["predicted"] = true;
         trace_->add(Trace::Track::reads, b.expert >= 0 ? "read expert" : "read dense", trace_->to_us(b.submitted),
-                    trace_->to_us(now), std::move(args));
+                    trace_->now_us(), std::move(args));
     }
 }
 
@@ -248,12 +257,12 @@ void Streamer::bind(Buffer& b) {
         split_pointers(seg, b.extent_data, data, scales);
         b.dense = globals_.layers[size_t(b.layer)];  // vectors and router from the resident set
         bind_dense(seg, data.data(), scales.data(), b.dense);
-        b.dense.dense_segment = {b.memory.data(), b.used_bytes};
+        b.dense.dense_segment = {b.data, b.used_bytes};
     } else {
         const Segment& seg = plan_.layers[size_t(b.layer)].experts[size_t(b.expert)];
         split_pointers(seg, b.extent_data, data, scales);
         bind_expert(seg, data.data(), scales.data(), b.expert_weights);
-        b.expert_weights.segment = {b.memory.data(), b.used_bytes};
+        b.expert_weights.segment = {b.data, b.used_bytes};
     }
     b.bound = true;
 }
@@ -268,18 +277,22 @@ Streamer::Buffer* Streamer::find(std::vector<Buffer>& pool, int layer, int exper
     return nullptr;
 }
 
-// A dense buffer for `for_layer`: an empty one, else the unpinned one whose layer comes
-// furthest after it in the cycle (it will be needed last).
+// A dense buffer to read `for_layer` into: an empty one, else the unpinned one whose layer is next
+// needed furthest from now — and only if that comes after for_layer: evicting a layer that
+// computes before it would read that layer twice in one step (measured from the fetched layer, as
+// this once was, --prefetch 2 evicted the very next layer: 2.04 dense reads per layer per step).
 Streamer::Buffer* Streamer::acquire_dense(int for_layer) {
     const int n = int(plan_.layers.size());
+    const int now = computing_layer_ >= 0 ? computing_layer_ : for_layer;
+    const auto layers_until_needed = [&](int layer) { return ((layer - now) % n + n) % n; };
+    const int target = layers_until_needed(for_layer);
     Buffer* best = nullptr;
     int best_distance = -1;
     for (auto& b : dense_pool_) {
         if (b.pins > 0) continue;
         if (b.state == BufferState::empty) return &b;
-        const int distance = ((b.layer - for_layer) % n + n) % n;
-        // Never evict a layer we are about to need (within the prefetch window).
-        if (distance <= options_.prefetch_layers) continue;
+        const int distance = layers_until_needed(b.layer);
+        if (distance <= target) continue;
         if (distance > best_distance) {
             best_distance = distance;
             best = &b;
@@ -397,7 +410,7 @@ Streamer::Buffer* Streamer::acquire_expert_in_scan(int for_layer, bool for_predi
 void Streamer::prefetch_dense_after(int layer) {
     if (dense_resident_) return;
     const int n = int(plan_.layers.size());
-    for (int k = 1; k <= options_.prefetch_layers; ++k) {
+    for (int k = 1; k <= std::min(options_.prefetch_layers, n - 1); ++k) {
         const int next = (layer + k) % n;
         if (dense_elsewhere(next) || find(dense_pool_, next, -1)) continue;
         Buffer* b = acquire_dense(next);
@@ -407,6 +420,7 @@ void Streamer::prefetch_dense_after(int layer) {
 }
 
 void Streamer::begin_step(int64_t n_tokens) {
+    abandon_layer();  // a step an error cut short (its reads in flight land as usual)
     guesses_.clear();  // made from the previous step's hidden states
     // A scan: the distinct experts the step's routes are expected to touch (uniform routing) over
     // all MoE layers exceed the pool. Decoding 16 sequences on the 5-layer V3 model (~400 experts a
@@ -419,13 +433,18 @@ void Streamer::begin_step(int64_t n_tokens) {
     current_.n_tokens = n_tokens;
     current_.step = step_index_;
     step_start_ = Clock::now();
-    read_busy_until_ = step_start_;
+    busy_since_ = step_start_;  // reads still in flight from the previous step count from here
 }
 
 void Streamer::end_step() {
     computing_layer_ = -1;
     poll_all();
-    current_.step_seconds = seconds(Clock::now() - step_start_);
+    const auto now = Clock::now();
+    if (reads_in_flight_ > 0) {  // the rest of their time belongs to the next step
+        current_.read_seconds += seconds(now - busy_since_);
+        busy_since_ = now;
+    }
+    current_.step_seconds = seconds(now - step_start_);
     current_.compute_seconds = std::max(0.0, current_.step_seconds - current_.wait_seconds);
     steps_.push_back(current_);
     ++step_index_;
@@ -615,6 +634,12 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
 
 void Streamer::end_layer(int layer) {
     (void)layer;
+    abandon_layer();
+    issue_guesses();
+}
+
+// Lets go of the computing layer's buffers and of what it still needed.
+void Streamer::abandon_layer() {
     if (current_expert_) {
         --current_expert_->pins;
         current_expert_ = nullptr;
@@ -624,7 +649,8 @@ void Streamer::end_layer(int layer) {
         current_dense_ = nullptr;
     }
     needed_.clear();
-    issue_guesses();
+    handed_.clear();
+    deferred_.clear();
 }
 
 StepStats& StepStats::operator+=(const StepStats& s) {

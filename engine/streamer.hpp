@@ -26,9 +26,8 @@ namespace sluice {
 
 struct StreamerOptions {
     ResidentMode resident = ResidentMode::none;  // none | dense (all dense parts resident)
-    int dense_buffers = 2;        // >= 2: the layer computing + the one being read
-    int prefetch_layers = 1;      // dense segments read ahead of compute
-    int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k
+    int prefetch_layers = 1;      // dense segments read ahead of compute (dense_buffer_count buffers)
+    int expert_buffers = 0;       // staging + cache entries; 0 = 2 x top_k (the runtime: the plan's count)
     bool speculate = true;        // predict layer L+1's experts from the state entering it
     double score_decay = 0.9;     // per step, for the cache's frequency score
     // [layer] != 0: that layer's dense segment is never read here (a device keeps it resident);
@@ -82,15 +81,16 @@ public:
 
     const std::vector<StepStats>& steps() const { return steps_; }
     StepStats totals() const;
-    // Bytes of buffers this streamer allocated (staging + cache + resident parts).
+    // Bytes this streamer holds from the OS: staging and cache pools, resident weights.
     uint64_t allocated_bytes() const { return allocated_bytes_; }
 
 private:
     enum class BufferState { empty, reading, ready };
     struct Buffer {
-        AlignedBuffer memory;
+        std::byte* data = nullptr;               // in its pool's arena
         size_t capacity = 0;
         size_t used_bytes = 0;                   // of the segment read last (extents rounded out)
+        std::chrono::steady_clock::time_point submitted;  // of the read in flight or last landed
         int layer = -1;
         int expert = -1;                         // -1: a dense segment
         BufferState state = BufferState::empty;
@@ -98,7 +98,6 @@ private:
         std::vector<const std::byte*> extent_data;  // per flattened extent
         int pins = 0;
         bool predicted = false;                  // read on a prediction, not yet used
-        std::chrono::steady_clock::time_point submitted;
         LayerWeights dense;                      // views, when expert == -1 and bound
         ExpertWeights expert_weights;            // views, when expert >= 0 and bound
         bool bound = false;
@@ -106,6 +105,7 @@ private:
 
     void zero_buffers();
     void submit(Buffer& b, int layer, int expert, const Segment& segment);
+    void abandon_layer();
     void finish_read(Buffer& b);
     void wait_for(Buffer& b);
     void poll_all();
@@ -119,17 +119,19 @@ private:
     static constexpr int64_t kWideStepTokens = 64;
     // Reads in flight below which a needed read of a scan step may evict experts kept for later layers.
     static constexpr int kScanReadsInFlight = 8;
-    size_t buffer_alignment() const;
+    void make_pool(std::vector<Buffer>& buffers, AlignedBuffer& arena, const StagingPool& pool);
     double score(int layer, int expert) const;
     bool still_needed(int expert) const;
     bool dense_elsewhere(int layer) const {
         return size_t(layer) < options_.dense_elsewhere.size() && options_.dense_elsewhere[size_t(layer)];
     }
+    void trace_wait(std::chrono::steady_clock::time_point start, int layer);
     void touch(int layer, int expert);
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);
     void issue_guesses();
-    void note_read_interval(std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point end);
+    void read_started();
+    void read_landed();
 
     ModelLayout layout_;
     const ModelPlan& plan_;
@@ -139,6 +141,7 @@ private:
 
     ModelWeights globals_;                     // embedding, head, every vector; resident dense parts
     bool dense_resident_ = false;
+    AlignedBuffer dense_arena_, expert_arena_;  // the pools' memory
     std::vector<Buffer> dense_pool_;
     std::vector<Buffer> expert_pool_;
     std::vector<std::vector<int>> expert_buffer_;  // [layer][expert] -> buffer index or -1
@@ -170,12 +173,12 @@ private:
     bool scan_step_ = false;                   // this step needs more experts than the pool holds
     int64_t n_moe_layers_ = 0;
     std::chrono::steady_clock::time_point step_start_;
-    // Union of read intervals inside the step.
-    std::chrono::steady_clock::time_point read_busy_until_{};
+    // Time with a read in flight: reads submitted and not yet seen landed, since when.
+    int reads_in_flight_ = 0;
+    std::chrono::steady_clock::time_point busy_since_{};
     uint64_t allocated_bytes_ = 0;
     std::vector<void*> pinned_;                // buffers page-locked for a CUDA device
     Trace* trace_ = nullptr;
-    void trace_wait(std::chrono::steady_clock::time_point start, int layer);
 };
 
 }  // namespace sluice

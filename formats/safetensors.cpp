@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/page_cache.hpp"
 
 namespace sluice {
 
@@ -155,6 +156,7 @@ void read_exact(int fd, std::byte* out, uint64_t length, uint64_t offset, std::s
                  what, offset + done, length - done, length, offset);
         done += static_cast<uint64_t>(got);
     }
+    drop_cached(fd, offset, length);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "io/pread_completion_source.hpp"
 
 #include "core/error.hpp"
+#include "core/thread_start.hpp"
 
 #include <cerrno>
 #include <unistd.h>
@@ -11,16 +12,21 @@ PreadCompletionSource::PreadCompletionSource(int n_threads, size_t queue_depth) 
     staged_.reserve(queue_depth);
     work_.items.resize(queue_depth);
     finished_.items.resize(queue_depth);
-    for (int i = 0; i < n_threads; ++i) threads_.emplace_back([this] { worker(); });
+    start_threads(threads_, n_threads, "I/O threads (pread backend)", "; lower --qd",
+                  [this](int) { worker(); }, [this] { stop(); });
 }
 
 PreadCompletionSource::~PreadCompletionSource() {
+    stop();
+    for (auto& t : threads_) t.join();
+}
+
+void PreadCompletionSource::stop() {
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
     }
     work_ready_.notify_all();
-    for (auto& t : threads_) t.join();
 }
 
 void PreadCompletionSource::enqueue(const ReadRequest& request) { staged_.push_back(request); }

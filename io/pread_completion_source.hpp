@@ -14,6 +14,8 @@ namespace sluice::io {
 
 class PreadCompletionSource final : public CompletionSource {
 public:
+    // Throws ErrorKind::out_of_memory (having joined the workers that started) when the OS
+    // refuses a thread.
     PreadCompletionSource(int n_threads, size_t queue_depth);
     ~PreadCompletionSource() override;
 
@@ -25,6 +27,7 @@ public:
 
 private:
     void worker();
+    void stop();  // tells every worker to return
     size_t queue_depth_;
     std::mutex mutex_;
     std::condition_variable work_ready_;

@@ -54,11 +54,24 @@ SegmentReader::SegmentReader(const FileSet& files, const ReaderOptions& options,
     if (options_.queue_depth == 0 || options_.queue_depth > 4096)
         fail(ErrorKind::invalid_input, "io queue depth {} is outside 1..4096", options_.queue_depth);
     open_files(files);
-    source_ = source ? std::move(source) : make_source(options_);
-    reaped_.resize(std::max<size_t>(source_->capacity(), 1));
-    pending_.resize(64);
-    segments_.reserve(64);
-    chunks_.reserve(256);
+    try {
+        // The backend may refuse to start (io_uring forbidden, pread threads refused): the
+        // destructor does not run for a constructor that throws, so the files close here.
+        source_ = source ? std::move(source) : make_source(options_);
+        reaped_.resize(std::max<size_t>(source_->capacity(), 1));
+        pending_.resize(64);
+        segments_.reserve(64);
+        chunks_.reserve(256);
+    } catch (...) {
+        close_files();
+        throw;
+    }
+}
+
+void SegmentReader::close_files() {
+    for (auto& f : files_)
+        if (f.fd >= 0) ::close(f.fd);
+    files_.clear();
 }
 
 SegmentReader::~SegmentReader() {
@@ -72,8 +85,7 @@ SegmentReader::~SegmentReader() {
         }
     }
     source_.reset();
-    for (auto& f : files_)
-        if (f.fd >= 0) ::close(f.fd);
+    close_files();
 }
 
 void SegmentReader::open_files(const FileSet& files) {
@@ -92,20 +104,20 @@ void SegmentReader::open_files(const FileSet& files) {
                 warned = true;
             } else if (f.fd < 0) {
                 const int e = errno;
-                for (auto& g : files_) ::close(g.fd);
+                close_files();
                 fail(ErrorKind::io, "open {}: {}", path, std::strerror(e));
             }
         }
         if (f.fd < 0) f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (f.fd < 0) {
             const int e = errno;
-            for (auto& g : files_) ::close(g.fd);
+            close_files();
             fail(ErrorKind::io, "open {}: {}", path, std::strerror(e));
         }
         struct stat st {};
         if (::fstat(f.fd, &st) != 0 || !S_ISREG(st.st_mode)) {
             ::close(f.fd);
-            for (auto& g : files_) ::close(g.fd);
+            close_files();
             fail(ErrorKind::invalid_input, "{}: not a regular file", path);
         }
         f.size_bytes = uint64_t(st.st_size);

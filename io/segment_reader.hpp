@@ -94,7 +94,8 @@ private:
         int retries = 0;
     };
 
-    void open_files(const FileSet& files);
+    void open_files(const FileSet& files);  // all or none: closes what it opened before throwing
+    void close_files();
     uint32_t allocate_segment();
     uint32_t allocate_chunk();
     void push_pending(uint32_t chunk);

@@ -12,34 +12,19 @@
 
 namespace sluice::io {
 
-namespace {
-constexpr size_t huge_page_bytes = size_t(2) << 20;
-size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-}  // namespace
-
 StagingRing::StagingRing(size_t n_slots, size_t slot_bytes, size_t max_extents_per_slot)
-    : slot_bytes_(round_up(slot_bytes, 4096)), max_extents_(max_extents_per_slot) {
+    : slot_bytes_(AlignedBuffer::round_up(slot_bytes, AlignedBuffer::kPageBytes)), max_extents_(max_extents_per_slot) {
     if (n_slots == 0 || slot_bytes == 0) fail(ErrorKind::invalid_input, "staging ring: {} slots of {} bytes", n_slots, slot_bytes);
-    const size_t total = round_up(n_slots * slot_bytes_, huge_page_bytes);
-    // Over-map by one huge page and trim, so the region starts on a 2 MiB boundary.
-    mapped_bytes_ = total + huge_page_bytes;
-    void* p = mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) fail(ErrorKind::out_of_memory, "staging ring: mmap {} bytes: {}", mapped_bytes_, std::strerror(errno));
-    auto base = reinterpret_cast<uintptr_t>(p);
-    const uintptr_t aligned = (base + huge_page_bytes - 1) & ~(uintptr_t(huge_page_bytes) - 1);
-    if (aligned > base) munmap(p, aligned - base);
-    const uintptr_t end = base + mapped_bytes_;
-    if (end > aligned + total) munmap(reinterpret_cast<void*>(aligned + total), end - (aligned + total));
-    memory_ = reinterpret_cast<std::byte*>(aligned);
-    mapped_bytes_ = total;
-    region_ = {memory_, total};
-    madvise(memory_, total, MADV_HUGEPAGE);
+    // One huge-page mapping, slots end to end in it (2 MiB aligned: see AlignedBuffer).
+    memory_.allocate(n_slots * slot_bytes_, AlignedBuffer::kHugePageBytes, true, false);
+    const size_t total = memory_.held();
+    region_ = {memory_.data(), total};
     // Touch now: first touch of fresh memory is slow (~0.4 GB/s here) and must not be timed.
-    std::memset(memory_, 0, total);
+    memory_.zero_range(0, memory_.size());
     rlimit limit{};
     getrlimit(RLIMIT_MEMLOCK, &limit);
     // Try even above the limit: a process with CAP_IPC_LOCK (root) may lock past RLIMIT_MEMLOCK.
-    memory_locked_ = mlock(memory_, total) == 0;
+    memory_locked_ = mlock(memory_.data(), total) == 0;
     if (!memory_locked_)
         std::fprintf(stderr,
                      "sluice: warning: staging ring of %zu MiB not locked in memory (RLIMIT_MEMLOCK %s); "
@@ -47,20 +32,19 @@ StagingRing::StagingRing(size_t n_slots, size_t slot_bytes, size_t max_extents_p
                      total >> 20, limit.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(limit.rlim_cur).c_str());
     // Pinned for the GPU when CUDA is built and a device exists (cudaHostRegister on this same
     // memory: the device copies read the slots directly); ordinary memory otherwise.
-    pinned_ = cuda::pin_host_memory(memory_, total);
+    pinned_ = cuda::pin_host_memory(memory_.data(), total);
     slots_.resize(n_slots);
     for (size_t i = 0; i < n_slots; ++i) {
         auto& s = slots_[i];
         s.index = uint32_t(i);
-        s.bytes = {memory_ + i * slot_bytes_, slot_bytes_};
+        s.bytes = {memory_.data() + i * slot_bytes_, slot_bytes_};
         s.extent_data.resize(max_extents_);
         s.extent_length.resize(max_extents_);
     }
 }
 
 StagingRing::~StagingRing() {
-    if (pinned_) cuda::unpin_host_memory(memory_);
-    if (memory_) munmap(memory_, mapped_bytes_);
+    if (pinned_) cuda::unpin_host_memory(memory_.data());
 }
 
 StagingSlot& StagingRing::acquire() {

@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "core/aligned_buffer.hpp"
 #include "io/extent.hpp"
 
 namespace sluice::io {
@@ -53,8 +54,7 @@ public:
 private:
     size_t slot_bytes_;
     size_t max_extents_;
-    std::byte* memory_ = nullptr;
-    size_t mapped_bytes_ = 0;
+    AlignedBuffer memory_;
     std::span<std::byte> region_;
     bool memory_locked_ = false;
     bool pinned_ = false;

@@ -15,6 +15,7 @@
 
 #include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
+#include "core/process_memory.hpp"
 #include "core/thread_pool.hpp"
 #include "engine/cli/command.hpp"
 #include "engine/deepseek_v3.hpp"
@@ -76,6 +77,35 @@ nlohmann::json gemm_rate(const PlannedTensor& t, const TensorSource& source, int
             {"weight_gb_per_s", double(t.extent.length) / best / 1e9}};
 }
 
+// What gemm_rate holds while it runs: the matrix, its scales, the activations in and out.
+uint64_t gemm_rate_bytes(const PlannedTensor& t, int64_t n_tokens) {
+    return AlignedBuffer::held_bytes(size_t(t.extent.length)) +
+           AlignedBuffer::held_bytes(size_t(std::max<uint64_t>(t.scales.length, 64))) +
+           AlignedBuffer::held_bytes(size_t(n_tokens * t.cols) * sizeof(float)) +
+           AlignedBuffer::held_bytes(size_t(n_tokens * t.rows) * sizeof(float));
+}
+
+// The matrices the roofline measures: the first routed expert's first, and the largest dense one.
+struct RooflineMatrices {
+    const PlannedTensor* expert = nullptr;
+    const PlannedTensor* dense = nullptr;
+};
+RooflineMatrices roofline_matrices(const ModelPlan& plan) {
+    RooflineMatrices m;
+    for (const auto& l : plan.layers) {
+        if (!l.experts.empty() && !m.expert) m.expert = &l.experts[0].tensors[0];
+        for (const auto& t : l.dense.tensors)
+            if (t.rows > 1 && (!m.dense || t.extent.length > m.dense->extent.length)) m.dense = &t;
+    }
+    return m;
+}
+
+// Token counts the roofline measures at: a prompt's tokens x top_k spread over the experts for an
+// expert, the prompt's tokens (up to a step) for a dense matrix.
+int64_t roofline_expert_tokens(const ModelLayout& d, int64_t prompt_tokens) {
+    return std::max<int64_t>(1, prompt_tokens * std::max(d.router.top_k, 1) / std::max<int64_t>(d.n_experts, 1));
+}
+
 uint64_t matmul_flops(const Segment& s) {
     uint64_t f = 0;
     for (const auto& t : s.tensors)
@@ -91,20 +121,14 @@ nlohmann::json roofline_inputs(const Runtime& rt, int64_t prompt_tokens, int64_t
     const auto& d = rt.layout();
     const auto& plan = rt.model->plan;
     uint64_t layer_bytes = 0, dense_flops = 0, expert_flops = 0, router_flops = 0;
-    const PlannedTensor* expert_matrix = nullptr;
-    const PlannedTensor* dense_matrix = nullptr;
     for (const auto& l : plan.layers) {
         layer_bytes += l.dense.bytes();
         for (const auto& e : l.experts) layer_bytes += e.bytes();
         dense_flops += matmul_flops(l.dense);
         router_flops += matmul_flops(l.vectors);
-        if (!l.experts.empty()) {
-            expert_flops += uint64_t(d.router.top_k) * matmul_flops(l.experts[0]);
-            if (!expert_matrix) expert_matrix = &l.experts[0].tensors[0];
-        }
-        for (const auto& t : l.dense.tensors)
-            if (t.rows > 1 && (!dense_matrix || t.extent.length > dense_matrix->extent.length)) dense_matrix = &t;
+        if (!l.experts.empty()) expert_flops += uint64_t(d.router.top_k) * matmul_flops(l.experts[0]);
     }
+    const auto [expert_matrix, dense_matrix] = roofline_matrices(plan);
     // Attention over the latent cache, per token per visible position: scores over kv_rank + rope
     // and values over kv_rank, for every head and layer.
     const uint64_t attention_flops_per_position =
@@ -114,14 +138,14 @@ nlohmann::json roofline_inputs(const Runtime& rt, int64_t prompt_tokens, int64_t
         if (t.role == WeightRole::lm_head) head_flops = 2 * uint64_t(t.rows) * uint64_t(t.cols);
     nlohmann::json j = {{"prompt_tokens", prompt_tokens},
                         {"layer_bytes", layer_bytes},
-                        {"resident_weight_bytes", rt.memory.resident_dense_bytes + rt.memory.expert_cache_bytes},
+                        {"resident_weight_bytes", rt.memory.resident_dense_bytes + rt.memory.resident_expert_bytes +
+                                                      uint64_t(rt.memory.expert_cache_entries()) * rt.memory.expert_pool.slot_bytes},
                         {"dense_flops_per_token", dense_flops + router_flops},
                         {"expert_flops_per_token", expert_flops},
                         {"attention_flops_per_token_per_position", attention_flops_per_position},
                         {"head_flops_per_sequence", head_flops},
                         {"gemm", nlohmann::json::array()}};
-    const int64_t expert_tokens =
-        std::max<int64_t>(1, prompt_tokens * std::max(d.router.top_k, 1) / std::max<int64_t>(d.n_experts, 1));
+    const int64_t expert_tokens = roofline_expert_tokens(d, prompt_tokens);
     if (expert_matrix)
         j["gemm"].push_back(gemm_rate(*expert_matrix, *rt.model->source, expert_tokens, pool, "expert"));
     if (dense_matrix)
@@ -166,11 +190,35 @@ void register_bench(CLI::App& app) {
 
         ThreadPool pool(args->threads);
         RuntimeOptions ro = args->runtime;
-        ro.context = longest + args->decode + 2;
-        ro.batch_tokens = std::max(args->batch_tokens, widest);
         ro.n_threads = pool.size();
         ro.verbose = !args->json;
-        const auto rt = make_runtime(args->model, ro);
+        // The passes to run, one after another, each planned as it runs. One logits buffer, of a
+        // row per sequence of the widest batch, serves them all.
+        std::vector<std::pair<int64_t, RunShape>> prompt_passes, batch_passes;
+        for (int64_t len : prompt_lengths)
+            prompt_passes.push_back({len, RunShape{1, len + args->decode + 2, std::min(args->batch_tokens, len), widest}});
+        for (int64_t b : batch_sizes) {
+            // b sequences, each with a 4-token prompt read in steps of up to -b tokens (whole
+            // prompts, at least one per step), then decoding together: b tokens a step.
+            const int64_t step = std::max(b, std::min(4 * b, std::max<int64_t>(args->batch_tokens / 4, 1) * 4));
+            batch_passes.push_back({b, RunShape{int(b), 4 + args->decode + 2, step, widest}});
+        }
+        ro.shapes.clear();
+        for (const auto& p : prompt_passes) ro.shapes.push_back(p.second);
+        for (const auto& p : batch_passes) ro.shapes.push_back(p.second);
+        auto model = open_model(args->model);
+        if (args->json && !args->no_roofline) {
+            const auto m = roofline_matrices(model->plan);
+            const int64_t dense_tokens = std::min(longest, args->batch_tokens);
+            const int64_t expert_tokens = roofline_expert_tokens(model->layout, longest);
+            if (m.expert)
+                ro.other_pass_bytes = std::max(ro.other_pass_bytes, gemm_rate_bytes(*m.expert, expert_tokens) +
+                                                                        cpu::gemm_scratch_bytes(expert_tokens, m.expert->cols, pool.size()));
+            if (m.dense)
+                ro.other_pass_bytes = std::max(ro.other_pass_bytes, gemm_rate_bytes(*m.dense, dense_tokens) +
+                                                                        cpu::gemm_scratch_bytes(dense_tokens, m.dense->cols, pool.size()));
+        }
+        const auto rt = make_runtime(std::move(model), ro);
         const auto& layout = rt->layout();
         // Every step's expert requests, for `sluice plan --routing` (the JSON's "routing").
         RoutingRecorder provider(rt->weights(), layout);
@@ -187,12 +235,13 @@ void register_bench(CLI::App& app) {
         auto steps_now = [&] { return rt->streamer ? rt->streamer->steps().size() : size_t(0); };
         using Clock = std::chrono::steady_clock;
         std::vector<Phase> phases;
-        std::vector<float> logits(size_t(std::max<int64_t>(widest, 1) * layout.vocab));
+        std::vector<float> logits(size_t(widest * layout.vocab));
+        uint64_t largest_pass_allocated = 0;  // the forward passes' own count, for the memory report
 
-        for (int64_t len : prompt_lengths) {
-            ForwardOptions fo{len + args->decode + 2, std::min(args->batch_tokens, len), 1, ro.attention};
-            const auto forward_owner = rt->make_forward(fo, pool, &provider);
+        for (const auto& [len, shape] : prompt_passes) {
+            const auto forward_owner = rt->make_forward(ForwardOptions{shape, ro.attention}, pool, &provider);
             DeepseekForward& forward = *forward_owner;
+            largest_pass_allocated = std::max(largest_pass_allocated, uint64_t(forward.allocated_bytes()));
             std::vector<int32_t> prompt(static_cast<size_t>(len));
             for (auto& t : prompt) t = token(rng);
             prompt[0] = layout.bos_id;
@@ -215,18 +264,20 @@ void register_bench(CLI::App& app) {
                                        io_since(first_decode)});
             }
         }
-        for (int64_t b : batch_sizes) {
-            // b sequences, each with a 4-token prompt, decoding together.
-            ForwardOptions fo{4 + args->decode + 2, std::max<int64_t>(b * 4, b), int(b), ro.attention};
-            const auto forward_owner = rt->make_forward(fo, pool, &provider);
+        for (const auto& [b, shape] : batch_passes) {
+            const auto forward_owner = rt->make_forward(ForwardOptions{shape, ro.attention}, pool, &provider);
             DeepseekForward& forward = *forward_owner;
+            largest_pass_allocated = std::max(largest_pass_allocated, uint64_t(forward.allocated_bytes()));
             std::vector<std::vector<int32_t>> prompts(size_t(b), std::vector<int32_t>(4));
             std::vector<SequenceTokens> step;
-            for (int64_t s = 0; s < b; ++s) {
-                for (auto& t : prompts[size_t(s)]) t = token(rng);
-                step.push_back({int(s), prompts[size_t(s)], false});
+            for (auto& p : prompts)
+                for (auto& t : p) t = token(rng);
+            const int64_t per_step = shape.step_tokens / 4;
+            for (int64_t s0 = 0; s0 < b; s0 += per_step) {
+                step.clear();
+                for (int64_t s = s0; s < std::min(b, s0 + per_step); ++s) step.push_back({int(s), prompts[size_t(s)], false});
+                forward.forward_batch(step, logits.data() + s0 * layout.vocab);
             }
-            forward.forward_batch(step, logits.data());
             std::vector<int32_t> next(static_cast<size_t>(b));
             const size_t first = steps_now();
             const auto t0 = Clock::now();
@@ -241,6 +292,13 @@ void register_bench(CLI::App& app) {
             phases.push_back(Phase{fmt::format("decode x{}", b), b * args->decode,
                                    std::chrono::duration<double>(Clock::now() - t0).count(), io_since(first)});
         }
+        nlohmann::json roofline;
+        if (args->json && !args->no_roofline) roofline = roofline_inputs(*rt, longest, args->batch_tokens, pool);
+        // Planned against held: what the planner counted, what the weights and the largest forward
+        // pass allocated (plus the process before and the logits), and the peak the OS saw.
+        const uint64_t allocated = rt->memory.held_bytes + rt->weights_allocated_bytes() + largest_pass_allocated +
+                                   AlignedBuffer::held_bytes(logits.size() * sizeof(float)) + rt->memory.kernel_scratch_bytes;
+        const uint64_t peak = process_memory_bytes("VmHWM");
 
         if (args->json) {
             nlohmann::json j;
@@ -250,15 +308,24 @@ void register_bench(CLI::App& app) {
             j["threads"] = pool.size();
             j["memory_plan"] = rt->memory.describe();
             j["memory_plan_bytes"] = {{"total", rt->memory.total_bytes},
-                                      {"staging", rt->memory.staging_bytes},
+                                      {"staging", rt->memory.staging_bytes()},
                                       {"globals", rt->memory.global_bytes},
                                       {"resident_dense", rt->memory.resident_dense_bytes},
-                                      {"expert_cache", rt->memory.expert_cache_bytes},
+                                      {"resident_experts", rt->memory.resident_expert_bytes},
+                                      {"expert_buffers", rt->memory.expert_pool.count},
+                                      {"expert_cache_entries", rt->memory.expert_cache_entries()},
                                       {"mla_cache", rt->memory.mla_cache_bytes},
-                                      {"activations", rt->memory.activation_bytes}};
+                                      {"activations", rt->memory.activation_bytes},
+                                      {"logits", rt->memory.logits_bytes},
+                                      {"kernel_scratch", rt->memory.kernel_scratch_bytes},
+                                      {"other_pass", rt->memory.other_pass_bytes},
+                                      {"process_before", rt->memory.held_bytes}};
+            j["memory"] = {{"budget", rt->budget.bytes},    {"budget_source", rt->budget.source},
+                           {"planned", rt->memory.total_bytes}, {"allocated", allocated},
+                           {"peak_resident", peak}};
             for (const auto& p : phases) j["phases"].push_back(phase_json(p));
             j["routing"] = provider.counts().to_json();
-            if (!args->no_roofline) j["roofline"] = roofline_inputs(*rt, longest, args->batch_tokens, pool);
+            if (!args->no_roofline) j["roofline"] = roofline;
             j["device"] = rt->device_name;
             fmt::print("{}\n", j.dump(2));
             rt->finish();
@@ -275,6 +342,9 @@ void register_bench(CLI::App& app) {
                        s.read_seconds > 0 ? double(s.bytes_read) / s.read_seconds / 1e9 : 0.0, s.wait_seconds,
                        s.step_seconds > 0 ? std::max(s.read_seconds, s.compute_seconds) / s.step_seconds : 0.0, hits);
         }
+        fmt::print("memory: planned {:.1f} MiB, allocated {:.1f} MiB, peak resident {:.1f} MiB, budget {:.1f} MiB\n",
+                   double(rt->memory.total_bytes) / (1 << 20), double(allocated) / (1 << 20), double(peak) / (1 << 20),
+                   double(rt->budget.bytes) / (1 << 20));
         rt->finish();
         return 0;
     });

@@ -38,18 +38,15 @@ void register_perplexity(CLI::App& app) {
         text << in.rdbuf();
         ThreadPool pool(args->threads);
         RuntimeOptions ro = args->runtime;
-        ro.context = args->ctx;
-        ro.batch_tokens = args->batch;
+        // One sequence of --ctx positions, all of whose logits are kept (engine/perplexity.cpp).
+        const RunShape shape{1, args->ctx, args->batch, args->ctx};
+        ro.shapes = {shape};
         ro.n_threads = pool.size();
         const auto rt = make_runtime(args->model, ro);
         if (!rt->model->tokenizer)
             fail(ErrorKind::invalid_input, "{}: perplexity needs the model's tokenizer", args->model);
         const auto tokens = rt->model->tokenizer->encode(text.str(), false);
-        ForwardOptions fo;
-        fo.max_context = args->ctx;
-        fo.max_batch_tokens = args->batch;
-        fo.attention = ro.attention;
-        const auto forward_owner = rt->make_forward(fo, pool);
+        const auto forward_owner = rt->make_forward(ForwardOptions{shape, ro.attention}, pool);
         DeepseekForward& forward = *forward_owner;
         fmt::print(stderr, "{}: {} tokens, {} chunks of {}\n", args->file, tokens.size(),
                    int64_t(tokens.size()) / args->ctx, args->ctx);

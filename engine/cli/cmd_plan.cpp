@@ -16,6 +16,8 @@
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
 #include "engine/cli/command.hpp"
+#include "engine/cuda/cuda_backend.hpp"
+#include "engine/memory_limit.hpp"
 #include "engine/compute_profile.hpp"
 #include "engine/device_specs.hpp"
 #include "engine/perf_model.hpp"
@@ -93,10 +95,12 @@ int run_plan(const PlanArgs& a) {
 
     // The memory the run would be planned with: as `sluice bench` plans it (--bench), else --context.
     MemoryRequest host;
-    host.ram_budget_bytes = a.ram.empty() ? available_ram_bytes() / 100 * 85 : parse_byte_size(a.ram);
-    rates.push_back({"ram", double(host.ram_budget_bytes), "GiB", a.ram.empty() ? "85% of available RAM here" : "flag"});
-    host.context = a.bench ? longest + a.decode + 2 : a.context;
-    host.batch_tokens = a.bench ? std::max(a.batch_tokens, widest) : std::max(a.batch_tokens, widest);
+    const MemoryBudget budget = a.ram.empty() ? default_memory_budget(0.85) : MemoryBudget{parse_byte_size(a.ram), "flag"};
+    host.ram_budget_bytes = budget.bytes;
+    rates.push_back({"ram", double(host.ram_budget_bytes), "GiB", budget.source});
+    const RunShape shape{std::max(a.sequences, 1), a.bench ? longest + a.decode + 2 : a.context,
+                         std::max(a.batch_tokens, widest)};
+    host.shapes = {shape};
     host.n_threads = pool.size();
     host.resident = parse_resident_mode(a.resident);
 
@@ -131,11 +135,12 @@ int run_plan(const PlanArgs& a) {
     if (gpu) {
         DeviceRequest dr;
         dr.vram_budget_bytes = vram;
-        dr.context = host.context;
-        dr.n_sequences = a.sequences;
-        dr.batch_tokens = host.batch_tokens;
-        // Until the CUDA backend reports its own, the CPU forward's activations (one thread) stand in.
-        dr.activation_bytes = forward_activation_bytes(d, host.batch_tokens, host.context, 1);
+        dr.context = shape.positions;
+        dr.n_sequences = shape.n_sequences;
+        dr.batch_tokens = shape.step_tokens;
+        // What the CUDA backend allocates for this shape (its own sizes, engine/cuda/cuda_backend_sizes).
+        dr.activation_bytes = cuda_forward_device_bytes(d, DeepseekForward::shape_of(ForwardOptions{shape}),
+                                                        CudaBackendOptions{}, false);
         gp = gpu_placement(*model, dr, host);
         placement = gp->placement;
         vram_plan = gp->device.describe();

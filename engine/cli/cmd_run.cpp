@@ -91,13 +91,8 @@ int run(const RunArgs& args) {
     if (args.prompt.empty() == args.prompt_ids.empty())
         fail(ErrorKind::invalid_input, "give exactly one of -p/--prompt and --prompt-ids");
     ThreadPool pool(args.threads);
-    RuntimeOptions ro = args.runtime;
-    ro.context = args.context;
-    ro.batch_tokens = args.batch;
-    ro.n_threads = pool.size();
-    const auto rt = make_runtime(args.model, ro);
-    const auto& layout = rt->layout();
-    const auto& tokenizer = rt->model->tokenizer;
+    auto model = open_model(args.model);
+    const auto& tokenizer = model->tokenizer;
 
     std::vector<int32_t> prompt;
     if (!args.prompt_ids.empty()) {
@@ -108,19 +103,24 @@ int run(const RunArgs& args) {
             std::vector<ChatMessage> messages;
             if (!args.system.empty()) messages.push_back({"system", args.system});
             messages.push_back({"user", args.prompt});
-            const std::string text = render_chat(messages, rt->model->chat_template, true);
+            const std::string text = render_chat(messages, model->chat_template, true);
             prompt = tokenizer->encode(text, false);  // the template already holds BOS
         } else {
             prompt = tokenizer->encode(args.prompt, true);
         }
     }
 
-    ForwardOptions fo;
-    fo.max_context = std::min<int64_t>(args.context, int64_t(prompt.size()) + args.n_predict + 1);
-    fo.max_batch_tokens = args.batch;
-    fo.attention = args.runtime.attention;
+    // One sequence of the prompt and what is generated (at most --context), and the logits
+    // generate() keeps: the next token's, and with --logits-out every prompt position's.
+    const RunShape shape{1, std::min<int64_t>(args.context, int64_t(prompt.size()) + args.n_predict + 1), args.batch,
+                         1 + (args.logits_out.empty() ? 0 : int64_t(prompt.size()))};
+    RuntimeOptions ro = args.runtime;
+    ro.shapes = {shape};
+    ro.n_threads = pool.size();
+    const auto rt = make_runtime(std::move(model), ro);
+    const auto& layout = rt->layout();
     RoutingRecorder provider(rt->weights(), layout);
-    const auto forward_owner = rt->make_forward(fo, pool, &provider);
+    const auto forward_owner = rt->make_forward(ForwardOptions{shape, args.runtime.attention}, pool, &provider);
     DeepseekForward& forward = *forward_owner;
 
     GenerateOptions go;

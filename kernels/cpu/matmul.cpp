@@ -2,6 +2,7 @@
 // one table, split the rows over the pool. Each weight row is streamed once per call.
 #include "kernels/cpu/matmul.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
@@ -113,6 +114,16 @@ void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, f
 
 bool has_matmul_kernel(DType type) {
     return detail::matmul_kernel(type, detail::path_kernels(cpu_path())) != nullptr;
+}
+
+void reserve_gemm_scratch(int64_t n_tokens, int64_t cols, ThreadPool& pool) {
+    reserve_quant_gemm_scratch(n_tokens, cols);
+    pool.run_on_all([&](int) { detail::thread_row_scratch(cols); });
+}
+
+uint64_t gemm_scratch_bytes(int64_t n_tokens, int64_t cols, int n_threads) {
+    return quant_gemm_scratch_bytes(n_tokens, cols) +
+           uint64_t(std::max(n_threads, 1)) * AlignedBuffer::held_bytes(size_t(cols) * sizeof(float));
 }
 
 }  // namespace sluice::cpu

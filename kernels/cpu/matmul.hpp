@@ -17,6 +17,14 @@ void gemv(const Matrix& w, const float* x, float* y, ThreadPool& pool);
 void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
           float* y, int64_t y_stride, ThreadPool& pool);
 
+// Scratch the matmul kernels keep per thread, grown to the largest call and never shrunk:
+// quantised activations on the calling thread (quant_gemm), one dequantised row on each pool
+// thread (weights without a fused kernel). reserve_gemm_scratch grows it now for calls of up to
+// n_tokens x cols (a forward does before its first step, so its steps allocate nothing);
+// gemm_scratch_bytes is what that holds, for the memory planner.
+void reserve_gemm_scratch(int64_t n_tokens, int64_t cols, ThreadPool& pool);
+uint64_t gemm_scratch_bytes(int64_t n_tokens, int64_t cols, int n_threads);
+
 // Whether gemv/gemm have a kernel for this type (the planner refuses a model otherwise).
 bool has_matmul_kernel(DType type);
 

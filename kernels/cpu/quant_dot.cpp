@@ -7,6 +7,7 @@
 #include <atomic>
 #include <vector>
 
+#include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
 #include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/quant_dot_kernels.hpp"
@@ -71,7 +72,32 @@ bool is_k_quant(DType type) { return block_type(type).block_elems == 256; }
 thread_local std::vector<ActivationGroupQ8> t_activations_q8;
 thread_local std::vector<ActivationBlockQ8K> t_activations_q8k;
 
+// Grows to exactly `n` entries (resize alone may take up to twice what it needs), so the memory
+// planner's count (quant_gemm_scratch_bytes) is what is held.
+template <typename T> T* grown(std::vector<T>& v, size_t n) {
+    if (v.size() < n) {
+        v.reserve(n);
+        v.resize(n);
+    }
+    return v.data();
+}
+
+constexpr int64_t kActivationGroupElems = 256;  // one ActivationBlockQ8K, or one ActivationGroupQ8 of eight 32-blocks
+size_t activation_groups(int64_t n_tokens, int64_t cols) {
+    return size_t(n_tokens * ((cols + kActivationGroupElems - 1) / kActivationGroupElems));
+}
+
 }  // namespace
+
+void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols) {
+    grown(t_activations_q8, activation_groups(n_tokens, cols));
+    grown(t_activations_q8k, activation_groups(n_tokens, cols));
+}
+
+uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols) {
+    const size_t n = activation_groups(n_tokens, cols);
+    return AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
+}
 
 bool quant_dot_supports(DType type) { return row_group_for(type, quant_kernels::scalar_row_groups()) != nullptr; }
 
@@ -127,23 +153,19 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const int64_t n_blocks = w.cols / block_type(w.type).block_elems;
     // Activations: 320 bytes per 256 columns (one ActivationBlockQ8K, or one ActivationGroupQ8 of
     // eight 32-blocks); token t starts at acts + t * act_token_bytes.
-    constexpr int64_t kGroupElems = 256, kGroupBytes = 320;
+    constexpr int64_t kGroupElems = kActivationGroupElems, kGroupBytes = 320;
     static_assert(sizeof(ActivationBlockQ8K) == kGroupBytes && sizeof(ActivationGroupQ8) == kGroupBytes);
     const int64_t n_groups = (w.cols + kGroupElems - 1) / kGroupElems;
     const int64_t act_token_bytes = n_groups * kGroupBytes;
     const uint8_t* acts;
     if (is_k_quant(w.type)) {
-        auto& scratch = t_activations_q8k;
-        if (scratch.size() < size_t(n_groups * n_tokens)) scratch.resize(size_t(n_groups * n_tokens));
-        for (int64_t t = 0; t < n_tokens; ++t)
-            table.quantize_q8k(x + t * x_stride, scratch.data() + t * n_groups, w.cols);
-        acts = reinterpret_cast<const uint8_t*>(scratch.data());
+        ActivationBlockQ8K* scratch = grown(t_activations_q8k, size_t(n_groups * n_tokens));
+        for (int64_t t = 0; t < n_tokens; ++t) table.quantize_q8k(x + t * x_stride, scratch + t * n_groups, w.cols);
+        acts = reinterpret_cast<const uint8_t*>(scratch);
     } else {
-        auto& scratch = t_activations_q8;
-        if (scratch.size() < size_t(n_groups * n_tokens)) scratch.resize(size_t(n_groups * n_tokens));
-        for (int64_t t = 0; t < n_tokens; ++t)
-            table.quantize_q8(x + t * x_stride, scratch.data() + t * n_groups, w.cols);
-        acts = reinterpret_cast<const uint8_t*>(scratch.data());
+        ActivationGroupQ8* scratch = grown(t_activations_q8, size_t(n_groups * n_tokens));
+        for (int64_t t = 0; t < n_tokens; ++t) table.quantize_q8(x + t * x_stride, scratch + t * n_groups, w.cols);
+        acts = reinterpret_cast<const uint8_t*>(scratch);
     }
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);

@@ -39,4 +39,10 @@ void quant_gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tok
 void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int64_t x_stride,
                         int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool);
 
+// The calling thread's activation scratch for quant_gemm calls of up to n_tokens x cols, in both
+// forms (per 32 and K-quant style): grown now, so that a forward that reserves its largest call
+// before its first step allocates nothing in its steps, and the bytes that holds.
+void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols);
+uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols);
+
 }  // namespace sluice::cpu

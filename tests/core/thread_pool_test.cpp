@@ -4,8 +4,11 @@
 #include <chrono>
 #include <thread>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "../limited_child.hpp"
+#include "core/error.hpp"
 #include "core/thread_pool.hpp"
 
 using namespace sluice;
@@ -55,4 +58,27 @@ TEST_CASE("jobs back to back and jobs after the workers went to sleep all run on
         pool.run_on_all([&](int) { ++calls; });
         CHECK(calls == n_threads);
     }
+}
+
+TEST_CASE("a pool whose threads the OS refuses throws a typed error after joining the ones that started") {
+    if (!testing::address_space_caps_work) {
+        MESSAGE("sanitizer build: an address-space cap cannot work here; skipped");
+        return;
+    }
+    // 4096 threads need 32 GiB of stacks at 8 MiB each; the cap leaves room for a few dozen.
+    const int code = testing::run_with_address_space_cap(256 << 20, [] {
+        try {
+            ThreadPool pool(4096);
+            return 2;  // every thread started: the cap did not bite
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::out_of_memory) return 3;
+            if (std::string(e.what()).find("could not start 4095 compute threads") == std::string::npos) return 4;
+        }
+        // Nothing is left running on the half-built pool, and a smaller pool still works.
+        ThreadPool small(2);
+        std::atomic<int> calls{0};
+        small.run_on_all([&](int) { ++calls; });
+        return calls == 2 ? 0 : 5;
+    });
+    CHECK(code == 0);  // 134: std::terminate on the joinable threads of the half-built pool
 }

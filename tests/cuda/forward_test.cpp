@@ -87,10 +87,10 @@ std::vector<int32_t> choices(const std::vector<float>& logits, int64_t vocab) {
 
 ForwardOptions options_of(int64_t step, AttentionForm form = AttentionForm::automatic, int n_sequences = 1) {
     ForwardOptions o;
-    o.max_context = 64;
-    o.max_batch_tokens = step;
+    o.shape.positions = 64;
+    o.shape.step_tokens = step;
     o.attention = form;
-    o.n_sequences = n_sequences;
+    o.shape.n_sequences = n_sequences;
     o.decompress_block = 5;  // several blocks per prompt: the online softmax carries across them
     return o;
 }
@@ -135,7 +135,7 @@ void check_close(const std::vector<float>& got, const std::vector<float>& want, 
 void compare_resident(const std::string& name, const ForwardOptions& options, int64_t gemm_min_tokens,
                       double tolerance) {
     CAPTURE(name);
-    CAPTURE(options.max_batch_tokens);
+    CAPTURE(options.shape.step_tokens);
     CAPTURE(attention_form_name(options.attention));
     CAPTURE(gemm_min_tokens);
     const auto want = cpu_logits(name, options, 6);
@@ -160,7 +160,6 @@ struct StreamedModel {
         driven.emplace(reader);
         StreamerOptions so;
         so.resident = ResidentMode::none;
-        so.dense_buffers = 2;
         so.expert_buffers = host_expert_buffers;
         so.force_wrong_predictions = wrong_predictions;
         so.dense_elsewhere = std::move(dense_elsewhere);

@@ -77,8 +77,8 @@ void check_model(const std::string& name, int64_t batch_tokens) {
         REQUIRE(f.logits.shape == std::vector<int64_t>{int64_t(f.prompt.size()), vocab});
 
         ForwardOptions options;
-        options.max_context = 64;
-        options.max_batch_tokens = batch_tokens;
+        options.shape.positions = 64;
+        options.shape.step_tokens = batch_tokens;
         options.attention = form;
         options.decompress_block = form == AttentionForm::decompressed ? 5 : 0;
         DeepseekForward forward(model->layout(), *model->provider, options, pool);
@@ -127,7 +127,7 @@ TEST_CASE("decoding one token at a time gives the same logits as prefill") {
     const auto model = load_model(f.dir);
     const int64_t vocab = model->layout().vocab;
     ForwardOptions options;
-    options.max_context = 32;
+    options.shape.positions = 32;
     DeepseekForward forward(model->layout(), *model->provider, options, pool);
     std::vector<float> step(static_cast<size_t>(vocab));
     double worst = 0;
@@ -145,7 +145,7 @@ TEST_CASE("a full context is refused with a clear error instead of overrunning t
     ThreadPool pool(1);
     const auto model = load_model(f.dir);
     ForwardOptions options;
-    options.max_context = 8;
+    options.shape.positions = 8;
     DeepseekForward forward(model->layout(), *model->provider, options, pool);
     std::vector<float> logits(size_t(model->layout().vocab));
     CHECK_THROWS_WITH_AS(forward.forward(f.prompt, false, logits.data()),
@@ -166,12 +166,12 @@ TEST_CASE("a step over several sequences gives each the logits it gets alone") {
     const std::vector<int32_t> c(f.prompt.begin() + 3, f.prompt.begin() + 7);
 
     auto alone = [&](const std::vector<int32_t>& p) {
-        DeepseekForward fw(model->layout(), *model->provider, ForwardOptions{32, 64, 1}, pool);
+        DeepseekForward fw(model->layout(), *model->provider, ForwardOptions{RunShape{1, 32, 64}}, pool);
         std::vector<float> out(p.size() * size_t(vocab));
         fw.forward(p, true, out.data());
         return out;
     };
-    DeepseekForward batched(model->layout(), *model->provider, ForwardOptions{32, 64, 3}, pool);
+    DeepseekForward batched(model->layout(), *model->provider, ForwardOptions{RunShape{3, 32, 64}}, pool);
     const std::vector<SequenceTokens> step = {{2, c, true}, {0, a, true}, {1, b, false}};
     std::vector<float> out((c.size() + a.size() + 1) * size_t(vocab));
     batched.forward_batch(step, out.data());
@@ -215,7 +215,7 @@ TEST_CASE("the official FP8 format (e4m3 + 128x128 weight_scale_inv) runs as sto
     for (const auto& l : model->open->plan.layers)
         for (const auto& t : l.dense.tensors) fp8_matrices += t.type == DType::FP8_E4M3_B128;
     CHECK(fp8_matrices > 0);
-    DeepseekForward forward(model->layout(), *model->provider, ForwardOptions{32, 32, 1}, pool);
+    DeepseekForward forward(model->layout(), *model->provider, ForwardOptions{RunShape{1, 32, 32}}, pool);
     std::vector<float> logits(prompt.size() * size_t(model->layout().vocab));
     forward.forward(prompt, true, logits.data());
     double worst = 0;

@@ -96,11 +96,11 @@ TEST_CASE("GGUF files from llama.cpp's converter and quantiser match transformer
         std::vector<float> fused(prompt.size() * size_t(vocab));
         {
             cpu::set_quant_dot(cpu::QuantDot::fused);
-            DeepseekForward fw(model->layout(), *model->provider, ForwardOptions{64, 64, 1}, pool);
+            DeepseekForward fw(model->layout(), *model->provider, ForwardOptions{RunShape{1, 64, 64}}, pool);
             fw.forward(prompt, true, fused.data());
         }
         cpu::set_quant_dot(cpu::QuantDot::exact);
-        DeepseekForward forward(model->layout(), *model->provider, ForwardOptions{64, 64, 1}, pool);
+        DeepseekForward forward(model->layout(), *model->provider, ForwardOptions{RunShape{1, 64, 64}}, pool);
         std::vector<float> logits(prompt.size() * size_t(vocab));
         forward.forward(prompt, true, logits.data());
         const double fused_cos = cosine(fused, logits);
@@ -217,7 +217,7 @@ TEST_CASE("the first 16 greedy tokens equal llama.cpp's on the F16 and Q8_0 file
             // form (our default for prefill) rounds the cache latents instead of the queries, equally
             // close to transformers (forward_test) but on near-tied tiny models another greedy path.
             DeepseekForward forward(model->layout(), *model->provider,
-                                    ForwardOptions{64, 64, 1, AttentionForm::absorbed}, pool);
+                                    ForwardOptions{RunShape{1, 64, 64}, AttentionForm::absorbed}, pool);
             const GreedyRun ours = greedy_run(forward, prompt, llama_ids.size(), vocab);
 
             // The product's generate() (sampler at temperature 0) is the same greedy run.

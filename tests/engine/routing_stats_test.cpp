@@ -53,12 +53,12 @@ TEST_CASE("the recorder counts every expert request and leaves the logits unchan
     std::vector<int32_t> prompt = {0, 17, 99, 3, 250, 12, 7, 8, 9, 10, 11};
     std::vector<float> plain(size_t(d.vocab)), recorded(size_t(d.vocab));
     {
-        DeepseekForward f(d, *model->provider, ForwardOptions{32, 16, 1}, pool);
+        DeepseekForward f(d, *model->provider, ForwardOptions{RunShape{1, 32, 16}}, pool);
         f.forward(prompt, false, plain.data());
     }
     CallLog log(*model->provider);
     RoutingRecorder recorder(log, d);
-    DeepseekForward f(d, recorder, ForwardOptions{32, 16, 1}, pool);
+    DeepseekForward f(d, recorder, ForwardOptions{RunShape{1, 32, 16}}, pool);
     f.forward(prompt, false, recorded.data());
     CHECK(plain == recorded);
     for (int i = 0; i < 3; ++i) {

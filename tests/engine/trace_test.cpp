@@ -30,15 +30,13 @@ std::string fixture(const std::string& name) {
 nlohmann::json traced_run(const std::string& model, const RuntimeOptions& base, const fs::path& path) {
     RuntimeOptions ro = base;
     ro.device = "cpu";
-    ro.context = 64;
-    ro.batch_tokens = 8;
+    const RunShape shape{1, 64, 8, 0};
+    ro.shapes = {shape};
     ro.verbose = false;
     ro.trace_path = path.string();
     ThreadPool pool(2);
     auto rt = make_runtime(model, ro);
-    ForwardOptions fo;
-    fo.max_context = 64;
-    fo.max_batch_tokens = 8;
+    ForwardOptions fo{shape};
     {
         auto forward = rt->make_forward(fo, pool);
         std::vector<float> logits(static_cast<size_t>(rt->layout().vocab));
