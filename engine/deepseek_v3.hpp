@@ -82,6 +82,7 @@ public:
     void truncate(int64_t n, int sequence = 0);
 
     const ModelLayout& layout() const { return layout_; }
+    const ForwardOptions& options() const { return options_; }
     Backend& backend() { return backend_; }
     // Bytes allocated for activations, the latent cache and the backend's scratch.
     int64_t allocated_bytes() const { return backend_.allocated_bytes(); }

@@ -86,14 +86,19 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     req.ram_budget_bytes = options.ram_budget_bytes ? options.ram_budget_bytes : available_ram_bytes() / 100 * 85;
     req.context = options.context;
     req.batch_tokens = options.batch_tokens;
+    req.n_sequences = options.n_sequences;
+    req.cache_resident_layers = options.cache_resident_layers;
+    req.cache_spill_buffer_bytes = options.cache_spill_buffer_bytes;
+    req.other_bytes = options.other_bytes;
     req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
     req.expert_slots = options.expert_buffers;
     req.resident = options.resident;
     if (req.resident == ResidentMode::automatic) {
         // Everything resident when it fits; else stream with what the budget allows.
-        const MemoryPlan p = plan_memory(layout, rt->model->plan, MemoryRequest{0, req.context, req.batch_tokens,
-                                                                                 req.n_threads, 2, req.expert_slots,
-                                                                                 ResidentMode::all});
+        MemoryRequest everything = req;
+        everything.ram_budget_bytes = 0;
+        everything.resident = ResidentMode::all;
+        const MemoryPlan p = plan_memory(layout, rt->model->plan, everything);
         if (p.total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
     }
     rt->memory = plan_memory(layout, rt->model->plan, req);
