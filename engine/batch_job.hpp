@@ -28,9 +28,6 @@ struct BatchJobOptions {
     double progress_interval_seconds = 30;
     int progress_terminal = -1;     // -1: when stderr is a terminal
     std::string stats_json;         // one JSON line per step, then a summary line
-    std::string spill_dir;          // latent caches that do not fit go here ("": next to the output)
-    uint64_t cache_ram_bytes = 0;   // memory for latent caches; 0: what the budget leaves
-    bool spill = true;              // false: refuse rather than spill
     RuntimeOptions runtime;
 };
 
