@@ -107,7 +107,9 @@ def run_llama(args, reqs, out_dir, cap):
     cmd = [sys.executable, str(ROOT / "scripts" / "memcap.py"), "--memory-max", args.memory_max,
            "--report", str(out_dir / "llama-memcap.json"), "--", args.llama_server, "-m", args.model,
            "-t", str(args.threads), "-np", str(args.slots), "-c", str(ctx * args.slots), "--host", "127.0.0.1",
-           "--port", str(port), "-b", "512", "--no-warmup"]
+           "--port", str(port), "-b", "512", "--no-warmup",
+           # CPU_REPACK buffers refuse some of deepseek2's ops and copy the model into RAM (DESIGN.md)
+           "--no-repack"]
     drop_page_cache()
     log = open(out_dir / "llama-server.log", "w")
     wrapper = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -214,6 +216,7 @@ def main():
                          "cmake --build build-peer/llama-build --target llama-server -j2")
     ap.add_argument("--peer-timeout", type=float, default=3600, help="seconds before the peer's run is cut")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--reuse-sluice", help="a previous run's directory: take its requests and sluice result")
     ap.add_argument("--skip-roofline", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -221,14 +224,19 @@ def main():
     args.output_min, args.output_max = map(int, args.output.split(","))
     sluice = args.sluice or newest_sluice()
     cap = parse_bytes(args.memory_max)
-    out_dir = ROOT / "bench-results" / time.strftime("batch-%Y%m%d-%H%M%S")
+    out_dir = pathlib.Path(args.reuse_sluice) if args.reuse_sluice else \
+        ROOT / "bench-results" / time.strftime("batch-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     reqs_path = out_dir / "requests.jsonl"
     reqs = make_requests(reqs_path, args.requests, (args.prompt_min, args.prompt_max),
                          (args.output_min, args.output_max), args.seed)
     print(f"job: {args.requests} requests, prompts {args.prompt}, outputs {args.output}; cap {args.memory_max}, "
           f"{args.threads} threads; sluice {sluice}; results in {out_dir}", flush=True)
-    s, s_mem = run_sluice(args, sluice, reqs_path, out_dir, cap)
+    if args.reuse_sluice:
+        s = [json.loads(l)["summary"] for l in open(out_dir / "sluice-stats.jsonl") if '"summary"' in l][-1]
+        s_mem = {}
+    else:
+        s, s_mem = run_sluice(args, sluice, reqs_path, out_dir, cap)
     print(f"sluice done: {s['output_tokens_per_s']:.2f} output tokens/s", flush=True)
     peer = None if args.skip_peer else run_llama(args, reqs, out_dir, cap)
     roof = None if args.skip_roofline else roofline(args, sluice, reqs, cap, out_dir, s["max_sequences"])

@@ -31,6 +31,7 @@
 #include "engine/model_loader.hpp"
 #include "engine/synth.hpp"
 #include "engine/synth_gguf.hpp"
+#include "tests/engine/k_quant_tiny.hpp"
 
 using namespace sluice;
 namespace fs = std::filesystem;
@@ -52,30 +53,13 @@ fs::path scratch_dir() {
     return dir.path;
 }
 
-// Small V3 shapes whose rows fit K-quant super-blocks, several MoE layers, the real vocabulary.
+// tests/engine/k_quant_tiny.hpp's shapes, Q4_K experts, the real tokenizer.
 const fs::path& tiny_model() {
     static const fs::path path = [] {
         const char* shared = std::getenv("SLUICE_SHARED");
         REQUIRE_MESSAGE(shared, "SLUICE_SHARED is not set");
-        ModelConfig c = synth_preset("tiny");
-        c.hidden_size = 256;
-        c.n_layers = 3;
-        c.first_k_dense_replace = 1;
-        c.intermediate_size = 512;
-        c.moe_intermediate_size = 256;
-        c.n_routed_experts = 8;
-        c.num_experts_per_tok = 2;
-        c.n_group = 2;
-        c.topk_group = 1;
-        c.n_heads = 2;
-        c.q_lora_rank = 256;
-        c.kv_lora_rank = 256;
-        c.qk_nope_head_dim = 32;
-        c.qk_rope_head_dim = 32;
-        c.v_head_dim = 128;
-        c.num_nextn_predict_layers = 0;
         GgufSynthOptions o;
-        o.config = c;
+        o.config = k_quant_tiny();
         o.output_path = scratch_dir() / "tiny-q4k.gguf";
         o.expert_type = DType::Q4_K;
         o.dense_type = DType::Q6_K;
