@@ -19,6 +19,8 @@
 #include "engine/batch_progress.hpp"
 #include "engine/batch_results.hpp"
 #include "engine/batch_scheduler.hpp"
+#include "engine/cpu_backend.hpp"
+#include "engine/spilled_latent_cache.hpp"
 #include "engine/deepseek_v3.hpp"
 #include "formats/openai_batch.hpp"
 #include "formats/tokenizer.hpp"
@@ -128,6 +130,24 @@ std::string prepare(const BatchRequest& r, const OpenModel& model, int64_t conte
     return "";
 }
 
+// How much of the latent caches stays in memory: all of it, unless --cache-ram says less; then
+// the last layers' caches spill to disk and stream through a buffer of up to two layers' worth
+// (a layer's caches read while the one before computes).
+struct LatentCachePlan {
+    int resident_layers = 0;
+    uint64_t buffer_bytes = 0;
+};
+LatentCachePlan plan_latent_cache(const ModelLayout& d, int n_sequences, int64_t capacity, uint64_t cache_ram_bytes) {
+    const uint64_t slot = SpilledLatentCache::slot_bytes(d, capacity);
+    const uint64_t per_layer = slot * uint64_t(n_sequences);
+    if (cache_ram_bytes == 0 || per_layer * uint64_t(d.n_layers) <= cache_ram_bytes) return {d.n_layers, 0};
+    LatentCachePlan p;
+    p.buffer_bytes = std::max(2 * slot, std::min(2 * per_layer, cache_ram_bytes / 2));
+    p.resident_layers = cache_ram_bytes > p.buffer_bytes ? int((cache_ram_bytes - p.buffer_bytes) / per_layer) : 0;
+    p.resident_layers = std::min(p.resident_layers, d.n_layers - 1);
+    return p;
+}
+
 }  // namespace
 
 std::pair<int, int> parse_shard(const std::string& text) {
@@ -216,15 +236,37 @@ int run_batch_job(const BatchJobOptions& o) {
     ro.n_sequences = max_sequences;
     ro.n_threads = pool.size();
     ro.other_bytes = uint64_t(max_sequences) * uint64_t(model->layout.vocab) * 4 + uint64_t(model->layout.vocab) * 8;
+    // The planning of this job in one place (issue 14's shared planner takes it over): sequences x
+    // positions x tokens per step, and where the latent caches live.
+    const LatentCachePlan cache_plan = plan_latent_cache(model->layout, max_sequences, capacity, o.cache_ram_bytes);
+    const bool spill = cache_plan.resident_layers < model->layout.n_layers;
+    ro.cache_resident_layers = cache_plan.resident_layers;
+    ro.cache_spill_buffer_bytes = cache_plan.buffer_bytes;
     const auto rt = make_runtime(o.model, ro);
     const auto& layout = rt->layout();
 
+    CpuBackend backend(pool);
+    std::unique_ptr<SpilledLatentCache> spilled;
+    if (spill) {
+        SpillOptions sp;
+        const std::filesystem::path dir =
+            o.spill_dir.empty() ? std::filesystem::absolute(o.output).parent_path() : std::filesystem::path(o.spill_dir);
+        sp.path = (dir / fmt::format(".sluice-spill-{}.bin", ::getpid())).string();
+        sp.resident_layers = cache_plan.resident_layers;
+        sp.buffer_bytes = cache_plan.buffer_bytes;
+        sp.reader.backend = io::parse_backend(ro.io_backend);
+        spilled = std::make_unique<SpilledLatentCache>(layout, max_sequences, capacity, backend, sp);
+        fmt::print(stderr, "batch: latent caches of layers {}..{} spill to {} ({:.2f} GiB), through a {:.0f} MiB buffer\n",
+                   cache_plan.resident_layers, layout.n_layers - 1, sp.path, double(rt->memory.mla_spilled_bytes) / (1 << 30),
+                   double(cache_plan.buffer_bytes) / (1 << 20));
+    }
     ForwardOptions fo;
     fo.max_context = capacity;
     fo.max_batch_tokens = step_tokens;
     fo.n_sequences = max_sequences;
     fo.attention = ro.attention;
-    DeepseekForward forward(layout, *rt->provider, fo, pool);
+    fo.latent_cache = spilled.get();
+    DeepseekForward forward(layout, *rt->provider, fo, backend);
 
     // Finished records of the current step, appended (durably) when it ends.
     std::vector<std::string> finished;
@@ -301,6 +343,7 @@ int run_batch_job(const BatchJobOptions& o) {
     while (!scheduler.idle() && g_stop_signal == 0) {
         const auto t0 = Clock::now();
         const size_t streamer_steps = rt->streamer ? rt->streamer->steps().size() : 0;
+        const uint64_t spill_read0 = spilled ? spilled->bytes_read() : 0, spill_written0 = spilled ? spilled->bytes_written() : 0;
         const ScheduledStep plan = scheduler.step(sizer.target());
         results.append(finished);
         finished.clear();
@@ -309,13 +352,15 @@ int run_batch_job(const BatchJobOptions& o) {
         if (rt->streamer)
             for (size_t i = streamer_steps; i < rt->streamer->steps().size(); ++i) io += rt->streamer->steps()[i];
         io_total += io;
+        const uint64_t spill_read = spilled ? spilled->bytes_read() - spill_read0 : 0;
+        const uint64_t spill_written = spilled ? spilled->bytes_written() - spill_written0 : 0;
         sizer.observe(plan.n_tokens(), rt->streamer ? io.read_seconds : 0.0, rt->streamer ? io.compute_seconds : seconds);
         ++n_steps;
         step_sequences += plan.n_sequences;
         step_tokens_sum += plan.n_tokens();
         fig.done = int64_t(results.n_done());
         fig.output_tokens = output_tokens;
-        fig.bytes_read = io_total.bytes_read;
+        fig.bytes_read = io_total.bytes_read + (spilled ? spilled->bytes_read() : 0);
         fig.experts_needed = io_total.experts_needed;
         fig.experts_in_memory = io_total.cache_hits + io_total.prefetch_hits;
         progress.update(fig);
@@ -325,6 +370,7 @@ int run_batch_job(const BatchJobOptions& o) {
                                 {"prefill_tokens", plan.n_prefill}, {"target_tokens", plan.target_tokens},
                                 {"positions", plan.n_positions}, {"admitted", plan.n_admitted},
                                 {"finished", plan.n_finished}, {"done", fig.done},
+                                {"spill_bytes_read", spill_read}, {"spill_bytes_written", spill_written},
                                 {"streaming", io.to_json()}};
             std::fprintf(stats, "%s\n", j.dump().c_str());
             std::fflush(stats);
@@ -343,7 +389,8 @@ int run_batch_job(const BatchJobOptions& o) {
               {"prompt_tokens", prompt_tokens},
               {"output_tokens_per_s", elapsed > 0 ? double(output_tokens) / elapsed : 0.0},
               {"bytes_read", io_total.bytes_read},
-              {"gb_read_per_output_token", output_tokens ? double(io_total.bytes_read) / 1e9 / double(output_tokens) : 0.0},
+              {"gb_read_per_output_token",  // weights and spilled caches
+               output_tokens ? double(fig.bytes_read) / 1e9 / double(output_tokens) : 0.0},
               {"max_sequences", max_sequences},
               {"mean_sequences_per_step", n_steps ? double(step_sequences) / double(n_steps) : 0.0},
               {"mean_tokens_per_step", n_steps ? double(step_tokens_sum) / double(n_steps) : 0.0},
@@ -352,6 +399,9 @@ int run_batch_job(const BatchJobOptions& o) {
               {"context", capacity},
               {"threads", pool.size()},
               {"memory_plan", rt->memory.describe()},
+              {"cache_resident_layers", cache_plan.resident_layers},
+              {"spill_bytes_read", spilled ? spilled->bytes_read() : 0},
+              {"spill_bytes_written", spilled ? spilled->bytes_written() : 0},
               {"streaming", io_total.to_json()}}}};
         std::fprintf(stats, "%s\n", j.dump().c_str());
         std::fclose(stats);

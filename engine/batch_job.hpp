@@ -28,6 +28,9 @@ struct BatchJobOptions {
     double progress_interval_seconds = 30;
     int progress_terminal = -1;     // -1: when stderr is a terminal
     std::string stats_json;         // one JSON line per step, then a summary line
+    uint64_t cache_ram_bytes = 0;   // memory for latent caches; 0: all in memory. Less spills the
+                                    // last layers' caches to disk (engine/spilled_latent_cache)
+    std::string spill_dir;          // where the spill file goes ("": beside the output)
     RuntimeOptions runtime;
 };
 

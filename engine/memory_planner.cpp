@@ -53,7 +53,10 @@ MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const Memor
     p.dense_slots = std::max(req.dense_slots, 2);
     p.expert_slots = req.expert_slots > 0 ? req.expert_slots : 2 * std::max(d.router.top_k, 1);
     if (p.expert_slot_bytes == 0) p.expert_slots = 0;
-    p.mla_cache_bytes = mla_cache_bytes(d, req.context) * uint64_t(std::max(req.n_sequences, 1));
+    const uint64_t all_caches = mla_cache_bytes(d, req.context) * uint64_t(std::max(req.n_sequences, 1));
+    const int resident_layers = req.cache_resident_layers < 0 ? d.n_layers : std::min(req.cache_resident_layers, d.n_layers);
+    p.mla_spilled_bytes = d.n_layers > 0 ? all_caches / uint64_t(d.n_layers) * uint64_t(d.n_layers - resident_layers) : 0;
+    p.mla_cache_bytes = all_caches - p.mla_spilled_bytes + (p.mla_spilled_bytes > 0 ? req.cache_spill_buffer_bytes : 0);
     p.activation_bytes = forward_activation_bytes(d, req.batch_tokens, req.context, req.n_threads);
     p.other_bytes = req.other_bytes;
 
@@ -113,10 +116,12 @@ std::string MemoryPlan::describe() const {
     auto gib = [](uint64_t b) { return double(b) / (1 << 30); };
     return fmt::format(
         "staging {:.2f} GiB ({} dense slots x {:.1f} MiB + {} expert slots x {:.1f} MiB), globals {:.2f} GiB, resident "
-        "dense {:.2f} GiB, expert cache {:.2f} GiB, MLA cache {:.2f} GiB, activations {:.2f} GiB{}",
+        "dense {:.2f} GiB, expert cache {:.2f} GiB, MLA cache {:.2f} GiB{}, activations {:.2f} GiB{}",
         gib(staging_bytes), dense_slots, double(dense_slot_bytes) / (1 << 20), expert_slots,
         double(expert_slot_bytes) / (1 << 20), gib(global_bytes), gib(resident_dense_bytes), gib(expert_cache_bytes),
-        gib(mla_cache_bytes), gib(activation_bytes), other_bytes ? fmt::format(", other {:.2f} GiB", gib(other_bytes)) : std::string());
+        gib(mla_cache_bytes),
+        mla_spilled_bytes ? fmt::format(" (+ {:.2f} GiB spilled to disk)", gib(mla_spilled_bytes)) : std::string(),
+        gib(activation_bytes), other_bytes ? fmt::format(", other {:.2f} GiB", gib(other_bytes)) : std::string());
 }
 
 }  // namespace sluice

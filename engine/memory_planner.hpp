@@ -20,6 +20,9 @@ struct MemoryRequest {
     int64_t context = 4096;          // positions of the MLA cache
     int64_t batch_tokens = 128;      // tokens per forward chunk
     int n_sequences = 1;             // sequences with a latent cache of `context` positions each
+    int cache_resident_layers = -1;  // layers whose latent caches stay in memory; -1: all (the
+                                     // others live on disk: engine/spilled_latent_cache)
+    uint64_t cache_spill_buffer_bytes = 0;  // the buffer the spilled layers' caches stream through
     uint64_t other_bytes = 0;        // held by the caller (a batch job's logits rows)
     int n_threads = 1;
     int dense_slots = 2;             // staging slots for dense segments (>= 2: double buffering)
@@ -36,7 +39,8 @@ struct MemoryPlan {
     uint64_t global_bytes = 0;       // embedding, head, every norm, router and router bias (always resident)
     uint64_t resident_dense_bytes = 0;
     uint64_t expert_cache_bytes = 0; // what is left for the expert cache (auto)
-    uint64_t mla_cache_bytes = 0;    // n_sequences latent caches of `context` positions
+    uint64_t mla_cache_bytes = 0;    // in memory: the resident layers' caches + the spill buffer
+    uint64_t mla_spilled_bytes = 0;  // on disk
     uint64_t other_bytes = 0;
     uint64_t activation_bytes = 0;
     uint64_t total_bytes = 0;        // everything above

@@ -87,6 +87,8 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     req.context = options.context;
     req.batch_tokens = options.batch_tokens;
     req.n_sequences = options.n_sequences;
+    req.cache_resident_layers = options.cache_resident_layers;
+    req.cache_spill_buffer_bytes = options.cache_spill_buffer_bytes;
     req.other_bytes = options.other_bytes;
     req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
     req.expert_slots = options.expert_buffers;

@@ -23,6 +23,8 @@ struct RuntimeOptions {
     int64_t context = 4096;
     int64_t batch_tokens = 128;
     int n_sequences = 1;               // latent caches of `context` positions
+    int cache_resident_layers = -1;    // see MemoryRequest
+    uint64_t cache_spill_buffer_bytes = 0;
     uint64_t other_bytes = 0;
     int n_threads = 0;
     int prefetch_layers = 1;

@@ -33,6 +33,10 @@ void register_batch(CLI::App& app) {
                     "Seconds between progress lines when stderr is not a terminal")
         ->capture_default_str();
     sub->add_option("--stats-json", o->stats_json, "Append one JSON line per step, and a summary line, to FILE");
+    sub->add_option_function<std::string>(
+        "--cache-ram", [o](const std::string& s) { o->cache_ram_bytes = parse_byte_size(s); },
+        "Memory for the latent caches (default: all in memory); less spills the last layers' caches to disk");
+    sub->add_option("--spill-dir", o->spill_dir, "Directory of the spill file (default: the output's)");
     add_runtime_options(*sub, o->runtime);
     add_command(app, sub, [o, shard] {
         std::tie(o->shard_index, o->shard_count) = parse_shard(*shard);

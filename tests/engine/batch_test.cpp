@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -28,6 +29,8 @@
 #include "core/thread_pool.hpp"
 #include "engine/batch_results.hpp"
 #include "engine/batch_scheduler.hpp"
+#include "engine/cpu_backend.hpp"
+#include "engine/spilled_latent_cache.hpp"
 #include "engine/model_loader.hpp"
 #include "engine/synth.hpp"
 #include "engine/synth_gguf.hpp"
@@ -87,13 +90,18 @@ struct Outcome {
 };
 
 // Runs `requests` through a scheduler of `max_sequences` and returns each one's tokens by id.
+// With `spill`, the caches of layers from spill->resident_layers on live in a spill file.
 std::vector<Outcome> run(LoadedModel& m, const std::vector<ScheduledRequest>& requests, int max_sequences,
-                         int64_t chunk, ThreadPool& pool) {
+                         int64_t chunk, ThreadPool& pool, const SpillOptions* spill = nullptr) {
     ForwardOptions fo;
     fo.max_context = 96;
     fo.max_batch_tokens = 64;
     fo.n_sequences = max_sequences;
-    DeepseekForward forward(m.layout(), *m.provider, fo, pool);
+    CpuBackend backend(pool);
+    std::unique_ptr<SpilledLatentCache> spilled;
+    if (spill) spilled = std::make_unique<SpilledLatentCache>(m.layout(), max_sequences, fo.max_context, backend, *spill);
+    fo.latent_cache = spilled.get();
+    DeepseekForward forward(m.layout(), *m.provider, fo, backend);
     std::vector<Outcome> out(requests.size());
     SchedulerOptions so{max_sequences, chunk, 64};
     BatchScheduler scheduler(
@@ -157,6 +165,38 @@ TEST_CASE("a request's greedy and seeded tokens are the same alone as in any bat
     for (size_t i = 0; i < requests.size(); ++i) CHECK(back[requests.size() - 1 - i].tokens == alone[i].tokens);
     // Greedy requests differ from each other (the check above is not vacuous).
     CHECK(alone[0].tokens != alone[2].tokens);
+}
+
+TEST_CASE("latent caches spilled to disk give the same tokens as caches in memory") {
+    auto m = load_model(tiny_model().string());
+    ThreadPool pool(2);
+    std::mt19937 rng(8);
+    std::vector<ScheduledRequest> requests;
+    for (int i = 0; i < 9; ++i) {
+        ScheduledRequest r;
+        r.id = i;
+        r.prompt = random_prompt(rng, 5 + (i * 11) % 37);
+        r.max_new_tokens = 6 + (i * 3) % 13;
+        r.stop_at_eos = false;
+        if (i % 3 == 0) r.sampler = {0.8f, 0, 0.9f, uint64_t(77 + i), 0};
+        requests.push_back(r);
+    }
+    const auto in_memory = run(*m, requests, 4, 8, pool);
+    const uint64_t slot = SpilledLatentCache::slot_bytes(m->layout(), 96);
+    // Every layer on disk through the smallest buffer (one cache at a time ahead), then one layer
+    // in memory and room to read a whole layer ahead.
+    for (auto [resident, buffer] : {std::pair<int, uint64_t>{0, 2 * slot}, {1, 8 * slot}}) {
+        SpillOptions spill;
+        spill.path = (scratch_dir() / "spill.bin").string();
+        spill.resident_layers = resident;
+        spill.buffer_bytes = buffer;
+        const auto spilled = run(*m, requests, 4, 8, pool, &spill);
+        for (size_t i = 0; i < requests.size(); ++i) {
+            INFO("request ", i, ", ", resident, " layers in memory");
+            CHECK(spilled[i].tokens == in_memory[i].tokens);
+        }
+        CHECK_FALSE(fs::exists(spill.path));  // removed with the cache
+    }
 }
 
 TEST_CASE("the results file drops a torn last line and keeps complete records") {
