@@ -64,20 +64,20 @@ def make_requests(path, n, prompt_range, output_range, seed):
     return reqs
 
 
-def run_sluice(args, sluice, reqs_path, out_dir, cap):
-    out = out_dir / "sluice-results.jsonl"
-    stats = out_dir / "sluice-stats.jsonl"
+def run_sluice(args, sluice, reqs_path, out_dir, cap, name="sluice", extra=()):
+    out = out_dir / f"{name}-results.jsonl"
+    stats = out_dir / f"{name}-stats.jsonl"
     for p in (out, stats):
         p.unlink(missing_ok=True)
     ram = cap - (768 << 20)
     cmd = [sluice, "batch", "-m", args.model, "-i", str(reqs_path), "-o", str(out), "-t", str(args.threads),
            "--max-seqs", str(args.max_seqs), "--ram", str(ram), "--stats-json", str(stats),
-           "--progress-interval", "60"] + args.sluice_arg
+           "--progress-interval", "60"] + args.sluice_arg + list(extra)
     drop_page_cache()
-    with open(out_dir / "sluice.log", "w") as log:
+    with open(out_dir / f"{name}.log", "w") as log:
         proc, info = run_capped(cmd, cap, capture_stdout=False, stderr=log, name_hint="bench_batch_sluice")
     if proc.returncode != 0:
-        sys.exit(f"sluice batch failed ({proc.returncode}); see {out_dir / 'sluice.log'}")
+        sys.exit(f"sluice batch failed ({proc.returncode}); see {out_dir / (name + '.log')}")
     summary = [json.loads(l)["summary"] for l in open(stats) if '"summary"' in l][-1]
     return summary, info
 
@@ -215,6 +215,7 @@ def main():
                          "<sdist>/vendor/llama.cpp -B build-peer/llama-build -DLLAMA_BUILD_SERVER=ON; "
                          "cmake --build build-peer/llama-build --target llama-server -j2")
     ap.add_argument("--peer-timeout", type=float, default=3600, help="seconds before the peer's run is cut")
+    ap.add_argument("--spill-cache-ram", help="also run sluice with --cache-ram SIZE (latent caches spilled)")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--reuse-sluice", help="a previous run's directory: take its requests and sluice result")
     ap.add_argument("--skip-roofline", action="store_true")
@@ -238,9 +239,15 @@ def main():
     else:
         s, s_mem = run_sluice(args, sluice, reqs_path, out_dir, cap)
     print(f"sluice done: {s['output_tokens_per_s']:.2f} output tokens/s", flush=True)
+    spill = None
+    if args.spill_cache_ram:
+        spill, _ = run_sluice(args, sluice, reqs_path, out_dir, cap, "sluice-spill",
+                              ["--cache-ram", args.spill_cache_ram, "--spill-dir", str(out_dir)])
+        print(f"sluice with spill done: {spill['output_tokens_per_s']:.2f} output tokens/s", flush=True)
     peer = None if args.skip_peer else run_llama(args, reqs, out_dir, cap)
     roof = None if args.skip_roofline else roofline(args, sluice, reqs, cap, out_dir, s["max_sequences"])
-    result = {"job": vars(args), "sluice": s, "sluice_memory": s_mem, "llama_cpp": peer, "roofline": roof}
+    result = {"job": vars(args), "sluice": s, "sluice_memory": s_mem, "sluice_spill": spill, "llama_cpp": peer,
+              "roofline": roof}
     json.dump(result, open(out_dir / "result.json", "w"), indent=1)
 
     print(f"\n{'':34} {'sluice':>12} {'llama.cpp':>12} {'ratio':>8}")
@@ -254,6 +261,12 @@ def main():
     print(f"sluice's batch: up to {s['max_sequences']} sequences in flight, mean {s['mean_sequences_per_step']:.1f} "
           f"sequences and {s['mean_tokens_per_step']:.0f} tokens per step over {s['steps']} steps; peak memory "
           f"{(s_mem.get('peak_bytes') or 0) / 2**30:.2f} GiB of {args.memory_max}")
+    if spill:
+        print(f"sluice with --cache-ram {args.spill_cache_ram}: {spill['output_tokens_per_s']:.2f} output tokens/s, "
+              f"{spill['cache_resident_layers']} layers' caches in memory, "
+              f"{spill['spill_bytes_read'] / 1e9:.2f} GB of caches read back, "
+              f"{spill['spill_bytes_written'] / 1e9:.2f} GB written, mean {spill['mean_sequences_per_step']:.1f} "
+              f"sequences per step")
     if peer:
         print(f"llama.cpp: -np {args.slots}, {peer['requests_done']}/{peer['requests']} requests done"
               f"{' (cut at --peer-timeout)' if peer['timed_out'] else ''}")
