@@ -170,7 +170,7 @@ def run_llama(args, reqs, out_dir, cap):
             "timed_out": len(done) < len(reqs)}
 
 
-def roofline(args, sluice, reqs, cap, out_dir, max_seqs):
+def roofline(args, sluice, reqs, cap, out_dir, max_seqs, step_tokens):
     io = json.loads(subprocess.run([sluice, "bench-io", args.model, "--bs", "4M", "--qd", "8", "--rounds", "2",
                                     "--seconds", "5", "--no-fio", "--json"], capture_output=True, text=True,
                                    check=True).stdout.strip().splitlines()[-1])
@@ -178,7 +178,9 @@ def roofline(args, sluice, reqs, cap, out_dir, max_seqs):
     rate = rates.get("sluice io_uring") or rates.get("sluice pread pool")
     drop_page_cache()
     proc, _ = run_capped([sluice, "bench", "-m", args.model, "--json", "--threads", str(args.threads),
-                          "--prompt-lengths", "64", "--decode", "1", "--batch-sizes", "1",
+                          # the GEMM rate at the token counts of a full step (experts see step x top_k / n_experts)
+                          "--prompt-lengths", str(step_tokens), "-b", str(step_tokens), "--decode", "1",
+                          "--batch-sizes", "1",
                           "--ram", str(cap - (768 << 20))], cap, capture_stdout=True, stderr=subprocess.DEVNULL,
                          name_hint="bench_batch_roofline")
     bench = json.loads(proc.stdout)
@@ -245,7 +247,8 @@ def main():
                               ["--cache-ram", args.spill_cache_ram, "--spill-dir", str(out_dir)])
         print(f"sluice with spill done: {spill['output_tokens_per_s']:.2f} output tokens/s", flush=True)
     peer = None if args.skip_peer else run_llama(args, reqs, out_dir, cap)
-    roof = None if args.skip_roofline else roofline(args, sluice, reqs, cap, out_dir, s["max_sequences"])
+    roof = None if args.skip_roofline else roofline(args, sluice, reqs, cap, out_dir, s["max_sequences"],
+                                                        s["max_step_tokens"])
     result = {"job": vars(args), "sluice": s, "sluice_memory": s_mem, "sluice_spill": spill, "llama_cpp": peer,
               "roofline": roof}
     json.dump(result, open(out_dir / "result.json", "w"), indent=1)
