@@ -169,6 +169,9 @@ std::pair<int, int> parse_shard(const std::string& text) {
 }
 
 int run_batch_job(const BatchJobOptions& o) {
+    // From the start: a signal while the model loads ends the job before its first step.
+    g_stop_signal = 0;
+    install_stop_handlers();
     BatchResultsFile results(o.output);
     if (results.dropped_bytes() > 0)
         fmt::print(stderr, "batch: {}: dropped a torn last line ({} bytes) left by an interrupted write\n", o.output,
@@ -337,8 +340,6 @@ int run_batch_job(const BatchJobOptions& o) {
     fig.done = int64_t(results.n_done());
     StepStats io_total;
     int64_t n_steps = 0, step_sequences = 0, step_tokens_sum = 0;
-    install_stop_handlers();
-    g_stop_signal = 0;
     using Clock = std::chrono::steady_clock;
     while (!scheduler.idle() && g_stop_signal == 0) {
         const auto t0 = Clock::now();

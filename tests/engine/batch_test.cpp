@@ -253,23 +253,42 @@ TEST_CASE("a job killed with SIGKILL at 24 random moments resumes to the bytes o
             if (i == 17) f << "{not json\n";
         }
     }
-    auto run_job = [&](const fs::path& out, int kill_after_ms) {
+    // Everything the child needs is built before fork(): after it, only async-signal-safe calls
+    // (another thread may have held the allocator's lock when the process was copied).
+    setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
+    auto spawn = [&](const fs::path& out, const std::vector<std::string>& extra, const std::string& log) {
+        std::vector<std::string> args = {bin, "batch", "-m", tiny_model().string(), "-i", input.string(), "-o",
+                                         out.string(), "-t", "1"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
         const pid_t pid = fork();
         REQUIRE(pid >= 0);
         if (pid == 0) {
-            setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
-            const std::string o = out.string(), i = input.string(), m = tiny_model().string();
-            const int devnull = ::open("/dev/null", O_WRONLY);
-            dup2(devnull, STDERR_FILENO);
-            execl(bin, bin, "batch", "-m", m.c_str(), "-i", i.c_str(), "-o", o.c_str(), "--max-seqs", "5",
-                  "--prefill-chunk", "8", "-t", "1", "--resident", "none", static_cast<char*>(nullptr));
+            const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd >= 0) dup2(fd, STDERR_FILENO);
+            execv(bin, argv.data());
             _exit(127);
         }
+        return pid;
+    };
+    const std::vector<std::string> job_options = {"--max-seqs", "5", "--prefill-chunk", "8", "--resident", "none"};
+    auto records_in = [](const fs::path& p) {
+        const std::string t = read_text(p);
+        return std::count(t.begin(), t.end(), '\n');
+    };
+    // Kills once the output holds `after_records` more records than at the start, `extra_ms` later
+    // (a moment in the middle of a step, an append or start-up); kill_after < 0: runs to the end.
+    auto run_job = [&](const fs::path& out, int after_records, int extra_ms) {
+        const auto start_records = fs::exists(out) ? records_in(out) : 0;
+        const pid_t pid = spawn(out, job_options, "/dev/null");
         int status = 0;
-        if (kill_after_ms >= 0) {
-            const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kill_after_ms);
-            while (std::chrono::steady_clock::now() < deadline && waitpid(pid, &status, WNOHANG) == 0)
-                std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        if (after_records >= 0) {
+            while (waitpid(pid, &status, WNOHANG) == 0 &&
+                   (fs::exists(out) ? records_in(out) : 0) < start_records + after_records)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            std::this_thread::sleep_for(std::chrono::milliseconds(extra_ms));
             if (waitpid(pid, &status, WNOHANG) == 0) {
                 kill(pid, SIGKILL);
                 waitpid(pid, &status, 0);
@@ -281,38 +300,36 @@ TEST_CASE("a job killed with SIGKILL at 24 random moments resumes to the bytes o
         return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
     };
     const fs::path reference = dir / "reference.jsonl";
-    const auto t0 = std::chrono::steady_clock::now();
-    REQUIRE(run_job(reference, -1) == 0);
-    const int full_ms = int(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    REQUIRE(run_job(reference, -1, 0) == 0);
 
     const fs::path resumed = dir / "resumed.jsonl";
     std::mt19937 rng(17);
-    std::uniform_int_distribution<int> moment(0, std::max(full_ms, 50));
-    int kills = 0;
-    for (int attempt = 0; attempt < 200 && kills < 24; ++attempt)
-        if (run_job(resumed, moment(rng)) == -SIGKILL) ++kills;
+    std::uniform_int_distribution<int> records(0, 2), delay_ms(0, 60);
+    int kills = 0, kills_with_progress = 0;
+    for (int attempt = 0; attempt < 200 && kills < 24; ++attempt) {
+        const auto before = fs::exists(resumed) ? fs::file_size(resumed) : 0;
+        if (run_job(resumed, records(rng), delay_ms(rng)) != -SIGKILL) continue;
+        ++kills;
+        if (fs::exists(resumed) && fs::file_size(resumed) > before) ++kills_with_progress;
+    }
+    MESSAGE(kills, " kills, ", kills_with_progress, " of them after new records");
     CHECK(kills >= 20);
-    REQUIRE(run_job(resumed, -1) == 0);
+    REQUIRE(run_job(resumed, -1, 0) == 0);
     const std::string want = read_text(reference), got = read_text(resumed);
     CHECK(std::count(want.begin(), want.end(), '\n') == 41);
     CHECK(got == want);
     // SIGTERM: the step in progress finishes, the process says how to resume and exits 128 + 15.
     const fs::path term = dir / "term.jsonl";
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        const std::string o = term.string(), i = input.string(), m = tiny_model().string(),
-                          log = (dir / "term.log").string();
-        const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, STDERR_FILENO);
-        execl(bin, bin, "batch", "-m", m.c_str(), "-i", i.c_str(), "-o", o.c_str(), "--max-seqs", "2",
-              "--prefill-chunk", "4", "-t", "1", static_cast<char*>(nullptr));
-        _exit(127);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::max(full_ms / 2, 300)));
-    kill(pid, SIGTERM);
+    const pid_t pid = spawn(term, {"--max-seqs", "2", "--prefill-chunk", "4"}, (dir / "term.log").string());
+    // Once it is running steps (a few records in), SIGTERM.
     int status = 0;
-    waitpid(pid, &status, 0);
+    pid_t reaped = 0;
+    while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 && (fs::exists(term) ? records_in(term) : 0) < 4)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (reaped == 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, &status, 0);
+    }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         MESSAGE("the job finished before SIGTERM arrived; nothing to check");
     } else {
