@@ -84,6 +84,24 @@ std::vector<int32_t> random_prompt(std::mt19937& rng, int64_t length) {
     return p;
 }
 
+// n requests with prompts of 3..42 random ids and 4..20 new tokens, EOS ignored; every
+// `sampled_every`-th one samples (temperature 0.9, top-p 0.95) with its own seed, the rest greedy.
+std::vector<ScheduledRequest> random_requests(uint32_t seed, int n, int sampled_every) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int64_t> prompt_length(3, 42), new_tokens(4, 20);
+    std::vector<ScheduledRequest> requests;
+    for (int i = 0; i < n; ++i) {
+        ScheduledRequest r;
+        r.id = i;
+        r.prompt = random_prompt(rng, prompt_length(rng));
+        r.max_new_tokens = new_tokens(rng);
+        r.stop_at_eos = false;
+        if (i % sampled_every == 1) r.sampler = {0.9f, 0, 0.95f, uint64_t(seed) * 1000 + uint64_t(i), 0};
+        requests.push_back(r);
+    }
+    return requests;
+}
+
 struct Outcome {
     std::vector<int32_t> tokens;
     FinishReason reason = FinishReason::length;
@@ -131,18 +149,8 @@ std::string read_text(const fs::path& p) {
 TEST_CASE("a request's greedy and seeded tokens are the same alone as in any batch") {
     auto m = load_model(tiny_model().string());
     ThreadPool pool(2);
-    std::mt19937 rng(3);
-    std::vector<ScheduledRequest> requests;
-    for (int i = 0; i < 10; ++i) {
-        ScheduledRequest r;
-        r.id = i;
-        r.prompt = random_prompt(rng, 3 + (i * 7) % 40);
-        r.max_new_tokens = 4 + (i * 5) % 17;
-        r.stop_at_eos = false;
-        // Half greedy, half sampled with their own seeds.
-        if (i % 2) r.sampler = {0.9f, 0, 0.95f, uint64_t(1000 + i), 0};
-        requests.push_back(r);
-    }
+    // Half greedy, half sampled with their own seeds.
+    const auto requests = random_requests(3, 10, 2);
     std::vector<Outcome> alone;
     for (const auto& r : requests) {
         ScheduledRequest single = r;
@@ -170,17 +178,7 @@ TEST_CASE("a request's greedy and seeded tokens are the same alone as in any bat
 TEST_CASE("latent caches spilled to disk give the same tokens as caches in memory") {
     auto m = load_model(tiny_model().string());
     ThreadPool pool(2);
-    std::mt19937 rng(8);
-    std::vector<ScheduledRequest> requests;
-    for (int i = 0; i < 9; ++i) {
-        ScheduledRequest r;
-        r.id = i;
-        r.prompt = random_prompt(rng, 5 + (i * 11) % 37);
-        r.max_new_tokens = 6 + (i * 3) % 13;
-        r.stop_at_eos = false;
-        if (i % 3 == 0) r.sampler = {0.8f, 0, 0.9f, uint64_t(77 + i), 0};
-        requests.push_back(r);
-    }
+    const auto requests = random_requests(8, 9, 3);
     const auto in_memory = run(*m, requests, 4, 8, pool);
     const uint64_t slot = SpilledLatentCache::slot_bytes(m->layout(), 96);
     // Every layer on disk through the smallest buffer (one cache at a time ahead), then one layer
