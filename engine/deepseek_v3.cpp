@@ -40,7 +40,7 @@ int64_t DeepseekForward::host_bytes() const {
            bytes(routed_token_) + bytes(routed_weight_) + bytes(token_slots_) + bytes(token_fill_) +
            bytes(needed_experts_) + bytes(predicted_experts_) + bytes(predicted_mark_) + bytes(n_visible_) +
            bytes(positions_) + bytes(step_tokens_) + bytes(groups_) + bytes(logit_rows_) + bytes(n_past_) +
-           bytes(cache_latent_) + bytes(cache_rope_);
+           bytes(cache_uses_);
 }
 
 namespace {
@@ -160,14 +160,16 @@ void DeepseekForward::allocate() {
     step_tokens_.resize(size_t(n));
     groups_.reserve(size_t(n));
     logit_rows_.reserve(size_t(n));
+    cache_uses_.reserve(size_t(n));
     n_past_.assign(size_t(shape_.n_sequences), 0);
-    const size_t n_caches = size_t(shape_.n_sequences) * size_t(d.n_layers);
-    cache_latent_.resize(n_caches);
-    cache_rope_.resize(n_caches);
-    for (size_t c = 0; c < n_caches; ++c) {
-        cache_latent_[c] = be.alloc_cache_floats(shape_.max_context * d.kv_rank);
-        cache_rope_[c] = be.alloc_cache_floats(shape_.max_context * d.rope_dim);
+    cache_ = options_.latent_cache;
+    if (!cache_) {
+        owned_cache_ = std::make_unique<ResidentLatentCache>(d, shape_.n_sequences, shape_.max_context, be);
+        cache_ = owned_cache_.get();
     }
+    if (cache_->capacity() < shape_.max_context)
+        fail(ErrorKind::invalid_input, "the latent cache holds {} positions per sequence, the forward was asked for {}",
+             cache_->capacity(), shape_.max_context);
 }
 
 void DeepseekForward::truncate(int64_t n, int sequence) {
@@ -215,12 +217,17 @@ void DeepseekForward::forward_batch(std::span<const SequenceTokens> batch, float
             step_tokens_[size_t(n + i)] = token;
             positions_[size_t(n + i)] = past + i;
             n_visible_[size_t(n + i)] = past + i + 1;  // causal: itself and everything before
-            if (entry.all_logits || i == count - 1) logit_rows_.push_back(int32_t(n + i));
+            if (!entry.no_logits && (entry.all_logits || i == count - 1)) logit_rows_.push_back(int32_t(n + i));
         }
         n += count;
     }
     if (n == 0) return;
+    cache_uses_.clear();
+    for (const auto& g : groups_)
+        cache_uses_.push_back({g.sequence, positions_[size_t(g.begin)], positions_[size_t(g.begin)] + g.count});
+    cache_->begin_step(cache_uses_);
     run_step(n, logits);
+    cache_->end_step();
     for (const auto& g : groups_) n_past_[size_t(g.sequence)] += g.count;
 }
 
@@ -298,18 +305,6 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
     }
     be.linear(w.kv_a, a, d.hidden, n, ckv, cw);
 
-    // Cache the normalised latent and the roped key of each new position, in its sequence's cache.
-    for (const auto& g : groups_) {
-        const size_t cache = cache_index(g.sequence, layer);
-        const int64_t past = positions_[size_t(g.begin)];
-        const float* rows = ckv + g.begin * cw;
-        be.rms_norm(rows, cw, w.kv_a_norm, d.latent_norm_eps, g.count, d.kv_rank, cache_latent_[cache] + past * d.kv_rank,
-                    d.kv_rank);
-        float* k_pe = cache_rope_[cache] + past * d.rope_dim;
-        be.copy_rows(rows + d.kv_rank, cw, g.count, d.rope_dim, k_pe, d.rope_dim);
-        be.rope(k_pe, g.count, 1, d.rope_dim, d.rope_dim, int(d.rope_dim), step_positions_ + g.begin, rope_freq_,
-                d.rope_magnitude);
-    }
     // q_rope: [n, heads, rope] = the rope part of each head's query, rotated.
     be.copy_rows(q + d.nope, d.qk_head, n * d.n_heads, d.rope_dim, q_rope_, d.rope_dim);
     be.rope(q_rope_, n, int(d.n_heads), d.n_heads * d.rope_dim, d.rope_dim, int(d.rope_dim), step_positions_,
@@ -333,6 +328,25 @@ void DeepseekForward::attention(const LayerWeights& w, int layer, int64_t n) {
         g = end;
     }
     be.linear(w.o, attn_heads_, d.n_heads * d.v_dim, n, branch_out_, d.hidden);
+}
+
+// The cache of group `group`'s sequence at `layer`, once its new positions are in: the normalised
+// latent and the roped key of each (from kv_compressed_ [n, kv_rank + rope]). Each group is taken
+// just before its attention, so a cache that streams from disk holds only the groups in flight.
+LatentCacheEntry DeepseekForward::open_cache(const LayerWeights& w, int layer, size_t group) {
+    const auto& d = layout_;
+    Backend& be = backend_;
+    const auto& g = groups_[group];
+    const LatentCacheEntry cache = cache_->acquire(layer, g.sequence);
+    const int64_t past = positions_[size_t(g.begin)];
+    const float* rows = kv_compressed_ + g.begin * d.cache_width();
+    be.rms_norm(rows, d.cache_width(), w.kv_a_norm, d.latent_norm_eps, g.count, d.kv_rank,
+                cache.latent + past * d.kv_rank, d.kv_rank);
+    float* k_pe = cache.rope + past * d.rope_dim;
+    be.copy_rows(rows + d.kv_rank, d.cache_width(), g.count, d.rope_dim, k_pe, d.rope_dim);
+    be.rope(k_pe, g.count, 1, d.rope_dim, d.rope_dim, int(d.rope_dim), step_positions_ + g.begin, rope_freq_,
+            d.rope_magnitude);
+    return cache;
 }
 
 // Under --attention auto, the form with fewer multiply-adds for `count` new positions after `past`
@@ -368,11 +382,11 @@ void DeepseekForward::attention_absorbed(const LayerWeights& w, int layer, size_
     float* attn = attn_latent_ + row0 * latent_stride;  // [n, heads, kv_rank] = sum_t P * c_t
     for (size_t i = first_group; i < end_group; ++i) {
         const auto& g = groups_[i];
-        const size_t cache = cache_index(g.sequence, layer);
+        const LatentCacheEntry cache = open_cache(w, layer, i);
         const int64_t r = g.begin - row0;
         be.attention_absorbed(g.count, q_latent + r * latent_stride, q_rope_ + g.begin * d.n_heads * d.rope_dim,
-                              cache_latent_[cache], cache_rope_[cache], step_visible_ + g.begin,
-                              attn + r * latent_stride);
+                              cache.latent, cache.rope, step_visible_ + g.begin, attn + r * latent_stride);
+        cache_->release(layer, g.sequence);
     }
     // o_h = W_UV_h . c^_h: [n, heads * v_dim]
     be.unabsorb(w, attn, n, attn_heads_ + row0 * d.n_heads * d.v_dim);
@@ -385,7 +399,7 @@ void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, s
     const auto& d = layout_;
     Backend& be = backend_;
     const auto& g = groups_[group];
-    const size_t cache = cache_index(g.sequence, layer);
+    const LatentCacheEntry cache = open_cache(w, layer, group);
     const int64_t n_positions = n_visible_[size_t(g.begin + g.count - 1)];  // the last token sees them all
     const int64_t block = shape_.decompress_block;
     float* out = attn_heads_ + g.begin * d.n_heads * d.v_dim;
@@ -394,12 +408,13 @@ void DeepseekForward::attention_decompressed(const LayerWeights& w, int layer, s
     be.decompressed_begin(g.count, out, running_max, running_sum);
     for (int64_t first = 0; first < n_positions; first += block) {
         const int64_t m = std::min(block, n_positions - first);
-        be.expand_latents(w, cache_latent_[cache] + first * d.kv_rank, m, kv_block_);
+        be.expand_latents(w, cache.latent + first * d.kv_rank, m, kv_block_);
         be.decompressed_block(g.count, q_ + g.begin * d.n_heads * d.qk_head, q_rope_ + g.begin * d.n_heads * d.rope_dim,
-                              kv_block_, cache_rope_[cache] + first * d.rope_dim, first, m, step_visible_ + g.begin, out,
+                              kv_block_, cache.rope + first * d.rope_dim, first, m, step_visible_ + g.begin, out,
                               running_max, running_sum);
     }
     be.decompressed_end(g.count, out, running_sum);
+    cache_->release(layer, g.sequence);
 }
 
 // Speculative prefetch (DESIGN: data flow): the residual after layer l's attention is a good

@@ -13,6 +13,7 @@
 
 #include "core/thread_pool.hpp"
 #include "engine/backend.hpp"
+#include "engine/latent_cache.hpp"
 #include "engine/model_layout.hpp"
 #include "engine/model_weights.hpp"
 #include "engine/weight_provider.hpp"
@@ -45,14 +46,19 @@ struct ForwardOptions {
     RunShape shape;
     AttentionForm attention = AttentionForm::automatic;
     int64_t decompress_block = 0;     // positions the decompressed form expands at a time; 0: default
+    // Where the latent cache lives (engine/latent_cache.hpp), at least n_sequences x max_context;
+    // null: resident in backend memory, owned by the forward.
+    LatentCache* latent_cache = nullptr;
 };
 
 // One sequence's part of a batched step: its next tokens, and whether logits are wanted for
-// all of them or only the last.
+// all of them, only the last, or none (a prompt chunk with more of the prompt to come: the head
+// is a large product per row).
 struct SequenceTokens {
     int sequence = 0;
     std::span<const int32_t> tokens;
     bool all_logits = false;
+    bool no_logits = false;
 };
 
 class DeepseekForward {
@@ -89,7 +95,8 @@ public:
 
     // One step over several sequences (at most shape().step_tokens tokens in all): every
     // sequence's tokens share the weights read for the step. Logits rows are written in batch
-    // order: all positions of entries with all_logits, the last position of the others.
+    // order: all positions of entries with all_logits, none of those with no_logits, the last
+    // position of the others.
     void forward_batch(std::span<const SequenceTokens> batch, float* logits);
 
     int64_t position(int sequence = 0) const { return n_past_[size_t(sequence)]; }
@@ -98,6 +105,7 @@ public:
     void truncate(int64_t n, int sequence = 0);
 
     const ModelLayout& layout() const { return layout_; }
+    const ForwardOptions& options() const { return options_; }
     Backend& backend() { return backend_; }
     // Bytes allocated for activations, the latent cache and the backend's scratch (and, on a device
     // backend shared with the weights, those too), plus the host-side routing bookkeeping.
@@ -113,11 +121,12 @@ private:
     // attn_heads_ rows [begin, begin + count); the absorbed form takes a run of groups at once.
     void attention_absorbed(const LayerWeights& w, int layer, size_t first_group, size_t end_group);
     void attention_decompressed(const LayerWeights& w, int layer, size_t group);
+    // A group's cache at `layer` with the step's new positions written (normalised latent, roped key).
+    LatentCacheEntry open_cache(const LayerWeights& w, int layer, size_t group);
     bool use_decompressed(int64_t count, int64_t past) const;
     void mlp(const ExpertWeights& w, const float* in, int64_t n, float* out, bool accumulate);
     void moe(const LayerWeights& w, int layer, int64_t n);
     void predict_next_layer_experts(int layer, int64_t n);
-    size_t cache_index(int sequence, int layer) const { return size_t(sequence) * size_t(layout_.n_layers) + size_t(layer); }
 
     ModelLayout layout_;
     WeightProvider& weights_;
@@ -142,9 +151,8 @@ private:
     int32_t* token_slots_dev_ = nullptr;
     float* slot_weight_dev_ = nullptr;
     int32_t* logit_rows_dev_ = nullptr;    // [max_batch_tokens]
-    // Latent cache per (sequence, layer): normalised latent [max_context, kv_rank] and roped
-    // key [max_context, rope]; index sequence * n_layers + layer.
-    std::vector<float*> cache_latent_, cache_rope_;
+    std::unique_ptr<LatentCache> owned_cache_;  // when options_.latent_cache is null
+    LatentCache* cache_ = nullptr;
 
     // Host-side bookkeeping of a step.
     std::vector<int32_t> expert_ids_;      // [max_batch_tokens, top_k]
@@ -163,6 +171,7 @@ private:
     std::vector<int32_t> step_tokens_;     // [max_batch_tokens]
     struct Group { int sequence; int64_t begin, count; };
     std::vector<Group> groups_;            // consecutive tokens of one sequence in this step
+    std::vector<LatentCacheUse> cache_uses_;  // the groups as the latent cache sees them
     std::vector<int32_t> logit_rows_;      // rows of this step whose logits are wanted
 };
 

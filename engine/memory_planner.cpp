@@ -78,10 +78,15 @@ MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const Memor
         const auto b = DeepseekForward::bytes_for(d, ForwardOptions{shape}, req.n_threads);
         const uint64_t logits = AlignedBuffer::held_bytes(size_t(shape.logits_held()) * size_t(d.vocab) * sizeof(float));
         p.kernel_scratch_bytes = std::max(p.kernel_scratch_bytes, b.kernel_scratch);
-        if (b.mla_cache + b.activations + logits >= largest_pass) {
-            largest_pass = b.mla_cache + b.activations + logits;
+        // Spilled layers' caches are on disk; what stays is the resident layers' and the buffer.
+        const int resident_layers = req.cache_resident_layers < 0 ? d.n_layers : std::min(req.cache_resident_layers, d.n_layers);
+        const uint64_t spilled = d.n_layers > 0 ? b.mla_cache / uint64_t(d.n_layers) * uint64_t(d.n_layers - resident_layers) : 0;
+        const uint64_t mla = b.mla_cache - spilled + (spilled > 0 ? req.cache_spill_buffer_bytes : 0);
+        if (mla + b.activations + logits >= largest_pass) {
+            largest_pass = mla + b.activations + logits;
             p.shape = shape;
-            p.mla_cache_bytes = b.mla_cache;
+            p.mla_cache_bytes = mla;
+            p.mla_spilled_bytes = spilled;
             p.activation_bytes = b.activations;
             p.logits_bytes = logits;
         }
@@ -154,12 +159,14 @@ MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const Memor
 std::string MemoryPlan::describe() const {
     return fmt::format(
         "staging {:.2f} GiB ({} dense buffers x {:.1f} MiB + {} expert buffers x {:.1f} MiB, {} of them cache), "
-        "globals {:.2f} GiB, resident dense {:.2f} GiB, resident experts {:.2f} GiB, MLA cache {:.2f} GiB, activations "
+        "globals {:.2f} GiB, resident dense {:.2f} GiB, resident experts {:.2f} GiB, MLA cache {:.2f} GiB{}, activations "
         "{:.2f} GiB, logits {:.2f} GiB, kernel scratch {:.2f} GiB, other pass {:.2f} GiB, process before {:.2f} GiB; total "
         "{:.2f} GiB",
         gib(staging_bytes()), dense_pool.count, mib(dense_pool.slot_bytes), expert_pool.count, mib(expert_pool.slot_bytes),
         expert_cache_entries(), gib(global_bytes), gib(resident_dense_bytes), gib(resident_expert_bytes),
-        gib(mla_cache_bytes), gib(activation_bytes), gib(logits_bytes), gib(kernel_scratch_bytes), gib(other_pass_bytes),
+        gib(mla_cache_bytes),
+        mla_spilled_bytes ? fmt::format(" (+ {:.2f} GiB spilled to disk)", gib(mla_spilled_bytes)) : std::string(),
+        gib(activation_bytes), gib(logits_bytes), gib(kernel_scratch_bytes), gib(other_pass_bytes),
         gib(held_bytes),
         gib(total_bytes));
 }

@@ -44,6 +44,11 @@ struct MemoryRequest {
     std::vector<RunShape> shapes{RunShape{}};
     // A pass of another kind that runs alone like them (bench's GEMM-rate measurement): its bytes.
     uint64_t other_pass_bytes = 0;
+    // Latent caches beyond RAM (engine/spilled_latent_cache): the first cache_resident_layers
+    // layers keep theirs in memory (-1: all), the others live on disk and stream through a buffer
+    // of cache_spill_buffer_bytes.
+    int cache_resident_layers = -1;
+    uint64_t cache_spill_buffer_bytes = 0;
     int n_threads = 1;
     int prefetch_layers = 1;         // dense segments read ahead (dense_buffer_count buffers)
     int expert_slots = 0;            // expert buffers for reads in flight; 0 = 2 x top_k
@@ -62,7 +67,8 @@ struct MemoryPlan {
     StagingPool expert_pool;            // staging for reads in flight + the expert cache
     int expert_slots = 0;               // of expert_pool.count, the buffers for reads in flight
     RunShape shape;                     // the largest of the requested forward passes
-    uint64_t mla_cache_bytes = 0;       // its latent cache
+    uint64_t mla_cache_bytes = 0;       // its latent cache in memory (the resident layers' + the spill buffer)
+    uint64_t mla_spilled_bytes = 0;     // its latent cache on disk
     uint64_t activation_bytes = 0;      // its step buffers
     uint64_t logits_bytes = 0;          // the logits its caller holds
     uint64_t kernel_scratch_bytes = 0;  // the matmul kernels' per-thread scratch (largest of the passes)

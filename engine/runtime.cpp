@@ -200,6 +200,8 @@ std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const Ru
     req.ram_budget_bytes = rt->budget.bytes;
     req.shapes = options.shapes;
     req.other_pass_bytes = options.other_pass_bytes;
+    req.cache_resident_layers = options.cache_resident_layers;
+    req.cache_spill_buffer_bytes = options.cache_spill_buffer_bytes;
     req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
     req.expert_slots = options.expert_buffers;
     req.prefetch_layers = std::max(options.prefetch_layers, 0);

@@ -31,6 +31,8 @@ struct RuntimeOptions {
     // must be built with ForwardOptions{shape} of one of these (or a smaller shape).
     std::vector<RunShape> shapes{RunShape{}};
     uint64_t other_pass_bytes = 0;     // MemoryRequest::other_pass_bytes
+    int cache_resident_layers = -1;    // MemoryRequest::cache_resident_layers (latent caches beyond RAM)
+    uint64_t cache_spill_buffer_bytes = 0;
     int n_threads = 0;
     int prefetch_layers = 1;
     int expert_buffers = 0;            // 0: from the plan

@@ -34,7 +34,18 @@ int32_t argmax(const float* logits, int64_t n) {
 }
 
 Sampler::Sampler(const SamplerOptions& options, int64_t n_vocab)
-    : options_(options), n_vocab_(n_vocab), rng_(options.seed), order_(size_t(n_vocab)), probs_(size_t(n_vocab)) {
+    : options_(options), n_vocab_(n_vocab), rng_(options.seed),
+      own_scratch_(std::make_unique<SamplerScratch>(n_vocab)), scratch_(own_scratch_.get()) {
+    validate();
+}
+
+Sampler::Sampler(const SamplerOptions& options, int64_t n_vocab, SamplerScratch& shared)
+    : options_(options), n_vocab_(n_vocab), rng_(options.seed), scratch_(&shared) {
+    if (int64_t(shared.order.size()) < n_vocab) fail(ErrorKind::internal, "sampler scratch smaller than the vocabulary");
+    validate();
+}
+
+void Sampler::validate() {
     if (options_.temperature < 0) fail(ErrorKind::invalid_input, "temperature must be >= 0, got {}", options_.temperature);
     if (options_.top_p <= 0 || options_.top_p > 1) fail(ErrorKind::invalid_input, "top-p must be in (0, 1], got {}", options_.top_p);
     if (options_.top_k < 0) fail(ErrorKind::invalid_input, "top-k must be >= 0, got {}", options_.top_k);
@@ -43,6 +54,8 @@ Sampler::Sampler(const SamplerOptions& options, int64_t n_vocab)
 
 int32_t Sampler::sample(const float* logits) {
     if (options_.temperature == 0.0f) return argmax(logits, n_vocab_);
+    auto& order_ = scratch_->order;
+    auto& probs_ = scratch_->probs;
     const float inv_t = 1.0f / options_.temperature;
     auto better = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
 

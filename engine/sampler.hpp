@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -17,17 +18,29 @@ struct SamplerOptions {
     int64_t n_valid_ids = 0;
 };
 
+// Candidate ids and weights over the vocabulary, allocated once; samplers that draw one after
+// another (the sequences of a batch) can share one.
+struct SamplerScratch {
+    explicit SamplerScratch(int64_t n_vocab) : order(size_t(n_vocab)), probs(size_t(n_vocab)) {}
+    std::vector<int32_t> order;
+    std::vector<float> probs;
+};
+
 class Sampler {
 public:
     Sampler(const SamplerOptions& options, int64_t n_vocab);
+    // Draws with `shared`'s buffers (which must cover n_vocab and outlive the sampler).
+    Sampler(const SamplerOptions& options, int64_t n_vocab, SamplerScratch& shared);
     int32_t sample(const float* logits);
 
 private:
+    void validate();
+
     SamplerOptions options_;
     int64_t n_vocab_;
     std::mt19937_64 rng_;
-    std::vector<int32_t> order_;   // candidate ids, allocated once
-    std::vector<float> probs_;
+    std::unique_ptr<SamplerScratch> own_scratch_;
+    SamplerScratch* scratch_;
 };
 
 // Index of the largest logit, lowest index on ties.

@@ -3,7 +3,11 @@
 set -euo pipefail
 packages=(g++ meson ninja-build pkg-config cmake liburing-dev libfmt-dev doctest-dev libboost-dev
           nlohmann-json3-dev libboost-context-dev libpcre2-dev libcli11-dev libxxhash-dev python3
-          clang libclang-rt-14-dev)  # clang: the libFuzzer targets (scripts/fuzz.sh)
+          clang libclang-rt-14-dev   # clang: the libFuzzer targets (scripts/fuzz.sh)
+          slurm-wlm munge)           # a real single-node Slurm for tests/scripts/scale_out_test.sh
+# kubectl (Debian's kubernetes-client) checks the Kubernetes manifest; a kubectl already on the
+# machine (e.g. another vendor's package owning /usr/bin/kubectl) is used as it is.
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

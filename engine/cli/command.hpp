@@ -27,5 +27,6 @@ void register_perplexity(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_bench_io(CLI::App& app);
 void register_plan(CLI::App& app);
+void register_batch(CLI::App& app);
 
 }  // namespace sluice::cli

@@ -46,17 +46,18 @@ RowGroupFn row_group_for(DType type, const RowGroupTable& table) {
     return nullptr;
 }
 
-// Four rows per call pays where the scales and epilogue are a large share of the work: from one
-// token for Q2_K / Q4_K / Q6_K, but Q3_K (hmask bits) and Q5_K (qh bits) unpack more per weight
-// vector and are slower four rows at a time below 8 tokens (bench_gemv --gemm, 2048x7168 from
-// DRAM, 2 threads, four rows / one row: Q3_K 1 token 0.86, 4 tokens 0.96, 8 tokens 1.22; Q5_K
-// 0.96 / 0.92 / 1.34).
-QuadRowGroupFn quad_row_group_for(DType type, int64_t n_tokens, const RowGroupTable& table) {
+// Four rows per call pays where the scales and epilogue are a large share of the work. Q3_K (hmask
+// bits) and Q5_K (qh bits) unpack more per weight vector and are a little slower four rows at a
+// time below 8 tokens (bench_gemv --gemm, 2048x7168 from DRAM, 2 threads, four rows / one row:
+// Q3_K 1 token 0.86, 4 tokens 0.96, 8 tokens 1.22; Q5_K 0.96 / 0.92 / 1.34), but the choice must
+// not depend on the token count: a token's result would then depend on the batch around it
+// (sluice batch promises a request's tokens are the same alone or in any batch).
+QuadRowGroupFn quad_row_group_for(DType type, const RowGroupTable& table) {
     switch (type) {
         case DType::Q2_K: return table.q2_k_quad;
-        case DType::Q3_K: return n_tokens >= 8 ? table.q3_k_quad : nullptr;
+        case DType::Q3_K: return table.q3_k_quad;
         case DType::Q4_K: return table.q4_k_quad;
-        case DType::Q5_K: return n_tokens >= 8 ? table.q5_k_quad : nullptr;
+        case DType::Q5_K: return table.q5_k_quad;
         case DType::Q6_K: return table.q6_k_quad;
         default: break;
     }
@@ -171,16 +172,18 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const auto* base = static_cast<const uint8_t*>(w.data);
     // Many tokens: a tile of rows (kept in L1/L2) meets one token group's activations at a time,
     // over column chunks small enough that the group's activations for a chunk stay in L1, instead
-    // of every row streaming all tokens' activations from L2 again. GEMV (one chunk) is unchanged.
+    // of every row streaming all tokens' activations from L2 again. The chunk is sized for a full
+    // token group whatever n_tokens is: partial sums are added per chunk, so a chunk that grew for
+    // small calls would change a token's rounding with the batch around it (batch invariance).
     constexpr int64_t kRowTile = 16;
     constexpr int64_t kL1ActivationBytes = 32 * 1024;
     const int64_t blocks_per_group = kGroupElems / block_type(w.type).block_elems;  // 8 or 1
     const int64_t w_block_bytes = block_type(w.type).block_bytes;
     const int64_t chunk_groups =
-        std::clamp<int64_t>(kL1ActivationBytes / (std::min(token_group, n_tokens) * kGroupBytes), 1, n_groups);
+        std::clamp<int64_t>(kL1ActivationBytes / (token_group * kGroupBytes), 1, n_groups);
     const int64_t chunk_blocks = chunk_groups * blocks_per_group;
     const QuadRowGroupFn quad =
-        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, n_tokens, table) : nullptr;
+        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
         const void* a[kMaxTokenGroup];
         float sums[4 * kMaxTokenGroup];

@@ -616,9 +616,11 @@ template <typename P, int NT>
 void row_group_32_n(const void* wv, int64_t n_blocks, const void* const* acts, float* sums) {
     using Block = typename P::Block;
     const auto* w = static_cast<const Block*>(wv);
-    // Few tokens: two accumulators per token (even / odd pairs) so the FMAs do not queue on one
-    // another's latency; with many tokens the other tokens' work fills that gap.
-    constexpr int kAccs = NT < 4 ? 2 : 1;
+    // Two accumulators per token (even / odd pairs) so the FMAs do not queue on one another's
+    // latency at few tokens. Every token count sums the same way: a token's result must not depend
+    // on how many tokens share the call (batch invariance; one accumulator from 4 tokens on made
+    // a decode token round differently alone than in a batch).
+    constexpr int kAccs = 2;
     const ActivationGroupQ8* a[NT];
     __m512 acc[kAccs][NT];
     for (int t = 0; t < NT; ++t) {

@@ -1,0 +1,466 @@
+#include "engine/batch_job.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/thread_pool.hpp"
+#include "engine/batch_progress.hpp"
+#include "engine/batch_results.hpp"
+#include "engine/batch_scheduler.hpp"
+#include "engine/cpu_backend.hpp"
+#include "engine/spilled_latent_cache.hpp"
+#include "engine/deepseek_v3.hpp"
+#include "formats/openai_batch.hpp"
+#include "formats/tokenizer.hpp"
+
+namespace sluice {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// SIGINT / SIGTERM ask the job to stop after the current step; a second one kills at once
+// (SA_RESETHAND puts the default action back).
+void install_stop_handlers() {
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+}
+
+// One non-blank input line: the request it asks for, or why it cannot be served.
+struct InputLine {
+    int64_t line = 0;
+    std::string record_id;
+    std::optional<BatchRequest> request;
+    std::optional<BatchLineError> error;
+    const std::string& custom_id() const { return request ? request->custom_id : error->custom_id; }
+};
+
+// Every line of the input in order. The first line with a custom_id owns it: a later one gets a
+// duplicate_custom_id error with an id of its own (from its line), as do lines with no custom_id.
+std::vector<InputLine> read_input(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail(ErrorKind::io, "{}: cannot open the batch input", path);
+    std::vector<InputLine> lines;
+    std::unordered_map<std::string, int64_t> first_line;
+    std::string text;
+    for (int64_t n = 1; std::getline(in, text); ++n) {
+        ParsedBatchLine parsed = parse_batch_line(text, n);
+        if (!parsed.request && !parsed.error) continue;
+        InputLine l{n, "", std::move(parsed.request), std::move(parsed.error)};
+        const std::string& id = l.custom_id();
+        if (id.empty()) {
+            l.record_id = batch_line_record_id(n, text);
+        } else if (const auto [it, fresh] = first_line.emplace(id, n); !fresh) {
+            l.error = batch_line_error(n, id, "duplicate_custom_id", "custom_id",
+                                       fmt::format("custom_id '{}' was already used on line {}", id, it->second));
+            l.request.reset();
+            l.record_id = batch_line_record_id(n, text);
+        } else {
+            l.record_id = batch_request_record_id(id);
+        }
+        lines.push_back(std::move(l));
+    }
+    return lines;
+}
+
+// Lines without a custom_id are reported by shard 0.
+bool in_shard(const InputLine& l, int index, int count) {
+    if (count <= 1) return true;
+    if (l.custom_id().empty()) return index == 0;
+    return int(batch_custom_id_hash(l.custom_id()) % uint64_t(count)) == index;
+}
+
+// A request ready for the scheduler.
+struct PreparedRequest {
+    const InputLine* input = nullptr;
+    std::vector<int32_t> prompt;
+    int64_t max_tokens = 0;
+    // Text generated so far (special tokens skipped) and where a stop sequence cut it.
+    std::string text;
+    size_t stop_at = std::string::npos;
+};
+
+int64_t created_seconds() {
+    // SOURCE_DATE_EPOCH (reproducible-builds.org) pins the timestamps, so two runs of a job can be
+    // compared byte for byte.
+    if (const char* e = std::getenv("SOURCE_DATE_EPOCH")) return std::strtoll(e, nullptr, 10);
+    return int64_t(std::time(nullptr));
+}
+
+// Why a request cannot run on this model and context, or "" when it can.
+std::string prepare(const BatchRequest& r, const OpenModel& model, int64_t context, PreparedRequest& out,
+                    std::string& code, std::string& param) {
+    const Tokenizer& tok = *model.tokenizer;
+    if (r.endpoint == BatchEndpoint::chat_completions) {
+        out.prompt = tok.encode(render_chat(r.messages, model.chat_template, true), false);
+    } else if (r.prompt_is_ids) {
+        out.prompt = r.prompt_ids;
+        for (int32_t id : out.prompt)
+            if (id >= model.layout.vocab) {
+                code = "invalid_value", param = "prompt";
+                return fmt::format("token id {} is outside the vocabulary of {}", id, model.layout.vocab);
+            }
+    } else {
+        out.prompt = tok.encode(r.prompt, true);
+    }
+    const int64_t prompt = int64_t(out.prompt.size());
+    out.max_tokens = r.max_tokens ? *r.max_tokens : context - prompt;
+    if (prompt + out.max_tokens > context || out.max_tokens < 1) {
+        code = "context_length_exceeded", param = r.endpoint == BatchEndpoint::chat_completions ? "messages" : "prompt";
+        return fmt::format("the context is {} tokens; the request asks for {} ({} in the prompt, {} to generate)", context,
+                           prompt + std::max<int64_t>(out.max_tokens, 1), prompt, std::max<int64_t>(out.max_tokens, 1));
+    }
+    return "";
+}
+
+// How much of the latent caches stays in memory: all of it, unless --cache-ram says less; then
+// the last layers' caches spill to disk and stream through a buffer of up to two layers' worth
+// (a layer's caches read while the one before computes).
+struct LatentCachePlan {
+    int resident_layers = 0;
+    uint64_t buffer_bytes = 0;
+};
+LatentCachePlan plan_latent_cache(const ModelLayout& d, int n_sequences, int64_t capacity, uint64_t cache_ram_bytes) {
+    const uint64_t slot = SpilledLatentCache::slot_bytes(d, capacity);
+    const uint64_t per_layer = slot * uint64_t(n_sequences);
+    if (cache_ram_bytes == 0 || per_layer * uint64_t(d.n_layers) <= cache_ram_bytes) return {d.n_layers, 0};
+    LatentCachePlan p;
+    p.buffer_bytes = std::max(2 * slot, std::min(2 * per_layer, cache_ram_bytes / 2));
+    p.resident_layers = cache_ram_bytes > p.buffer_bytes ? int((cache_ram_bytes - p.buffer_bytes) / per_layer) : 0;
+    p.resident_layers = std::min(p.resident_layers, d.n_layers - 1);
+    return p;
+}
+
+}  // namespace
+
+std::pair<int, int> parse_shard(const std::string& text) {
+    const size_t slash = text.find('/');
+    int i = -1, n = 0;
+    try {
+        if (slash != std::string::npos) {
+            size_t used = 0;
+            i = std::stoi(text.substr(0, slash), &used);
+            if (used != slash) i = -1;
+            n = std::stoi(text.substr(slash + 1), &used);
+            if (used != text.size() - slash - 1) n = 0;
+        }
+    } catch (const std::exception&) {
+        n = 0;
+    }
+    if (n < 1 || i < 0 || i >= n) fail(ErrorKind::invalid_input, "--shard '{}': expected i/N with 0 <= i < N", text);
+    return {i, n};
+}
+
+int run_batch_job(const BatchJobOptions& o) {
+    // From the start: a signal while the model loads ends the job before its first step.
+    g_stop_signal = 0;
+    install_stop_handlers();
+    BatchResultsFile results(o.output);
+    if (results.dropped_bytes() > 0)
+        fmt::print(stderr, "batch: {}: dropped a torn last line ({} bytes) left by an interrupted write\n", o.output,
+                   results.dropped_bytes());
+    const std::vector<InputLine> input = read_input(o.input);
+    std::vector<const InputLine*> mine;
+    for (const auto& l : input)
+        if (in_shard(l, o.shard_index, o.shard_count)) mine.push_back(&l);
+
+    // The model's header, tokenizer and chat template (no weights yet).
+    const auto model = open_model(o.model);
+    if (!model->tokenizer) fail(ErrorKind::invalid_input, "{}: the model has no tokenizer; sluice batch needs one", o.model);
+    const std::string model_name = std::filesystem::path(o.model).lexically_normal().filename().string();
+
+    // Requests left to run, and error records not yet written (durable before anything runs).
+    std::vector<PreparedRequest> todo;
+    std::vector<std::string> error_lines;
+    int64_t done_before = 0;
+    for (const InputLine* l : mine) {
+        if (results.done(l->record_id)) {
+            ++done_before;
+            continue;
+        }
+        if (l->error) {
+            error_lines.push_back(batch_error_line(l->record_id, *l->error));
+            continue;
+        }
+        PreparedRequest p;
+        p.input = l;
+        std::string code, param;
+        const std::string why = prepare(*l->request, *model, o.context, p, code, param);
+        if (!why.empty()) {
+            error_lines.push_back(
+                batch_error_line(l->record_id, batch_line_error(l->line, l->request->custom_id, code, param, why)));
+            continue;
+        }
+        todo.push_back(std::move(p));
+    }
+    results.append(error_lines);
+    fmt::print(stderr, "batch: {} requests{}: {} done before, {} error records, {} to run\n", mine.size(),
+               o.shard_count > 1 ? fmt::format(" in shard {}/{}", o.shard_index, o.shard_count) : "", done_before,
+               error_lines.size(), todo.size());
+
+    std::vector<std::string> order;  // record ids of this shard in input order
+    for (const InputLine* l : mine) order.push_back(l->record_id);
+    auto finish_file = [&] {
+        if (results.n_done() >= order.size()) results.rewrite_in_order(order);
+    };
+    if (todo.empty()) {
+        finish_file();
+        fmt::print(stderr, "batch: nothing left to run; {} holds every record\n", o.output);
+        return 0;
+    }
+
+    // Plan what runs: every request's positions fit one latent cache slot.
+    int64_t capacity = 1;
+    for (const auto& p : todo) capacity = std::max(capacity, int64_t(p.prompt.size()) + p.max_tokens);
+    const int max_sequences = int(std::min<int64_t>(o.max_sequences, int64_t(todo.size())));
+    const int64_t step_tokens =
+        o.max_step_tokens > 0 ? o.max_step_tokens : std::max<int64_t>(512, max_sequences + o.prefill_chunk);
+    ThreadPool pool(o.threads);
+    RuntimeOptions ro = o.runtime;
+    // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
+    const RunShape shape{max_sequences, capacity, step_tokens, int64_t(max_sequences) + 2};
+    ro.shapes = {shape};
+    ro.n_threads = pool.size();
+    // The planning of this job in one place (issue 14's shared planner takes it over): sequences x
+    // positions x tokens per step, and where the latent caches live.
+    const LatentCachePlan cache_plan = plan_latent_cache(model->layout, max_sequences, capacity, o.cache_ram_bytes);
+    const bool spill = cache_plan.resident_layers < model->layout.n_layers;
+    ro.cache_resident_layers = cache_plan.resident_layers;
+    ro.cache_spill_buffer_bytes = cache_plan.buffer_bytes;
+    const auto rt = make_runtime(o.model, ro);
+    const auto& layout = rt->layout();
+
+    std::unique_ptr<CpuBackend> backend;  // the spilled cache's and its forward's (CPU only)
+    std::unique_ptr<SpilledLatentCache> spilled;
+    if (spill) {
+        if (rt->backend)
+            fail(ErrorKind::unsupported, "batch: latent caches spilled to disk (--cache-ram) run on the CPU; use --device cpu");
+        backend = std::make_unique<CpuBackend>(pool);
+        SpillOptions sp;
+        const std::filesystem::path dir =
+            o.spill_dir.empty() ? std::filesystem::absolute(o.output).parent_path() : std::filesystem::path(o.spill_dir);
+        sp.path = (dir / fmt::format(".sluice-spill-{}.bin", ::getpid())).string();
+        sp.resident_layers = cache_plan.resident_layers;
+        sp.buffer_bytes = cache_plan.buffer_bytes;
+        sp.reader.backend = io::parse_backend(ro.io_backend);
+        spilled = std::make_unique<SpilledLatentCache>(layout, max_sequences, capacity, *backend, sp);
+        fmt::print(stderr, "batch: latent caches of layers {}..{} spill to {} ({:.2f} GiB), through a {:.0f} MiB buffer\n",
+                   cache_plan.resident_layers, layout.n_layers - 1, sp.path, double(rt->memory.mla_spilled_bytes) / (1 << 30),
+                   double(cache_plan.buffer_bytes) / (1 << 20));
+    }
+    ForwardOptions fo{shape, ro.attention};
+    fo.latent_cache = spilled.get();
+    const auto forward_owner = backend ? std::make_unique<DeepseekForward>(layout, rt->weights(), fo, *backend)
+                                       : rt->make_forward(fo, pool);
+    DeepseekForward& forward = *forward_owner;
+
+    // Finished records of the current step, appended (durably) when it ends.
+    std::vector<std::string> finished;
+    int64_t output_tokens = 0, prompt_tokens = 0;
+    const Tokenizer& tok = *model->tokenizer;
+    auto on_token = [&](int64_t id, int32_t token) {
+        PreparedRequest& p = todo[size_t(id)];
+        const auto& stops = p.input->request->stop;
+        if (stops.empty() || tok.is_special(token)) {
+            if (!tok.is_special(token)) p.text += tok.token_bytes(token);
+            return false;
+        }
+        const size_t before = p.text.size();
+        p.text += tok.token_bytes(token);
+        for (const auto& s : stops) {
+            // Only a match ending in the new bytes is new.
+            const size_t from = before >= s.size() ? before - s.size() + 1 : 0;
+            const size_t at = p.text.find(s, from);
+            if (at != std::string::npos) p.stop_at = std::min(p.stop_at, at);
+        }
+        return p.stop_at != std::string::npos;
+    };
+    auto on_finish = [&](int64_t id, std::span<const int32_t> tokens, FinishReason reason) {
+        PreparedRequest& p = todo[size_t(id)];
+        BatchCompletion c;
+        c.record_id = p.input->record_id;
+        c.custom_id = p.input->request->custom_id;
+        c.endpoint = p.input->request->endpoint;
+        c.model = model_name;
+        c.text = utf8_lossy(std::string_view(p.text).substr(0, p.stop_at));
+        c.finish_reason = finish_reason_name(reason);
+        c.prompt_tokens = int64_t(p.prompt.size());
+        c.completion_tokens = int64_t(tokens.size());
+        c.created = created_seconds();
+        finished.push_back(batch_success_line(c));
+        output_tokens += c.completion_tokens;
+        prompt_tokens += c.prompt_tokens;
+        std::string().swap(p.text);
+    };
+    SchedulerOptions so;
+    so.max_sequences = max_sequences;
+    so.prefill_chunk = o.prefill_chunk;
+    so.max_step_tokens = step_tokens;
+    BatchScheduler scheduler(forward, so, on_token, on_finish);
+    for (size_t i = 0; i < todo.size(); ++i) {
+        const BatchRequest& r = *todo[i].input->request;
+        ScheduledRequest s;
+        s.id = int64_t(i);
+        s.prompt = todo[i].prompt;
+        s.max_new_tokens = todo[i].max_tokens;
+        // Without a seed, one from the custom_id: a resumed job samples what the first run would have.
+        const uint64_t seed = r.seed ? uint64_t(*r.seed) : batch_custom_id_hash(r.custom_id);
+        s.sampler = {float(r.temperature), 0, float(r.top_p), seed, int64_t(tok.n_vocab())};
+        s.stop_at_eos = !r.ignore_eos;
+        scheduler.add(std::move(s));
+    }
+    StepSizer sizer(o.prefill_chunk, step_tokens);
+
+    std::FILE* stats = nullptr;
+    if (!o.stats_json.empty()) {
+        stats = std::fopen(o.stats_json.c_str(), "a");
+        if (!stats) fail(ErrorKind::io, "{}: cannot open for --stats-json", o.stats_json);
+    }
+    const bool terminal = o.progress_terminal >= 0 ? o.progress_terminal > 0 : ::isatty(STDERR_FILENO) == 1;
+    BatchProgress progress(done_before + int64_t(error_lines.size()), o.progress_interval_seconds, terminal);
+    BatchProgressFigures fig;
+    fig.total = int64_t(mine.size());
+    fig.done = int64_t(results.n_done());
+    StepStats io_total;
+    int64_t n_steps = 0, step_sequences = 0, step_tokens_sum = 0;
+    using Clock = std::chrono::steady_clock;
+    while (!scheduler.idle() && g_stop_signal == 0) {
+        const auto t0 = Clock::now();
+        const size_t streamer_steps = rt->streamer ? rt->streamer->steps().size() : 0;
+        const uint64_t spill_read0 = spilled ? spilled->bytes_read() : 0, spill_written0 = spilled ? spilled->bytes_written() : 0;
+        const ScheduledStep plan = scheduler.step(sizer.target());
+        results.append(finished);
+        finished.clear();
+        const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+        StepStats io;
+        if (rt->streamer)
+            for (size_t i = streamer_steps; i < rt->streamer->steps().size(); ++i) io += rt->streamer->steps()[i];
+        io_total += io;
+        const uint64_t spill_read = spilled ? spilled->bytes_read() - spill_read0 : 0;
+        const uint64_t spill_written = spilled ? spilled->bytes_written() - spill_written0 : 0;
+        sizer.observe(plan.n_tokens(), rt->streamer ? io.read_seconds : 0.0, rt->streamer ? io.compute_seconds : seconds);
+        ++n_steps;
+        step_sequences += plan.n_sequences;
+        step_tokens_sum += plan.n_tokens();
+        fig.done = int64_t(results.n_done());
+        fig.output_tokens = output_tokens;
+        fig.bytes_read = io_total.bytes_read + (spilled ? spilled->bytes_read() : 0);
+        fig.experts_needed = io_total.experts_needed;
+        fig.experts_in_memory = io_total.cache_hits + io_total.prefetch_hits;
+        progress.update(fig);
+        if (stats) {
+            nlohmann::json j = {{"step", n_steps},           {"seconds", seconds},
+                                {"sequences", plan.n_sequences}, {"decode_tokens", plan.n_decode},
+                                {"prefill_tokens", plan.n_prefill}, {"target_tokens", plan.target_tokens},
+                                {"positions", plan.n_positions}, {"admitted", plan.n_admitted},
+                                {"finished", plan.n_finished}, {"done", fig.done},
+                                {"spill_bytes_read", spill_read}, {"spill_bytes_written", spill_written},
+                                {"streaming", io.to_json()}};
+            std::fprintf(stats, "%s\n", j.dump().c_str());
+            std::fflush(stats);
+        }
+    }
+    const double elapsed = progress.elapsed_seconds();
+    if (stats) {
+        nlohmann::json j = {
+            {"summary",
+             {{"requests", fig.total},
+              {"done", fig.done},
+              {"complete", scheduler.idle()},
+              {"seconds", elapsed},
+              {"steps", n_steps},
+              {"output_tokens", output_tokens},
+              {"prompt_tokens", prompt_tokens},
+              {"output_tokens_per_s", elapsed > 0 ? double(output_tokens) / elapsed : 0.0},
+              {"bytes_read", io_total.bytes_read},
+              {"gb_read_per_output_token",  // weights and spilled caches
+               output_tokens ? double(fig.bytes_read) / 1e9 / double(output_tokens) : 0.0},
+              {"max_sequences", max_sequences},
+              {"mean_sequences_per_step", n_steps ? double(step_sequences) / double(n_steps) : 0.0},
+              {"mean_tokens_per_step", n_steps ? double(step_tokens_sum) / double(n_steps) : 0.0},
+              {"prefill_chunk", o.prefill_chunk},
+              {"max_step_tokens", step_tokens},
+              {"context", capacity},
+              {"threads", pool.size()},
+              {"memory_plan", rt->memory.describe()},
+              {"cache_resident_layers", cache_plan.resident_layers},
+              {"spill_bytes_read", spilled ? spilled->bytes_read() : 0},
+              {"spill_bytes_written", spilled ? spilled->bytes_written() : 0},
+              {"streaming", io_total.to_json()}}}};
+        std::fprintf(stats, "%s\n", j.dump().c_str());
+        std::fclose(stats);
+    }
+    if (g_stop_signal != 0) {
+        const int sig = g_stop_signal;
+        progress.finish(fig, "interrupted");
+        fmt::print(stderr,
+                   "batch: stopped by signal {} after the step in progress; {} of {} requests are in {}. Run the same "
+                   "command again to resume (finished requests are skipped).\n",
+                   sig, fig.done, fig.total, o.output);
+        return 128 + sig;
+    }
+    finish_file();
+    progress.finish(fig, "done");
+    return 0;
+}
+
+BatchMergeReport merge_batch_outputs(const std::string& input, const std::vector<std::string>& parts,
+                                     const std::string& output) {
+    const std::vector<InputLine> lines = read_input(input);
+    BatchMergeReport report;
+    report.expected = int64_t(lines.size());
+    std::unordered_map<std::string, std::string> records;
+    std::unordered_set<std::string> expected;
+    for (const auto& l : lines) expected.insert(l.record_id);
+    for (const auto& part : parts) {
+        std::ifstream in(part, std::ios::binary);
+        if (!in) fail(ErrorKind::io, "{}: cannot open", part);
+        std::string text;
+        for (int64_t n = 1; std::getline(in, text); ++n) {
+            if (text.empty()) continue;
+            const auto key = parse_batch_record_key(text);
+            if (!key) fail(ErrorKind::invalid_input, "{}: line {} is not a batch output record", part, n);
+            if (!expected.count(key->id)) {
+                report.unexpected.push_back(fmt::format("{} ({}:{})", key->id, part, n));
+                continue;
+            }
+            if (!records.emplace(key->id, text).second) report.duplicated.push_back(fmt::format("{} ({}:{})", key->id, part, n));
+        }
+    }
+    std::string out;
+    for (const auto& l : lines) {
+        const auto it = records.find(l.record_id);
+        if (it == records.end()) {
+            report.missing.push_back(l.custom_id().empty() ? fmt::format("line {}", l.line)
+                                                           : fmt::format("line {} (custom_id '{}')", l.line, l.custom_id()));
+            continue;
+        }
+        out += it->second;
+        out += '\n';
+        ++report.written;
+    }
+    std::ofstream f(output, std::ios::binary | std::ios::trunc);
+    if (!f) fail(ErrorKind::io, "{}: cannot create", output);
+    f << out;
+    if (!f) fail(ErrorKind::io, "{}: write failed", output);
+    return report;
+}
+
+}  // namespace sluice

@@ -1,0 +1,154 @@
+#include "engine/batch_scheduler.hpp"
+
+#include <algorithm>
+
+#include "core/error.hpp"
+
+namespace sluice {
+
+const char* finish_reason_name(FinishReason reason) { return reason == FinishReason::stop ? "stop" : "length"; }
+
+BatchScheduler::BatchScheduler(DeepseekForward& forward, const SchedulerOptions& options, TokenCallback on_token,
+                               FinishCallback on_finish)
+    : forward_(forward), options_(options), on_token_(std::move(on_token)), on_finish_(std::move(on_finish)),
+      vocab_(forward.layout().vocab), context_(forward.shape().positions), scratch_(forward.layout().vocab) {
+    const RunShape& shape = forward.shape();
+    if (options_.max_sequences < 1 || options_.max_sequences > shape.n_sequences)
+        fail(ErrorKind::invalid_input, "max sequences {} must be in [1, {}] (the forward's sequences)",
+             options_.max_sequences, shape.n_sequences);
+    if (options_.prefill_chunk < 1) fail(ErrorKind::invalid_input, "the prefill chunk must be positive");
+    options_.max_step_tokens = std::min(options_.max_step_tokens, shape.step_tokens);
+    if (options_.max_step_tokens < options_.max_sequences - 1 + options_.prefill_chunk)
+        fail(ErrorKind::invalid_input,
+             "a step of {} tokens cannot hold a decode token for {} sequences beside a prompt chunk of {}",
+             options_.max_step_tokens, options_.max_sequences, options_.prefill_chunk);
+    slots_.resize(size_t(options_.max_sequences));
+    for (auto& s : slots_) s.generated.reserve(size_t(context_));
+    entries_.reserve(slots_.size());
+    entry_slot_.reserve(slots_.size());
+    prefill_order_.reserve(slots_.size());
+    logits_.resize(slots_.size() * size_t(vocab_));
+}
+
+void BatchScheduler::add(ScheduledRequest request) {
+    if (request.prompt.empty()) fail(ErrorKind::invalid_input, "request {}: empty prompt", request.id);
+    if (int64_t(request.prompt.size()) + request.max_new_tokens > context_)
+        fail(ErrorKind::invalid_input, "request {}: {} prompt + {} new tokens exceed the context of {}", request.id,
+             request.prompt.size(), request.max_new_tokens, context_);
+    pending_.push_back(std::move(request));
+}
+
+void BatchScheduler::admit(ScheduledStep& plan) {
+    for (int s = 0; s < int(slots_.size()) && next_pending_ < pending_.size(); ++s) {
+        Slot& slot = slots_[size_t(s)];
+        if (slot.active) continue;
+        const ScheduledRequest& r = pending_[next_pending_++];
+        forward_.truncate(0, s);
+        slot.active = true;
+        slot.id = r.id;
+        slot.request = &r;
+        slot.prompt_done = 0;
+        slot.order = admitted_++;
+        slot.generated.clear();
+        slot.sampler.emplace(r.sampler, vocab_, scratch_);
+        ++n_active_;
+        ++plan.n_admitted;
+    }
+}
+
+void BatchScheduler::finish(int s, FinishReason reason) {
+    Slot& slot = slots_[size_t(s)];
+    on_finish_(slot.id, slot.generated, reason);
+    slot.active = false;
+    slot.request = nullptr;
+    --n_active_;
+}
+
+ScheduledStep BatchScheduler::step(int64_t target_tokens) {
+    ScheduledStep plan;
+    admit(plan);
+    plan.target_tokens = std::clamp(target_tokens, options_.prefill_chunk, options_.max_step_tokens);
+    entries_.clear();
+    entry_slot_.clear();
+    int64_t tokens = 0;
+    // Every decoding sequence feeds its last token.
+    for (int s = 0; s < int(slots_.size()); ++s) {
+        Slot& slot = slots_[size_t(s)];
+        if (!slot.active || slot.prompt_done < int64_t(slot.request->prompt.size())) continue;
+        entries_.push_back({s, {&slot.next, 1}, false, false});
+        entry_slot_.push_back(s);
+        ++tokens;
+        ++plan.n_decode;
+        plan.n_positions += forward_.position(s) + 1;
+    }
+    // Then prompt chunks, earliest admitted first, while the step has room (at least one chunk).
+    prefill_order_.clear();
+    for (int s = 0; s < int(slots_.size()); ++s)
+        if (slots_[size_t(s)].active && slots_[size_t(s)].prompt_done < int64_t(slots_[size_t(s)].request->prompt.size()))
+            prefill_order_.push_back(s);
+    std::sort(prefill_order_.begin(), prefill_order_.end(),
+              [&](int a, int b) { return slots_[size_t(a)].order < slots_[size_t(b)].order; });
+    for (int s : prefill_order_) {
+        Slot& slot = slots_[size_t(s)];
+        const auto& prompt = slot.request->prompt;
+        const int64_t count = std::min(options_.prefill_chunk, int64_t(prompt.size()) - slot.prompt_done);
+        if (plan.n_prefill > 0 && tokens + count > plan.target_tokens) break;
+        if (tokens + count > options_.max_step_tokens) break;
+        const bool last = slot.prompt_done + count == int64_t(prompt.size());
+        entries_.push_back({s, std::span<const int32_t>(prompt).subspan(size_t(slot.prompt_done), size_t(count)), false,
+                            !last});
+        entry_slot_.push_back(s);
+        tokens += count;
+        plan.n_prefill += count;
+        plan.n_positions += slot.prompt_done + count;
+    }
+    plan.n_sequences = int(entries_.size());
+    if (entries_.empty()) return plan;
+
+    forward_.forward_batch(entries_, logits_.data());
+
+    // Logits rows come in batch order, one per entry that asked for them.
+    size_t row = 0;
+    for (size_t e = 0; e < entries_.size(); ++e) {
+        const int s = entry_slot_[e];
+        Slot& slot = slots_[size_t(s)];
+        if (entries_[e].no_logits) {
+            slot.prompt_done += int64_t(entries_[e].tokens.size());
+            continue;
+        }
+        const float* logits = logits_.data() + row++ * size_t(vocab_);
+        if (slot.prompt_done < int64_t(slot.request->prompt.size())) slot.prompt_done += int64_t(entries_[e].tokens.size());
+        const int32_t token = slot.sampler->sample(logits);
+        const bool eos = token == forward_.layout().eos_id && slot.request->stop_at_eos;
+        if (!eos) slot.generated.push_back(token);
+        slot.next = token;
+        const bool stopped = eos || on_token_(slot.id, token);
+        const bool full = int64_t(slot.generated.size()) >= slot.request->max_new_tokens;
+        if (stopped || full) {
+            finish(s, stopped ? FinishReason::stop : FinishReason::length);
+            ++plan.n_finished;
+        }
+    }
+    return plan;
+}
+
+int64_t StepSizer::target() const {
+    if (n_observed_ == 0 || read_s_ <= 0 || compute_s_per_token_ <= 0) return max_;
+    return std::clamp(int64_t(read_s_ / compute_s_per_token_), min_, max_);
+}
+
+void StepSizer::observe(int64_t n_tokens, double read_seconds, double compute_seconds) {
+    if (n_tokens <= 0) return;
+    // Recent steps weigh most: the mix of prompt and decode tokens (and so the cost per token) drifts.
+    constexpr double kWeight = 0.3;
+    const double per_token = compute_seconds / double(n_tokens);
+    if (n_observed_++ == 0) {
+        read_s_ = read_seconds;
+        compute_s_per_token_ = per_token;
+        return;
+    }
+    read_s_ += kWeight * (read_seconds - read_s_);
+    compute_s_per_token_ += kWeight * (per_token - compute_s_per_token_);
+}
+
+}  // namespace sluice

@@ -1,0 +1,123 @@
+// Continuous batching for throughput (sluice batch): up to max_sequences requests in flight,
+// each finished one replaced at once; every step carries one decode token per decoding sequence
+// and fills the rest with prompt chunks, so one pass over the weights serves both. StepSizer sets
+// how many tokens a step should carry: about as many as the GEMMs finish in the time the step's
+// weights take to read (the roofline-balanced step of DESIGN.md).
+//
+// A request's tokens do not depend on the requests around it: its prompt is cut into chunks of
+// prefill_chunk positions from position 0 whatever else is in the step (so each chunk's attention
+// is the same computation alone or batched), the matmuls are batch-invariant
+// (tests/kernels/batch_invariance_test), and every request samples from its own seeded generator.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "engine/deepseek_v3.hpp"
+#include "engine/sampler.hpp"
+
+namespace sluice {
+
+struct ScheduledRequest {
+    int64_t id = 0;                 // the caller's
+    std::vector<int32_t> prompt;
+    int64_t max_new_tokens = 1;
+    SamplerOptions sampler;
+    bool stop_at_eos = true;
+};
+
+enum class FinishReason { stop, length };
+const char* finish_reason_name(FinishReason reason);
+
+struct SchedulerOptions {
+    int max_sequences = 1;          // at most the forward's n_sequences
+    int64_t prefill_chunk = 256;    // prompt positions per sequence per step
+    int64_t max_step_tokens = 512;  // at most the forward's max_batch_tokens
+};
+
+// What one step carried.
+struct ScheduledStep {
+    int n_sequences = 0;       // sequences in the step
+    int n_decode = 0;          // decode tokens (one per decoding sequence)
+    int64_t n_prefill = 0;     // prompt tokens
+    int64_t n_positions = 0;   // cache positions visible to the step's last tokens, summed
+    int n_admitted = 0;        // requests that started this step
+    int n_finished = 0;
+    int64_t target_tokens = 0; // what the step was allowed
+    int64_t n_tokens() const { return n_decode + n_prefill; }
+};
+
+class BatchScheduler {
+public:
+    // on_token(id, token, generated so far): true ends the request there (a stop sequence).
+    using TokenCallback = std::function<bool(int64_t id, int32_t token)>;
+    // on_finish(id, generated tokens, reason): the request is done and its slot is free.
+    using FinishCallback = std::function<void(int64_t id, std::span<const int32_t> tokens, FinishReason reason)>;
+
+    BatchScheduler(DeepseekForward& forward, const SchedulerOptions& options, TokenCallback on_token,
+                   FinishCallback on_finish);
+
+    // Queues a request; requests start in the order they were added. Its prompt plus
+    // max_new_tokens must fit the forward's context (the caller checks and reports).
+    void add(ScheduledRequest request);
+    bool idle() const { return pending_.size() == next_pending_ && n_active_ == 0; }
+    int n_active() const { return n_active_; }
+    size_t n_pending() const { return pending_.size() - next_pending_; }
+
+    // Admits what fits, runs one forward step of at most `target_tokens` tokens (never fewer than
+    // the decode tokens, and at least one prompt chunk when prompts wait), samples, finishes.
+    ScheduledStep step(int64_t target_tokens);
+
+private:
+    struct Slot {
+        bool active = false;
+        int64_t id = 0;
+        const ScheduledRequest* request = nullptr;
+        int64_t prompt_done = 0;   // prompt positions in the cache
+        int64_t order = 0;         // admission order: earlier prompts are chunked first
+        std::vector<int32_t> generated;
+        int32_t next = 0;          // the token to feed at the next step
+        std::optional<Sampler> sampler;
+    };
+    void admit(ScheduledStep& plan);
+    void finish(int slot, FinishReason reason);
+
+    DeepseekForward& forward_;
+    SchedulerOptions options_;
+    TokenCallback on_token_;
+    FinishCallback on_finish_;
+    int64_t vocab_;
+    int64_t context_;
+    SamplerScratch scratch_;
+    std::vector<ScheduledRequest> pending_;
+    size_t next_pending_ = 0;
+    std::vector<Slot> slots_;
+    int n_active_ = 0;
+    int64_t admitted_ = 0;
+    // Per-step storage, sized once.
+    std::vector<SequenceTokens> entries_;
+    std::vector<int> entry_slot_;
+    std::vector<int> prefill_order_;
+    std::vector<float> logits_;
+};
+
+// The token count of a roofline-balanced step: read time of a pass over the streamed weights
+// divided by compute time per token, both as measured over recent steps (exponential averages).
+// Before any measurement, and when nothing is read, the largest step.
+class StepSizer {
+public:
+    StepSizer(int64_t min_tokens, int64_t max_tokens) : min_(min_tokens), max_(max_tokens) {}
+    int64_t target() const;
+    // A step of n_tokens: seconds with reads in flight, seconds of compute.
+    void observe(int64_t n_tokens, double read_seconds, double compute_seconds);
+
+private:
+    int64_t min_, max_;
+    double read_s_ = 0, compute_s_per_token_ = 0;
+    int n_observed_ = 0;
+};
+
+}  // namespace sluice

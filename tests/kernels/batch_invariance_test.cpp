@@ -1,0 +1,79 @@
+// Batch invariance of the matrix products: a token's output row must be the same bits whether it
+// is multiplied alone or beside any number of other tokens. `sluice batch` relies on it for its
+// promise that a request's greedy tokens do not depend on the requests sharing its steps.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/aligned_buffer.hpp"
+#include "core/thread_pool.hpp"
+#include "kernels/block_type.hpp"
+#include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/quant_dot.hpp"
+#include "kernels/random_blocks.hpp"
+
+using namespace sluice;
+
+namespace {
+
+// rows x cols random weights of `type` (FP8 with random block scales).
+struct RandomMatrix {
+    AlignedBuffer data, scales;
+    Matrix m;
+    RandomMatrix(DType type, int64_t rows, int64_t cols, uint64_t seed) {
+        const auto& t = block_type(type);
+        data.allocate(size_t(rows * row_bytes(type, cols)), 64);
+        if (type == DType::FP8_E4M3_B128) {
+            std::mt19937 rng{uint32_t(seed)};
+            std::uniform_int_distribution<int> byte(0, 255);
+            auto* p = data.as<uint8_t>();
+            for (int64_t i = 0; i < rows * cols; ++i) {
+                uint8_t b = uint8_t(byte(rng));
+                if ((b & 0x7f) == 0x7f) b &= 0xfe;  // no NaN
+                p[i] = b;
+            }
+            const int64_t n_scales = ((rows + 127) / 128) * ((cols + 127) / 128);
+            scales.allocate(size_t(n_scales * 4), 64);
+            std::uniform_real_distribution<float> s(1e-4f, 1e-3f);
+            for (int64_t i = 0; i < n_scales; ++i) scales.as<float>()[i] = s(rng);
+        } else {
+            fill_random_blocks(type, RandomFill::gaussian_like, 0.05, seed, 0, data.data(),
+                               rows * cols / t.block_elems);
+        }
+        m = {type, rows, cols, data.data(), type == DType::FP8_E4M3_B128 ? scales.as<float>() : nullptr, 0};
+    }
+};
+
+// Every token of an n-token product equals the same token multiplied alone, bit for bit.
+void check_invariant(DType type, ThreadPool& pool) {
+    const int64_t rows = 96, cols = 7168;  // a V3 hidden width: several L1 column chunks
+    RandomMatrix w(type, rows, cols, 11);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int64_t n : {2, 3, 7, 8, 9, 16, 33}) {
+        std::vector<float> x(size_t(n * cols)), y(size_t(n * rows)), alone(static_cast<size_t>(rows));
+        for (auto& v : x) v = normal(rng);
+        cpu::gemm(w.m, x.data(), cols, n, y.data(), rows, pool);
+        for (int64_t t = 0; t < n; ++t) {
+            cpu::gemm(w.m, x.data() + t * cols, cols, 1, alone.data(), rows, pool);
+            INFO(dtype_name(type), ": token ", t, " of ", n);
+            CHECK(std::memcmp(alone.data(), y.data() + t * rows, size_t(rows) * sizeof(float)) == 0);
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("a token's matmul result does not depend on the tokens multiplied beside it") {
+    ThreadPool pool(2);
+    for (DType type : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q2_K, DType::Q3_K,
+                       DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::FP8_E4M3_B128}) {
+        for (auto mode : {cpu::QuantDot::fused, cpu::QuantDot::exact}) {
+            cpu::set_quant_dot(mode);
+            check_invariant(type, pool);
+        }
+    }
+    cpu::set_quant_dot(cpu::QuantDot::fused);
+}
