@@ -7,8 +7,13 @@
 #      runs on the emulated device, cudaemu/: tests/cuda/cuda_test.cpp, forward_test.cpp, codec_test.cu),
 #   3. runs the CUDA test under compute-sanitizer memcheck when the tool is present and works,
 #   4. runs bench_cuda,
+#   5. with a carried sluice binary (.device-deps/bin/sluice, SLUICE_CARRY_BUILD=... scripts/
+#      prepare-device-deps.sh): writes a synthetic DeepSeek-V3-shaped Q4_K GGUF (5 layers, 27.6 GB)
+#      to local disk, runs bench-io --to-device on it, then sluice bench --device cuda streaming it
+#      from disk into VRAM with --trace (prefill 16/128, decode),
 # and writes logs plus summary.json under $OUT (./device-out when OUT is unset; at most 8 files,
-# as the device tool returns no more). Exit: 0 ok, 1 failed, 77 built but no device to run on.
+# as the device tool returns no more: device-check.log, build.log, tests.log, bench.log,
+# streaming.log, trace.json, summary.json). Exit: 0 ok, 1 failed, 77 built but no device to run on.
 #
 #   device run:  bash scripts/device-check.sh        (carry: .device-deps)
 #   here:        OUT=/tmp/dc bash scripts/device-check.sh   (builds, then reports the skip)
@@ -31,7 +36,8 @@ step() {
   local name=$1 logfile=$2; shift 2
   local t0=$(date +%s)
   log "$name: $*"
-  "$@" >"$OUT/$logfile" 2>&1
+  echo "==== $name: $*" >>"$OUT/$logfile"
+  "$@" >>"$OUT/$logfile" 2>&1
   local rc=$?
   local dt=$(( $(date +%s) - t0 ))
   log "$name: rc=$rc in ${dt}s (log $logfile)"
@@ -42,13 +48,17 @@ write_summary() {
   local status=$1
   local device_name=""
   command -v nvidia-smi >/dev/null && device_name=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
-  local bench_json=null
+  local bench_json=null to_device_json=null stream_json=null
   [[ -s $build/bench.json ]] && bench_json=$(cat "$build/bench.json")
+  [[ -s $build/to_device.json ]] && to_device_json=$(cat "$build/to_device.json")
+  [[ -s $build/bench_device.json ]] && stream_json=$(cat "$build/bench_device.json")
   cat >"$OUT/summary.json" <<JSON
 {"status": "$status", "device": "$device_name", "gpu_arch": "$arch", "seconds": $(( $(date +%s) - start_all )),
  "commit": "$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)",
  "steps": [$steps_json],
- "bench": $bench_json}
+ "bench": $bench_json,
+ "bench_io_to_device": $to_device_json,
+ "bench_device_streaming": $stream_json}
 JSON
   log "summary: $status (summary.json)"
 }
@@ -131,24 +141,24 @@ fi
 # --- tests ------------------------------------------------------------------------------
 export SLUICE_TEST_DATA=$root/tests/data
 status=ok
-step codec_test codec_test.log "$build/cuda_codec_test" || status=failed
-step cuda_test cuda_test.log timeout 300 "$build/cuda_test" --duration=true
+step codec_test tests.log "$build/cuda_codec_test" || status=failed
+step cuda_test tests.log timeout 300 "$build/cuda_test" --duration=true
 rc=$?
 if [[ $rc -eq 77 ]]; then
   status=skipped-no-device
-  log "cuda_test: $(head -1 "$OUT/cuda_test.log")"
+  log "cuda_test: $(grep -m1 skipped "$OUT/tests.log")"
 elif [[ $rc -ne 0 ]]; then
   status=failed
 fi
-tail -5 "$OUT/cuda_test.log"
+tail -5 "$OUT/tests.log"
 
 # The whole-forward check (engine + formats need fmt, json, liburing... that the GPU machine
 # lacks): a binary built here for sm_90 by scripts/prepare-device-deps.sh, carried with libfmt.
 forward_bin=$root/.device-deps/bin/cuda_forward_test
 if [[ $status != skipped-no-device && -x $forward_bin ]]; then
   export LD_LIBRARY_PATH="$root/.device-deps/lib:$cuda_home/lib64:${cublas_dir:+$cublas_dir:}${LD_LIBRARY_PATH:-}"
-  step forward_test forward_test.log timeout 300 "$forward_bin" --duration=true || status=failed
-  tail -5 "$OUT/forward_test.log"
+  step forward_test tests.log timeout 300 "$forward_bin" --duration=true || status=failed
+  tail -5 "$OUT/tests.log"
 elif [[ $status != skipped-no-device ]]; then
   log "forward_test: no carried .device-deps/bin/cuda_forward_test (SLUICE_CARRY_BUILD=... scripts/prepare-device-deps.sh)"
 fi
@@ -156,17 +166,38 @@ fi
 if [[ $status != skipped-no-device ]]; then
   if [[ -z ${SKIP_SANITIZER:-} ]] && command -v compute-sanitizer >/dev/null; then
     # memcheck: out-of-bounds and misaligned device accesses in every kernel the tests launch.
-    step memcheck memcheck.log timeout 240 compute-sanitizer --tool memcheck --error-exitcode 86 "$build/cuda_test"
+    step memcheck tests.log timeout 240 compute-sanitizer --tool memcheck --error-exitcode 86 "$build/cuda_test"
     case $? in
       0) ;;
       86) status=failed; log "memcheck found errors" ;;
-      *) log "memcheck did not complete (tool or device refused; see memcheck.log); not counted as a failure" ;;
+      *) log "memcheck did not complete (tool or device refused; see tests.log); not counted as a failure" ;;
     esac
   else
     log "compute-sanitizer not run"
   fi
   step bench bench.log timeout 240 "$build/bench_cuda" --json "$build/bench.json" ${BENCH_ARGS:-} || status=failed
   cat "$OUT/bench.log"
+  # The streaming pipeline end to end: disk -> pinned host -> VRAM, overlapped with compute.
+  sluice=$root/.device-deps/bin/sluice
+  if [[ -x $sluice ]]; then
+    export LD_LIBRARY_PATH="$root/.device-deps/lib:$LD_LIBRARY_PATH"
+    model=${MODEL_DIR:-/tmp}/sluice-v3-5L-q4k.gguf
+    step version streaming.log "$sluice" version
+    [[ -f $model ]] || step synth streaming.log timeout 300 "$sluice" synth -o "$model" --preset v3 --layers 5 \
+      --dense-layers 1 --expert-type q4_k --seed 1 --quiet --tokenizer "$root/.device-deps/tokenizer" || status=failed
+    if [[ -f $model ]]; then
+      step bench_io_to_device streaming.log timeout 120 "$sluice" bench-io "$model" --to-device --rounds 2 --seconds 3 \
+        --json || status=failed
+      grep '^{' "$OUT/streaming.log" | tail -1 >"$build/to_device.json"
+      sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+      step bench_device streaming.log timeout 300 "$sluice" bench -m "$model" --device cuda --prompt-lengths 16,128 \
+        --decode 8 --batch-sizes 1 --json --trace "$OUT/trace.json" || status=failed
+      sed -n '/^{/,$p' "$OUT/streaming.log" | python3 -c 'import json,sys; t=sys.stdin.read(); i=t.rfind("\n{\n"); print(json.dumps(json.loads(t[i+1:] if i>=0 else t)))' \
+        >"$build/bench_device.json" 2>/dev/null || true
+    fi
+  else
+    log "streaming: no carried .device-deps/bin/sluice (SLUICE_CARRY_BUILD=... scripts/prepare-device-deps.sh)"
+  fi
 fi
 write_summary "$status"
 cat "$OUT/summary.json"

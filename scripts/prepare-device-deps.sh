@@ -21,12 +21,15 @@ done
 # Optional: the CUDA forward test, built here (the engine needs libraries the GPU machine lacks)
 # for sm_90, with the shared libraries it needs beyond glibc/libstdc++ and CUDA's own.
 #   SLUICE_CARRY_BUILD=build-cuda bash scripts/prepare-device-deps.sh
+# With it, sluice itself (device-check's streaming steps) and the tokenizer its synth needs.
 if [[ -n ${SLUICE_CARRY_BUILD:-} ]]; then
-  bin=$SLUICE_CARRY_BUILD/tests/cuda/cuda_forward_test
-  [[ -x $bin ]] || { echo "prepare-device-deps: $bin not built (ninja -C $SLUICE_CARRY_BUILD tests/cuda/cuda_forward_test)" >&2; exit 1; }
   mkdir -p .device-deps/bin .device-deps/lib
-  cp "$bin" .device-deps/bin/
-  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'lib(fmt|uring|pcre2|CLI)' | while read -r lib; do cp -L "$lib" .device-deps/lib/; done
+  for bin in $SLUICE_CARRY_BUILD/tests/cuda/cuda_forward_test $SLUICE_CARRY_BUILD/engine/sluice; do
+    [[ -x $bin ]] || { echo "prepare-device-deps: $bin not built (ninja -C $SLUICE_CARRY_BUILD)" >&2; exit 1; }
+    cp "$bin" .device-deps/bin/
+    ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'lib(fmt|uring|pcre2|CLI)' | while read -r lib; do cp -L "$lib" .device-deps/lib/; done
+  done
+  cp -r ../shared/models/deepseek-v3-tokenizer .device-deps/tokenizer
   ls .device-deps/bin .device-deps/lib
 fi
 du -sh .device-deps
