@@ -77,6 +77,9 @@ public:
     bool wants_predictions() const override { return options_.speculate && !expert_pool_.empty(); }
 
     const std::vector<StepStats>& steps() const { return steps_; }
+    // Forgets the per-step history (a server runs unbounded numbers of steps); totals() and
+    // steps() restart from here.
+    void clear_steps() { steps_.clear(); }
     StepStats totals() const;
     // Bytes of buffers this streamer allocated (staging + cache + resident parts).
     uint64_t allocated_bytes() const { return allocated_bytes_; }

@@ -21,5 +21,6 @@ void register_perplexity(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_bench_io(CLI::App& app);
 void register_batch(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace sluice::cli
