@@ -38,18 +38,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from memcap import parse_bytes  # noqa: E402
 
-# The streaming benchmark's cold start (drop the page cache before each engine), shared.
-_spec = importlib.util.spec_from_file_location("bench_streaming", ROOT / "scripts" / "bench-streaming.py")
-_bench_streaming = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_bench_streaming)
-drop_page_cache = _bench_streaming.drop_page_cache
-
-
-def newest_sluice():
-    bins = sorted(ROOT.glob("build*/engine/sluice"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not bins:
-        sys.exit("no build*/engine/sluice: build first (scripts/build.sh)")
-    return str(bins[0])
+# The batch benchmark's helpers: the newest sluice build, the server under memcap.py, and the
+# cold start (drop the page cache before each engine).
+_spec = importlib.util.spec_from_file_location("bench_batch", ROOT / "bench" / "bench_batch.py")
+_bench_batch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench_batch)
+drop_page_cache = _bench_batch.drop_page_cache
+newest_sluice = _bench_batch.newest_sluice
+server_pid = _bench_batch.server_pid
 
 
 def make_mix(n_clients, per_client, prompt_range, output_range, seed):
@@ -120,14 +116,6 @@ def run_clients(port, mix, extra_body, timeout):
             "tokens_asked": sum(r["asked"] for r in records), "seconds": wall,
             "output_tokens_per_s": tokens / wall if wall else 0, "ttft_median_s": statistics.median(ttfts) if ttfts else 0,
             "ttft_p95_s": percentile(ttfts, 0.95), "records": records}
-
-
-def server_pid(wrapper_pid):
-    try:
-        kids = pathlib.Path(f"/proc/{wrapper_pid}/task/{wrapper_pid}/children").read_text().split()
-        return int(kids[0]) if kids else None
-    except OSError:
-        return None
 
 
 def wait_health(port, proc, deadline_s, log_path):

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
@@ -198,6 +199,15 @@ void ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
     std::vector<std::shared_ptr<ServeRequest>> incoming;
     std::vector<int64_t> to_cancel;
     int64_t next_id = 0;
+    // A step that throws (a read error, say) ends the server; its clients hear of it first.
+    struct CancelOnThrow {
+        std::unordered_map<int64_t, std::shared_ptr<ServeRequest>>& running;
+        ~CancelOnThrow() {
+            if (std::uncaught_exceptions() == 0) return;
+            const FinishReason cancelled = FinishReason::cancelled;
+            for (auto& [id, r] : running) publish(*r, "", &cancelled, 0);
+        }
+    } cancel_on_throw{running};
     ready_ = true;
     fmt::print(stderr, "serve: ready: {} sequence slots of {} positions, steps of up to {} tokens\n",
                options_.max_sequences, options_.context, options_.max_step_tokens);
