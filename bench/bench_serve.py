@@ -118,6 +118,20 @@ def run_clients(port, mix, extra_body, timeout):
             "ttft_p95_s": percentile(ttfts, 0.95), "records": records}
 
 
+def scrape_metrics(port):
+    """sluice's /metrics as {name: value} (what bounded the run: steps, bytes read, overlap)."""
+    out = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            for line in r.read().decode().splitlines():
+                if line and not line.startswith("#"):
+                    key, value = line.rsplit(" ", 1)
+                    out[key] = float(value)
+    except OSError:
+        pass
+    return out
+
+
 def wait_health(port, proc, deadline_s, log_path):
     deadline = time.time() + deadline_s
     while time.time() < deadline:
@@ -147,6 +161,7 @@ def run_engine(name, server_cmd, port, mix, args, out_dir, extra_body):
         wait_health(port, proc, 1800, log_path)
         load_s = time.time() - t_start
         result = run_clients(port, mix, extra_body, args.request_timeout)
+        result["metrics"] = scrape_metrics(port) if name.startswith("sluice") else {}
     finally:
         # SIGTERM to the server itself (memcap.py's child): the wrapper would die and leave it running.
         child = server_pid(proc.pid)
@@ -233,6 +248,14 @@ def main():
         row("wall (s)", "seconds", "{:.0f}", False)
         print(f"{'':>7} {'answered':24} {s['answered']:>7}/{s['requests']:<2} "
               f"{(str(p['answered']) + '/' + str(p['requests'])) if p else '-':>10}")
+        m = s.get("metrics") or {}
+        if m.get("sluice_steps_total"):
+            steps = m["sluice_steps_total"]
+            print(f"{'':>7} sluice: {steps:.0f} steps, {m['sluice_read_gigabytes_total']:.1f} GB of weights read "
+                  f"({m['sluice_read_gigabytes_total'] / steps:.1f} GB a step), step time {m['sluice_step_seconds_total']:.0f} s "
+                  f"= reading {m['sluice_step_read_seconds_total']:.0f} s / computing "
+                  f"{m['sluice_step_compute_seconds_total']:.0f} s, overlap {m['sluice_step_overlap_efficiency']:.2f}, "
+                  f"expert cache hits {m['sluice_expert_cache_hit_ratio']:.2f}")
         peak = lambda r: (r or {}).get("memory", {}).get("peak_bytes") or 0  # noqa: E731
         print(f"{'':>7} {'peak memory (GiB)':24} {peak(s) / 2**30:>10.2f} {peak(p) / 2**30 if p else 0:>10.2f}")
     print("(ratio: sluice over llama.cpp for tokens/s, llama.cpp over sluice for times: > 1 favours sluice)")

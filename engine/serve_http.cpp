@@ -373,7 +373,17 @@ void Session::on_read(const error_code& ec) {
     }
     req_ = parser_->release();
     parser_.reset();
-    handle();
+    // Nothing a client sends may end the event loop: what throws becomes an error response.
+    try {
+        handle();
+    } catch (const Error& e) {
+        keep_alive_ = false;
+        send_error(e.kind() == ErrorKind::invalid_input ? http::status::bad_request : http::status::internal_server_error,
+                   e.what(), "invalid_request_error", error_kind_name(e.kind()));
+    } catch (const std::exception& e) {
+        keep_alive_ = false;
+        send_error(http::status::internal_server_error, e.what(), "server_error", "internal_error");
+    }
 }
 
 void Session::handle() {
@@ -511,7 +521,8 @@ void Session::start_completion(BatchEndpoint endpoint) {
 
 // While a completion runs, a read on the socket notices a client that goes away (EOF or reset):
 // its request is cancelled before the next step. Bytes a client sends meanwhile (its next
-// request) stay in the buffer.
+// request) stay in the buffer. This read is also what keeps a waiting session alive (the
+// engine's wake-up holds it weakly, so a session gone for any reason never pins its request).
 void Session::watch_disconnect() {
     if (watching_ || phase_ == Phase::closed) return;
     watching_ = true;
@@ -527,7 +538,12 @@ void Session::watch_disconnect() {
             self->close();  // cancels the request when it is still running
             return;
         }
-        if (self->request_ && !self->finished_ && self->buffer_.size() < (64 << 10)) self->watch_disconnect();
+        if (!self->request_ || self->finished_) return;
+        if (self->buffer_.size() >= (64 << 10)) {
+            self->close();  // 64 KiB sent ahead while its request runs: not a client we serve
+            return;
+        }
+        self->watch_disconnect();
     });
 }
 
@@ -731,7 +747,15 @@ int run_serve(const ServeOptions& options) {
     fmt::print(stderr, "serve: listening on http://{}:{} (model {}; loading){}\n", options.host, server.port(),
                server.model_name(), options.api_key.empty() ? "" : ", API key required");
     engine.start();
-    io.run();
+    for (;;) {
+        try {
+            io.run();
+            break;
+        } catch (const std::exception& e) {
+            // A handler that threw (out of memory, say) loses its connection, not the server.
+            fmt::print(stderr, "serve: error in the event loop: {}\n", e.what());
+        }
+    }
     engine.stop(ServeClock::now());
     engine.join();
     if (const auto failure = engine.failure()) std::rethrow_exception(failure);

@@ -21,11 +21,16 @@ CLIENTS = 32
 KILLED_CLIENT = r"""
 import sys, openai
 client = openai.OpenAI(base_url=sys.argv[1], api_key="x", max_retries=0)
-for chunk in client.completions.create(model="tiny", prompt="never ending", max_tokens=3500, temperature=0,
-                                       stream=True, extra_body={"ignore_eos": True}):
-    if chunk.choices and chunk.choices[0].text:
-        print("streaming", flush=True)
-        sys.stdin.read()  # until killed
+if sys.argv[2] == "stream":
+    for chunk in client.completions.create(model="tiny", prompt="never ending", max_tokens=3500, temperature=0,
+                                           stream=True, extra_body={"ignore_eos": True}):
+        if chunk.choices and chunk.choices[0].text:
+            print("streaming", flush=True)
+            sys.stdin.read()  # until killed
+else:
+    print("waiting", flush=True)
+    client.completions.create(model="tiny", prompt="never ending", max_tokens=3500, temperature=0,
+                              extra_body={"ignore_eos": True})
 """
 
 
@@ -122,30 +127,38 @@ class Concurrency(unittest.TestCase):
         self.assertLess(max(later), max(warm) + (64 << 20))
 
     def killed_client(self, server):
-        before = server.metrics()
-        cancelled0 = before['sluice_requests_finished_total{reason="cancelled"}']
-        with subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, server.url + "/v1"], stdout=subprocess.PIPE,
-                              stdin=subprocess.PIPE, text=True) as proc:
-            self.assertEqual(proc.stdout.readline().strip(), "streaming")
-            self.assertEqual(server.metrics()["sluice_active_sequences"], 1)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            m = server.metrics()
-            if m['sluice_requests_finished_total{reason="cancelled"}'] == cancelled0 + 1:
-                break
-            time.sleep(0.1)
-        self.assertEqual(m['sluice_requests_finished_total{reason="cancelled"}'], cancelled0 + 1)
-        self.assertEqual(m["sluice_active_sequences"], 0)
-        self.assertEqual(m["sluice_queue_depth"], 0)
-        tokens = m["sluice_output_tokens_total"]
-        time.sleep(0.5)
-        self.assertEqual(server.metrics()["sluice_output_tokens_total"], tokens)  # nothing runs for it any more
-        # The freed slot serves the next request.
-        r = server.client().completions.create(model="tiny", prompt="after", max_tokens=3, temperature=0,
-                                               extra_body={"ignore_eos": True})
-        self.assertEqual(r.usage.completion_tokens, 3)
+        # Killed mid-stream (noticed by the next write or the read that watches the socket), and
+        # killed while waiting for a whole answer (noticed by that read alone).
+        for mode, says in (("stream", "streaming"), ("whole", "waiting")):
+            with self.subTest(mode=mode):
+                cancelled0 = server.metrics()['sluice_requests_finished_total{reason="cancelled"}']
+                with subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, server.url + "/v1", mode],
+                                      stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True) as proc:
+                    self.assertEqual(proc.stdout.readline().strip(), says)
+                    deadline = time.time() + 20
+                    while server.metrics()["sluice_output_tokens_total"] == 0 or \
+                            server.metrics()["sluice_active_sequences"] < 1:
+                        self.assertLess(time.time(), deadline)
+                        time.sleep(0.05)
+                    time.sleep(0.2)  # generating
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                deadline = time.time() + 20
+                while time.time() < deadline:
+                    m = server.metrics()
+                    if m['sluice_requests_finished_total{reason="cancelled"}'] == cancelled0 + 1:
+                        break
+                    time.sleep(0.1)
+                self.assertEqual(m['sluice_requests_finished_total{reason="cancelled"}'], cancelled0 + 1)
+                self.assertEqual(m["sluice_active_sequences"], 0)
+                self.assertEqual(m["sluice_queue_depth"], 0)
+                tokens = m["sluice_output_tokens_total"]
+                time.sleep(0.5)
+                self.assertEqual(server.metrics()["sluice_output_tokens_total"], tokens)  # nothing runs for it
+                # The freed slot serves the next request.
+                r = server.client().completions.create(model="tiny", prompt="after", max_tokens=3, temperature=0,
+                                                       extra_body={"ignore_eos": True})
+                self.assertEqual(r.usage.completion_tokens, 3)
 
 
 if __name__ == "__main__":
