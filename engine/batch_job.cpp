@@ -22,6 +22,7 @@
 #include "engine/cpu_backend.hpp"
 #include "engine/spilled_latent_cache.hpp"
 #include "engine/deepseek_v3.hpp"
+#include "engine/openai_prompt.hpp"
 #include "formats/openai_batch.hpp"
 #include "formats/tokenizer.hpp"
 
@@ -104,32 +105,6 @@ int64_t created_seconds() {
     return int64_t(std::time(nullptr));
 }
 
-// Why a request cannot run on this model and context, or "" when it can.
-std::string prepare(const BatchRequest& r, const OpenModel& model, int64_t context, PreparedRequest& out,
-                    std::string& code, std::string& param) {
-    const Tokenizer& tok = *model.tokenizer;
-    if (r.endpoint == BatchEndpoint::chat_completions) {
-        out.prompt = tok.encode(render_chat(r.messages, model.chat_template, true), false);
-    } else if (r.prompt_is_ids) {
-        out.prompt = r.prompt_ids;
-        for (int32_t id : out.prompt)
-            if (id >= model.layout.vocab) {
-                code = "invalid_value", param = "prompt";
-                return fmt::format("token id {} is outside the vocabulary of {}", id, model.layout.vocab);
-            }
-    } else {
-        out.prompt = tok.encode(r.prompt, true);
-    }
-    const int64_t prompt = int64_t(out.prompt.size());
-    out.max_tokens = r.max_tokens ? *r.max_tokens : context - prompt;
-    if (prompt + out.max_tokens > context || out.max_tokens < 1) {
-        code = "context_length_exceeded", param = r.endpoint == BatchEndpoint::chat_completions ? "messages" : "prompt";
-        return fmt::format("the context is {} tokens; the request asks for {} ({} in the prompt, {} to generate)", context,
-                           prompt + std::max<int64_t>(out.max_tokens, 1), prompt, std::max<int64_t>(out.max_tokens, 1));
-    }
-    return "";
-}
-
 // How much of the latent caches stays in memory: all of it, unless --cache-ram says less; then
 // the last layers' caches spill to disk and stream through a buffer of up to two layers' worth
 // (a layer's caches read while the one before computes).
@@ -199,15 +174,16 @@ int run_batch_job(const BatchJobOptions& o) {
             error_lines.push_back(batch_error_line(l->record_id, *l->error));
             continue;
         }
-        PreparedRequest p;
-        p.input = l;
-        std::string code, param;
-        const std::string why = prepare(*l->request, *model, o.context, p, code, param);
-        if (!why.empty()) {
-            error_lines.push_back(
-                batch_error_line(l->record_id, batch_line_error(l->line, l->request->custom_id, code, param, why)));
+        OpenAIPrompt prompt;
+        if (const auto why = prepare_openai_prompt(*l->request, *model, o.context, prompt)) {
+            error_lines.push_back(batch_error_line(
+                l->record_id, batch_line_error(l->line, l->request->custom_id, why->code, why->param, why->message)));
             continue;
         }
+        PreparedRequest p;
+        p.input = l;
+        p.prompt = std::move(prompt.ids);
+        p.max_tokens = prompt.max_tokens;
         todo.push_back(std::move(p));
     }
     results.append(error_lines);

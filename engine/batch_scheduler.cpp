@@ -6,7 +6,14 @@
 
 namespace sluice {
 
-const char* finish_reason_name(FinishReason reason) { return reason == FinishReason::stop ? "stop" : "length"; }
+const char* finish_reason_name(FinishReason reason) {
+    switch (reason) {
+        case FinishReason::stop: return "stop";
+        case FinishReason::length: return "length";
+        case FinishReason::cancelled: return "cancelled";
+    }
+    return "?";
+}
 
 BatchScheduler::BatchScheduler(DeepseekForward& forward, const SchedulerOptions& options, TokenCallback on_token,
                                FinishCallback on_finish)
@@ -39,18 +46,17 @@ void BatchScheduler::add(ScheduledRequest request) {
 }
 
 void BatchScheduler::admit(ScheduledStep& plan) {
-    for (int s = 0; s < int(slots_.size()) && next_pending_ < pending_.size(); ++s) {
+    for (int s = 0; s < int(slots_.size()) && !pending_.empty(); ++s) {
         Slot& slot = slots_[size_t(s)];
         if (slot.active) continue;
-        const ScheduledRequest& r = pending_[next_pending_++];
+        slot.request = std::move(pending_.front());
+        pending_.pop_front();
         forward_.truncate(0, s);
         slot.active = true;
-        slot.id = r.id;
-        slot.request = &r;
         slot.prompt_done = 0;
         slot.order = admitted_++;
         slot.generated.clear();
-        slot.sampler.emplace(r.sampler, vocab_, scratch_);
+        slot.sampler.emplace(slot.request.sampler, vocab_, scratch_);
         ++n_active_;
         ++plan.n_admitted;
     }
@@ -58,10 +64,24 @@ void BatchScheduler::admit(ScheduledStep& plan) {
 
 void BatchScheduler::finish(int s, FinishReason reason) {
     Slot& slot = slots_[size_t(s)];
-    on_finish_(slot.id, slot.generated, reason);
+    on_finish_(slot.request.id, slot.generated, reason);
     slot.active = false;
-    slot.request = nullptr;
+    // The prompt's memory goes with the request (a server's slots see many).
+    std::vector<int32_t>().swap(slot.request.prompt);
     --n_active_;
+}
+
+bool BatchScheduler::cancel(int64_t id) {
+    for (int s = 0; s < int(slots_.size()); ++s)
+        if (slots_[size_t(s)].active && slots_[size_t(s)].request.id == id) {
+            finish(s, FinishReason::cancelled);
+            return true;
+        }
+    const auto it = std::find_if(pending_.begin(), pending_.end(), [&](const ScheduledRequest& r) { return r.id == id; });
+    if (it == pending_.end()) return false;
+    pending_.erase(it);
+    on_finish_(id, {}, FinishReason::cancelled);
+    return true;
 }
 
 ScheduledStep BatchScheduler::step(int64_t target_tokens) {
@@ -74,7 +94,7 @@ ScheduledStep BatchScheduler::step(int64_t target_tokens) {
     // Every decoding sequence feeds its last token.
     for (int s = 0; s < int(slots_.size()); ++s) {
         Slot& slot = slots_[size_t(s)];
-        if (!slot.active || slot.prompt_done < int64_t(slot.request->prompt.size())) continue;
+        if (!slot.active || slot.prompt_done < int64_t(slot.request.prompt.size())) continue;
         entries_.push_back({s, {&slot.next, 1}, false, false});
         entry_slot_.push_back(s);
         ++tokens;
@@ -84,13 +104,13 @@ ScheduledStep BatchScheduler::step(int64_t target_tokens) {
     // Then prompt chunks, earliest admitted first, while the step has room (at least one chunk).
     prefill_order_.clear();
     for (int s = 0; s < int(slots_.size()); ++s)
-        if (slots_[size_t(s)].active && slots_[size_t(s)].prompt_done < int64_t(slots_[size_t(s)].request->prompt.size()))
+        if (slots_[size_t(s)].active && slots_[size_t(s)].prompt_done < int64_t(slots_[size_t(s)].request.prompt.size()))
             prefill_order_.push_back(s);
     std::sort(prefill_order_.begin(), prefill_order_.end(),
               [&](int a, int b) { return slots_[size_t(a)].order < slots_[size_t(b)].order; });
     for (int s : prefill_order_) {
         Slot& slot = slots_[size_t(s)];
-        const auto& prompt = slot.request->prompt;
+        const auto& prompt = slot.request.prompt;
         const int64_t count = std::min(options_.prefill_chunk, int64_t(prompt.size()) - slot.prompt_done);
         if (plan.n_prefill > 0 && tokens + count > plan.target_tokens) break;
         if (tokens + count > options_.max_step_tokens) break;
@@ -117,13 +137,13 @@ ScheduledStep BatchScheduler::step(int64_t target_tokens) {
             continue;
         }
         const float* logits = logits_.data() + row++ * size_t(vocab_);
-        if (slot.prompt_done < int64_t(slot.request->prompt.size())) slot.prompt_done += int64_t(entries_[e].tokens.size());
+        if (slot.prompt_done < int64_t(slot.request.prompt.size())) slot.prompt_done += int64_t(entries_[e].tokens.size());
         const int32_t token = slot.sampler->sample(logits);
-        const bool eos = token == forward_.layout().eos_id && slot.request->stop_at_eos;
+        const bool eos = token == forward_.layout().eos_id && slot.request.stop_at_eos;
         if (!eos) slot.generated.push_back(token);
         slot.next = token;
-        const bool stopped = eos || on_token_(slot.id, token);
-        const bool full = int64_t(slot.generated.size()) >= slot.request->max_new_tokens;
+        const bool stopped = eos || on_token_(slot.request.id, token);
+        const bool full = int64_t(slot.generated.size()) >= slot.request.max_new_tokens;
         if (stopped || full) {
             finish(s, stopped ? FinishReason::stop : FinishReason::length);
             ++plan.n_finished;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <span>
@@ -29,7 +30,8 @@ struct ScheduledRequest {
     bool stop_at_eos = true;
 };
 
-enum class FinishReason { stop, length };
+// cancelled: the caller withdrew the request (sluice serve: its client went away).
+enum class FinishReason { stop, length, cancelled };
 const char* finish_reason_name(FinishReason reason);
 
 struct SchedulerOptions {
@@ -61,11 +63,16 @@ public:
                    FinishCallback on_finish);
 
     // Queues a request; requests start in the order they were added. Its prompt plus
-    // max_new_tokens must fit the forward's context (the caller checks and reports).
+    // max_new_tokens must fit the forward's context (the caller checks and reports). May be
+    // called between steps at any time (sluice serve adds requests as clients send them).
     void add(ScheduledRequest request);
-    bool idle() const { return pending_.size() == next_pending_ && n_active_ == 0; }
+    // Withdraws a request before the next step: a waiting one is dropped, a running one gives its
+    // slot (and so its latent cache) to the next request. on_finish is called with `cancelled`
+    // and the tokens generated so far. False when no such request is waiting or running.
+    bool cancel(int64_t id);
+    bool idle() const { return pending_.empty() && n_active_ == 0; }
     int n_active() const { return n_active_; }
-    size_t n_pending() const { return pending_.size() - next_pending_; }
+    size_t n_pending() const { return pending_.size(); }
 
     // Admits what fits, runs one forward step of at most `target_tokens` tokens (never fewer than
     // the decode tokens, and at least one prompt chunk when prompts wait), samples, finishes.
@@ -74,8 +81,7 @@ public:
 private:
     struct Slot {
         bool active = false;
-        int64_t id = 0;
-        const ScheduledRequest* request = nullptr;
+        ScheduledRequest request;  // moved in at admission
         int64_t prompt_done = 0;   // prompt positions in the cache
         int64_t order = 0;         // admission order: earlier prompts are chunked first
         std::vector<int32_t> generated;
@@ -92,8 +98,7 @@ private:
     int64_t vocab_;
     int64_t context_;
     SamplerScratch scratch_;
-    std::vector<ScheduledRequest> pending_;
-    size_t next_pending_ = 0;
+    std::deque<ScheduledRequest> pending_;  // added, not yet admitted
     std::vector<Slot> slots_;
     int n_active_ = 0;
     int64_t admitted_ = 0;

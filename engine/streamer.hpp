@@ -80,6 +80,9 @@ public:
     void set_trace(Trace* trace) { trace_ = trace; }
 
     const std::vector<StepStats>& steps() const { return steps_; }
+    // Forgets the per-step history (a server runs unbounded numbers of steps); totals() and
+    // steps() restart from here.
+    void clear_steps() { steps_.clear(); }
     StepStats totals() const;
     // Bytes this streamer holds from the OS: staging and cache pools, resident weights.
     uint64_t allocated_bytes() const { return allocated_bytes_; }

@@ -66,7 +66,8 @@ double number_in(const Json& body, const char* name, double fallback, double low
     return x;
 }
 
-void parse_body(const Json& body, BatchRequest& r) {
+// `http`: the body of a request to sluice serve, which may stream; else a batch line's body.
+void parse_body(const Json& body, BatchRequest& r, bool http) {
     if (const Json* m = field(body, "model")) {
         if (!m->is_string()) reject("invalid_type", "model", "model must be a string");
         r.model = m->get<std::string>();
@@ -133,8 +134,19 @@ void parse_body(const Json& body, BatchRequest& r) {
     }
     if (const Json* n = field(body, "n"); n && !(n->is_number_integer() && n->get<int64_t>() == 1))
         reject("unsupported_value", "n", "only n = 1 is supported");
-    if (const Json* stream = field(body, "stream"); stream && !(stream->is_boolean() && !stream->get<bool>()))
-        reject("unsupported_value", "stream", "a batch request cannot stream");
+    if (const Json* stream = field(body, "stream")) {
+        if (!stream->is_boolean()) reject("invalid_type", "stream", "stream must be a boolean");
+        if (stream->get<bool>() && !http) reject("unsupported_value", "stream", "a batch request cannot stream");
+        r.stream = stream->get<bool>();
+    }
+    if (const Json* options = field(body, "stream_options")) {
+        if (!options->is_object()) reject("invalid_type", "stream_options", "stream_options must be an object");
+        if (!r.stream) reject("invalid_value", "stream_options", "stream_options is only allowed with stream: true");
+        if (const Json* usage = field(*options, "include_usage")) {
+            if (!usage->is_boolean()) reject("invalid_type", "stream_options", "include_usage must be a boolean");
+            r.stream_include_usage = usage->get<bool>();
+        }
+    }
     for (const char* name : {"frequency_penalty", "presence_penalty"})
         if (const Json* v = field(body, name); v && !(v->is_number() && v->get<double>() == 0.0))
             reject("unsupported_value", name, fmt::format("{} is not supported", name));
@@ -191,10 +203,29 @@ ParsedBatchLine parse_batch_line(std::string_view text, int64_t line) {
         const Json* body = field(root, "body");
         if (!body) reject("missing_required_parameter", "body", "body is required");
         if (!body->is_object()) reject("invalid_type", "body", "body must be an object");
-        parse_body(*body, r);
+        parse_body(*body, r, false);
         out.request = std::move(r);
     } catch (const Reject& e) {
         out.error = batch_line_error(line, custom_id, e.code, e.param, e.reason);
+    }
+    return out;
+}
+
+ParsedBatchLine parse_openai_request(std::string_view text, BatchEndpoint endpoint) {
+    ParsedBatchLine out;
+    const Json body = Json::parse(text.begin(), text.end(), nullptr, false);
+    if (body.is_discarded()) {
+        out.error = BatchLineError{0, "", "invalid_json", "", "the request body is not valid JSON"};
+        return out;
+    }
+    try {
+        if (!body.is_object()) reject("invalid_type", "", "the request body must be a JSON object");
+        BatchRequest r;
+        r.endpoint = endpoint;
+        parse_body(body, r, true);
+        out.request = std::move(r);
+    } catch (const Reject& e) {
+        out.error = BatchLineError{0, "", e.code, e.param, e.reason};
     }
     return out;
 }
@@ -211,28 +242,8 @@ std::string batch_line_record_id(int64_t line, std::string_view raw) {
 
 std::string batch_success_line(const BatchCompletion& c) {
     const std::string suffix = c.record_id.substr(c.record_id.find_last_of('_') + 1);
-    OrderedJson usage = {{"prompt_tokens", c.prompt_tokens},
-                         {"completion_tokens", c.completion_tokens},
-                         {"total_tokens", c.prompt_tokens + c.completion_tokens}};
-    OrderedJson body;
-    if (c.endpoint == BatchEndpoint::chat_completions) {
-        body["id"] = "chatcmpl-" + suffix;
-        body["object"] = "chat.completion";
-        body["created"] = c.created;
-        body["model"] = c.model;
-        OrderedJson message = {{"role", "assistant"}, {"content", c.text}, {"refusal", nullptr}};
-        body["choices"] = OrderedJson::array(
-            {OrderedJson{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}});
-    } else {
-        body["id"] = "cmpl-" + suffix;
-        body["object"] = "text_completion";
-        body["created"] = c.created;
-        body["model"] = c.model;
-        body["choices"] = OrderedJson::array(
-            {OrderedJson{{"text", c.text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}});
-    }
-    body["usage"] = usage;
-    body["system_fingerprint"] = nullptr;
+    const OrderedJson body = openai_completion_body(
+        c, (c.endpoint == BatchEndpoint::chat_completions ? "chatcmpl-" : "cmpl-") + suffix);
     OrderedJson record = {{"id", c.record_id},
                           {"custom_id", c.custom_id},
                           {"response", {{"status_code", 200}, {"request_id", "req_" + suffix}, {"body", body}}},
@@ -241,16 +252,50 @@ std::string batch_success_line(const BatchCompletion& c) {
     return record.dump(-1, ' ', false, OrderedJson::error_handler_t::replace);
 }
 
+OrderedJson openai_completion_body(const BatchCompletion& c, const std::string& id) {
+    OrderedJson usage = {{"prompt_tokens", c.prompt_tokens},
+                         {"completion_tokens", c.completion_tokens},
+                         {"total_tokens", c.prompt_tokens + c.completion_tokens}};
+    OrderedJson body;
+    if (c.endpoint == BatchEndpoint::chat_completions) {
+        body["id"] = id;
+        body["object"] = "chat.completion";
+        body["created"] = c.created;
+        body["model"] = c.model;
+        OrderedJson message = {{"role", "assistant"}, {"content", c.text}, {"refusal", nullptr}};
+        body["choices"] = OrderedJson::array(
+            {OrderedJson{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}});
+    } else {
+        body["id"] = id;
+        body["object"] = "text_completion";
+        body["created"] = c.created;
+        body["model"] = c.model;
+        body["choices"] = OrderedJson::array(
+            {OrderedJson{{"text", c.text}, {"index", 0}, {"logprobs", nullptr}, {"finish_reason", c.finish_reason}}});
+    }
+    body["usage"] = usage;
+    body["system_fingerprint"] = nullptr;
+    return body;
+}
+
+OrderedJson openai_error_body(std::string_view message, std::string_view type, std::string_view param,
+                              std::string_view code) {
+    return {{"error",
+             {{"message", message},
+              {"type", type},
+              {"param", param.empty() ? OrderedJson(nullptr) : OrderedJson(param)},
+              {"code", code}}}};
+}
+
 std::string batch_error_line(const std::string& record_id, const BatchLineError& e) {
     const std::string suffix = record_id.substr(record_id.find_last_of('_') + 1);
-    OrderedJson error = {{"message", e.message},
-                         {"type", "invalid_request_error"},
-                         {"param", e.param.empty() ? OrderedJson(nullptr) : OrderedJson(e.param)},
-                         {"code", e.code}};
     OrderedJson record = {
         {"id", record_id},
         {"custom_id", e.custom_id.empty() ? OrderedJson(nullptr) : OrderedJson(e.custom_id)},
-        {"response", {{"status_code", 400}, {"request_id", "req_" + suffix}, {"body", {{"error", error}}}}},
+        {"response",
+         {{"status_code", 400},
+          {"request_id", "req_" + suffix},
+          {"body", openai_error_body(e.message, "invalid_request_error", e.param, e.code)}}},
         {"error", nullptr}};
     return record.dump(-1, ' ', false, OrderedJson::error_handler_t::replace);
 }

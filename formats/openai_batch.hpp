@@ -36,6 +36,8 @@ struct BatchRequest {
     std::optional<int64_t> seed;
     std::vector<std::string> stop;       // up to 4 sequences
     bool ignore_eos = false;             // extension (vLLM, llama.cpp): generate max_tokens whatever
+    bool stream = false;                 // HTTP only (sluice serve): server-sent events
+    bool stream_include_usage = false;   // stream_options.include_usage: a last chunk with usage
 };
 
 // Why a line or a request cannot be served.
@@ -53,6 +55,10 @@ struct ParsedBatchLine {
     std::optional<BatchLineError> error;
 };
 ParsedBatchLine parse_batch_line(std::string_view text, int64_t line);
+
+// The JSON body of one HTTP request to `endpoint` (sluice serve): the fields of a batch line's
+// body, and `stream` / `stream_options`. On error, line is 0 and the message has no line prefix.
+ParsedBatchLine parse_openai_request(std::string_view body, BatchEndpoint endpoint);
 
 BatchLineError batch_line_error(int64_t line, std::string custom_id, std::string code, std::string param,
                                 std::string_view reason);
@@ -77,6 +83,13 @@ struct BatchCompletion {
     int64_t completion_tokens = 0;
     int64_t created = 0;        // unix seconds
 };
+
+// The chat.completion / text_completion object of a finished request, keys in OpenAI's order;
+// `id` is its "chatcmpl-..." / "cmpl-..." id.
+nlohmann::ordered_json openai_completion_body(const BatchCompletion& completion, const std::string& id);
+// An OpenAI error object: {"error": {message, type, param, code}} (param null when empty).
+nlohmann::ordered_json openai_error_body(std::string_view message, std::string_view type, std::string_view param,
+                                         std::string_view code);
 
 // One output line (no trailing newline), keys in OpenAI's order.
 std::string batch_success_line(const BatchCompletion& completion);

@@ -10,11 +10,11 @@ log=build/meson-logs/testlog.json
 passed=$(grep -c '"result": "OK"' "$log" || true)
 skipped=$(grep -c '"result": "SKIP"' "$log" || true)
 failed=$(grep -cE '"result": "(FAIL|TIMEOUT|ERROR|UNEXPECTEDPASS)"' "$log" || true)
-# A short libFuzzer run of every untrusted-header parser (safetensors, config.json, GGUF) from
-# the committed corpora; SLUICE_FUZZ_SECONDS=0 skips it.
+# A short libFuzzer run of every untrusted-input parser (safetensors, config.json, GGUF headers;
+# sluice serve's HTTP requests and bodies) from the committed corpora; SLUICE_FUZZ_SECONDS=0 skips it.
 fuzz_seconds=${SLUICE_FUZZ_SECONDS:-20}
 if [[ $fuzz_seconds -gt 0 && $# -eq 0 ]]; then
-  if bash scripts/fuzz.sh "$fuzz_seconds" safetensors_header config_json gguf_header > build/fuzz.log 2>&1; then
+  if bash scripts/fuzz.sh "$fuzz_seconds" safetensors_header config_json gguf_header openai_request > build/fuzz.log 2>&1; then
     passed=$((passed + 1)); echo "fuzz (${fuzz_seconds}s per parser): OK"
   else
     failed=$((failed + 1)); status=1; echo "fuzz: FAILED"; tail -40 build/fuzz.log

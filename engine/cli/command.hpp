@@ -28,5 +28,6 @@ void register_tokenize(CLI::App& app);
 void register_bench_io(CLI::App& app);
 void register_plan(CLI::App& app);
 void register_batch(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace sluice::cli

@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
     cli::register_bench_io(app);
     cli::register_plan(app);
     cli::register_batch(app);
+    cli::register_serve(app);
     try {
         // Option callbacks (--ram, --resident, --attention ...) throw typed errors while parsing.
         try {
