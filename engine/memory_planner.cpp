@@ -151,6 +151,17 @@ MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const Memor
     return p;
 }
 
+RunMemoryPlan plan_run_memory(const ModelLayout& layout, const ModelPlan& model, const MemoryRequest& request) {
+    MemoryRequest req = request;
+    if (req.resident == ResidentMode::automatic && req.ram_budget_bytes > 0) {
+        MemoryRequest all = req;
+        all.ram_budget_bytes = 0;
+        all.resident = ResidentMode::all;
+        if (plan_memory(layout, model, all).total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
+    }
+    return {req.resident, plan_memory(layout, model, req)};
+}
+
 std::string MemoryPlan::describe() const {
     return fmt::format(
         "staging {:.2f} GiB ({} dense buffers x {:.1f} MiB + {} expert buffers x {:.1f} MiB, {} of them cache), "

@@ -44,7 +44,11 @@ struct Placement {
     Tier head = Tier::host;
     int64_t device_expert_entries = 0;  // expert buffers that keep their expert between steps
     int64_t host_expert_entries = 0;
-    int dense_buffers = 2;              // buffers streamed dense segments pass through (the streamer's ring)
+    // The entries are a pool of buffers that also take the step's reads (copies), not experts loaded
+    // before the run: DeviceWeights' expert slots, the streamer's expert pool.
+    bool device_pool = false, host_pool = false;
+    int dense_buffers = 2;              // the streamer's ring that dense segments read from disk pass through
+    int device_dense_slots = 2;         // GPU: the device's ring that dense segments copied per step pass through
     bool mla_on_device = true;          // GPU: else copied over the link for every layer of every step
     uint64_t mla_bytes_per_position = 0;  // latent cache bytes per cached position, all layers
 };
