@@ -175,4 +175,21 @@ std::string MemoryPlan::describe() const {
         gib(total_bytes));
 }
 
+nlohmann::json MemoryPlan::to_json() const {
+    return {{"total", total_bytes},
+            {"staging", staging_bytes()},
+            {"globals", global_bytes},
+            {"resident_dense", resident_dense_bytes},
+            {"resident_experts", resident_expert_bytes},
+            {"dense_buffers", dense_pool.count},
+            {"expert_buffers", expert_pool.count},
+            {"expert_cache_entries", expert_cache_entries()},
+            {"mla_cache", mla_cache_bytes},
+            {"activations", activation_bytes},
+            {"logits", logits_bytes},
+            {"kernel_scratch", kernel_scratch_bytes},
+            {"other_pass", other_pass_bytes},
+            {"process_before", held_bytes}};
+}
+
 }  // namespace sluice

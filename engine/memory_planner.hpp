@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/deepseek_v3.hpp"
 #include "engine/model_layout.hpp"
 #include "engine/model_plan.hpp"
@@ -75,6 +77,7 @@ struct MemoryPlan {
     uint64_t staging_bytes() const { return dense_pool.bytes() + expert_pool.bytes(); }
     int expert_cache_entries() const { return expert_pool.count - expert_slots; }
     std::string describe() const;
+    nlohmann::json to_json() const;  // the figures above in bytes, and the pools' buffer counts
 };
 
 // Computes the plan; throws ErrorKind::out_of_memory naming the smallest budget when a budget

@@ -259,19 +259,7 @@ void register_bench(CLI::App& app) {
             j["attention"] = attention_form_name(ro.attention);
             j["threads"] = pool.size();
             j["memory_plan"] = rt->memory.describe();
-            j["memory_plan_bytes"] = {{"total", rt->memory.total_bytes},
-                                      {"staging", rt->memory.staging_bytes()},
-                                      {"globals", rt->memory.global_bytes},
-                                      {"resident_dense", rt->memory.resident_dense_bytes},
-                                      {"resident_experts", rt->memory.resident_expert_bytes},
-                                      {"expert_buffers", rt->memory.expert_pool.count},
-                                      {"expert_cache_entries", rt->memory.expert_cache_entries()},
-                                      {"mla_cache", rt->memory.mla_cache_bytes},
-                                      {"activations", rt->memory.activation_bytes},
-                                      {"logits", rt->memory.logits_bytes},
-                                      {"kernel_scratch", rt->memory.kernel_scratch_bytes},
-                                      {"other_pass", rt->memory.other_pass_bytes},
-                                      {"process_before", rt->memory.held_bytes}};
+            j["memory_plan_bytes"] = rt->memory.to_json();
             j["memory"] = {{"budget", rt->budget.bytes},    {"budget_source", rt->budget.source},
                            {"planned", rt->memory.total_bytes}, {"allocated", allocated},
                            {"peak_resident", peak}};

@@ -288,6 +288,8 @@ int run_plan(const PlanArgs& a) {
         if (profile) j["cpu_profile"] = profile->to_json();
         j["routing"] = routing.source;
         j["memory"] = {{"ram", ram_plan}, {"vram", vram_plan}};
+        j["resident"] = resident_mode_name(host_plan.mode);
+        j["memory_plan_bytes"] = host_plan.memory.to_json();
         j["placement"] = {{"dense_vram", in_vram},
                           {"dense_ram", in_ram},
                           {"dense_disk", on_disk},
