@@ -278,10 +278,11 @@ std::vector<PerfModel::LayerNeeds> PerfModel::needs(const StepShape& shape) cons
     std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.need > b.need; });
     // A pool of B buffers that also takes the step's reads keeps about one layer's misses fewer
     // entries than it has buffers for the next visit of a layer: B - m, m = the needed experts per
-    // MoE layer beyond the first B entries. Measured on the streamer (calibration model: 2 MoE layers
-    // x 32 experts, top 8, one-token steps, with and without speculation): pools of 16, 20, 41, 50,
-    // 59 and 63 buffers found 10, 12-13, 36-37, 46, 58 and 63 entries' worth of cache hits; B - m
-    // gives 10, 14, 38, 48, 58 and 63; B - top_k (the rule before) 8, 12, 33, 42, 51 and 55.
+    // MoE layer beyond the first B entries. An empirical rule: measured on the streamer (calibration
+    // model: 2 MoE layers x 32 experts, top 8, one-token steps), pools of 16, 20, 41, 50, 59 and 63
+    // buffers found 10, 12, 36, 46, 58 and 63 entries' worth of cache hits (20 and 41 without
+    // speculation: 13 and 37); B - m gives 10, 14, 38, 48, 58 and 63; B - top_k (the rule before)
+    // 8, 12, 33, 42, 51 and 55, far off once the pool nears the whole model.
     const double n_moe = double(std::max<int64_t>(std::count_if(model_.plan.layers.begin(), model_.plan.layers.end(),
                                                                 [](const LayerPlan& l) { return !l.experts.empty(); }),
                                                   1));

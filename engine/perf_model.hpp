@@ -6,10 +6,11 @@
 // uniform routing, or as measured by `--stats-json`), tokens independently, so a step of t tokens
 // needs it with probability P = 1 - (1 - p)^t. The caches hold the entries a step is most likely
 // to need (the streamer's frequency score keeps what is used most): VRAM the first, RAM the next,
-// and the rest comes from disk. Per layer, in order:
+// and the rest comes from disk; a pool of buffers that also takes the step's reads caches one
+// layer's misses fewer entries than it has buffers (PerfModel::needs). Per layer, in order:
 //   - its dense segment was read (and copied) while the previous layer computed; a ring of D
-//     buffers over L streamed segments, evicting the one needed furthest ahead, keeps a fraction
-//     (D - 1) / (L - 1) of them from one step to the next (optimal eviction of a cyclic scan);
+//     buffers holds the layer computing and the D - 1 read ahead, so it keeps its segments from one
+//     step to the next only when it holds all of them (each is read every step otherwise);
 //   - attention and the router compute once it is there;
 //   - the missing experts are read (and copied) in that order behind whatever the disk and the
 //     link were already doing, and each computes as it lands (cached ones first);
