@@ -29,6 +29,19 @@ uint64_t role_bytes(const Segment& s, WeightRole role) {
 
 }  // namespace
 
+DeviceRequest device_request(const ModelLayout& layout, const RunShape& shape, uint64_t vram_budget_bytes, int expert_slots,
+                             const CudaBackendOptions& backend) {
+    const ForwardShape s = DeepseekForward::shape_of(ForwardOptions{shape});
+    DeviceRequest r;
+    r.vram_budget_bytes = vram_budget_bytes;
+    r.context = s.max_context;
+    r.n_sequences = s.n_sequences;
+    r.batch_tokens = s.max_batch_tokens;
+    r.activation_bytes = cuda_forward_device_bytes(layout, s, backend, false);
+    r.expert_slots = expert_slots;
+    return r;
+}
+
 int DevicePlan::n_dense_resident() const { return int(std::count(dense_resident.begin(), dense_resident.end(), 1)); }
 
 DevicePlan plan_device_memory(const ModelLayout& d, const ModelPlan& model, const DeviceRequest& req) {

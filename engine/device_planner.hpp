@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/cuda/cuda_backend.hpp"
+#include "engine/deepseek_v3.hpp"
 #include "engine/model_layout.hpp"
 #include "engine/model_plan.hpp"
 
@@ -62,6 +64,13 @@ struct DevicePlan {
     int n_dense_resident() const;
     std::string describe() const;
 };
+
+// What a --device cuda run asks the planner for under `vram_budget_bytes`: the latent cache and
+// steps of the forward pass the host plan holds (MemoryPlan::shape, the largest of the run's), the
+// CUDA backend's activation bytes for it (cuda_forward_device_bytes), `expert_slots` as
+// --expert-buffers gives it. make_runtime and `sluice plan --gpu` both ask this.
+DeviceRequest device_request(const ModelLayout& layout, const RunShape& shape, uint64_t vram_budget_bytes,
+                             int expert_slots, const CudaBackendOptions& backend = {});
 
 // Throws ErrorKind::out_of_memory naming the smallest --vram that works when even the minimum
 // (vectors, activations, 2 dense + 2 x top_k expert slots) does not fit, and invalid_input for a

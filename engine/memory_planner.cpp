@@ -156,6 +156,17 @@ MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const Memor
     return p;
 }
 
+RunMemoryPlan plan_run_memory(const ModelLayout& layout, const ModelPlan& model, const MemoryRequest& request) {
+    MemoryRequest req = request;
+    if (req.resident == ResidentMode::automatic && req.ram_budget_bytes > 0) {
+        MemoryRequest all = req;
+        all.ram_budget_bytes = 0;
+        all.resident = ResidentMode::all;
+        if (plan_memory(layout, model, all).total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
+    }
+    return {req.resident, plan_memory(layout, model, req)};
+}
+
 std::string MemoryPlan::describe() const {
     return fmt::format(
         "staging {:.2f} GiB ({} dense buffers x {:.1f} MiB + {} expert buffers x {:.1f} MiB, {} of them cache), "
@@ -169,6 +180,23 @@ std::string MemoryPlan::describe() const {
         gib(activation_bytes), gib(logits_bytes), gib(kernel_scratch_bytes), gib(other_pass_bytes),
         gib(held_bytes),
         gib(total_bytes));
+}
+
+nlohmann::json MemoryPlan::to_json() const {
+    return {{"total", total_bytes},
+            {"staging", staging_bytes()},
+            {"globals", global_bytes},
+            {"resident_dense", resident_dense_bytes},
+            {"resident_experts", resident_expert_bytes},
+            {"dense_buffers", dense_pool.count},
+            {"expert_buffers", expert_pool.count},
+            {"expert_cache_entries", expert_cache_entries()},
+            {"mla_cache", mla_cache_bytes},
+            {"activations", activation_bytes},
+            {"logits", logits_bytes},
+            {"kernel_scratch", kernel_scratch_bytes},
+            {"other_pass", other_pass_bytes},
+            {"process_before", held_bytes}};
 }
 
 }  // namespace sluice

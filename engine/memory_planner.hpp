@@ -6,9 +6,12 @@
 // Refuses with the smallest budget that would work when it does not fit.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "engine/deepseek_v3.hpp"
 #include "engine/model_layout.hpp"
@@ -80,10 +83,25 @@ struct MemoryPlan {
     uint64_t staging_bytes() const { return dense_pool.bytes() + expert_pool.bytes(); }
     int expert_cache_entries() const { return expert_pool.count - expert_slots; }
     std::string describe() const;
+    nlohmann::json to_json() const;  // the figures above in bytes, and the pools' buffer counts
 };
 
 // Computes the plan; throws ErrorKind::out_of_memory naming the smallest budget when a budget
 // is given and even --resident none does not fit.
 MemoryPlan plan_memory(const ModelLayout& layout, const ModelPlan& model, const MemoryRequest& request);
+
+// A run's plan as make_runtime makes it and `sluice plan` predicts it (one function, so the two
+// cannot drift apart): --resident auto holds everything when it all fits the budget, else streams
+// within it; the streamer then keeps the dense parts resident when the plan found room for them,
+// and its expert buffers (staging and cache in one pool) are the plan's expert pool.
+struct RunMemoryPlan {
+    ResidentMode mode = ResidentMode::all;  // all, or the request's mode (none, dense or auto) when streaming
+    MemoryPlan memory;
+    bool streams() const { return mode != ResidentMode::all; }
+    bool dense_resident() const { return memory.resident_dense_bytes > 0; }
+    int expert_buffers() const { return std::max(memory.expert_pool.count, 1); }
+    int dense_buffers() const { return memory.dense_pool.count; }  // 0 when the dense parts are resident
+};
+RunMemoryPlan plan_run_memory(const ModelLayout& layout, const ModelPlan& model, const MemoryRequest& request);
 
 }  // namespace sluice

@@ -276,11 +276,31 @@ std::vector<PerfModel::LayerNeeds> PerfModel::needs(const StepShape& shape) cons
         }
     }
     std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.need > b.need; });
+    // A pool of B buffers that also takes the step's reads keeps about one layer's misses fewer
+    // entries than it has buffers for the next visit of a layer: B - m, m = the needed experts per
+    // MoE layer beyond the first B entries. An empirical rule: measured on the streamer (calibration
+    // model: 2 MoE layers x 32 experts, top 8, one-token steps), pools of 16, 20, 41, 50, 59 and 63
+    // buffers found 10, 12, 36, 46, 58 and 63 entries' worth of cache hits (20 and 41 without
+    // speculation: 13 and 37); B - m gives 10, 14, 38, 48, 58 and 63; B - top_k (the rule before)
+    // 8, 12, 33, 42, 51 and 55, far off once the pool nears the whole model.
+    const double n_moe = double(std::max<int64_t>(std::count_if(model_.plan.layers.begin(), model_.plan.layers.end(),
+                                                                [](const LayerPlan& l) { return !l.experts.empty(); }),
+                                                  1));
+    auto needed_beyond = [&](double first) {
+        double s = 0;
+        for (size_t i = 0; i < entries.size(); ++i) s += entries[i].need * std::clamp(double(i) + 1.0 - first, 0.0, 1.0);
+        return s;
+    };
+    const double device_buffers = double(placement_.device_expert_entries);
+    const double host_buffers = double(placement_.host_expert_entries);
+    double device_left = placement_.device_pool
+                             ? std::max(0.0, device_buffers - needed_beyond(device_buffers) / n_moe)
+                             : device_buffers;
+    double host_left = placement_.host_pool
+                           ? std::max(0.0, host_buffers - needed_beyond(device_buffers + host_buffers) / n_moe)
+                           : host_buffers;
     // A cold start empties caches, not a placement that holds every expert (loaded before the run).
-    const bool cold = shape.cold && double(placement_.device_expert_entries + placement_.host_expert_entries) <
-                                        double(entries.size());
-    double device_left = cold ? 0 : double(placement_.device_expert_entries);
-    double host_left = cold ? 0 : double(placement_.host_expert_entries);
+    if (shape.cold && device_buffers + host_buffers < double(entries.size())) device_left = host_left = 0;
     for (size_t i = 0; i < entries.size();) {
         size_t j = i;
         while (j < entries.size() && std::abs(entries[j].need - entries[i].need) <= 1e-12 * std::max(entries[i].need, 1e-300)) ++j;
@@ -345,18 +365,24 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
     const bool speculating = std::any_of(placement_.dense.begin(), placement_.dense.end(),
                                          [](Tier t) { return t == Tier::disk; }) ||
                              std::any_of(layer_needs.begin(), layer_needs.end(), [](const LayerNeeds& n) { return n.disk > 0; });
-    // The dense ring keeps (D - 1) / (L - 1) of the L streamed segments from one step to the next.
-    int streamed_dense = 0;
-    for (Tier t : placement_.dense) streamed_dense += t != Tier::device && (t == Tier::disk || gpu);
-    const double dense_kept =
-        shape.cold ? 0.0
-        : streamed_dense <= placement_.dense_buffers
-            ? 1.0
-            : double(std::max(placement_.dense_buffers - 1, 0)) / double(std::max(streamed_dense - 1, 1));
-    auto dense_fetch_bytes = [&](int layer) {
-        const Tier t = placement_.dense[size_t(layer)];
-        const bool ring = t == Tier::disk || (gpu && t == Tier::host);
-        return double(dense_bytes_[size_t(layer)]) * (ring ? 1.0 - dense_kept : 1.0);
+    // A ring of D buffers streams dense segments: the layer computing and the D - 1 read (copied)
+    // ahead, each evicting the one needed furthest ahead. Every buffer is in use, so over more than
+    // D streamed segments none survives the cycle: each is read again every step (measured: 3 reads
+    // a step with D = 2 over 3 layers); over D or fewer, each stays after its first read. The
+    // streamer's ring takes the disk's reads, DeviceWeights' dense slots the copies.
+    int from_disk = 0, copied = 0;
+    for (Tier t : placement_.dense) {
+        from_disk += t == Tier::disk;
+        copied += gpu && t != Tier::device;
+    }
+    const bool disk_ring_keeps = !shape.cold && from_disk <= placement_.dense_buffers;
+    const bool device_ring_keeps = !shape.cold && copied <= placement_.device_dense_slots;
+    // Where layer l's dense segment comes from this step (the device: nothing to fetch).
+    auto dense_tier = [&](int layer) {
+        Tier t = placement_.dense[size_t(layer)];
+        if (t == Tier::disk && disk_ring_keeps) t = Tier::host;
+        if (gpu && t == Tier::host && device_ring_keeps) t = Tier::device;
+        return t;
     };
     std::vector<double> dense_ready(size_t(L), 0.0);
     double step_start = 0;
@@ -367,14 +393,14 @@ StepPrediction PerfModel::step(const StepShape& shape) const {
             step_start = t_compute;
             p.disk_bytes = p.copy_bytes = p.disk_seconds = p.copy_seconds = p.compute_seconds = 0;
         } else {
-            dense_ready[0] = fetch(placement_.dense[0], dense_fetch_bytes(0), R_dense, 0, false);
+            dense_ready[0] = fetch(dense_tier(0), double(dense_bytes_[0]), R_dense, 0, false);
         }
         const double head_ready =
             gpu && placement_.head != Tier::device ? fetch(Tier::host, double(head_bytes_), R_dense, t_compute, count) : 0;
         for (int l = 0; l < L; ++l) {
             const double begin = t_compute;
             const int next = (l + 1) % L;
-            dense_ready[size_t(next)] = fetch(placement_.dense[size_t(next)], dense_fetch_bytes(next), R_dense, begin, count);
+            dense_ready[size_t(next)] = fetch(dense_tier(next), double(dense_bytes_[size_t(next)]), R_dense, begin, count);
             double ready = dense_ready[size_t(l)];
             if (mla_copy_bytes > 0) ready = std::max(ready, fetch(Tier::host, mla_copy_bytes, R_dense, begin, count));
             const double start = std::max(begin, ready);

@@ -6,10 +6,11 @@
 // uniform routing, or as measured by `--stats-json`), tokens independently, so a step of t tokens
 // needs it with probability P = 1 - (1 - p)^t. The caches hold the entries a step is most likely
 // to need (the streamer's frequency score keeps what is used most): VRAM the first, RAM the next,
-// and the rest comes from disk. Per layer, in order:
+// and the rest comes from disk; a pool of buffers that also takes the step's reads caches one
+// layer's misses fewer entries than it has buffers (PerfModel::needs). Per layer, in order:
 //   - its dense segment was read (and copied) while the previous layer computed; a ring of D
-//     buffers over L streamed segments, evicting the one needed furthest ahead, keeps a fraction
-//     (D - 1) / (L - 1) of them from one step to the next (optimal eviction of a cyclic scan);
+//     buffers holds the layer computing and the D - 1 read ahead, so it keeps its segments from one
+//     step to the next only when it holds all of them (each is read every step otherwise);
 //   - attention and the router compute once it is there;
 //   - the missing experts are read (and copied) in that order behind whatever the disk and the
 //     link were already doing, and each computes as it lands (cached ones first);
@@ -44,7 +45,11 @@ struct Placement {
     Tier head = Tier::host;
     int64_t device_expert_entries = 0;  // expert buffers that keep their expert between steps
     int64_t host_expert_entries = 0;
-    int dense_buffers = 2;              // buffers streamed dense segments pass through (the streamer's ring)
+    // The entries are a pool of buffers that also take the step's reads (copies), not experts loaded
+    // before the run: DeviceWeights' expert slots, the streamer's expert pool.
+    bool device_pool = false, host_pool = false;
+    int dense_buffers = 2;              // the streamer's ring that dense segments read from disk pass through
+    int device_dense_slots = 2;         // GPU: the device's ring that dense segments copied per step pass through
     bool mla_on_device = true;          // GPU: else copied over the link for every layer of every step
     uint64_t mla_bytes_per_position = 0;  // latent cache bytes per cached position, all layers
 };

@@ -1,12 +1,11 @@
-// Where a model's bytes live under given budgets, as the memory planners decide it: the input of
-// the performance model (engine/perf_model.hpp). CPU runs: exactly what make_runtime plans for
-// --ram (everything resident when it fits, else the dense parts, then expert buffers). GPU runs:
-// the device planner for --vram, then RAM for what VRAM does not hold (dense segments first, then
-// experts the device does not cache), the rest on disk.
+// Where a model's bytes live while it runs, as the runtime plans it: the input of the performance
+// model (engine/perf_model.hpp). Both sides come from the planning code make_runtime runs, not a
+// copy of it: the host plan from plan_run_memory (everything resident when it fits, else the dense
+// parts, then the streamer's expert pool), and for a GPU run the device plan for the device_request
+// make_runtime makes for the host plan's largest forward pass.
 #pragma once
 
 #include <cstdint>
-#include <string>
 
 #include "engine/device_planner.hpp"
 #include "engine/memory_planner.hpp"
@@ -15,27 +14,17 @@
 
 namespace sluice {
 
-struct HostPlan {
-    ResidentMode mode = ResidentMode::automatic;  // resolved: all, none or dense
-    MemoryPlan memory;
-    int64_t expert_buffers = 0;                   // the streamer's pool (staging + cache)
-};
-
-// make_runtime's decision for this request (request.resident automatic: all when it fits).
-HostPlan plan_host(const OpenModel& model, MemoryRequest request);
-Placement cpu_placement(const OpenModel& model, const HostPlan& host);
+// CPU runs.
+Placement cpu_placement(const OpenModel& model, const RunMemoryPlan& host);
 
 struct GpuPlacement {
     Placement placement;
     DevicePlan device;
-    uint64_t host_fixed_bytes = 0;     // RAM for globals, pinned staging, activations (and the MLA cache if not in VRAM)
-    uint64_t host_dense_bytes = 0;     // dense segments kept in RAM
-    uint64_t host_expert_bytes = 0;    // RAM expert cache
-    std::string describe_host() const;
 };
 
-// `host` is what plan_memory is asked for the RAM side (its budget; resident none gives the
-// fixed part); `device` what the device planner is asked.
-GpuPlacement gpu_placement(const OpenModel& model, const DeviceRequest& device, const MemoryRequest& host);
+// GPU runs: `host` is the run's host plan, whose streamer (or resident weights) feeds the device;
+// `expert_slots` is --expert-buffers as make_runtime passes it (0: 2 x top_k).
+GpuPlacement gpu_placement(const OpenModel& model, const RunMemoryPlan& host, uint64_t vram_budget_bytes,
+                           int expert_slots = 0);
 
 }  // namespace sluice

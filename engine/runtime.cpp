@@ -135,17 +135,10 @@ void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice&
         budget = info.free_bytes > margin ? info.free_bytes - margin : 0;
         source = "free device memory less 5% and 512 MiB";
     }
-    const ForwardShape shape = DeepseekForward::shape_of(ForwardOptions{rt.memory.shape});
     CudaBackendOptions bo;
     bo.device = choice.index;
     bo.memory_limit_bytes = budget;
-    DeviceRequest req;
-    req.vram_budget_bytes = budget;
-    req.context = shape.max_context;
-    req.n_sequences = shape.n_sequences;
-    req.batch_tokens = shape.max_batch_tokens;
-    req.activation_bytes = cuda_forward_device_bytes(rt.model->layout, shape, bo, false);
-    req.expert_slots = options.expert_buffers;
+    const DeviceRequest req = device_request(rt.model->layout, rt.memory.shape, budget, options.expert_buffers, bo);
     rt.device_plan = plan_device_memory(rt.model->layout, rt.model->plan, req);
     bo.cache_in_host_memory = !rt.device_plan.mla_on_device;
     rt.backend = make_cuda_backend(bo);
@@ -207,15 +200,9 @@ std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const Ru
     req.prefetch_layers = std::max(options.prefetch_layers, 0);
     req.resident = options.resident;
     req.held_bytes = process_memory_bytes("VmRSS");
-    if (req.resident == ResidentMode::automatic) {
-        // Everything resident when it fits; else stream with what the budget allows.
-        MemoryRequest all = req;
-        all.ram_budget_bytes = 0;
-        all.resident = ResidentMode::all;
-        if (plan_memory(layout, rt->model->plan, all).total_bytes <= req.ram_budget_bytes) req.resident = ResidentMode::all;
-    }
-    rt->memory = plan_memory(layout, rt->model->plan, req);
-    rt->mode = req.resident;
+    const RunMemoryPlan run = plan_run_memory(layout, rt->model->plan, req);
+    rt->memory = run.memory;
+    rt->mode = run.mode;
     if (options.verbose)
         fmt::print(stderr, "memory: budget {:.2f} GiB ({}); --resident {}: {}\n", double(rt->budget.bytes) / (1 << 30),
                    rt->budget.source, resident_mode_name(rt->mode), rt->memory.describe());
@@ -255,11 +242,10 @@ std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const Ru
     SegmentIo& io = rt->io ? *rt->io : *rt->io_background;
 
     StreamerOptions so;
-    // auto keeps the dense parts resident when the planner found room for them.
-    so.resident = rt->memory.resident_dense_bytes > 0 ? ResidentMode::dense : ResidentMode::none;
+    so.resident = run.dense_resident() ? ResidentMode::dense : ResidentMode::none;
     so.prefetch_layers = req.prefetch_layers;
     so.speculate = options.speculate;
-    so.expert_buffers = std::max(rt->memory.expert_pool.count, 1);
+    so.expert_buffers = run.expert_buffers();
     if (rt->backend) so.dense_elsewhere = rt->device_plan.dense_resident;  // never read: the device holds them
     auto streamer = std::make_unique<Streamer>(layout, rt->model->plan, *rt->model->source, io, so);
     rt->streamer = streamer.get();

@@ -17,6 +17,7 @@
 #include "core/error.hpp"
 #include "core/process_memory.hpp"
 #include "core/thread_pool.hpp"
+#include "engine/cli/bench_passes.hpp"
 #include "engine/cli/command.hpp"
 #include "engine/deepseek_v3.hpp"
 #include "engine/routing_stats.hpp"
@@ -75,35 +76,6 @@ nlohmann::json gemm_rate(const PlannedTensor& t, const TensorSource& source, int
             {"rows", t.rows},         {"cols", t.cols},    {"tokens", n_tokens},
             {"runs", runs},           {"best_s", best},    {"flops_per_s", flops / best},
             {"weight_gb_per_s", double(t.extent.length) / best / 1e9}};
-}
-
-// What gemm_rate holds while it runs: the matrix, its scales, the activations in and out.
-uint64_t gemm_rate_bytes(const PlannedTensor& t, int64_t n_tokens) {
-    return AlignedBuffer::held_bytes(size_t(t.extent.length)) +
-           AlignedBuffer::held_bytes(size_t(std::max<uint64_t>(t.scales.length, 64))) +
-           AlignedBuffer::held_bytes(size_t(n_tokens * t.cols) * sizeof(float)) +
-           AlignedBuffer::held_bytes(size_t(n_tokens * t.rows) * sizeof(float));
-}
-
-// The matrices the roofline measures: the first routed expert's first, and the largest dense one.
-struct RooflineMatrices {
-    const PlannedTensor* expert = nullptr;
-    const PlannedTensor* dense = nullptr;
-};
-RooflineMatrices roofline_matrices(const ModelPlan& plan) {
-    RooflineMatrices m;
-    for (const auto& l : plan.layers) {
-        if (!l.experts.empty() && !m.expert) m.expert = &l.experts[0].tensors[0];
-        for (const auto& t : l.dense.tensors)
-            if (t.rows > 1 && (!m.dense || t.extent.length > m.dense->extent.length)) m.dense = &t;
-    }
-    return m;
-}
-
-// Token counts the roofline measures at: a prompt's tokens x top_k spread over the experts for an
-// expert, the prompt's tokens (up to a step) for a dense matrix.
-int64_t roofline_expert_tokens(const ModelLayout& d, int64_t prompt_tokens) {
-    return std::max<int64_t>(1, prompt_tokens * std::max(d.router.top_k, 1) / std::max<int64_t>(d.n_experts, 1));
 }
 
 uint64_t matmul_flops(const Segment& s) {
@@ -192,32 +164,12 @@ void register_bench(CLI::App& app) {
         RuntimeOptions ro = args->runtime;
         ro.n_threads = pool.size();
         ro.verbose = !args->json;
-        // The passes to run, one after another, each planned as it runs. One logits buffer, of a
-        // row per sequence of the widest batch, serves them all.
-        std::vector<std::pair<int64_t, RunShape>> prompt_passes, batch_passes;
-        for (int64_t len : prompt_lengths)
-            prompt_passes.push_back({len, RunShape{1, len + args->decode + 2, std::min(args->batch_tokens, len), widest}});
-        for (int64_t b : batch_sizes) {
-            // b sequences, each with a 4-token prompt read in steps of up to -b tokens (whole
-            // prompts, at least one per step), then decoding together: b tokens a step.
-            const int64_t step = std::max(b, std::min(4 * b, std::max<int64_t>(args->batch_tokens / 4, 1) * 4));
-            batch_passes.push_back({b, RunShape{int(b), 4 + args->decode + 2, step, widest}});
-        }
-        ro.shapes.clear();
-        for (const auto& p : prompt_passes) ro.shapes.push_back(p.second);
-        for (const auto& p : batch_passes) ro.shapes.push_back(p.second);
+        // The passes to run, one after another, each planned as it runs.
         auto model = open_model(args->model);
-        if (args->json && !args->no_roofline) {
-            const auto m = roofline_matrices(model->plan);
-            const int64_t dense_tokens = std::min(longest, args->batch_tokens);
-            const int64_t expert_tokens = roofline_expert_tokens(model->layout, longest);
-            if (m.expert)
-                ro.other_pass_bytes = std::max(ro.other_pass_bytes, gemm_rate_bytes(*m.expert, expert_tokens) +
-                                                                        cpu::gemm_scratch_bytes(expert_tokens, m.expert->cols, pool.size()));
-            if (m.dense)
-                ro.other_pass_bytes = std::max(ro.other_pass_bytes, gemm_rate_bytes(*m.dense, dense_tokens) +
-                                                                        cpu::gemm_scratch_bytes(dense_tokens, m.dense->cols, pool.size()));
-        }
+        const BenchPasses passes = bench_passes(*model, prompt_lengths, batch_sizes, args->decode, args->batch_tokens,
+                                                pool.size(), args->json && !args->no_roofline);
+        ro.shapes = passes.shapes();
+        ro.other_pass_bytes = passes.gemm_rate_bytes;
         const auto rt = make_runtime(std::move(model), ro);
         const auto& layout = rt->layout();
         // Every step's expert requests, for `sluice plan --routing` (the JSON's "routing").
@@ -238,7 +190,7 @@ void register_bench(CLI::App& app) {
         std::vector<float> logits(size_t(widest * layout.vocab));
         uint64_t largest_pass_allocated = 0;  // the forward passes' own count, for the memory report
 
-        for (const auto& [len, shape] : prompt_passes) {
+        for (const auto& [len, shape] : passes.prompts) {
             const auto forward_owner = rt->make_forward(ForwardOptions{shape, ro.attention}, pool, &provider);
             DeepseekForward& forward = *forward_owner;
             largest_pass_allocated = std::max(largest_pass_allocated, uint64_t(forward.allocated_bytes()));
@@ -264,15 +216,15 @@ void register_bench(CLI::App& app) {
                                        io_since(first_decode)});
             }
         }
-        for (const auto& [b, shape] : batch_passes) {
+        for (const auto& [b, shape] : passes.batches) {
             const auto forward_owner = rt->make_forward(ForwardOptions{shape, ro.attention}, pool, &provider);
             DeepseekForward& forward = *forward_owner;
             largest_pass_allocated = std::max(largest_pass_allocated, uint64_t(forward.allocated_bytes()));
-            std::vector<std::vector<int32_t>> prompts(size_t(b), std::vector<int32_t>(4));
+            std::vector<std::vector<int32_t>> prompts(size_t(b), std::vector<int32_t>(BenchPasses::kBatchPromptTokens));
             std::vector<SequenceTokens> step;
             for (auto& p : prompts)
                 for (auto& t : p) t = token(rng);
-            const int64_t per_step = shape.step_tokens / 4;
+            const int64_t per_step = shape.step_tokens / BenchPasses::kBatchPromptTokens;
             for (int64_t s0 = 0; s0 < b; s0 += per_step) {
                 step.clear();
                 for (int64_t s = s0; s < std::min(b, s0 + per_step); ++s) step.push_back({int(s), prompts[size_t(s)], false});
@@ -307,19 +259,7 @@ void register_bench(CLI::App& app) {
             j["attention"] = attention_form_name(ro.attention);
             j["threads"] = pool.size();
             j["memory_plan"] = rt->memory.describe();
-            j["memory_plan_bytes"] = {{"total", rt->memory.total_bytes},
-                                      {"staging", rt->memory.staging_bytes()},
-                                      {"globals", rt->memory.global_bytes},
-                                      {"resident_dense", rt->memory.resident_dense_bytes},
-                                      {"resident_experts", rt->memory.resident_expert_bytes},
-                                      {"expert_buffers", rt->memory.expert_pool.count},
-                                      {"expert_cache_entries", rt->memory.expert_cache_entries()},
-                                      {"mla_cache", rt->memory.mla_cache_bytes},
-                                      {"activations", rt->memory.activation_bytes},
-                                      {"logits", rt->memory.logits_bytes},
-                                      {"kernel_scratch", rt->memory.kernel_scratch_bytes},
-                                      {"other_pass", rt->memory.other_pass_bytes},
-                                      {"process_before", rt->memory.held_bytes}};
+            j["memory_plan_bytes"] = rt->memory.to_json();
             j["memory"] = {{"budget", rt->budget.bytes},    {"budget_source", rt->budget.source},
                            {"planned", rt->memory.total_bytes}, {"allocated", allocated},
                            {"peak_resident", peak}};

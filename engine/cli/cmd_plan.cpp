@@ -15,8 +15,9 @@
 
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
+#include "core/process_memory.hpp"
+#include "engine/cli/bench_passes.hpp"
 #include "engine/cli/command.hpp"
-#include "engine/cuda/cuda_backend.hpp"
 #include "engine/memory_limit.hpp"
 #include "engine/compute_profile.hpp"
 #include "engine/device_specs.hpp"
@@ -52,8 +53,8 @@ struct PlanArgs {
     int64_t batch_tokens = 512, context = 4096, decode_context = 512, decode = 16;
     int sequences = 1;
     std::string prompt_lengths = "16,128,512,2048", batch_sizes = "1,4,16,64,256";
-    int threads = 0;
-    bool json = false, bench = false;
+    int threads = 0, prefetch = 1, expert_buffers = 0;
+    bool json = false, bench = false, gemm_rate_pass = false;
 };
 
 struct Rate {
@@ -87,22 +88,32 @@ int run_plan(const PlanArgs& a) {
     const auto& d = model->layout;
     const auto prompts = parse_positive_list(a.prompt_lengths, "--prompt-lengths");
     const auto batches = parse_positive_list(a.batch_sizes, "--batch-sizes");
-    int64_t longest = 0, widest = 1;
-    for (auto p : prompts) longest = std::max(longest, p);
+    int64_t widest = 1;
     for (auto b : batches) widest = std::max(widest, b);
     ThreadPool pool(a.threads);
     std::vector<Rate> rates;
 
-    // The memory the run would be planned with: as `sluice bench` plans it (--bench), else --context.
+    // The memory the run would be planned with, as make_runtime plans it: for the passes `sluice
+    // bench` runs (--bench), else one pass of --sequences x --context positions; the process as it
+    // is now (the model open, no weights read) for what it holds before the plan.
     MemoryRequest host;
     const MemoryBudget budget = a.ram.empty() ? default_memory_budget(0.85) : MemoryBudget{parse_byte_size(a.ram), "flag"};
     host.ram_budget_bytes = budget.bytes;
     rates.push_back({"ram", double(host.ram_budget_bytes), "GiB", budget.source});
-    const RunShape shape{std::max(a.sequences, 1), a.bench ? longest + a.decode + 2 : a.context,
-                         std::max(a.batch_tokens, widest)};
-    host.shapes = {shape};
+    std::optional<BenchPasses> bench;
+    if (a.bench) {
+        bench = bench_passes(*model, prompts, batches, a.decode, a.batch_tokens, pool.size(), a.gemm_rate_pass);
+        host.shapes = bench->shapes();
+        host.other_pass_bytes = bench->gemm_rate_bytes;
+    } else {
+        host.shapes = {RunShape{std::max(a.sequences, 1), a.context, std::max(a.batch_tokens, widest)}};
+    }
     host.n_threads = pool.size();
+    host.prefetch_layers = std::max(a.prefetch, 0);
+    host.expert_slots = a.expert_buffers;
     host.resident = parse_resident_mode(a.resident);
+    host.held_bytes = process_memory_bytes("VmRSS");
+    const RunMemoryPlan host_plan = plan_run_memory(d, model->plan, host);
 
     // The GPU: a table row, flags, or none.
     const bool gpu = !a.gpu.empty() || a.gpu_gemm_tflops > 0 || a.gpu_bw_gb > 0;
@@ -132,23 +143,13 @@ int run_plan(const PlanArgs& a) {
     Placement placement;
     std::string ram_plan, vram_plan;
     std::optional<GpuPlacement> gp;
+    ram_plan = fmt::format("--resident {}: {}", resident_mode_name(host_plan.mode), host_plan.memory.describe());
     if (gpu) {
-        DeviceRequest dr;
-        dr.vram_budget_bytes = vram;
-        dr.context = shape.positions;
-        dr.n_sequences = shape.n_sequences;
-        dr.batch_tokens = shape.step_tokens;
-        // What the CUDA backend allocates for this shape (its own sizes, engine/cuda/cuda_backend_sizes).
-        dr.activation_bytes = cuda_forward_device_bytes(d, DeepseekForward::shape_of(ForwardOptions{shape}),
-                                                        CudaBackendOptions{}, false);
-        gp = gpu_placement(*model, dr, host);
+        gp = gpu_placement(*model, host_plan, vram, a.expert_buffers);
         placement = gp->placement;
         vram_plan = gp->device.describe();
-        ram_plan = gp->describe_host();
     } else {
-        const HostPlan hp = plan_host(*model, host);
-        placement = cpu_placement(*model, hp);
-        ram_plan = fmt::format("--resident {}: {}", resident_mode_name(hp.mode), hp.memory.describe());
+        placement = cpu_placement(*model, host_plan);
     }
     int64_t n_experts = 0;
     for (const auto& l : model->plan.layers) n_experts += int64_t(l.experts.size());
@@ -247,16 +248,17 @@ int run_plan(const PlanArgs& a) {
         ph.name += " (MLA in RAM)";
         return ph;
     };
-    if (a.bench) {
-        // What `sluice bench` runs: each prompt from position 0 in chunks of min(-b, length); decode
-        // after the first prompt; b sequences of 4-token prompts decoding together.
-        for (size_t i = 0; i < prompts.size(); ++i) {
+    if (bench) {
+        // What `sluice bench` runs: each prompt from position 0 in its pass's steps; decode after the
+        // first prompt; b sequences of 4-token prompts decoding together.
+        for (size_t i = 0; i < bench->prompts.size(); ++i) {
+            const auto& [len, shape] = bench->prompts[i];
             // The first prompt is the run's first work: its first step finds the caches empty.
-            phases.push_back(perf.prefill(fmt::format("prompt {}", prompts[i]), prompts[i], std::min(a.batch_tokens, prompts[i]),
-                                          i == 0));
-            if (i == 0) phases.push_back(perf.decode("decode", 1, prompts[0], a.decode));
+            phases.push_back(perf.prefill(fmt::format("prompt {}", len), len, shape.step_tokens, i == 0));
+            if (i == 0) phases.push_back(perf.decode("decode", 1, len, a.decode));
         }
-        for (int64_t b : batches) phases.push_back(decode_phase(fmt::format("decode x{}", b), int(b), 4));
+        for (const auto& [b, shape] : bench->batches)
+            phases.push_back(decode_phase(fmt::format("decode x{}", b), int(b), BenchPasses::kBatchPromptTokens));
     } else {
         phases.push_back(decode_phase("decode", 1, a.decode_context));
         for (int64_t p : prompts) phases.push_back(perf.prefill(fmt::format("prefill {}", p), p, a.batch_tokens));
@@ -286,6 +288,8 @@ int run_plan(const PlanArgs& a) {
         if (profile) j["cpu_profile"] = profile->to_json();
         j["routing"] = routing.source;
         j["memory"] = {{"ram", ram_plan}, {"vram", vram_plan}};
+        j["resident"] = resident_mode_name(host_plan.mode);
+        j["memory_plan_bytes"] = host_plan.memory.to_json();
         j["placement"] = {{"dense_vram", in_vram},
                           {"dense_ram", in_ram},
                           {"dense_disk", on_disk},
@@ -383,6 +387,11 @@ void register_plan(CLI::App& app) {
     sub->add_flag("--bench", a->bench,
                   "Predict what `sluice bench` runs with the same -b, --prompt-lengths, --decode, --batch-sizes, --ram, "
                   "--resident");
+    sub->add_flag("--gemm-rate", a->gemm_rate_pass,
+                  "With --bench: `bench --json` measures the GEMM rate too (without --no-roofline), which its memory "
+                  "plan makes room for");
+    sub->add_option("--prefetch", a->prefetch, "Dense segments read ahead, as `run --prefetch`")->capture_default_str();
+    sub->add_option("--expert-buffers", a->expert_buffers, "Expert buffers for reads in flight, as `run --expert-buffers`");
     sub->add_flag("--json", a->json, "Print one JSON object");
     add_command(app, sub, [a] { return run_plan(*a); });
 }

@@ -54,8 +54,8 @@ TEST_CASE("with compute free, a decode step takes the bytes it must read over th
         CHECK(s.experts_needed == doctest::Approx(8.0 * kMoeLayers));
         CHECK(s.experts_disk == doctest::Approx(missing));
         CHECK(s.experts_host == doctest::Approx(8.0 * kMoeLayers - missing));
-        // Two dense buffers over 61 streamed segments keep (2 - 1) / (61 - 1) of them per step.
-        const double bytes = double(all_dense_bytes()) * (1.0 - 1.0 / 60) + missing * double(expert_bytes());
+        // Two dense buffers over 61 streamed segments keep none of them from one step to the next.
+        const double bytes = double(all_dense_bytes()) + missing * double(expert_bytes());
         CHECK(s.disk_bytes == doctest::Approx(bytes));
         CHECK(s.seconds == doctest::Approx(bytes / rate).epsilon(1e-6));
         CHECK(s.bound == "disk");
@@ -190,4 +190,54 @@ TEST_CASE("early guesses read in the disk's idle time save a fraction of the mis
     CHECK(b.disk_bytes > a.disk_bytes);
     // Never faster than the compute alone.
     CHECK(c.seconds >= c.compute_seconds * (1 - 1e-9));
+}
+
+TEST_CASE("a ring of dense buffers keeps every streamed segment between steps only when it holds them all") {
+    const auto compute = roofline_times(v3(), kInstant, kInstant, 0, "instant");
+    Placement p = cpu_streaming(58 * 256);  // every expert in memory: only dense segments are read
+    p.dense.assign(61, Tier::host);
+    for (int l = 10; l < 13; ++l) p.dense[size_t(l)] = Tier::disk;  // three streamed segments
+    const double three = double(v3().plan.layers[10].dense.bytes() * 3);
+    for (int buffers : {2, 3, 4}) {
+        CAPTURE(buffers);
+        p.dense_buffers = buffers;
+        const PerfModel model(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, 0});
+        CHECK(model.step(StepShape{1, 1, 0, 1}).disk_bytes == doctest::Approx(buffers >= 3 ? 0.0 : three));
+        // A run's first step reads them whatever the ring.
+        CHECK(model.step(StepShape{1, 1, 0, 1, true}).disk_bytes == doctest::Approx(three));
+    }
+    // On a GPU the device's dense slots decide the copies, the streamer's ring the reads.
+    p.gpu = true;
+    p.head = Tier::device;
+    p.dense_buffers = 3;
+    p.device_dense_slots = 2;
+    p.device_expert_entries = 58 * 256;
+    p.host_expert_entries = 0;
+    for (auto& t : p.dense) t = t == Tier::host ? Tier::device : t;
+    const PerfModel gpu(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, 0, 25e9});
+    const StepPrediction s = gpu.step(StepShape{1, 1, 0, 1});
+    CHECK(s.disk_bytes == doctest::Approx(0.0));
+    CHECK(s.copy_bytes == doctest::Approx(three));
+}
+
+TEST_CASE("a pool of expert buffers that also takes the step's reads caches one layer's misses fewer entries than it has") {
+    const auto compute = roofline_times(v3(), kInstant, kInstant, 0, "instant");
+    const double n = 58.0 * 256;
+    for (int64_t buffers : {int64_t(16), int64_t(2000), int64_t(58 * 256)}) {
+        CAPTURE(buffers);
+        Placement p = cpu_streaming(buffers);
+        const PerfModel fixed(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, 0});
+        p.host_pool = true;
+        const PerfModel pool(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, 0});
+        for (int64_t tokens : {int64_t(1), int64_t(16)}) {
+            CAPTURE(tokens);
+            const StepShape shape{tokens, tokens, 0, tokens};
+            // A layer needs 256 (1 - (1 - 8/256)^t) experts; (1 - B/N) of them are misses.
+            const double per_layer = 256 * (1 - std::pow(248.0 / 256, double(tokens)));
+            const double misses = per_layer * (1 - double(buffers) / n);
+            const double entries = std::max(0.0, double(buffers) - misses);
+            CHECK(fixed.step(shape).experts_host == doctest::Approx(kMoeLayers * per_layer * double(buffers) / n));
+            CHECK(pool.step(shape).experts_host == doctest::Approx(kMoeLayers * per_layer * entries / n));
+        }
+    }
 }

@@ -36,7 +36,9 @@ TEST_CASE("V3 at q4_k_m on an RTX 4090 with 64 GiB and one 7 GB/s drive: placeme
     CHECK(p.at("head") == "vram");
     CHECK(p.at("mla_cache") == "vram");
     CHECK(p.at("experts_vram").get<int>() > 300);
-    CHECK(p.at("experts_ram").get<int>() > 2000);
+    // RAM is the run's host plan: 64 GiB less 11.2 GiB (the dense parts it keeps resident, globals,
+    // latent cache, activations) in expert buffers of 27.2 MiB.
+    CHECK(p.at("experts_ram").get<int>() > 1900);
     std::map<std::string, std::string> source;
     for (const auto& rate : j.at("rates")) source[rate.at("name")] = rate.at("source");
     CHECK(source.at("disk") == "flag");
