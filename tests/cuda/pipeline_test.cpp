@@ -145,3 +145,48 @@ TEST_CASE("steps I/O errors cut short leave no copy reading a host buffer and no
         CHECK(guard.refills_during_copy == 0);
     }
 }
+
+TEST_CASE("forward passes made one after another on one backend give back their device memory and their latent cache "
+          "in pinned host memory; a pass the device budget refuses gives back what it had allocated") {
+    const auto model = load_model(fixture("hf_tiny_v3"));
+    const OpenModel& open = *model->open;
+    const auto& layout = open.layout;
+    CudaBackendOptions bo;
+    bo.cache_in_host_memory = true;
+    auto backend = make_cuda_backend(bo);
+    DeviceWeights weights(layout, open.plan, *open.source, *model->provider, *backend, all_dense_resident(open));
+    { DeepseekForward sized(layout, weights, options_of(8), *backend); }  // the GEMM scratch, kept once grown
+    const auto before = cudaemu::device_memory();
+    const int64_t held = backend->allocated_bytes();
+    std::vector<float> logits(static_cast<size_t>(layout.vocab));
+    int64_t pass_bytes = 0;
+    for (int pass = 0; pass < 3; ++pass) {
+        CAPTURE(pass);
+        {
+            DeepseekForward forward(layout, weights, options_of(8), *backend);
+            forward.forward(prompt_for(layout.vocab), false, logits.data());
+            pass_bytes = backend->allocated_bytes() - held;
+            CHECK(cudaemu::device_memory().pinned_host_bytes > before.pinned_host_bytes);  // the cache is there
+        }
+        CHECK(cudaemu::device_memory().pinned_host_bytes == before.pinned_host_bytes);
+        CHECK(cudaemu::device_memory().current_bytes == before.current_bytes);
+    }
+    // The same pass on a backend whose budget lacks its last bytes: refused part way through.
+    ForwardOptions small = options_of(8);
+    small.shape.positions = 8;  // the same GEMM scratch, less of everything else: fits
+    bo.memory_limit_bytes = uint64_t(held + pass_bytes - 1);
+    auto tight = make_cuda_backend(bo);
+    DeviceWeights tight_weights(layout, open.plan, *open.source, *model->provider, *tight, all_dense_resident(open));
+    { DeepseekForward sized(layout, tight_weights, small, *tight); }
+    REQUIRE(tight->allocated_bytes() == held);
+    const auto tight_before = cudaemu::device_memory();
+    try {
+        DeepseekForward refused(layout, tight_weights, options_of(8), *tight);
+        FAIL("a budget one byte short was accepted");
+    } catch (const Error& e) {
+        CHECK(e.kind() == ErrorKind::out_of_memory);
+    }
+    CHECK(tight->allocated_bytes() == held);
+    CHECK(cudaemu::device_memory().current_bytes == tight_before.current_bytes);
+    CHECK(cudaemu::device_memory().pinned_host_bytes == tight_before.pinned_host_bytes);
+}
