@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <thread>
@@ -135,16 +136,26 @@ void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice&
         budget = info.free_bytes > margin ? info.free_bytes - margin : 0;
         source = "free device memory less 5% and 512 MiB";
     }
-    const ForwardShape shape = DeepseekForward::shape_of(ForwardOptions{rt.memory.shape});
+    // Every pass the command will make, one after another (bench: each prompt length and batch
+    // size): the host plan keeps the one largest on the host, which need not be the largest on the
+    // device (a long context of few tokens a step against a short one of many: the second pass's
+    // forward was refused at a --vram the plan had accepted).
+    std::vector<ForwardShape> shapes;
+    for (const auto& s : options.shapes.empty() ? std::vector<RunShape>{rt.memory.shape} : options.shapes)
+        shapes.push_back(DeepseekForward::shape_of(ForwardOptions{s}));
     CudaBackendOptions bo;
     bo.device = choice.index;
     bo.memory_limit_bytes = budget;
     DeviceRequest req;
     req.vram_budget_bytes = budget;
-    req.context = shape.max_context;
-    req.n_sequences = shape.n_sequences;
-    req.batch_tokens = shape.max_batch_tokens;
-    req.activation_bytes = cuda_forward_device_bytes(rt.model->layout, shape, bo, false);
+    // The latent cache of the pass with the most positions over its sequences.
+    const auto widest_cache = std::max_element(shapes.begin(), shapes.end(), [](const auto& a, const auto& b) {
+        return a.max_context * a.n_sequences < b.max_context * b.n_sequences;
+    });
+    req.context = widest_cache->max_context;
+    req.n_sequences = widest_cache->n_sequences;
+    for (const auto& s : shapes) req.batch_tokens = std::max(req.batch_tokens, s.max_batch_tokens);
+    req.activation_bytes = cuda_forward_device_bytes(rt.model->layout, shapes, bo, false);
     req.expert_slots = options.expert_buffers;
     rt.device_plan = plan_device_memory(rt.model->layout, rt.model->plan, req);
     bo.cache_in_host_memory = !rt.device_plan.mla_on_device;

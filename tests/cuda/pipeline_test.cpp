@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "cudaemu/cudaemu.hpp"
+#include "engine/runtime.hpp"
 #include "tests/cuda/device_forward.hpp"
 #include "tests/engine/forwarding_segment_io.hpp"
 
@@ -189,4 +190,53 @@ TEST_CASE("forward passes made one after another on one backend give back their 
     CHECK(tight->allocated_bytes() == held);
     CHECK(cudaemu::device_memory().current_bytes == tight_before.current_bytes);
     CHECK(cudaemu::device_memory().pinned_host_bytes == tight_before.pinned_host_bytes);
+}
+
+TEST_CASE("a runtime planned for several passes (as bench and batch plan them) makes each pass's forward at every --vram "
+          "the device plan accepts, and the allocator's peak stays under --vram") {
+    // A long context of few tokens a step (largest on the host: its latent cache), a short one of
+    // many tokens a step (largest on the device: activations and GEMM scratch), several sequences.
+    const std::vector<RunShape> shapes = {RunShape{1, 2048, 4, 1}, RunShape{1, 64, 64, 1}, RunShape{8, 64, 8, 8}};
+    RuntimeOptions ro;
+    ro.shapes = shapes;
+    ro.device = "cuda";
+    ro.resident = ResidentMode::none;
+    ro.ram_budget_bytes = uint64_t(1) << 30;
+    ro.verbose = false;
+    ro.vram_budget_bytes = 1024;
+    uint64_t minimum = 0;
+    try {
+        make_runtime(fixture("hf_tiny_v3"), ro);
+        FAIL("1 KiB of device memory was accepted");
+    } catch (const Error& e) {
+        const std::string what = e.what();
+        const size_t at = what.find(" bytes)");
+        REQUIRE(at != std::string::npos);
+        minimum = std::stoull(what.substr(what.rfind('(', at) + 1));
+    }
+    ThreadPool pool(2);
+    // From the minimum (everything streams through the slots, the cache in host memory) to room
+    // for dense segments and a device expert cache that fill what the largest pass does not use.
+    for (const uint64_t extra : {0, 128 << 10, 512 << 10, 1 << 20, 2 << 20}) {
+        ro.vram_budget_bytes = minimum + extra;
+        CAPTURE(ro.vram_budget_bytes);
+        const uint64_t baseline = cudaemu::device_memory().current_bytes;  // other tests' (none)
+        cudaemu::reset_peak_device_memory();
+        const auto rt = make_runtime(fixture("hf_tiny_v3"), ro);
+        for (const auto& s : shapes) {
+            CAPTURE(s.step_tokens);
+            CAPTURE(s.positions);
+            const auto forward = rt->make_forward(ForwardOptions{s}, pool);
+            std::vector<SequenceTokens> step;
+            const std::vector<int32_t> tokens = {3, 5, 7, 9};
+            for (int q = 0; q < s.n_sequences && int64_t(step.size() + 1) * 4 <= s.step_tokens; ++q)
+                step.push_back({q, {tokens.data(), size_t(std::min<int64_t>(4, s.step_tokens))}, false});
+            if (step.empty()) step.push_back({0, {tokens.data(), size_t(s.step_tokens)}, false});
+            std::vector<float> logits(size_t(s.logits_held() * rt->layout().vocab));
+            forward->forward_batch(step, logits.data());
+        }
+        const uint64_t peak = cudaemu::device_memory().peak_bytes - baseline;
+        MESSAGE("--vram " << ro.vram_budget_bytes << ": allocator peak " << peak << ", " << rt->device_plan.describe());
+        CHECK(peak <= ro.vram_budget_bytes);
+    }
 }
