@@ -94,8 +94,16 @@ DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weig
 
 DeepseekForward::DeepseekForward(const ModelLayout& layout, WeightProvider& weights, ForwardOptions options,
                                  Backend& backend)
-    : layout_(layout), weights_(weights), options_(options), shape_(shape_of(options)), backend_(backend) {
-    allocate();
+    : layout_(layout), weights_(weights), options_(options), shape_(shape_of(options)), backend_(backend),
+      backend_mark_(backend.allocation_mark()) {
+    try {
+        allocate();
+    } catch (...) {
+        // A shared backend outlives this failure (the next pass, or the weights, use it): what
+        // was allocated before the refusal goes back now, not when the backend goes.
+        backend_.release_to(backend_mark_);
+        throw;
+    }
 }
 
 DeepseekForward::~DeepseekForward() {

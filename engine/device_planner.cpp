@@ -29,15 +29,25 @@ uint64_t role_bytes(const Segment& s, WeightRole role) {
 
 }  // namespace
 
-DeviceRequest device_request(const ModelLayout& layout, const RunShape& shape, uint64_t vram_budget_bytes, int expert_slots,
-                             const CudaBackendOptions& backend) {
-    const ForwardShape s = DeepseekForward::shape_of(ForwardOptions{shape});
+DeviceRequest device_request(const ModelLayout& layout, std::span<const RunShape> passes, uint64_t vram_budget_bytes,
+                             int expert_slots, const CudaBackendOptions& backend) {
+    if (passes.empty()) fail(ErrorKind::internal, "device_request: no forward pass to plan for");
+    // Every pass the command makes, one after another (bench: each prompt length and batch size).
+    // The host plan keeps the one largest on the host, which need not be the largest on the device:
+    // a long context of few tokens a step against a short one of many (the second pass's forward
+    // was refused at a --vram the plan had accepted).
+    std::vector<ForwardShape> shapes;
+    for (const auto& p : passes) shapes.push_back(DeepseekForward::shape_of(ForwardOptions{p}));
     DeviceRequest r;
     r.vram_budget_bytes = vram_budget_bytes;
-    r.context = s.max_context;
-    r.n_sequences = s.n_sequences;
-    r.batch_tokens = s.max_batch_tokens;
-    r.activation_bytes = cuda_forward_device_bytes(layout, s, backend, false);
+    // The latent cache of the pass with the most positions over its sequences.
+    const auto widest_cache = std::max_element(shapes.begin(), shapes.end(), [](const auto& a, const auto& b) {
+        return int64_t(a.max_context) * a.n_sequences < int64_t(b.max_context) * b.n_sequences;
+    });
+    r.context = widest_cache->max_context;
+    r.n_sequences = widest_cache->n_sequences;
+    for (const auto& s : shapes) r.batch_tokens = std::max(r.batch_tokens, s.max_batch_tokens);
+    r.activation_bytes = cuda_forward_device_bytes(layout, shapes, backend, false);
     r.expert_slots = expert_slots;
     return r;
 }

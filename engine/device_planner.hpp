@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -65,11 +66,12 @@ struct DevicePlan {
     std::string describe() const;
 };
 
-// What a --device cuda run asks the planner for under `vram_budget_bytes`: the latent cache and
-// steps of the forward pass the host plan holds (MemoryPlan::shape, the largest of the run's), the
-// CUDA backend's activation bytes for it (cuda_forward_device_bytes), `expert_slots` as
+// What a --device cuda run asks the planner for under `vram_budget_bytes`, for every forward pass
+// the command makes (`passes`, one after another): the latent cache of the pass with the most
+// positions over its sequences, the widest step, the CUDA backend's activation bytes for the
+// largest pass plus the largest GEMM scratch (cuda_forward_device_bytes), `expert_slots` as
 // --expert-buffers gives it. make_runtime and `sluice plan --gpu` both ask this.
-DeviceRequest device_request(const ModelLayout& layout, const RunShape& shape, uint64_t vram_budget_bytes,
+DeviceRequest device_request(const ModelLayout& layout, std::span<const RunShape> passes, uint64_t vram_budget_bytes,
                              int expert_slots, const CudaBackendOptions& backend = {});
 
 // Throws ErrorKind::out_of_memory naming the smallest --vram that works when even the minimum

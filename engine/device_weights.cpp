@@ -338,7 +338,7 @@ void DeviceWeights::need_experts(int layer, std::span<const int32_t> experts) {
             ++s.pins;  // kept for this layer: not evicted by the experts copied in below
             s.uses += 1;
             s.last_used = step_;
-            device_ready_.push_back(e);
+            device_ready_.push_back(i);
             ++stats_.expert_hits;
         } else {
             host_needed_.push_back(e);
@@ -371,8 +371,8 @@ int32_t DeviceWeights::next_expert(int layer, const ExpertWeights** weights) {
     release_handed();
     prefetch_next_dense();
     if (next_ready_ < device_ready_.size()) {
-        const int32_t e = device_ready_[next_ready_++];
-        Slot& s = expert_slots_[size_t(expert_slot_of_[size_t(layer)][size_t(e)])];
+        Slot& s = expert_slots_[size_t(device_ready_[next_ready_++])];
+        const int32_t e = s.expert;
         device_.compute_waits_for(s.copy_done);  // may still be copying (a recent copy)
         handed_ = &s;  // already pinned by need_experts
         *weights = &s.expert_weights;
@@ -423,10 +423,7 @@ void DeviceWeights::end_layer(int layer) {
     release_handed();
     prefetch_next_dense();
     // Experts found on the device were pinned for the layer; all have been handed out by now.
-    for (size_t i = next_ready_; i < device_ready_.size(); ++i) {
-        Slot& s = expert_slots_[size_t(expert_slot_of_[size_t(layer)][size_t(device_ready_[i])])];
-        --s.pins;
-    }
+    for (size_t i = next_ready_; i < device_ready_.size(); ++i) --expert_slots_[size_t(device_ready_[i])].pins;
     device_ready_.clear();
     next_ready_ = 0;
     if (host_copy_pending_) {
@@ -440,6 +437,35 @@ void DeviceWeights::end_layer(int layer) {
         current_dense_ = nullptr;
     }
     host_.end_layer(layer);
+    computing_layer_ = -1;
+}
+
+void DeviceWeights::begin_step(int64_t n_tokens) {
+    abandon_step();
+    host_.begin_step(n_tokens);
+}
+
+// What a step an error cut short left (the host provider abandons its layer the same way at its
+// begin_step, after this): copies still reading the host provider's buffers end before it may
+// reuse them, and the layer's pins go, else each such step kept a slot pinned for good (three in
+// a row through 2 dense slots: "no device dense slot free"). After a whole step, nothing is left.
+void DeviceWeights::abandon_step() {
+    if (host_copy_pending_) {
+        device_.host_waits_for(host_copy_pending_->copy_done);
+        host_copy_pending_ = nullptr;
+    }
+    wait_dense_copies();
+    release_handed();
+    for (size_t i = next_ready_; i < device_ready_.size(); ++i) --expert_slots_[size_t(device_ready_[i])].pins;
+    device_ready_.clear();
+    next_ready_ = 0;
+    if (current_dense_) {
+        device_.record_on_compute(current_dense_->use_done);
+        --current_dense_->pins;
+        current_dense_ = nullptr;
+    }
+    host_needed_.clear();
+    host_done_ = true;
     computing_layer_ = -1;
 }
 

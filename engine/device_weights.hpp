@@ -51,7 +51,7 @@ public:
     void need_experts(int layer, std::span<const int32_t> experts) override;
     int32_t next_expert(int layer, const ExpertWeights** weights) override;
     void end_layer(int layer) override;
-    void begin_step(int64_t n_tokens) override { host_.begin_step(n_tokens); }
+    void begin_step(int64_t n_tokens) override;
     void end_step() override;
     const LayerWeights* peek_layer(int layer) override;
     void predict_experts(int layer, std::span<const int32_t> experts) override;
@@ -92,6 +92,7 @@ private:
     Slot* acquire_expert();
     void copy_dense_into(Slot& s, int layer, const LayerWeights& host_layer);
     void release_handed();
+    void abandon_step();
     void wait_dense_copies();
     void prefetch_next_dense();
 
@@ -112,7 +113,7 @@ private:
     // The layer computing now.
     int computing_layer_ = -1;
     Slot* current_dense_ = nullptr;
-    std::vector<int32_t> device_ready_; // needed experts already on the device, handed out first
+    std::vector<int> device_ready_;     // slots of needed experts already on the device, handed out first
     size_t next_ready_ = 0;
     std::vector<int32_t> host_needed_;
     bool host_done_ = true;

@@ -29,10 +29,11 @@ Placement cpu_placement(const OpenModel& model, const RunMemoryPlan& host) {
     return p;
 }
 
-GpuPlacement gpu_placement(const OpenModel& model, const RunMemoryPlan& host, uint64_t vram_budget_bytes, int expert_slots) {
+GpuPlacement gpu_placement(const OpenModel& model, const RunMemoryPlan& host, std::span<const RunShape> passes,
+                           uint64_t vram_budget_bytes, int expert_slots) {
     GpuPlacement g;
     const auto& d = model.layout;
-    g.device = plan_device_memory(d, model.plan, device_request(d, host.memory.shape, vram_budget_bytes, expert_slots));
+    g.device = plan_device_memory(d, model.plan, device_request(d, passes, vram_budget_bytes, expert_slots));
     Placement& p = g.placement;
     place_host(model, host, p);
     p.gpu = true;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "engine/device_planner.hpp"
 #include "engine/memory_planner.hpp"
@@ -23,8 +24,9 @@ struct GpuPlacement {
 };
 
 // GPU runs: `host` is the run's host plan, whose streamer (or resident weights) feeds the device;
-// `expert_slots` is --expert-buffers as make_runtime passes it (0: 2 x top_k).
-GpuPlacement gpu_placement(const OpenModel& model, const RunMemoryPlan& host, uint64_t vram_budget_bytes,
-                           int expert_slots = 0);
+// `passes` the forward passes the command makes (the device is planned for all of them, as
+// make_runtime does); `expert_slots` is --expert-buffers as make_runtime passes it (0: 2 x top_k).
+GpuPlacement gpu_placement(const OpenModel& model, const RunMemoryPlan& host, std::span<const RunShape> passes,
+                           uint64_t vram_budget_bytes, int expert_slots = 0);
 
 }  // namespace sluice

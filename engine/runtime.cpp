@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <thread>
@@ -138,7 +139,8 @@ void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice&
     CudaBackendOptions bo;
     bo.device = choice.index;
     bo.memory_limit_bytes = budget;
-    const DeviceRequest req = device_request(rt.model->layout, rt.memory.shape, budget, options.expert_buffers, bo);
+    const DeviceRequest req = device_request(rt.model->layout, options.shapes.empty() ? std::vector<RunShape>{rt.memory.shape} : options.shapes,
+                                             budget, options.expert_buffers, bo);
     rt.device_plan = plan_device_memory(rt.model->layout, rt.model->plan, req);
     bo.cache_in_host_memory = !rt.device_plan.mla_on_device;
     rt.backend = make_cuda_backend(bo);

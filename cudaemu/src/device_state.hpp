@@ -43,6 +43,7 @@ struct Op {
     std::shared_ptr<Marker> wait;                              // cudaStreamWaitEvent
     std::shared_ptr<Marker> record;                            // cudaEventRecord
     size_t bus_bytes = 0;                                      // host<->device bytes, for the copy model
+    uint64_t host_read = 0;                                    // its entry in Device::host_reads, or 0
 };
 
 struct Stream {
@@ -76,6 +77,11 @@ struct Device {
     cudaError_t sticky = cudaSuccess;
     std::string sticky_message;
     uint64_t launches = 0;
+    // Pinned host ranges that queued (not yet completed) copies read, by id: copies_reading().
+    std::map<uint64_t, std::pair<uintptr_t, size_t>> host_reads;
+    uint64_t next_host_read = 1;
+    HostWaits waits;             // host_waits()
+    uint64_t fault_countdown = 0;  // inject_fault(): operations left before the failing one, 0: none
     std::mutex sm;  // held while a block executes
 };
 
@@ -95,7 +101,11 @@ std::shared_ptr<Stream> resolve_stream(cudaStream_t handle);
 uint64_t enqueue(Stream& s, Op op);
 // Blocks the host until s completed operation seq. Call with the lock on mu.
 void wait_for(std::unique_lock<std::mutex>& lock, Stream& s, uint64_t seq);
+// wait_for for a call that makes the host wait (synchronisations, synchronous copies): counted
+// in host_waits(). Call with the lock on mu.
+void host_wait_for(std::unique_lock<std::mutex>& lock, Stream& s, uint64_t seq);
 void synchronize_all(std::unique_lock<std::mutex>& lock);
+void count_host_wait(bool blocked);  // call with mu held
 
 // The device allocation that holds [p, p + bytes), or false (with a message naming what is wrong
 // when p lies in an allocation but the range runs past it). Call with mu held.

@@ -90,12 +90,12 @@ cudaError_t copy_2d(const char* api, Copy2D c, cudaMemcpyKind kind, cudaStream_t
     op.bus_bytes = crosses_bus ? c.width * c.height : 0;
     if (!async) {
         op.body = [c] { c.run(); };
-        wait_for(lock, *s, enqueue(*s, std::move(op)));
+        host_wait_for(lock, *s, enqueue(*s, std::move(op)));
         return d.sticky;
     }
     if (src_side == Side::pageable && dst_side != Side::pageable) {
         // Staged: the caller may reuse its pageable buffer as soon as this returns.
-        wait_for(lock, *s, s->enqueued);
+        host_wait_for(lock, *s, s->enqueued);
         auto staged = std::make_shared<std::vector<char>>(c.width * c.height);
         Copy2D to_stage{staged->data(), c.width, c.src, c.spitch, c.width, c.height};
         to_stage.run();
@@ -105,8 +105,13 @@ cudaError_t copy_2d(const char* api, Copy2D c, cudaMemcpyKind kind, cudaStream_t
         return cudaSuccess;
     }
     op.body = [c] { c.run(); };
+    if (src_side == Side::pinned) {
+        // Until the copy completes, its source must not change: copies_reading() tells.
+        op.host_read = d.next_host_read++;
+        d.host_reads[op.host_read] = {reinterpret_cast<uintptr_t>(c.src), src_extent};
+    }
     const uint64_t seq = enqueue(*s, std::move(op));
-    if (dst_side == Side::pageable) wait_for(lock, *s, seq);
+    if (dst_side == Side::pageable) host_wait_for(lock, *s, seq);
     return cudaSuccess;
 }
 

@@ -157,7 +157,30 @@ void set_copy_model(CopyModel model) {
 DeviceMemory device_memory() {
     Device& d = device();
     std::lock_guard lock(d.mu);
-    return {d.config.device_bytes, d.current_bytes, d.peak_bytes, d.allocations.size()};
+    size_t pinned = 0;
+    for (const auto& [base, range] : d.pinned) pinned += range.bytes;
+    return {d.config.device_bytes, d.current_bytes, d.peak_bytes, d.allocations.size(), pinned};
+}
+
+size_t copies_reading(const void* host, size_t bytes) {
+    Device& d = device();
+    std::lock_guard lock(d.mu);
+    const auto a = reinterpret_cast<uintptr_t>(host);
+    size_t n = 0;
+    for (const auto& [id, range] : d.host_reads) n += range.first < a + bytes && a < range.first + range.second;
+    return n;
+}
+
+HostWaits host_waits() {
+    Device& d = device();
+    std::lock_guard lock(d.mu);
+    return d.waits;
+}
+
+void inject_fault(uint64_t n) {
+    Device& d = device();
+    std::lock_guard lock(d.mu);
+    d.fault_countdown = n;
 }
 
 void reset_peak_device_memory() {

@@ -98,7 +98,13 @@ void worker_loop(std::shared_ptr<Stream> s) {
         if (s->queue.empty()) break;
         d.progress.wait(lock, [&] { return ready(s->queue.front()); });
         Op op = std::move(s->queue.front());
-        const bool skip = d.sticky != cudaSuccess;  // a faulted device executes nothing more
+        bool skip = d.sticky != cudaSuccess;  // a faulted device executes nothing more
+        if (!skip && op.body && d.fault_countdown > 0 && --d.fault_countdown == 0) {
+            skip = true;  // inject_fault: this operation fails
+            d.sticky = cudaErrorLaunchFailure;
+            d.sticky_message = "injected fault (cudaemu::inject_fault) on stream " + std::to_string(s->id);
+            std::fprintf(stderr, "cudaemu: cudaErrorLaunchFailure: %s\n", d.sticky_message.c_str());
+        }
         const CopyModel model = d.config.copies;
         lock.unlock();
         if (!skip && op.body) {
@@ -107,6 +113,7 @@ void worker_loop(std::shared_ptr<Stream> s) {
         }
         op.body = nullptr;  // release what the operation captured before reporting completion
         lock.lock();
+        if (op.host_read) d.host_reads.erase(op.host_read);
         if (op.record) {
             op.record->done = true;
             op.record->when = std::chrono::steady_clock::now();
@@ -173,6 +180,17 @@ void wait_for(std::unique_lock<std::mutex>& lock, Stream& s, uint64_t seq) {
     device().progress.wait(lock, [&] { return s.completed >= seq; });
 }
 
+void count_host_wait(bool blocked) {
+    Device& d = device();
+    ++d.waits.calls;
+    d.waits.blocked += blocked;
+}
+
+void host_wait_for(std::unique_lock<std::mutex>& lock, Stream& s, uint64_t seq) {
+    count_host_wait(s.completed < seq);
+    wait_for(lock, s, seq);
+}
+
 void synchronize_all(std::unique_lock<std::mutex>& lock) {
     Device& d = device();
     std::vector<std::pair<std::shared_ptr<Stream>, uint64_t>> targets;
@@ -216,7 +234,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     std::unique_lock lock(d.mu);
     auto s = resolve_stream(stream);
     if (!s) return api_error(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize of an unknown stream");
-    wait_for(lock, *s, s->enqueued);
+    host_wait_for(lock, *s, s->enqueued);
     return d.sticky;
 }
 
@@ -232,6 +250,9 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
 cudaError_t cudaDeviceSynchronize(void) {
     Device& d = device();
     std::unique_lock lock(d.mu);
+    bool busy = false;
+    for (auto& [p, s] : d.streams) busy = busy || s->completed < s->enqueued;
+    count_host_wait(busy);
     synchronize_all(lock);
     return d.sticky;
 }
@@ -313,7 +334,12 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     if (!event) return api_error(cudaErrorInvalidResourceHandle);
     Device& d = device();
     std::unique_lock lock(d.mu);
-    if (auto m = event_of(event)->last) d.progress.wait(lock, [&] { return m->done; });
+    if (auto m = event_of(event)->last) {
+        count_host_wait(!m->done);
+        d.progress.wait(lock, [&] { return m->done; });
+    } else {
+        count_host_wait(false);
+    }
     return d.sticky;
 }
 

@@ -145,7 +145,7 @@ int run_plan(const PlanArgs& a) {
     std::optional<GpuPlacement> gp;
     ram_plan = fmt::format("--resident {}: {}", resident_mode_name(host_plan.mode), host_plan.memory.describe());
     if (gpu) {
-        gp = gpu_placement(*model, host_plan, vram, a.expert_buffers);
+        gp = gpu_placement(*model, host_plan, host.shapes, vram, a.expert_buffers);
         placement = gp->placement;
         vram_plan = gp->device.describe();
     } else {

@@ -42,7 +42,7 @@ public:
     int32_t* alloc_int32(int64_t n) override { return static_cast<int32_t*>(device_alloc(n * 4)); }
     float* alloc_cache_floats(int64_t n) override;
     int64_t allocated_bytes() const override { return int64_t(device_bytes_ + uint64_t(gemm_.reserved_bytes())); }
-    size_t allocation_mark() const override { return device_ptrs_.size(); }
+    size_t allocation_mark() const override { return allocations_.size(); }
     void release_to(size_t mark) override;
     void upload(void* dst, const void* host, size_t bytes) override;
     void download(void* host, const void* src, size_t bytes) override;
@@ -126,9 +126,14 @@ private:
     cuda::Stream copy_;
     cuda::Gemm gemm_;
     cublasHandle_t heads_blas_ = nullptr;  // batched fp32 products over heads, on compute_
-    std::vector<void*> device_ptrs_;       // every cudaMalloc, freed at destruction or release_to
-    std::vector<size_t> device_sizes_;
-    std::deque<PinnedBuffer> host_buffers_;  // the latent cache when it lives in host memory
+    // Every allocation in order (cudaMalloc, or pinned host memory for a latent cache kept there),
+    // freed last in, first out by release_to, or at destruction.
+    struct Allocation {
+        void* device = nullptr;
+        size_t bytes = 0;     // device bytes
+        PinnedBuffer host;
+    };
+    std::vector<Allocation> allocations_;
     std::deque<cuda::Event> events_;
     uint64_t device_bytes_ = 0;
 
@@ -179,7 +184,8 @@ CudaBackend::~CudaBackend() {
         }
     }
     if (heads_blas_) cuda::cublas().destroy(heads_blas_);
-    for (void* p : device_ptrs_) cudaFree(p);
+    for (auto& a : allocations_)
+        if (a.device) cudaFree(a.device);
 }
 
 void* CudaBackend::device_alloc(int64_t bytes) {
@@ -187,34 +193,36 @@ void* CudaBackend::device_alloc(int64_t bytes) {
     if (options_.memory_limit_bytes && device_bytes_ + uint64_t(gemm_.reserved_bytes()) + size > options_.memory_limit_bytes)
         fail(ErrorKind::out_of_memory,
              "device memory: {:.1f} MiB more would exceed the budget of {:.1f} MiB ({:.1f} MiB allocated); raise --vram",
-             double(size) / (1 << 20), double(options_.memory_limit_bytes) / (1 << 20), double(device_bytes_) / (1 << 20));
+             double(size) / (1 << 20), double(options_.memory_limit_bytes) / (1 << 20),
+             double(device_bytes_ + uint64_t(gemm_.reserved_bytes())) / (1 << 20));
     void* p = nullptr;
     const cudaError_t status = cudaMalloc(&p, size);
     if (status != cudaSuccess) cuda::throw_allocation_error(int(status), size, "cudaMalloc");
-    device_ptrs_.push_back(p);
-    device_sizes_.push_back(size);
+    allocations_.push_back({p, size, {}});
     device_bytes_ += size;
     return p;
 }
 
 float* CudaBackend::alloc_cache_floats(int64_t n) {
     if (!options_.cache_in_host_memory) return alloc_floats(n);
-    // Mapped pinned memory: the attention kernels read it over the bus (slower, but it fits).
-    auto& b = host_buffers_.emplace_back(size_t(std::max<int64_t>(n, 1)) * 4);
+    // Mapped pinned memory: the attention kernels read it over the bus (slower, but it fits). In
+    // the LIFO with the device buffers: a forward pass's cache goes with it (before, each pass bench
+    // ran left its cache pinned until the backend went, 575 MB per pass for V3 at 4096 positions).
+    PinnedBuffer b(size_t(std::max<int64_t>(n, 1)) * 4);
     std::memset(b.data(), 0, b.size_bytes());
     void* device_view = nullptr;
     SLUICE_CUDA_CHECK(cudaHostGetDevicePointer(&device_view, b.data(), 0));
+    allocations_.push_back({nullptr, 0, std::move(b)});
     return static_cast<float*>(device_view);
 }
 
 void CudaBackend::release_to(size_t mark) {
     copy_.synchronize();
     compute_.synchronize();
-    while (device_ptrs_.size() > mark) {
-        cudaFree(device_ptrs_.back());
-        device_bytes_ -= device_sizes_.back();
-        device_ptrs_.pop_back();
-        device_sizes_.pop_back();
+    while (allocations_.size() > mark) {
+        if (allocations_.back().device) cudaFree(allocations_.back().device);
+        device_bytes_ -= allocations_.back().bytes;
+        allocations_.pop_back();  // frees a pinned host buffer
     }
 }
 

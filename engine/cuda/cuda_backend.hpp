@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "engine/backend.hpp"
 
@@ -31,6 +32,11 @@ struct CudaBackendOptions {
 uint64_t cuda_backend_scratch_floats(const ModelLayout& layout, const ForwardShape& shape,
                                      const CudaBackendOptions& options, int64_t* gemm_bytes);
 uint64_t cuda_forward_device_bytes(const ModelLayout& layout, const ForwardShape& shape,
+                                   const CudaBackendOptions& options, bool cache_on_device);
+// The same for forward passes of these shapes made one after another on one backend (as bench and
+// batch make them): the largest pass's buffers, and the largest GEMM scratch, which the backend
+// keeps once grown, beside whichever pass runs.
+uint64_t cuda_forward_device_bytes(const ModelLayout& layout, std::span<const ForwardShape> shapes,
                                    const CudaBackendOptions& options, bool cache_on_device);
 
 // Throws ErrorKind::unsupported naming the reason when this build has no CUDA or the device is

@@ -35,4 +35,17 @@ uint64_t cuda_forward_device_bytes(const ModelLayout& d, const ForwardShape& s, 
     return floats * 4 + cache + uint64_t(gemm_bytes) + rounding;
 }
 
+uint64_t cuda_forward_device_bytes(const ModelLayout& d, std::span<const ForwardShape> shapes, const CudaBackendOptions& o,
+                                   bool cache_on_device) {
+    uint64_t pass = 0;
+    int64_t gemm = 0;
+    for (const auto& s : shapes) {
+        int64_t g = 0;
+        cuda_backend_scratch_floats(d, s, o, &g);
+        pass = std::max(pass, cuda_forward_device_bytes(d, s, o, cache_on_device) - uint64_t(g));
+        gemm = std::max(gemm, g);
+    }
+    return pass + uint64_t(gemm);
+}
+
 }  // namespace sluice

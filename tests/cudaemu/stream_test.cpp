@@ -177,3 +177,90 @@ TEST_CASE("host registration: overlapping ranges and unknown pointers are refuse
     CHECK(cudaFreeHost(pinned) == cudaSuccess);
     cudaGetLastError();
 }
+
+TEST_CASE("copies_reading names the pinned host ranges queued copies still read, until each completes") {
+    ScopedCopyModel slow(kSlowCopies);
+    cudaStream_t s;
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    char* pinned = nullptr;
+    REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&pinned), 8192, cudaHostAllocDefault) == cudaSuccess);
+    std::vector<char> pageable(4096);
+    auto* d = device_array<char>(8192);
+    // From pageable memory first: that copy waits for the stream before it stages the bytes.
+    REQUIRE(cudaMemcpyAsync(d + 4096, pageable.data(), 4096, cudaMemcpyHostToDevice, s) == cudaSuccess);
+    REQUIRE(cudaMemcpyAsync(d, pinned + 1024, 1024, cudaMemcpyHostToDevice, s) == cudaSuccess);
+    CHECK(cudaemu::copies_reading(pinned + 1024, 1) == 1);
+    CHECK(cudaemu::copies_reading(pinned, 1025) == 1);
+    CHECK(cudaemu::copies_reading(pinned + 2047, 100) == 1);
+    CHECK(cudaemu::copies_reading(pinned, 1024) == 0);      // ends where the copy's source starts
+    CHECK(cudaemu::copies_reading(pinned + 2048, 100) == 0);
+    CHECK(cudaemu::copies_reading(pageable.data(), 4096) == 0);  // staged: the caller may reuse it
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(cudaemu::copies_reading(pinned, 8192) == 0);
+    cudaFree(d);
+    CHECK(cudaFreeHost(pinned) == cudaSuccess);
+    cudaStreamDestroy(s);
+}
+
+TEST_CASE("host_waits counts every time the host waits for the device, and those that found work unfinished") {
+    ScopedCopyModel slow(kSlowCopies);
+    cudaStream_t s;
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    cudaEvent_t e;
+    REQUIRE(cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess);
+    float* pinned = nullptr;
+    REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&pinned), 1024, cudaHostAllocDefault) == cudaSuccess);
+    auto* d = device_array<float>(256);
+    const auto w0 = cudaemu::host_waits();
+    REQUIRE(cudaMemcpyAsync(d, pinned, 1024, cudaMemcpyHostToDevice, s) == cudaSuccess);  // no wait
+    REQUIRE(cudaEventRecord(e, s) == cudaSuccess);
+    CHECK(cudaemu::host_waits().calls == w0.calls);
+    REQUIRE(cudaEventSynchronize(e) == cudaSuccess);  // the 20 ms copy is still running
+    REQUIRE(cudaEventSynchronize(e) == cudaSuccess);  // done by now
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    const auto w1 = cudaemu::host_waits();
+    CHECK(w1.calls == w0.calls + 3);
+    CHECK(w1.blocked == w0.blocked + 1);
+    std::vector<float> pageable(256);
+    REQUIRE(cudaMemcpyAsync(pageable.data(), d, 1024, cudaMemcpyDeviceToHost, s) == cudaSuccess);  // to pageable: waits
+    CHECK(cudaemu::host_waits().calls == w1.calls + 1);
+    cudaFree(d);
+    cudaFreeHost(pinned);
+    cudaEventDestroy(e);
+    cudaStreamDestroy(s);
+}
+
+TEST_CASE("inject_fault: the n-th operation fails with a sticky error, later work is skipped, events still complete") {
+    cudaStream_t s;
+    REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    cudaEvent_t e;
+    REQUIRE(cudaEventCreate(&e) == cudaSuccess);
+    const int n = 256;
+    auto* d = device_array<float>(n);
+    cudaemu::inject_fault(2);
+    launch_kernel(fill_kernel, 1, 256, 0, s, d, n, 1.0f);  // runs
+    launch_kernel(add_one_kernel, 1, 256, 0, s, d, n);     // fails
+    launch_kernel(add_one_kernel, 1, 256, 0, s, d, n);     // skipped (or refused at launch)
+    cudaEventRecord(e, s);
+    CHECK(cudaEventSynchronize(e) == cudaErrorLaunchFailure);  // returns: no hang on a faulted device
+    CHECK(cudaStreamSynchronize(s) == cudaErrorLaunchFailure);
+    const std::string error = cudaemu::take_error();
+    CHECK(error.find("injected fault") != std::string::npos);
+    cudaGetLastError();
+    CHECK(download(d, n) == std::vector<float>(n, 1.0f));
+    cudaFree(d);
+    cudaEventDestroy(e);
+    cudaStreamDestroy(s);
+}
+
+TEST_CASE("device_memory counts pinned host memory, allocated or registered") {
+    const size_t before = cudaemu::device_memory().pinned_host_bytes;
+    void* p = nullptr;
+    REQUIRE(cudaHostAlloc(&p, 10000, cudaHostAllocDefault) == cudaSuccess);
+    std::vector<char> buf(1 << 16);
+    REQUIRE(cudaHostRegister(buf.data(), 4096, cudaHostRegisterDefault) == cudaSuccess);
+    CHECK(cudaemu::device_memory().pinned_host_bytes == before + 10000 + 4096);
+    REQUIRE(cudaHostUnregister(buf.data()) == cudaSuccess);
+    REQUIRE(cudaFreeHost(p) == cudaSuccess);
+    CHECK(cudaemu::device_memory().pinned_host_bytes == before);
+}

@@ -35,6 +35,7 @@
 #include "engine/sampler.hpp"
 #include "engine/streamer.hpp"
 #include "engine/synth.hpp"
+#include "tests/engine/forwarding_segment_io.hpp"
 
 using namespace sluice;
 
@@ -308,26 +309,8 @@ TEST_CASE("reading dense segments N layers ahead reads each layer once per step,
 
 namespace {
 
-// A SegmentIo that hands everything to another: each test decorator below changes one thing.
-class ForwardingSegmentIo : public SegmentIo {
-public:
-    explicit ForwardingSegmentIo(SegmentIo& inner) : inner_(inner) {}
-    size_t buffer_bytes_for(std::span<const Extent> extents) const override { return inner_.buffer_bytes_for(extents); }
-    size_t buffer_alignment() const override { return inner_.buffer_alignment(); }
-    bool register_buffers(std::span<const std::span<std::byte>> buffers) override {
-        return inner_.register_buffers(buffers);
-    }
-    uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
-                    const std::byte** extent_data) override {
-        return inner_.submit(extents, buffer, buffer_bytes, extent_data);
-    }
-    bool poll(uint64_t ticket) override { return inner_.poll(ticket); }
-    void wait(uint64_t ticket) override { inner_.wait(ticket); }
-    size_t wait_any(std::span<const uint64_t> tickets) override { return inner_.wait_any(tickets); }
-
-protected:
-    SegmentIo& inner_;
-};
+// Each test decorator below changes one thing of the reader it wraps.
+using test::ForwardingSegmentIo;
 
 // Between the streamer and its reader: which reads are outstanding (submitted, not yet handed
 // back), their bytes, and how long the streamer spent blocked inside wait / wait_any.

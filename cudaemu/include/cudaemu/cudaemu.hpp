@@ -38,11 +38,30 @@ struct DeviceMemory {
     size_t current_bytes = 0;   // allocated now (each allocation rounded up to 256 bytes)
     size_t peak_bytes = 0;      // most allocated at once since start or the last reset_peak
     size_t n_allocations = 0;
+    size_t pinned_host_bytes = 0;  // host memory pinned now (cudaHostAlloc and cudaHostRegister)
 };
 DeviceMemory device_memory();
 void reset_peak_device_memory();
 // Changes the device size; allocations already made stay.
 void set_device_bytes(size_t bytes);
+
+// Host->device copies queued or running whose pinned host source overlaps [host, host + bytes):
+// non-zero means the caller must not write there yet (a staging buffer refilled too early).
+size_t copies_reading(const void* host, size_t bytes);
+
+// Times the host waited for the device since start: synchronisations (stream, event, device) and
+// copies that return only when done (synchronous, or to pageable memory, or from pageable memory,
+// which waits for the stream first); `blocked` those that found the work unfinished.
+struct HostWaits {
+    uint64_t calls = 0;
+    uint64_t blocked = 0;
+};
+HostWaits host_waits();
+
+// The n-th stream operation (kernel, copy, memset, cuBLAS call; n >= 1) that starts from now
+// fails instead of running: the device records cudaErrorLaunchFailure (sticky) as a real device's
+// fault does. 0 cancels.
+void inject_fault(uint64_t n);
 
 // The first error the device recorded since the last call (a kernel fault, a failed copy or
 // cuBLAS call on a stream worker) with its explanation, or "" when none; clears it, so later
