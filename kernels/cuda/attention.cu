@@ -4,6 +4,7 @@
 
 #include "kernels/cuda/cuda_error.hpp"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace sluice::cuda {
 
@@ -13,16 +14,8 @@ constexpr int kHeadsPerBlock = 8;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-__device__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+using detail::warp_max;
+using detail::warp_sum;
 
 // Dynamic shared memory: the group's queries, kHeadsPerBlock * (kv_rank + rope_dim) floats.
 __global__ void absorbed_kernel(int n_heads, int kv_rank, int rope_dim, float scale, const float* q_latent,

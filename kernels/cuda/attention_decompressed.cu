@@ -4,6 +4,7 @@
 
 #include "kernels/cuda/cuda_error.hpp"
 #include "kernels/cuda/launch.hpp"
+#include "kernels/cuda/warp_reduce.cuh"
 
 namespace sluice::cuda {
 
@@ -16,16 +17,8 @@ constexpr int kThreads = 32 * kQueries;
 // Positions scored per launch: kQueries rows of them fit the default 48 KiB of shared memory.
 constexpr int64_t kMaxPositions = 1024;
 
-__device__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+using detail::warp_max;
+using detail::warp_sum;
 
 __global__ void begin_kernel(int64_t rows, int v_dim, float* out, float* running_max, float* running_sum) {
     const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;

@@ -25,17 +25,13 @@
 #include "engine/trace.hpp"
 #include "formats/npy.hpp"
 #include "tests/engine/trace_check.hpp"
+#include "tests/test_data.hpp"
 
 using namespace sluice;
+using sluice::test::fixture;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fixture(const std::string& name) {
-    const char* d = std::getenv("SLUICE_TEST_DATA");
-    REQUIRE_MESSAGE(d, "SLUICE_TEST_DATA is not set");
-    return std::string(d) + "/" + name;
-}
 
 struct Run {
     int exit_code = -1;

@@ -23,14 +23,9 @@
 #include "engine/model_loader.hpp"
 #include "engine/reader_segment_io.hpp"
 #include "engine/streamer.hpp"
+#include "tests/test_data.hpp"
 
 namespace sluice::test {
-
-inline std::string fixture(const std::string& name) {
-    const char* d = std::getenv("SLUICE_TEST_DATA");
-    REQUIRE_MESSAGE(d, "SLUICE_TEST_DATA is not set");
-    return std::string(d) + "/" + name;
-}
 
 inline const std::vector<int32_t> kPrompt = {1, 17, 42, 7, 99, 3, 250, 11, 64, 5, 128, 33};
 

@@ -11,17 +11,13 @@
 #include <string>
 
 #include "formats/safetensors.hpp"
+#include "tests/test_data.hpp"
 
 using namespace sluice;
+using sluice::test::fixture;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fixture(const std::string& name) {
-    const char* d = std::getenv("SLUICE_TEST_DATA");
-    REQUIRE_MESSAGE(d, "SLUICE_TEST_DATA is not set");
-    return std::string(d) + "/" + name;
-}
 
 struct Outcome {
     int exit_code;

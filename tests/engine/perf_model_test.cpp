@@ -229,7 +229,7 @@ TEST_CASE("a pool of expert buffers that also takes the step's reads caches one 
         const PerfModel fixed(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, 0});
         p.host_pool = true;
         const PerfModel pool(v3(), p, *compute, Routing::uniform(v3().layout), LinkRates{7e9, 0});
-        for (int64_t tokens : {int64_t(1), int64_t(16)}) {
+        for (int tokens : {1, 16}) {
             CAPTURE(tokens);
             const StepShape shape{tokens, tokens, 0, tokens};
             // A layer needs 256 (1 - (1 - 8/256)^t) experts; (1 - B/N) of them are misses.

@@ -36,16 +36,12 @@
 #include "engine/streamer.hpp"
 #include "engine/synth.hpp"
 #include "tests/engine/forwarding_segment_io.hpp"
+#include "tests/test_data.hpp"
 
 using namespace sluice;
+using sluice::test::fixture;
 
 namespace {
-
-std::string fixture(const std::string& name) {
-    const char* d = std::getenv("SLUICE_TEST_DATA");
-    REQUIRE_MESSAGE(d, "SLUICE_TEST_DATA is not set");
-    return std::string(d) + "/" + name;
-}
 
 std::vector<int32_t> prompt_of(const std::string& dir) {
     std::ifstream in(dir + "/expected.json");

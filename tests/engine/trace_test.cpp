@@ -15,17 +15,13 @@
 #include "core/thread_pool.hpp"
 #include "engine/runtime.hpp"
 #include "tests/engine/trace_check.hpp"
+#include "tests/test_data.hpp"
 
 using namespace sluice;
+using sluice::test::fixture;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fixture(const std::string& name) {
-    const char* d = std::getenv("SLUICE_TEST_DATA");
-    REQUIRE_MESSAGE(d, "SLUICE_TEST_DATA is not set");
-    return std::string(d) + "/" + name;
-}
 
 nlohmann::json traced_run(const std::string& model, const RuntimeOptions& base, const fs::path& path) {
     RuntimeOptions ro = base;
