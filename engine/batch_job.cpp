@@ -194,7 +194,13 @@ int run_batch_job(const BatchJobOptions& o) {
     std::vector<std::string> order;  // record ids of this shard in input order
     for (const InputLine* l : mine) order.push_back(l->record_id);
     auto finish_file = [&] {
-        if (results.n_done() >= order.size()) results.rewrite_in_order(order);
+        if (results.n_done() < order.size()) return;
+        try {
+            results.rewrite_in_order(order);
+        } catch (const Error& e) {
+            fail(e.kind(), "{} (every record is in {}, not yet in input order: run the same command again to order them)",
+                 e.what(), o.output);
+        }
     };
     if (todo.empty()) {
         finish_file();
@@ -432,10 +438,8 @@ BatchMergeReport merge_batch_outputs(const std::string& input, const std::vector
         out += '\n';
         ++report.written;
     }
-    std::ofstream f(output, std::ios::binary | std::ios::trunc);
-    if (!f) fail(ErrorKind::io, "{}: cannot create", output);
-    f << out;
-    if (!f) fail(ErrorKind::io, "{}: write failed", output);
+    // Checked and durable: a full disk is an error, never a short file reported as written.
+    replace_file_durably(output, out);
     return report;
 }
 
