@@ -50,6 +50,27 @@ std::string read_file(const std::string& path) {
 
 }  // namespace
 
+void replace_file_durably(const std::string& path, const std::string& data) {
+    const std::string tmp = path + ".tmp";
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail(ErrorKind::io, "{}: cannot create: {}", tmp, std::strerror(errno));
+    try {
+        write_all(fd, data, tmp);
+        sync_or_fail(fd, tmp);
+        if (::close(fd) != 0) fail(ErrorKind::io, "{}: close failed: {}", tmp, std::strerror(errno));
+    } catch (...) {
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw;
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int e = errno;
+        ::unlink(tmp.c_str());
+        fail(ErrorKind::io, "{}: cannot rename to {}: {}", tmp, path, std::strerror(e));
+    }
+    sync_directory_of(path);
+}
+
 BatchResultsFile::BatchResultsFile(std::string path) : path_(std::move(path)) {
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd_ < 0) fail(ErrorKind::io, "{}: cannot open: {}", path_, std::strerror(errno));
@@ -122,15 +143,7 @@ void BatchResultsFile::rewrite_in_order(std::span<const std::string> record_ids)
         out += it->second;
         out += '\n';
     }
-    const std::string tmp = path_ + ".in-order.tmp";
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail(ErrorKind::io, "{}: cannot create: {}", tmp, std::strerror(errno));
-    write_all(fd, out, tmp);
-    sync_or_fail(fd, tmp);
-    ::close(fd);
-    if (::rename(tmp.c_str(), path_.c_str()) != 0)
-        fail(ErrorKind::io, "{}: cannot rename to {}: {}", tmp, path_, std::strerror(errno));
-    sync_directory_of(path_);
+    replace_file_durably(path_, out);
     // Keep holding the lock on the file now at `path_`.
     const int fresh = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
     if (fresh >= 0) {

@@ -13,6 +13,12 @@
 
 namespace sluice {
 
+// Replaces `path` with `data` atomically and durably: written to `path`.tmp, synced, renamed over
+// `path`, the directory synced. On any failure the temporary file is removed (a full disk keeps
+// no half-written copy eating what space is left) and `path` is as it was. Throws io naming the
+// file and the reason.
+void replace_file_durably(const std::string& path, const std::string& data);
+
 class BatchResultsFile {
 public:
     // Opens or creates `path`. Throws invalid_input naming the line for a record other than the

@@ -84,6 +84,16 @@ bool BatchScheduler::cancel(int64_t id) {
     return true;
 }
 
+int BatchScheduler::cancel_running() {
+    int n = 0;
+    for (int s = 0; s < int(slots_.size()); ++s)
+        if (slots_[size_t(s)].active) {
+            finish(s, FinishReason::cancelled);
+            ++n;
+        }
+    return n;
+}
+
 ScheduledStep BatchScheduler::step(int64_t target_tokens) {
     ScheduledStep plan;
     admit(plan);

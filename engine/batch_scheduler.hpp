@@ -70,6 +70,10 @@ public:
     // slot (and so its latent cache) to the next request. on_finish is called with `cancelled`
     // and the tokens generated so far. False when no such request is waiting or running.
     bool cancel(int64_t id);
+    // Withdraws every running request, as cancel() does each; waiting ones stay queued. For a step
+    // that threw (a read of the model failed): the running requests' caches may hold part of it,
+    // the slots start afresh at their next admission. Returns how many were withdrawn.
+    int cancel_running();
     bool idle() const { return pending_.empty() && n_active_ == 0; }
     int n_active() const { return n_active_; }
     size_t n_pending() const { return pending_.size(); }

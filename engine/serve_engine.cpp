@@ -23,6 +23,7 @@ ServeRequest::Outbox ServeRequest::take(std::string& text) {
     state.done = outbox_.done;
     state.reason = outbox_.reason;
     state.completion_tokens = outbox_.completion_tokens;
+    state.error = outbox_.error;
     return state;
 }
 
@@ -106,8 +107,30 @@ void ServeEngine::run() {
         ro.shapes = {RunShape{options_.max_sequences, options_.context, step_tokens, int64_t(options_.max_sequences) + 2}};
         ro.n_threads = pool.size();
         options_.max_step_tokens = step_tokens;
-        const auto rt = make_runtime(options_.model, ro);
-        serve(*rt, pool);
+        // A failed read leaves the streamer's buffers claiming reads the reader has forgotten
+        // ("unknown read ticket" at a later step), so the runtime is made again, its weights
+        // reloaded, rather than stepped on.
+        // While the disk stays unreadable that load fails too: it is tried again, a second later,
+        // then two, four... up to 16 (requests meanwhile get 503 "loading"), 8 times in all.
+        bool reloading = false;
+        int failed_loads = 0;
+        for (;;) {
+            std::unique_ptr<Runtime> rt;
+            try {
+                rt = make_runtime(options_.model, ro);
+            } catch (const Error& e) {
+                if (!reloading || e.kind() != ErrorKind::io || ++failed_loads >= 8) throw;
+                const int delay_s = 1 << std::min(failed_loads - 1, 4);
+                fmt::print(stderr, "serve: loading the model failed: {}; trying again in {} s\n", e.what(), delay_s);
+                std::unique_lock lock(inbox_mutex_);
+                if (inbox_cv_.wait_for(lock, std::chrono::seconds(delay_s), [&] { return stopping_; })) break;
+                continue;
+            }
+            failed_loads = 0;
+            if (!serve(*rt, pool)) break;
+            reloading = true;
+            fmt::print(stderr, "serve: loading the model again after the failed read\n");
+        }
     } catch (...) {
         failure_ = std::current_exception();
         std::lock_guard lock(inbox_mutex_);
@@ -125,7 +148,8 @@ void ServeEngine::run() {
     if (on_exit_) on_exit_();
 }
 
-void ServeEngine::publish(ServeRequest& r, const std::string& text, const FinishReason* finished, int64_t tokens) {
+void ServeEngine::publish(ServeRequest& r, const std::string& text, const FinishReason* finished, int64_t tokens,
+                          const std::string& error) {
     bool wake = false;
     {
         std::lock_guard lock(r.mutex_);
@@ -134,6 +158,7 @@ void ServeEngine::publish(ServeRequest& r, const std::string& text, const Finish
             r.outbox_.done = true;
             r.outbox_.reason = *finished;
             r.outbox_.completion_tokens = tokens;
+            r.outbox_.error = error;
         }
         wake = !r.woken_;
         r.woken_ = true;
@@ -141,7 +166,7 @@ void ServeEngine::publish(ServeRequest& r, const std::string& text, const Finish
     if (wake && r.wake) r.wake();
 }
 
-void ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
+bool ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
     const ForwardOptions fo{rt.memory.shape, options_.runtime.attention};
     const auto forward_owner = rt.make_forward(fo, pool);  // on the chosen --device
     DeepseekForward& forward = *forward_owner;
@@ -152,6 +177,7 @@ void ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
     std::string text;  // scratch for one token's ready text
     text.reserve(256);
     int64_t step_output = 0;
+    std::string step_error;  // set while the requests of a step that threw are withdrawn
     auto on_token = [&](int64_t id, int32_t token) {
         ServeRequest& r = *running.at(id);
         ++step_output;
@@ -172,14 +198,15 @@ void ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
         ServeRequest& r = *it->second;
         text.clear();
         if (reason != FinishReason::cancelled) r.completion->take_rest(text);
-        publish(r, text, &reason, int64_t(tokens.size()));
+        publish(r, text, &reason, int64_t(tokens.size()), step_error);
         const double seconds = std::chrono::duration<double>(ServeClock::now() - r.arrived).count();
         running.erase(it);
         --in_system_;
         std::lock_guard lock(stats_mutex_);
-        (reason == FinishReason::stop ? stats_.finished_stop
+        (reason == FinishReason::stop     ? stats_.finished_stop
          : reason == FinishReason::length ? stats_.finished_length
-                                          : stats_.cancelled)++;
+         : step_error.empty()             ? stats_.cancelled
+                                          : stats_.failed)++;
         mean_request_seconds_ += 0.1 * (seconds - mean_request_seconds_);
     };
     SchedulerOptions so;
@@ -192,7 +219,7 @@ void ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
     std::vector<std::shared_ptr<ServeRequest>> incoming;
     std::vector<int64_t> to_cancel;
     int64_t next_id = 0;
-    // A step that throws (a read error, say) ends the server; its clients hear of it first.
+    // A step that throws anything but an I/O error ends the server; its clients hear of it first.
     struct CancelOnThrow {
         std::unordered_map<int64_t, std::shared_ptr<ServeRequest>>& running;
         ~CancelOnThrow() {
@@ -247,7 +274,36 @@ void ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
         const auto t0 = ServeClock::now();
         const size_t streamer_steps = rt.streamer ? rt.streamer->steps().size() : 0;
         step_output = 0;
-        const ScheduledStep plan = scheduler.step(sizer.target());
+        ScheduledStep plan;
+        try {
+            plan = scheduler.step(sizer.target());
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::io) throw;
+            // A read that failed (a bad sector, a file system gone for a moment) fails the requests
+            // that were running, with its message, not the server. Before, one failed read ended
+            // the process and every client heard "the server shut down".
+            ready_ = false;  // before the clients hear: their next request finds the server loading
+            step_error = e.what();
+            const int n = scheduler.cancel_running();
+            step_error.clear();
+            // The waiting ones go back to the inbox, ahead of newer ones, in the order they came.
+            std::vector<std::pair<int64_t, std::shared_ptr<ServeRequest>>> waiting(running.begin(), running.end());
+            std::sort(waiting.begin(), waiting.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+            {
+                std::lock_guard lock(inbox_mutex_);
+                std::vector<std::shared_ptr<ServeRequest>> back;
+                for (auto& [id, r] : waiting) back.push_back(std::move(r));
+                back.insert(back.end(), inbox_.begin(), inbox_.end());
+                inbox_.swap(back);
+            }
+            running.clear();
+            fmt::print(stderr, "serve: a step failed: {}; its {} running request(s) got the error, {} wait\n", e.what(),
+                       n, waiting.size());
+            std::lock_guard lock(stats_mutex_);
+            stats_.active_sequences = 0;
+            stats_.queued = int64_t(waiting.size());
+            return true;
+        }
         const auto t1 = ServeClock::now();
         const double seconds = std::chrono::duration<double>(t1 - t0).count();
         StepStats io;
@@ -277,6 +333,7 @@ void ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
     std::lock_guard lock(stats_mutex_);
     stats_.active_sequences = 0;
     stats_.queued = 0;
+    return false;
 }
 
 }  // namespace sluice

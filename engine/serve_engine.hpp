@@ -66,6 +66,7 @@ struct ServeRequest {
         bool done = false;
         FinishReason reason = FinishReason::length;
         int64_t completion_tokens = 0;
+        std::string error;          // cancelled by an engine error (a failed read): what it said
     };
     // Moves the ready text onto the end of `text` (no allocation once `text` has grown) and
     // returns the rest of the outbox's state.
@@ -108,8 +109,12 @@ public:
 
 private:
     void run();
-    void serve(Runtime& runtime, ThreadPool& pool);
-    static void publish(ServeRequest& r, const std::string& text, const FinishReason* finished, int64_t tokens);
+    // Serves until stopped (false), or until a step fails on an I/O error (true): the running
+    // requests then have their error and the waiting ones are back in the inbox, for a runtime
+    // made afresh.
+    bool serve(Runtime& runtime, ThreadPool& pool);
+    static void publish(ServeRequest& r, const std::string& text, const FinishReason* finished, int64_t tokens,
+                        const std::string& error = {});
 
     ServeEngineOptions options_;
     const Tokenizer& tokenizer_;

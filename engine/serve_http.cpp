@@ -569,7 +569,9 @@ void Session::pump_stream() {
         text_.clear();
     }
     if (finished_) {
-        if (outcome_.reason == FinishReason::cancelled) {
+        if (outcome_.reason == FinishReason::cancelled && !outcome_.error.empty()) {
+            OpenAIChunkWriter::error(outcome_.error, "server_error", "engine_error", events_);
+        } else if (outcome_.reason == FinishReason::cancelled) {
             OpenAIChunkWriter::error(server_.stopping() ? "the server shut down before the completion finished"
                                                         : "the completion was cancelled",
                                      "server_error", "cancelled", events_);
@@ -606,6 +608,11 @@ void Session::write_out(bool final) {
 }
 
 void Session::send_completion() {
+    if (outcome_.reason == FinishReason::cancelled && !outcome_.error.empty()) {
+        // A step failed under it (a read of the model): the server goes on serving the others.
+        send_error(http::status::internal_server_error, outcome_.error, "server_error", "engine_error");
+        return;
+    }
     if (outcome_.reason == FinishReason::cancelled) {
         // Cancelled with its client still here: the server is stopping.
         keep_alive_ = false;

@@ -39,6 +39,7 @@ std::string render_metrics(const ServeEngineStats& e, const ServeHttpStats& h) {
     out += fmt::format("sluice_requests_finished_total{{reason=\"stop\"}} {}\n", e.finished_stop);
     out += fmt::format("sluice_requests_finished_total{{reason=\"length\"}} {}\n", e.finished_length);
     out += fmt::format("sluice_requests_finished_total{{reason=\"cancelled\"}} {}\n", e.cancelled);
+    out += fmt::format("sluice_requests_finished_total{{reason=\"error\"}} {}\n", e.failed);
     metric(out, "sluice_queue_depth", "gauge", "Requests accepted and waiting for a sequence slot", e.queued);
     metric(out, "sluice_active_sequences", "gauge", "Requests holding a sequence slot (latent cache)",
            e.active_sequences);

@@ -22,6 +22,7 @@ struct ServeEngineStats {
     int64_t finished_stop = 0;       // by finish reason
     int64_t finished_length = 0;
     int64_t cancelled = 0;           // the client went away (or the stop deadline passed)
+    int64_t failed = 0;              // a step failed under it (an I/O error reading the model)
     int64_t prompt_tokens = 0;       // prompt positions run
     int64_t output_tokens = 0;       // tokens generated
     int64_t steps = 0;

@@ -48,15 +48,29 @@ SpilledLatentCache::SpilledLatentCache(const ModelLayout& layout, int n_sequence
     fd_ = ::open(options_.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0600);
     if (fd_ < 0 && errno == EINVAL) fd_ = ::open(options_.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd_ < 0) fail(ErrorKind::io, "{}: cannot create the spill file: {}", options_.path, std::strerror(errno));
-    // Sparse: disk is used as caches are written.
-    if (::ftruncate(fd_, off_t(uint64_t(n_sequences) * uint64_t(spilled) * region_)) != 0)
-        fail(ErrorKind::io, "{}: cannot size the spill file: {}", options_.path, std::strerror(errno));
-    reader_ = std::make_unique<ReaderSegmentIo>(FileSet{{options_.path}}, options_.reader);
-    const size_t max_reads = size_t(options_.buffer_bytes / kPage / 2) + 1;
-    background_ = std::make_unique<BackgroundSegmentIo>(*reader_, std::min<size_t>(max_reads, 4096));
-    buffer_.allocate(options_.buffer_bytes, kPage, true);
-    schedule_.reserve(size_t(n_sequences) * size_t(std::max(spilled, 0)));
-    extents_.resize(2);
+    try {
+        // Sparse: disk is used as caches are written.
+        if (::ftruncate(fd_, off_t(uint64_t(n_sequences) * uint64_t(spilled) * region_)) != 0)
+            fail(ErrorKind::io, "{}: cannot size the spill file: {}", options_.path, std::strerror(errno));
+        reader_ = std::make_unique<ReaderSegmentIo>(FileSet{{options_.path}}, options_.reader);
+    } catch (...) {
+        ::close(fd_);
+        ::unlink(options_.path.c_str());
+        throw;
+    }
+    // Both descriptors are open: the name goes now, so a process killed with SIGKILL leaves no
+    // spill file behind (each held what the job had written: up to the whole spilled cache).
+    ::unlink(options_.path.c_str());
+    try {
+        const size_t max_reads = size_t(options_.buffer_bytes / kPage / 2) + 1;
+        background_ = std::make_unique<BackgroundSegmentIo>(*reader_, std::min<size_t>(max_reads, 4096));
+        buffer_.allocate(options_.buffer_bytes, kPage, true);
+        schedule_.reserve(size_t(n_sequences) * size_t(std::max(spilled, 0)));
+        extents_.resize(2);
+    } catch (...) {
+        ::close(fd_);
+        throw;
+    }
 }
 
 SpilledLatentCache::~SpilledLatentCache() {
@@ -71,7 +85,6 @@ SpilledLatentCache::~SpilledLatentCache() {
     background_.reset();
     reader_.reset();
     if (fd_ >= 0) ::close(fd_);
-    ::unlink(options_.path.c_str());
 }
 
 uint64_t SpilledLatentCache::file_offset(int layer, int sequence) const {

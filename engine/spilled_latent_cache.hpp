@@ -24,7 +24,7 @@
 namespace sluice {
 
 struct SpillOptions {
-    std::string path;               // the spill file: created (sparse), removed when done
+    std::string path;               // the spill file: created (sparse), its name removed once open
     int resident_layers = 0;        // layers [0, resident_layers) stay in memory
     uint64_t buffer_bytes = 0;      // memory the spilled layers' caches stream through
     io::ReaderOptions reader;

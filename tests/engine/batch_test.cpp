@@ -7,11 +7,13 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +29,7 @@
 
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
+#include "engine/batch_job.hpp"
 #include "engine/batch_results.hpp"
 #include "engine/batch_scheduler.hpp"
 #include "engine/cpu_backend.hpp"
@@ -34,6 +37,7 @@
 #include "engine/model_loader.hpp"
 #include "engine/synth.hpp"
 #include "engine/synth_gguf.hpp"
+#include "formats/openai_batch.hpp"
 #include "tests/engine/k_quant_tiny.hpp"
 
 using namespace sluice;
@@ -185,6 +189,14 @@ TEST_CASE("latent caches spilled to disk give the same tokens as caches in memor
         spill.path = (scratch_dir() / "spill.bin").string();
         spill.resident_layers = resident;
         spill.buffer_bytes = buffer;
+        {
+            // The file has no name while its cache lives (its descriptors keep it): a job killed
+            // with SIGKILL leaves nothing behind. Before, every kill left .sluice-spill-PID.bin
+            // holding what it had written (8 files after 15 kills of a 200-request job).
+            CpuBackend backend(pool);
+            SpilledLatentCache cache(m->layout(), 4, 96, backend, spill);
+            CHECK_FALSE(fs::exists(spill.path));
+        }
         const auto spilled = run(*m, requests, 4, 8, pool, &spill);
         for (size_t i = 0; i < requests.size(); ++i) {
             INFO("request ", i, ", ", resident, " layers in memory");
@@ -219,6 +231,86 @@ TEST_CASE("the results file drops a torn last line and keeps complete records") 
         f << "garbage\n" << R"({"id":"batch_req_d","custom_id":"d","response":null,"error":null})" << "\n";
     }
     CHECK_THROWS_WITH_AS(BatchResultsFile(p.string()), doctest::Contains("line 3"), Error);
+}
+
+namespace {
+
+// Runs fn() with writes limited to files of `bytes` (RLIMIT_FSIZE; SIGXFSZ ignored, so a write
+// past it fails with EFBIG as one on a full disk fails with ENOSPC), then lifts the limit.
+template <class F>
+void with_file_size_limit(uint64_t bytes, F fn) {
+    rlimit before{};
+    REQUIRE(getrlimit(RLIMIT_FSIZE, &before) == 0);
+    const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit cap = before;
+    cap.rlim_cur = rlim_t(bytes);
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &cap) == 0);
+    try {
+        fn();
+    } catch (...) {
+        setrlimit(RLIMIT_FSIZE, &before);
+        std::signal(SIGXFSZ, old_handler);
+        throw;
+    }
+    setrlimit(RLIMIT_FSIZE, &before);
+    std::signal(SIGXFSZ, old_handler);
+}
+
+std::string record_line(const std::string& custom_id) {
+    return nlohmann::json{{"id", batch_request_record_id(custom_id)}, {"custom_id", custom_id},
+                          {"response", {{"status_code", 200}, {"body", {{"text", std::string(120, 'x')}}}}},
+                          {"error", nullptr}}
+        .dump();
+}
+
+}  // namespace
+
+TEST_CASE("a full disk is an error naming the file, and leaves no short or half-written output") {
+    const fs::path dir = scratch_dir() / "full";
+    fs::create_directories(dir);
+    const fs::path input = dir / "in.jsonl", part = dir / "part.jsonl", merged = dir / "merged.jsonl";
+    {
+        std::ofstream in(input), out(part);
+        for (const char* id : {"a", "b", "c"}) {
+            in << nlohmann::json{{"custom_id", id}, {"method", "POST"}, {"url", "/v1/completions"},
+                                 {"body", {{"prompt", "hi"}, {"max_tokens", 2}}}}
+                      .dump()
+               << "\n";
+            out << record_line(id) << "\n";
+        }
+    }
+    { std::ofstream(merged) << "the merge before\n"; }
+    const uint64_t part_bytes = fs::file_size(part);
+    // batch-merge: before, its ofstream kept the bytes in its buffer, lost them at close and
+    // reported "3 of 3 records written" over an empty file (measured on a full 60 KiB tmpfs).
+    with_file_size_limit(part_bytes / 2, [&] {
+        CHECK_THROWS_WITH_AS(merge_batch_outputs(input.string(), {part.string()}, merged.string()),
+                             doctest::Contains("merged.jsonl.tmp: write failed: File too large"), Error);
+    });
+    CHECK(read_text(merged) == "the merge before\n");
+    CHECK_FALSE(fs::exists(dir / "merged.jsonl.tmp"));
+    CHECK(merge_batch_outputs(input.string(), {part.string()}, merged.string()).ok());
+    CHECK(read_text(merged) == read_text(part));
+
+    // The results file's rewrite in input order: the records stay as they were, and before, the
+    // half-written temporary file stayed too, holding the space a full disk no longer had.
+    const fs::path results_path = dir / "results.jsonl";
+    BatchResultsFile results(results_path.string());
+    const std::vector<std::string> lines = {record_line("c"), record_line("a"), record_line("b")};
+    results.append(lines);
+    const std::string appended = read_text(results_path);
+    const std::vector<std::string> order = {batch_request_record_id("a"), batch_request_record_id("b"),
+                                            batch_request_record_id("c")};
+    with_file_size_limit(appended.size() / 2, [&] {
+        CHECK_THROWS_WITH_AS(results.rewrite_in_order(order), doctest::Contains("results.jsonl.tmp: write failed"), Error);
+    });
+    CHECK(read_text(results_path) == appended);
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(dir)) files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    CHECK(files == std::vector<std::string>{"in.jsonl", "merged.jsonl", "part.jsonl", "results.jsonl"});
+    results.rewrite_in_order(order);
+    CHECK(read_text(results_path) == read_text(merged));
 }
 
 TEST_CASE("a job killed with SIGKILL at 24 random moments resumes to the bytes of an uninterrupted run") {

@@ -54,10 +54,10 @@ def rss_bytes(pid):
 class Server:
     """`sluice serve` on 127.0.0.1, any free port; waits until /health says ok."""
 
-    def __init__(self, *args, model=None, ready=True, threads=1):
+    def __init__(self, *args, model=None, ready=True, threads=1, env=None):
         self.model = model or tiny_model()
         cmd = [SLUICE, "serve", "-m", self.model, "--port", "0", "-t", str(threads), *map(str, args)]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         self.log = []
         self.port = None
         deadline = time.time() + 60
