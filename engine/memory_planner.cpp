@@ -145,7 +145,8 @@ MemoryPlan plan_memory(const ModelLayout& d, const ModelPlan& model, const Memor
         if (p.minimum_bytes > req.ram_budget_bytes)
             fail(ErrorKind::out_of_memory,
                  "the model needs at least {:.2f} GiB with --resident none for {} sequence(s) of {} positions, {} tokens "
-                 "a step ({}); the budget is {:.2f} GiB: raise --ram to at least {:.2f} GiB or lower --context / --batch",
+                 "a step ({}); the budget is {:.2f} GiB: raise --ram to at least {:.2f} GiB, or plan fewer positions, sequences or "
+                 "tokens a step (run, bench: --context, --batch-sizes, -b; batch, serve: --context, --max-seqs, --max-step-tokens)",
                  gib(p.minimum_bytes), p.shape.n_sequences, p.shape.positions, p.shape.step_tokens, p.describe(),
                  gib(req.ram_budget_bytes), gib(p.minimum_bytes));
         fail(ErrorKind::out_of_memory,

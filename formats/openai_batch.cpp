@@ -152,6 +152,17 @@ void parse_body(const Json& body, BatchRequest& r, bool http) {
             reject("unsupported_value", name, fmt::format("{} is not supported", name));
     if (const Json* v = field(body, "logprobs"); v && !(v->is_boolean() && !v->get<bool>()))
         reject("unsupported_value", "logprobs", "logprobs are not supported");
+    // Fields that would change the answer are refused rather than ignored: a client that asks for
+    // them must not get text produced without them.
+    if (const Json* v = field(body, "logit_bias"); v && !(v->is_object() && v->empty()))
+        reject("unsupported_value", "logit_bias", "logit_bias is not supported");
+    if (const Json* v = field(body, "tools"); v && !(v->is_array() && v->empty()))
+        reject("unsupported_value", "tools", "tools (function calling) are not supported");
+    if (const Json* v = field(body, "response_format")) {
+        const Json* type = v->is_object() ? field(*v, "type") : nullptr;
+        if (!(type && type->is_string() && type->get<std::string>() == "text"))
+            reject("unsupported_value", "response_format", "only response_format {\"type\": \"text\"} is supported");
+    }
     if (const Json* v = field(body, "ignore_eos")) {
         if (!v->is_boolean()) reject("invalid_type", "ignore_eos", "ignore_eos must be a boolean");
         r.ignore_eos = v->get<bool>();

@@ -39,6 +39,11 @@ TEST_CASE("a chat request and a text completion request parse into what they ask
     CHECK(text.request->prompt_ids == std::vector<int32_t>{1, 2, 3});
     CHECK(text.request->temperature == 1.0);  // OpenAI's default
     CHECK(text.request->ignore_eos);
+    // What changes nothing is accepted: an empty logit_bias, no tools, plain-text output.
+    CHECK(parse_batch_line(
+              R"({"custom_id":"d","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}],"logit_bias":{},"tools":[],"response_format":{"type":"text"}}})",
+              2)
+              .request);
     CHECK_FALSE(parse_batch_line("   ", 9).request);
     CHECK_FALSE(parse_batch_line("   ", 9).error);
 }
@@ -74,6 +79,12 @@ TEST_CASE("a line that cannot be served is an error naming its line and the reas
          "invalid_type", "stop", "c"},
         {R"({"custom_id":"c","method":"POST","url":"/v1/completions","body":{"prompt":["a","b"]}})", "unsupported_value",
          "prompt", "c"},
+        {R"({"custom_id":"c","method":"POST","url":"/v1/completions","body":{"prompt":"p","logit_bias":{"50256":-100}}})",
+         "unsupported_value", "logit_bias", "c"},
+        {R"({"custom_id":"c","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]}})",
+         "unsupported_value", "tools", "c"},
+        {R"({"custom_id":"c","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}})",
+         "unsupported_value", "response_format", "c"},
     };
     for (const auto& c : cases) {
         INFO(c.line);
