@@ -16,7 +16,7 @@ DeviceQuery query_devices() {
     // error means "no device".
     const cudaError_t err = cudaGetDeviceCount(&n);
     if (err != cudaSuccess) {
-        q.reason = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err);
+        q.reason = std::string("no usable CUDA device: ") + cudaGetErrorString(err);
         return q;
     }
     if (n == 0) {
