@@ -126,7 +126,7 @@ void plan_device(Runtime& rt, const RuntimeOptions& options, const DeviceChoice&
     if (!q.compiled) fail(ErrorKind::unsupported, "--device cuda: this sluice was built without CUDA (nvcc not found at build time)");
     if (choice.index >= int(q.devices.size()))
         fail(ErrorKind::unsupported, "--device cuda:{}: {}", choice.index,
-             q.devices.empty() ? "no usable CUDA device (" + q.reason + ")"
+             q.devices.empty() ? q.reason
                                : fmt::format("there are {} CUDA device(s)", q.devices.size()));
     const auto& info = q.devices[size_t(choice.index)];
     uint64_t budget = options.vram_budget_bytes;
