@@ -187,6 +187,7 @@ void Streamer::read_landed() {
 
 void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) {
     if (b.state == BufferState::reading) wait_for(b);  // cannot reuse memory a read still targets
+    if (b.state == BufferState::reading) fail(ErrorKind::internal, "a buffer still being read was given a new read");
     if (b.layer >= 0 && b.expert >= 0) expert_buffer_[size_t(b.layer)][size_t(b.expert)] = -1;
     if (b.predicted && b.layer > computing_layer_) ++current_.guesses_evicted;
     // Empty until the read is under way: if the reader refuses it, no buffer claims to hold the
@@ -232,21 +233,79 @@ void Streamer::trace_wait(Clock::time_point start, int layer) {
     if (trace_) trace_->add(Trace::Track::waits, "wait for data", trace_->to_us(start), trace_->now_us(), {{"layer", layer}});
 }
 
-void Streamer::wait_for(Buffer& b) {
-    if (b.state != BufferState::reading) return;
-    if (!io_.poll(b.ticket)) {
-        const auto t0 = Clock::now();
-        io_.wait(b.ticket);
-        current_.wait_seconds += seconds(Clock::now() - t0);
-        trace_wait(t0, b.layer);
+// Bytes the computation waits for now: the pinned dense segment of the layer computing, or an
+// expert that layer still needs.
+bool Streamer::wanted_now(const Buffer& b) const {
+    if (b.expert < 0) return b.pins > 0;
+    return b.layer == computing_layer_ && still_needed(b.expert);
+}
+
+// Takes a read's outcome from the reader (waiting for it if `block`): true once it landed. The
+// reader forgets a ticket once it has reported its outcome, error included, so a failed read's
+// buffer is emptied here, the one place outcomes are taken: it claims neither the segment nor the
+// ticket, and its pool has it back (a later poll of that ticket was "unknown read ticket", a
+// step later). The error goes on to a caller whose computation wants those bytes now; a read
+// taken early (a prefetch or a guess) just leaves its segment to be read again if it is wanted,
+// and then that read's error, if the disk still fails, is the one reported.
+bool Streamer::collect(Buffer& b, bool block) {
+    try {
+        if (block) io_.wait(b.ticket);
+        else if (!io_.poll(b.ticket)) return false;
+    } catch (const Error& e) {
+        const bool wanted = wanted_now(b);
+        drop_failed_read(b);
+        if (wanted || e.kind() != ErrorKind::io) throw;
+        return false;
+    } catch (...) {
+        drop_failed_read(b);
+        throw;
     }
     finish_read(b);
+    return true;
+}
+
+void Streamer::drop_failed_read(Buffer& b) {
+    if (b.layer >= 0 && b.expert >= 0) expert_buffer_[size_t(b.layer)][size_t(b.expert)] = -1;
+    if (trace_)
+        trace_->add(Trace::Track::reads, "read failed", trace_->to_us(b.submitted), trace_->now_us(),
+                    {{"layer", b.layer}, {"expert", b.expert}});
+    b.layer = b.expert = -1;
+    b.state = BufferState::empty;
+    b.bound = false;
+    b.predicted = false;
+    b.ticket = 0;
+    read_landed();
+}
+
+void Streamer::wait_for(Buffer& b) {
+    if (b.state != BufferState::reading) return;
+    if (collect(b, false)) return;
+    if (b.state != BufferState::reading) return;  // failed, and not wanted now
+    const auto t0 = Clock::now();
+    const int layer = b.layer;
+    collect(b, true);
+    current_.wait_seconds += seconds(Clock::now() - t0);
+    trace_wait(t0, layer);
 }
 
 void Streamer::poll_all() {
     for (auto* pool : {&dense_pool_, &expert_pool_})
         for (auto& b : *pool)
-            if (b.state == BufferState::reading && io_.poll(b.ticket)) finish_read(b);
+            if (b.state == BufferState::reading) collect(b, false);
+}
+
+int Streamer::buffers_pinned() const {
+    int n = 0;
+    for (const auto* pool : {&dense_pool_, &expert_pool_})
+        for (const auto& b : *pool) n += b.pins > 0;
+    return n;
+}
+
+int Streamer::reads_outstanding() const {
+    int n = 0;
+    for (const auto* pool : {&dense_pool_, &expert_pool_})
+        for (const auto& b : *pool) n += b.state == BufferState::reading;
+    return n;
 }
 
 void Streamer::bind(Buffer& b) {
@@ -477,10 +536,7 @@ const LayerWeights* Streamer::peek_layer(int layer) {
     if (dense_resident_ || dense_elsewhere(layer)) return &globals_.layers[size_t(layer)];
     Buffer* b = find(dense_pool_, layer, -1);
     if (!b) return nullptr;
-    if (b->state == BufferState::reading) {
-        if (!io_.poll(b->ticket)) return nullptr;
-        finish_read(*b);
-    }
+    if (b->state == BufferState::reading && !collect(*b, false)) return nullptr;  // in flight, or failed
     bind(*b);
     return &b->dense;
 }
@@ -594,7 +650,7 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
             any_left = true;
             Buffer* b = find(expert_pool_, layer, needed_[i]);
             if (!b) continue;  // deferred: no buffer yet
-            if (b->state == BufferState::reading && io_.poll(b->ticket)) finish_read(*b);
+            if (b->state == BufferState::reading) collect(*b, false);  // a failure throws: it is needed
             if (b->state == BufferState::ready) {
                 handed_[i] = 1;
                 ++b->pins;
@@ -628,7 +684,7 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
         const size_t which = io_.wait_any(wait_tickets_);
         current_.wait_seconds += seconds(Clock::now() - t0);
         trace_wait(t0, layer);
-        finish_read(expert_pool_[wait_index_[which]]);
+        collect(expert_pool_[wait_index_[which]], true);  // completed: at once, or its error
     }
 }
 

@@ -86,6 +86,10 @@ public:
     StepStats totals() const;
     // Bytes this streamer holds from the OS: staging and cache pools, resident weights.
     uint64_t allocated_bytes() const { return allocated_bytes_; }
+    // Buffers pinned by the layer computing (none between steps) and buffers whose read is in
+    // flight (each holds one ticket of the reader's): what tests check after a failed read.
+    int buffers_pinned() const;
+    int reads_outstanding() const;
 
 private:
     enum class BufferState { empty, reading, ready };
@@ -110,6 +114,9 @@ private:
     void submit(Buffer& b, int layer, int expert, const Segment& segment);
     void abandon_layer();
     void finish_read(Buffer& b);
+    bool wanted_now(const Buffer& b) const;
+    bool collect(Buffer& b, bool block);
+    void drop_failed_read(Buffer& b);
     void wait_for(Buffer& b);
     void poll_all();
     void bind(Buffer& b);
