@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <new>
 #include <optional>
 #include <string>
@@ -527,6 +528,164 @@ TEST_CASE("a read the reader refuses leaves no buffer claiming its segment: the 
         CHECK(bit_identical(run_logits(model->layout, streamer, prompt, 4), reference));
     }
     CHECK(refused == 24);
+}
+
+namespace {
+
+// The reader, except that reads number [first, first + count) fail AT COMPLETION (those submitted
+// while `failing`, wherever they complete): submitted and
+// accepted, then the poll or wait that hands the outcome back reports an I/O error instead (as
+// io/'s reader does for an EIO), and the ticket is gone, as the reader forgets it. It keeps the
+// tickets outstanding and counts a poll or wait of one it does not hold ("unknown read ticket").
+class FailingAtCompletionSegmentIo final : public ForwardingSegmentIo {
+public:
+    FailingAtCompletionSegmentIo(SegmentIo& inner, const ModelPlan& plan, int first, int count)
+        : ForwardingSegmentIo(inner), plan_(plan), first_(first), count_(count) {}
+    uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
+                    const std::byte** extent_data) override {
+        const uint64_t ticket = inner_.submit(extents, buffer, buffer_bytes, extent_data);
+        ++submits_;
+        bool dense = false;
+        for (const auto& l : plan_.layers)
+            dense |= !l.dense.tensors.empty() && l.dense.tensors.front().extent.offset == extents.front().offset &&
+                     l.dense.tensors.front().extent.file_index == extents.front().file_index;
+        outstanding_.push_back({ticket, submits_, dense, failing && submits_ >= first_ && submits_ < first_ + count_});
+        return ticket;
+    }
+    bool poll(uint64_t ticket) override {
+        const size_t i = find(ticket);
+        if (!inner_.poll(ticket)) return false;
+        hand_back(i);
+        return true;
+    }
+    void wait(uint64_t ticket) override {
+        const size_t i = find(ticket);
+        inner_.wait(ticket);
+        hand_back(i);
+    }
+    size_t outstanding() const { return outstanding_.size(); }
+    int submits() const { return submits_; }
+    bool failing = true;  // false: reads submitted from now on do not fail (those before still may)
+    int unknown_tickets = 0;
+    int failed_dense = 0, failed_expert = 0;
+
+private:
+    struct Read {
+        uint64_t ticket;
+        int number;
+        bool dense;
+        bool fails;
+    };
+    size_t find(uint64_t ticket) {
+        for (size_t i = 0; i < outstanding_.size(); ++i)
+            if (outstanding_[i].ticket == ticket) return i;
+        ++unknown_tickets;
+        return outstanding_.size();  // the inner reader names the error
+    }
+    void hand_back(size_t i) {
+        if (i == outstanding_.size()) return;
+        const Read r = outstanding_[i];
+        outstanding_.erase(outstanding_.begin() + ptrdiff_t(i));
+        if (!r.fails) return;
+        ++(r.dense ? failed_dense : failed_expert);
+        fail(ErrorKind::io, "read number {} failed at completion", r.number);
+    }
+    const ModelPlan& plan_;
+    int first_, count_;
+    int submits_ = 0;
+    std::vector<Read> outstanding_;
+};
+
+// Runs `f` on a thread and ends the whole test binary if it has not returned within `seconds`
+// (a streamer waiting on a read that will never be handed back hangs rather than fails).
+template <typename F>
+auto within_seconds(int seconds, F&& f) {
+    std::packaged_task<decltype(f())()> task(std::forward<F>(f));
+    auto result = task.get_future();
+    std::thread thread(std::move(task));
+    if (result.wait_for(std::chrono::seconds(seconds)) != std::future_status::ready) {
+        fmt::print(stderr, "a run with a failed read did not end within {} s: hung\n", seconds);
+        std::_Exit(1);
+    }
+    thread.join();
+    return result.get();
+}
+
+}  // namespace
+
+TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or needed expert) fails at most its own "
+          "step: the same streamer's next steps give the same numbers, no ticket is lost and nothing stays pinned") {
+    const std::string dir = fixture("hf_tiny_v3");
+    const auto prompt = prompt_of(dir);
+    const auto resident = load_model(dir);
+    const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 4);
+    const auto model = open_model(dir);
+    int steps_failed = 0, runs = 0, late_failures = 0, dense_failed = 0, expert_failed = 0, dense_taken_early = 0, expert_taken_early = 0;
+    for (bool background : {false, true})
+        for (int prefetch = 1; prefetch <= 3; ++prefetch)
+            for (int count : {1, 5}) {
+                // Every read of the run in turn, first to last, so each place in a step is hit.
+                for (int first = 1; first <= 150; first += (count == 1 ? 1 : 7)) {
+                    CAPTURE(background);
+                    CAPTURE(prefetch);
+                    CAPTURE(count);
+                    CAPTURE(first);
+                    StreamerIo inner(model->source->files(), "auto", background);
+                    FailingAtCompletionSegmentIo io(inner.io(), model->plan, first, count);
+                    StreamerOptions so;
+                    so.resident = ResidentMode::none;
+                    so.prefetch_layers = prefetch;
+                    so.expert_buffers = 6;
+                    so.speculate = true;
+                    std::optional<Streamer> streamer;
+                    streamer.emplace(model->layout, model->plan, *model->source, io, so);
+                    std::string error;
+                    within_seconds(60, [&] {
+                        try {
+                            run_logits(model->layout, *streamer, prompt, 4);
+                        } catch (const Error& e) {
+                            error = e.what();
+                        }
+                        return 0;
+                    });
+                    io.failing = false;  // reads of the first run still in flight may fail yet
+                    if (first > io.submits()) break;  // past the run's last read
+                    ++runs;
+                    steps_failed += !error.empty();
+                    if (!error.empty()) CHECK(error.find("failed at completion") != std::string::npos);
+                    // Every buffer the streamer has reading holds a ticket the reader still has.
+                    CHECK(streamer->reads_outstanding() == int(io.outstanding()));
+                    CHECK(io.unknown_tickets == 0);
+                    if (error.empty()) {  // every failure was a read taken before anyone waited on it
+                        dense_taken_early += io.failed_dense;
+                        expert_taken_early += io.failed_expert;
+                    } else {
+                        dense_failed += io.failed_dense;
+                        expert_failed += io.failed_expert;
+                    }
+                    const int failed_in_first_run = io.failed_dense + io.failed_expert;
+                    // The same streamer, from a fresh sequence: the numbers of a run with no error.
+                    const auto again = within_seconds(60, [&] { return run_logits(model->layout, *streamer, prompt, 4); });
+                    CHECK(bit_identical(again, reference));
+                    CHECK(streamer->buffers_pinned() == 0);
+                    CHECK(streamer->reads_outstanding() == int(io.outstanding()));
+                    CHECK(io.unknown_tickets == 0);
+                    late_failures += io.failed_dense + io.failed_expert - failed_in_first_run;
+                    streamer.reset();  // lets every read still in flight land and hands it back
+                    CHECK(io.outstanding() == 0);
+                    CHECK(io.unknown_tickets == 0);
+                }
+            }
+    MESSAGE(runs << " runs with reads failing at completion, " << steps_failed << " of them cut short; reads failed: "
+                 << dense_failed << " dense and " << expert_failed << " expert in runs cut short, "
+                 << dense_taken_early << " dense and " << expert_taken_early << " expert taken early (no error); "
+                 << late_failures << " reads of a run cut short failed in the next run, which still gave the numbers");
+    // Each kind of read failed somewhere: waited-for and prefetched dense segments, needed experts
+    // and guesses (an expert read failing with no error to show was one nobody needed yet).
+    CHECK(dense_failed > 0);
+    CHECK(expert_failed > 0);
+    CHECK(dense_taken_early > 0);
+    CHECK(expert_taken_early > 0);
 }
 
 TEST_CASE("speculative prefetch keeps predicting once the expert pool is warm, and some predictions hit") {
