@@ -696,9 +696,9 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
         }
         const auto t0 = Clock::now();
         const size_t which = io_.wait_any(wait_tickets_);
+        collect(expert_pool_[wait_index_[which]], true);  // completed: at once, or its error
         current_.wait_seconds += seconds(Clock::now() - t0);
         trace_wait(t0, layer);
-        collect(expert_pool_[wait_index_[which]], true);  // completed: at once, or its error
     }
 }
 

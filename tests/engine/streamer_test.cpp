@@ -36,6 +36,7 @@
 #include "engine/sampler.hpp"
 #include "engine/streamer.hpp"
 #include "engine/synth.hpp"
+#include "tests/engine/failing_segment_io.hpp"
 #include "tests/engine/forwarding_segment_io.hpp"
 #include "tests/test_data.hpp"
 
@@ -530,89 +531,6 @@ TEST_CASE("a read the reader refuses leaves no buffer claiming its segment: the 
     CHECK(refused == 24);
 }
 
-namespace {
-
-// The reader, except that reads number [first, first + count) fail AT COMPLETION (those submitted
-// while `failing`, wherever they complete): submitted and
-// accepted, then the poll or wait that hands the outcome back reports an I/O error instead (as
-// io/'s reader does for an EIO), and the ticket is gone, as the reader forgets it. It keeps the
-// tickets outstanding and counts a poll or wait of one it does not hold ("unknown read ticket").
-class FailingAtCompletionSegmentIo final : public ForwardingSegmentIo {
-public:
-    FailingAtCompletionSegmentIo(SegmentIo& inner, const ModelPlan& plan, int first, int count)
-        : ForwardingSegmentIo(inner), plan_(plan), first_(first), count_(count) {}
-    uint64_t submit(std::span<const Extent> extents, std::byte* buffer, size_t buffer_bytes,
-                    const std::byte** extent_data) override {
-        const uint64_t ticket = inner_.submit(extents, buffer, buffer_bytes, extent_data);
-        ++submits_;
-        bool dense = false;
-        for (const auto& l : plan_.layers)
-            dense |= !l.dense.tensors.empty() && l.dense.tensors.front().extent.offset == extents.front().offset &&
-                     l.dense.tensors.front().extent.file_index == extents.front().file_index;
-        outstanding_.push_back({ticket, submits_, dense, failing && submits_ >= first_ && submits_ < first_ + count_});
-        return ticket;
-    }
-    bool poll(uint64_t ticket) override {
-        const size_t i = find(ticket);
-        if (!inner_.poll(ticket)) return false;
-        hand_back(i);
-        return true;
-    }
-    void wait(uint64_t ticket) override {
-        const size_t i = find(ticket);
-        inner_.wait(ticket);
-        hand_back(i);
-    }
-    size_t outstanding() const { return outstanding_.size(); }
-    int submits() const { return submits_; }
-    bool failing = true;  // false: reads submitted from now on do not fail (those before still may)
-    int unknown_tickets = 0;
-    int failed_dense = 0, failed_expert = 0;
-
-private:
-    struct Read {
-        uint64_t ticket;
-        int number;
-        bool dense;
-        bool fails;
-    };
-    size_t find(uint64_t ticket) {
-        for (size_t i = 0; i < outstanding_.size(); ++i)
-            if (outstanding_[i].ticket == ticket) return i;
-        ++unknown_tickets;
-        return outstanding_.size();  // the inner reader names the error
-    }
-    void hand_back(size_t i) {
-        if (i == outstanding_.size()) return;
-        const Read r = outstanding_[i];
-        outstanding_.erase(outstanding_.begin() + ptrdiff_t(i));
-        if (!r.fails) return;
-        ++(r.dense ? failed_dense : failed_expert);
-        fail(ErrorKind::io, "read number {} failed at completion", r.number);
-    }
-    const ModelPlan& plan_;
-    int first_, count_;
-    int submits_ = 0;
-    std::vector<Read> outstanding_;
-};
-
-// Runs `f` on a thread and ends the whole test binary if it has not returned within `seconds`
-// (a streamer waiting on a read that will never be handed back hangs rather than fails).
-template <typename F>
-auto within_seconds(int seconds, F&& f) {
-    std::packaged_task<decltype(f())()> task(std::forward<F>(f));
-    auto result = task.get_future();
-    std::thread thread(std::move(task));
-    if (result.wait_for(std::chrono::seconds(seconds)) != std::future_status::ready) {
-        fmt::print(stderr, "a run with a failed read did not end within {} s: hung\n", seconds);
-        std::_Exit(1);
-    }
-    thread.join();
-    return result.get();
-}
-
-}  // namespace
-
 TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or needed expert) fails at most its own "
           "step: the same streamer's next steps give the same numbers, no ticket is lost and nothing stays pinned") {
     const std::string dir = fixture("hf_tiny_v3");
@@ -625,13 +543,13 @@ TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or 
         for (int prefetch = 1; prefetch <= 3; ++prefetch)
             for (int count : {1, 5}) {
                 // Every read of the run in turn, first to last, so each place in a step is hit.
-                for (int first = 1; first <= 150; first += (count == 1 ? 1 : 7)) {
+                for (int first = 1; first <= 150; first += count == 1 ? (background ? 1 : 3) : 9) {
                     CAPTURE(background);
                     CAPTURE(prefetch);
                     CAPTURE(count);
                     CAPTURE(first);
                     StreamerIo inner(model->source->files(), "auto", background);
-                    FailingAtCompletionSegmentIo io(inner.io(), model->plan, first, count);
+                    test::FailingAtCompletionSegmentIo io(inner.io(), &model->plan, first, count);
                     StreamerOptions so;
                     so.resident = ResidentMode::none;
                     so.prefetch_layers = prefetch;
@@ -640,7 +558,7 @@ TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or 
                     std::optional<Streamer> streamer;
                     streamer.emplace(model->layout, model->plan, *model->source, io, so);
                     std::string error;
-                    within_seconds(60, [&] {
+                    test::within_seconds(60, [&] {
                         try {
                             run_logits(model->layout, *streamer, prompt, 4);
                         } catch (const Error& e) {
@@ -665,7 +583,7 @@ TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or 
                     }
                     const int failed_in_first_run = io.failed_dense + io.failed_expert;
                     // The same streamer, from a fresh sequence: the numbers of a run with no error.
-                    const auto again = within_seconds(60, [&] { return run_logits(model->layout, *streamer, prompt, 4); });
+                    const auto again = test::within_seconds(60, [&] { return run_logits(model->layout, *streamer, prompt, 4); });
                     CHECK(bit_identical(again, reference));
                     CHECK(streamer->buffers_pinned() == 0);
                     CHECK(streamer->reads_outstanding() == int(io.outstanding()));
