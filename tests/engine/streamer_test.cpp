@@ -50,14 +50,10 @@ std::vector<int32_t> prompt_of(const std::string& dir) {
     return nlohmann::json::parse(in)["prompt_ids"].get<std::vector<int32_t>>();
 }
 
-// Logits of the prompt (all positions) and of 6 greedy decode steps after it.
-std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights, const std::vector<int32_t>& prompt,
-                              int64_t batch_tokens) {
-    ThreadPool pool(2);
-    ForwardOptions options;
-    options.shape.positions = 64;
-    options.shape.step_tokens = batch_tokens;
-    DeepseekForward forward(layout, weights, options, pool);
+// Logits of the prompt (all positions) and of 6 greedy decode steps after it, from position 0
+// of sequence 0 of `forward`.
+std::vector<float> run_logits(DeepseekForward& forward, const ModelLayout& layout, const std::vector<int32_t>& prompt) {
+    forward.truncate(0, 0);
     std::vector<float> out(prompt.size() * size_t(layout.vocab));
     forward.forward(prompt, true, out.data());
     std::vector<float> step(static_cast<size_t>(layout.vocab));
@@ -68,6 +64,20 @@ std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights
         next = argmax(step.data(), layout.vocab);
     }
     return out;
+}
+
+ForwardOptions run_options(int64_t batch_tokens) {
+    ForwardOptions options;
+    options.shape.positions = 64;
+    options.shape.step_tokens = batch_tokens;
+    return options;
+}
+
+std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights, const std::vector<int32_t>& prompt,
+                              int64_t batch_tokens) {
+    ThreadPool pool(2);
+    DeepseekForward forward(layout, weights, run_options(batch_tokens), pool);
+    return run_logits(forward, layout, prompt);
 }
 
 io::ReaderOptions reader_options(const char* backend) {
@@ -538,6 +548,7 @@ TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or 
     const auto resident = load_model(dir);
     const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 4);
     const auto model = open_model(dir);
+    ThreadPool pool(2);
     int steps_failed = 0, runs = 0, late_failures = 0, dense_failed = 0, expert_failed = 0, dense_taken_early = 0, expert_taken_early = 0;
     for (bool background : {false, true})
         for (int prefetch = 1; prefetch <= 3; ++prefetch)
@@ -557,10 +568,13 @@ TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or 
                     so.speculate = true;
                     std::optional<Streamer> streamer;
                     streamer.emplace(model->layout, model->plan, *model->source, io, so);
+                    // One forward pass object for both runs, as sluice serve keeps one across a failed step.
+                    std::optional<DeepseekForward> forward;
+                    forward.emplace(model->layout, *streamer, run_options(4), pool);
                     std::string error;
                     test::within_seconds(60, [&] {
                         try {
-                            run_logits(model->layout, *streamer, prompt, 4);
+                            run_logits(*forward, model->layout, prompt);
                         } catch (const Error& e) {
                             error = e.what();
                         }
@@ -583,12 +597,13 @@ TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or 
                     }
                     const int failed_in_first_run = io.failed_dense + io.failed_expert;
                     // The same streamer, from a fresh sequence: the numbers of a run with no error.
-                    const auto again = test::within_seconds(60, [&] { return run_logits(model->layout, *streamer, prompt, 4); });
+                    const auto again = test::within_seconds(60, [&] { return run_logits(*forward, model->layout, prompt); });
                     CHECK(bit_identical(again, reference));
                     CHECK(streamer->buffers_pinned() == 0);
                     CHECK(streamer->reads_outstanding() == int(io.outstanding()));
                     CHECK(io.unknown_tickets == 0);
                     late_failures += io.failed_dense + io.failed_expert - failed_in_first_run;
+                    forward.reset();
                     streamer.reset();  // lets every read still in flight land and hands it back
                     CHECK(io.outstanding() == 0);
                     CHECK(io.unknown_tickets == 0);
