@@ -86,16 +86,21 @@ uint64_t BackgroundSegmentIo::submit(std::span<const Extent> extents, std::byte*
     return ticket;
 }
 
-bool BackgroundSegmentIo::take_if_done(uint64_t ticket) {
+uint32_t BackgroundSegmentIo::slot_of(uint64_t ticket) const {
     const uint64_t slot = ticket & ((uint64_t(1) << slot_bits_) - 1);
     if (ticket == 0 || slot >= slots_.size() || slots_[slot].ticket != ticket)
         fail(ErrorKind::internal, "unknown read ticket {}", ticket);
+    return uint32_t(slot);
+}
+
+bool BackgroundSegmentIo::take_if_done(uint64_t ticket) {
+    const uint32_t slot = slot_of(ticket);
     ReadSlot& s = slots_[slot];
     if (!s.landed) return false;
     const std::exception_ptr error = std::move(s.error);
     s.error = nullptr;
     s.ticket = 0;
-    free_slots_.push_back(uint32_t(slot));  // within the capacity reserved: no allocation
+    free_slots_.push_back(slot);  // within the capacity reserved: no allocation
     if (error) std::rethrow_exception(error);
     return true;
 }
@@ -116,7 +121,7 @@ size_t BackgroundSegmentIo::wait_any(std::span<const uint64_t> tickets) {
     size_t which = 0;
     landed_.wait(lock, [&] {
         for (size_t i = 0; i < tickets.size(); ++i)
-            if (take_if_done(tickets[i])) {
+            if (slots_[slot_of(tickets[i])].landed) {
                 which = i;
                 return true;
             }

@@ -9,7 +9,7 @@
 //
 // Nothing here allocates once the reads start: a read lives in one of a fixed set of slots,
 // sized before the first submit (one per registered buffer, since a buffer is the target of at
-// most one read at a time), from submit until poll, wait or wait_any hands its outcome back.
+// most one read at a time), from submit until poll or wait hands its outcome back.
 #pragma once
 
 #include <condition_variable>
@@ -87,6 +87,8 @@ private:
     void run();
     void hand_to_inner(uint32_t slot);
     void land(uint32_t slot, std::exception_ptr error);
+    // Under the lock: the ticket's slot (an internal error for a ticket not outstanding).
+    uint32_t slot_of(uint64_t ticket) const;
     // Under the lock: true (and frees the slot, rethrowing its error) once it has landed.
     bool take_if_done(uint64_t ticket);
 

@@ -33,7 +33,9 @@ public:
     virtual bool poll(uint64_t ticket) = 0;
     // Blocks until the ticket has completed (throws its error if it failed).
     virtual void wait(uint64_t ticket) = 0;
-    // Blocks until at least one of `tickets` has completed and returns its index in the span.
+    // Blocks until at least one of `tickets` has completed (landed or failed) and returns its
+    // index in the span. It hands nothing back: poll or wait on that ticket then returns at once,
+    // true or with the read's error, so a caller always knows whose read failed.
     virtual size_t wait_any(std::span<const uint64_t> tickets) = 0;
 };
 

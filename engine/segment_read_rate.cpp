@@ -60,6 +60,7 @@ SegmentReadRun time_expert_reads(const OpenModel& model, const io::ReaderOptions
         }
         if (tickets.empty()) break;
         const size_t done = io.wait_any(tickets);
+        io.wait(tickets[done]);  // hands it back (at once: it has completed)
         free_slots.push_back(slot_of[done]);
         tickets.erase(tickets.begin() + ptrdiff_t(done));
         slot_of.erase(slot_of.begin() + ptrdiff_t(done));

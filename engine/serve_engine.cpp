@@ -107,9 +107,10 @@ void ServeEngine::run() {
         ro.shapes = {RunShape{options_.max_sequences, options_.context, step_tokens, int64_t(options_.max_sequences) + 2}};
         ro.n_threads = pool.size();
         options_.max_step_tokens = step_tokens;
-        // A failed read leaves the streamer's buffers claiming reads the reader has forgotten
-        // ("unknown read ticket" at a later step), so the runtime is made again, its weights
-        // reloaded, rather than stepped on.
+        // A step a failed read cut short is stepped on with the same runtime (the streamer and
+        // the device weights let go of that step's buffers at the next one), except with a latent
+        // cache spilled to disk, whose step schedule is cut short with it: then the runtime is
+        // made again, its weights reloaded (serve returns true).
         // While the disk stays unreadable that load fails too: it is tried again, a second later,
         // then two, four... up to 16 (requests meanwhile get 503 "loading"), 8 times in all.
         bool reloading = false;
@@ -282,10 +283,19 @@ bool ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
             // A read that failed (a bad sector, a file system gone for a moment) fails the requests
             // that were running, with its message, not the server. Before, one failed read ended
             // the process and every client heard "the server shut down".
-            ready_ = false;  // before the clients hear: their next request finds the server loading
+            const bool reload = rt.memory.mla_spilled_bytes > 0;
+            if (reload) ready_ = false;  // before the clients hear: their next request finds the server loading
             step_error = e.what();
             const int n = scheduler.cancel_running();
             step_error.clear();
+            if (!reload) {  // the waiting ones stay queued, and the next step reads on
+                fmt::print(stderr, "serve: a step failed: {}; its {} running request(s) got the error, {} wait\n",
+                           e.what(), n, scheduler.n_pending());
+                std::lock_guard lock(stats_mutex_);
+                stats_.active_sequences = 0;
+                stats_.queued = int64_t(scheduler.n_pending());
+                continue;
+            }
             // The waiting ones go back to the inbox, ahead of newer ones, in the order they came.
             std::vector<std::pair<int64_t, std::shared_ptr<ServeRequest>>> waiting(running.begin(), running.end());
             std::sort(waiting.begin(), waiting.end(), [](const auto& a, const auto& b) { return a.first < b.first; });

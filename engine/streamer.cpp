@@ -185,8 +185,9 @@ void Streamer::read_landed() {
     if (reads_in_flight_ > 0 && --reads_in_flight_ == 0) current_.read_seconds += seconds(Clock::now() - busy_since_);
 }
 
-void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) {
+void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment, bool on_demand) {
     if (b.state == BufferState::reading) wait_for(b);  // cannot reuse memory a read still targets
+    if (b.state == BufferState::reading) fail(ErrorKind::internal, "a buffer still being read was given a new read");
     if (b.layer >= 0 && b.expert >= 0) expert_buffer_[size_t(b.layer)][size_t(b.expert)] = -1;
     if (b.predicted && b.layer > computing_layer_) ++current_.guesses_evicted;
     // Empty until the read is under way: if the reader refuses it, no buffer claims to hold the
@@ -207,6 +208,7 @@ void Streamer::submit(Buffer& b, int layer, int expert, const Segment& segment) 
     b.layer = layer;
     b.expert = expert;
     b.state = BufferState::reading;
+    b.demand_step = on_demand ? step_serial_ : -1;
     current_.bytes_read += segment.bytes();
     if (expert >= 0) {
         ++current_.expert_reads;
@@ -232,21 +234,81 @@ void Streamer::trace_wait(Clock::time_point start, int layer) {
     if (trace_) trace_->add(Trace::Track::waits, "wait for data", trace_->to_us(start), trace_->now_us(), {{"layer", layer}});
 }
 
-void Streamer::wait_for(Buffer& b) {
-    if (b.state != BufferState::reading) return;
-    if (!io_.poll(b.ticket)) {
-        const auto t0 = Clock::now();
-        io_.wait(b.ticket);
-        current_.wait_seconds += seconds(Clock::now() - t0);
-        trace_wait(t0, b.layer);
+// A read made on demand in this step for bytes the computation waits for now: the pinned dense
+// segment of the layer computing, or an expert that layer still needs.
+bool Streamer::wanted_now(const Buffer& b) const {
+    if (b.demand_step != step_serial_) return false;
+    if (b.expert < 0) return b.pins > 0;
+    return b.layer == computing_layer_ && still_needed(b.expert);
+}
+
+// Takes a read's outcome from the reader (waiting for it if `block`): true once it landed. The
+// reader forgets a ticket once it has reported its outcome, error included, so a failed read's
+// buffer is emptied here, the one place outcomes are taken: it claims neither the segment nor the
+// ticket, and its pool has it back (a later poll of that ticket was "unknown read ticket", a
+// step later). The error goes on when the read was made on demand, in this step, for bytes
+// the computation waits for now; any other read (a prefetch, a guess, a read of a step an error
+// cut short) just leaves its segment to be read again, on demand, when it is wanted, and then
+// that read's error, if the disk still fails, is the one reported.
+bool Streamer::collect(Buffer& b, bool block) {
+    try {
+        if (block) io_.wait(b.ticket);
+        else if (!io_.poll(b.ticket)) return false;
+    } catch (const Error& e) {
+        const bool wanted = wanted_now(b);
+        drop_failed_read(b);
+        if (wanted || e.kind() != ErrorKind::io) throw;
+        return false;
+    } catch (...) {
+        drop_failed_read(b);
+        throw;
     }
     finish_read(b);
+    return true;
+}
+
+void Streamer::drop_failed_read(Buffer& b) {
+    if (b.layer >= 0 && b.expert >= 0) expert_buffer_[size_t(b.layer)][size_t(b.expert)] = -1;
+    if (trace_)
+        trace_->add(Trace::Track::reads, "read failed", trace_->to_us(b.submitted), trace_->now_us(),
+                    {{"layer", b.layer}, {"expert", b.expert}});
+    b.layer = b.expert = -1;
+    b.state = BufferState::empty;
+    b.bound = false;
+    b.predicted = false;
+    b.ticket = 0;
+    read_landed();
+}
+
+void Streamer::wait_for(Buffer& b) {
+    if (b.state != BufferState::reading) return;
+    if (collect(b, false)) return;
+    if (b.state != BufferState::reading) return;  // failed, and not wanted now
+    const auto t0 = Clock::now();
+    const int layer = b.layer;
+    collect(b, true);
+    current_.wait_seconds += seconds(Clock::now() - t0);
+    trace_wait(t0, layer);
 }
 
 void Streamer::poll_all() {
     for (auto* pool : {&dense_pool_, &expert_pool_})
         for (auto& b : *pool)
-            if (b.state == BufferState::reading && io_.poll(b.ticket)) finish_read(b);
+            if (b.state == BufferState::reading) collect(b, false);
+}
+
+int Streamer::buffers_pinned() const {
+    int n = 0;
+    for (const auto* pool : {&dense_pool_, &expert_pool_})
+        for (const auto& b : *pool) n += b.pins > 0;
+    return n;
+}
+
+int Streamer::reads_outstanding() const {
+    int n = 0;
+    for (const auto* pool : {&dense_pool_, &expert_pool_})
+        for (const auto& b : *pool) n += b.state == BufferState::reading;
+    return n;
 }
 
 void Streamer::bind(Buffer& b) {
@@ -415,12 +477,13 @@ void Streamer::prefetch_dense_after(int layer) {
         if (dense_elsewhere(next) || find(dense_pool_, next, -1)) continue;
         Buffer* b = acquire_dense(next);
         if (!b) return;
-        submit(*b, next, -1, plan_.layers[size_t(next)].dense);
+        submit(*b, next, -1, plan_.layers[size_t(next)].dense, false);
     }
 }
 
 void Streamer::begin_step(int64_t n_tokens) {
     abandon_layer();  // a step an error cut short (its reads in flight land as usual)
+    ++step_serial_;    // a step an error cut short never reached end_step
     guesses_.clear();  // made from the previous step's hidden states
     // A scan: the distinct experts the step's routes are expected to touch (uniform routing) over
     // all MoE layers exceed the pool. Decoding 16 sequences on the 5-layer V3 model (~400 experts a
@@ -461,13 +524,17 @@ const LayerWeights& Streamer::begin_layer(int layer) {
     if (!b) {
         b = acquire_dense(layer);
         if (!b) fail(ErrorKind::internal, "no dense buffer free for layer {}", layer);
-        submit(*b, layer, -1, plan_.layers[size_t(layer)].dense);
+        submit(*b, layer, -1, plan_.layers[size_t(layer)].dense, true);
     }
     ++b->pins;
     current_dense_ = b;
     // Start the next layers' reads before waiting on this one, so the disk never idles.
     prefetch_dense_after(layer);
     wait_for(*b);
+    if (b->state == BufferState::empty) {  // read ahead, and that read failed: read it again now
+        submit(*b, layer, -1, plan_.layers[size_t(layer)].dense, true);
+        wait_for(*b);
+    }
     bind(*b);
     return b->dense;
 }
@@ -477,10 +544,7 @@ const LayerWeights* Streamer::peek_layer(int layer) {
     if (dense_resident_ || dense_elsewhere(layer)) return &globals_.layers[size_t(layer)];
     Buffer* b = find(dense_pool_, layer, -1);
     if (!b) return nullptr;
-    if (b->state == BufferState::reading) {
-        if (!io_.poll(b->ticket)) return nullptr;
-        finish_read(*b);
-    }
+    if (b->state == BufferState::reading && !collect(*b, false)) return nullptr;  // in flight, or failed
     bind(*b);
     return &b->dense;
 }
@@ -532,7 +596,7 @@ void Streamer::issue_guesses() {
         Buffer* b = acquire_expert(layer, true, score(layer, e) + 1.0);
         if (!b) continue;
         held -= b->predicted;  // an unused guess of another layer may be the one evicted
-        submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)]);
+        submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)], false);
         b->predicted = true;
         ++held;
         ++current_.predicted;
@@ -572,7 +636,7 @@ void Streamer::submit_deferred(int layer) {
             deferred_[kept++] = e;
             continue;
         }
-        submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)]);
+        submit(*b, layer, e, plan_.layers[size_t(layer)].experts[size_t(e)], true);
     }
     deferred_.resize(kept);
 }
@@ -593,8 +657,14 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
             if (handed_[i]) continue;
             any_left = true;
             Buffer* b = find(expert_pool_, layer, needed_[i]);
-            if (!b) continue;  // deferred: no buffer yet
-            if (b->state == BufferState::reading && io_.poll(b->ticket)) finish_read(*b);
+            // A read of it that failed before it was asked for on demand (a guess, or a read of a
+            // step cut short) left it nowhere: it is read again, now on demand.
+            if (b && b->state == BufferState::reading && !collect(*b, false) && b->state == BufferState::empty) b = nullptr;
+            if (!b) {
+                if (std::find(deferred_.begin(), deferred_.end(), needed_[i]) == deferred_.end())
+                    deferred_.push_back(needed_[i]);
+                continue;  // deferred: no buffer yet
+            }
             if (b->state == BufferState::ready) {
                 handed_[i] = 1;
                 ++b->pins;
@@ -626,9 +696,9 @@ int32_t Streamer::next_expert(int layer, const ExpertWeights** weights) {
         }
         const auto t0 = Clock::now();
         const size_t which = io_.wait_any(wait_tickets_);
+        collect(expert_pool_[wait_index_[which]], true);  // completed: at once, or its error
         current_.wait_seconds += seconds(Clock::now() - t0);
         trace_wait(t0, layer);
-        finish_read(expert_pool_[wait_index_[which]]);
     }
 }
 

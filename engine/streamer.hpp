@@ -86,6 +86,10 @@ public:
     StepStats totals() const;
     // Bytes this streamer holds from the OS: staging and cache pools, resident weights.
     uint64_t allocated_bytes() const { return allocated_bytes_; }
+    // Buffers pinned by the layer computing (none between steps) and buffers whose read is in
+    // flight (each holds one ticket of the reader's): what tests check after a failed read.
+    int buffers_pinned() const;
+    int reads_outstanding() const;
 
 private:
     enum class BufferState { empty, reading, ready };
@@ -101,15 +105,20 @@ private:
         std::vector<const std::byte*> extent_data;  // per flattened extent
         int pins = 0;
         bool predicted = false;                  // read on a prediction, not yet used
+        int64_t demand_step = -1;                // step_serial_ of the step that read it on demand, else -1
         LayerWeights dense;                      // views, when expert == -1 and bound
         ExpertWeights expert_weights;            // views, when expert >= 0 and bound
         bool bound = false;
     };
 
     void zero_buffers();
-    void submit(Buffer& b, int layer, int expert, const Segment& segment);
+    // on_demand: for bytes the layer computing waits for (not a prefetch or a guess).
+    void submit(Buffer& b, int layer, int expert, const Segment& segment, bool on_demand);
     void abandon_layer();
     void finish_read(Buffer& b);
+    bool wanted_now(const Buffer& b) const;
+    bool collect(Buffer& b, bool block);
+    void drop_failed_read(Buffer& b);
     void wait_for(Buffer& b);
     void poll_all();
     void bind(Buffer& b);
@@ -172,6 +181,7 @@ private:
     StepStats current_;
     std::vector<StepStats> steps_;
     int64_t step_index_ = 0;
+    int64_t step_serial_ = 0;                  // counts begin_step, steps cut short included
     int computing_layer_ = -1;                 // the layer between begin_layer and end_layer
     bool scan_step_ = false;                   // this step needs more experts than the pool holds
     int64_t n_moe_layers_ = 0;

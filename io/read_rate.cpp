@@ -60,6 +60,7 @@ ReadRun time_sequential_reads(const std::vector<std::string>& paths, const Reade
         }
         if (live.empty()) break;
         const size_t i = reader.wait_any(live);
+        reader.wait(live[i]);  // hands it back (at once: it has completed)
         const size_t s = live_slot[i];
         run.latency_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - started[s]).count());
         live.erase(live.begin() + ptrdiff_t(i));

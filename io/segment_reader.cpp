@@ -350,10 +350,7 @@ void SegmentReader::wait(uint64_t ticket) {
 size_t SegmentReader::wait_any(std::span<const uint64_t> tickets) {
     for (;;) {
         for (size_t i = 0; i < tickets.size(); ++i)
-            if (segment_for(tickets[i]).chunks_left == 0) {
-                collect(tickets[i]);
-                return i;
-            }
+            if (segment_for(tickets[i]).chunks_left == 0) return i;
         pump(true);
     }
 }

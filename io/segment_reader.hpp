@@ -66,6 +66,8 @@ public:
     // error if it failed). A ticket reports completion once; then it is forgotten.
     bool poll(uint64_t ticket);
     void wait(uint64_t ticket);
+    // The index of a ticket that has completed (landed or failed), still to be handed back by
+    // poll or wait (which then return at once): a failed read's error goes to a known ticket.
     size_t wait_any(std::span<const uint64_t> tickets);
     // Reads queued or in flight.
     size_t requests_outstanding() const { return pending_count_ + in_flight_; }

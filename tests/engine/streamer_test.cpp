@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <new>
 #include <optional>
 #include <string>
@@ -35,6 +36,7 @@
 #include "engine/sampler.hpp"
 #include "engine/streamer.hpp"
 #include "engine/synth.hpp"
+#include "tests/engine/failing_segment_io.hpp"
 #include "tests/engine/forwarding_segment_io.hpp"
 #include "tests/test_data.hpp"
 
@@ -48,14 +50,10 @@ std::vector<int32_t> prompt_of(const std::string& dir) {
     return nlohmann::json::parse(in)["prompt_ids"].get<std::vector<int32_t>>();
 }
 
-// Logits of the prompt (all positions) and of 6 greedy decode steps after it.
-std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights, const std::vector<int32_t>& prompt,
-                              int64_t batch_tokens) {
-    ThreadPool pool(2);
-    ForwardOptions options;
-    options.shape.positions = 64;
-    options.shape.step_tokens = batch_tokens;
-    DeepseekForward forward(layout, weights, options, pool);
+// Logits of the prompt (all positions) and of 6 greedy decode steps after it, from position 0
+// of sequence 0 of `forward`.
+std::vector<float> run_logits(DeepseekForward& forward, const ModelLayout& layout, const std::vector<int32_t>& prompt) {
+    forward.truncate(0, 0);
     std::vector<float> out(prompt.size() * size_t(layout.vocab));
     forward.forward(prompt, true, out.data());
     std::vector<float> step(static_cast<size_t>(layout.vocab));
@@ -66,6 +64,20 @@ std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights
         next = argmax(step.data(), layout.vocab);
     }
     return out;
+}
+
+ForwardOptions run_options(int64_t batch_tokens) {
+    ForwardOptions options;
+    options.shape.positions = 64;
+    options.shape.step_tokens = batch_tokens;
+    return options;
+}
+
+std::vector<float> run_logits(const ModelLayout& layout, WeightProvider& weights, const std::vector<int32_t>& prompt,
+                              int64_t batch_tokens) {
+    ThreadPool pool(2);
+    DeepseekForward forward(layout, weights, run_options(batch_tokens), pool);
+    return run_logits(forward, layout, prompt);
 }
 
 io::ReaderOptions reader_options(const char* backend) {
@@ -336,10 +348,9 @@ public:
     }
     size_t wait_any(std::span<const uint64_t> tickets) override {
         const auto t0 = std::chrono::steady_clock::now();
-        const size_t which = inner_.wait_any(tickets);
+        const size_t which = inner_.wait_any(tickets);  // handed back by the poll or wait that follows
         blocked_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         ++blocking_waits;
-        handed_back(tickets[which]);
         return which;
     }
     // Whether a read whose first extent is `first` is outstanding.
@@ -530,6 +541,87 @@ TEST_CASE("a read the reader refuses leaves no buffer claiming its segment: the 
     CHECK(refused == 24);
 }
 
+TEST_CASE("a read that fails at completion (dense, prefetched dense, guessed or needed expert) fails at most its own "
+          "step: the same streamer's next steps give the same numbers, no ticket is lost and nothing stays pinned") {
+    const std::string dir = fixture("hf_tiny_v3");
+    const auto prompt = prompt_of(dir);
+    const auto resident = load_model(dir);
+    const auto reference = run_logits(resident->layout(), *resident->provider, prompt, 4);
+    const auto model = open_model(dir);
+    ThreadPool pool(2);
+    int steps_failed = 0, runs = 0, late_failures = 0, dense_failed = 0, expert_failed = 0, dense_taken_early = 0, expert_taken_early = 0;
+    for (bool background : {false, true})
+        for (int prefetch = 1; prefetch <= 3; ++prefetch)
+            for (int count : {1, 5}) {
+                // Every other read of the run, first to last, so each place in a step is hit (fewer
+                // with the reader driven from the compute thread, and for the runs of 5 failures).
+                for (int first = 1; first <= 150; first += count == 1 ? (background ? 2 : 5) : 13) {
+                    CAPTURE(background);
+                    CAPTURE(prefetch);
+                    CAPTURE(count);
+                    CAPTURE(first);
+                    StreamerIo inner(model->source->files(), "auto", background);
+                    test::FailingAtCompletionSegmentIo io(inner.io(), &model->plan, first, count);
+                    StreamerOptions so;
+                    so.resident = ResidentMode::none;
+                    so.prefetch_layers = prefetch;
+                    so.expert_buffers = 6;
+                    so.speculate = true;
+                    std::optional<Streamer> streamer;
+                    streamer.emplace(model->layout, model->plan, *model->source, io, so);
+                    // One forward pass object for both runs, as sluice serve keeps one across a failed step.
+                    std::optional<DeepseekForward> forward;
+                    forward.emplace(model->layout, *streamer, run_options(4), pool);
+                    std::string error;
+                    test::within_seconds(60, [&] {
+                        try {
+                            run_logits(*forward, model->layout, prompt);
+                        } catch (const Error& e) {
+                            error = e.what();
+                        }
+                        return 0;
+                    });
+                    io.failing = false;  // reads of the first run still in flight may fail yet
+                    if (first > io.submits()) break;  // past the run's last read
+                    ++runs;
+                    steps_failed += !error.empty();
+                    if (!error.empty()) CHECK(error.find("failed at completion") != std::string::npos);
+                    // Every buffer the streamer has reading holds a ticket the reader still has.
+                    CHECK(streamer->reads_outstanding() == int(io.outstanding()));
+                    CHECK(io.unknown_tickets == 0);
+                    if (error.empty()) {  // every failure was a read taken before anyone waited on it
+                        dense_taken_early += io.failed_dense;
+                        expert_taken_early += io.failed_expert;
+                    } else {
+                        dense_failed += io.failed_dense;
+                        expert_failed += io.failed_expert;
+                    }
+                    const int failed_in_first_run = io.failed_dense + io.failed_expert;
+                    // The same streamer, from a fresh sequence: the numbers of a run with no error.
+                    const auto again = test::within_seconds(60, [&] { return run_logits(*forward, model->layout, prompt); });
+                    CHECK(bit_identical(again, reference));
+                    CHECK(streamer->buffers_pinned() == 0);
+                    CHECK(streamer->reads_outstanding() == int(io.outstanding()));
+                    CHECK(io.unknown_tickets == 0);
+                    late_failures += io.failed_dense + io.failed_expert - failed_in_first_run;
+                    forward.reset();
+                    streamer.reset();  // lets every read still in flight land and hands it back
+                    CHECK(io.outstanding() == 0);
+                    CHECK(io.unknown_tickets == 0);
+                }
+            }
+    MESSAGE(runs << " runs with reads failing at completion, " << steps_failed << " of them cut short; reads failed: "
+                 << dense_failed << " dense and " << expert_failed << " expert in runs cut short, "
+                 << dense_taken_early << " dense and " << expert_taken_early << " expert taken early (no error); "
+                 << late_failures << " reads of a run cut short failed in the next run, which still gave the numbers");
+    // Each kind of read failed somewhere: waited-for and prefetched dense segments, needed experts
+    // and guesses (an expert read failing with no error to show was one nobody needed yet).
+    CHECK(dense_failed > 0);
+    CHECK(expert_failed > 0);
+    CHECK(dense_taken_early > 0);
+    CHECK(expert_taken_early > 0);
+}
+
 TEST_CASE("speculative prefetch keeps predicting once the expert pool is warm, and some predictions hit") {
     const std::string dir = fixture("hf_tiny_v3");
     const auto prompt = prompt_of(dir);
@@ -623,10 +715,7 @@ public:
             r.extent_data[i] = r.buffer + r.extents[i].offset;
         }
     }
-    size_t wait_any(std::span<const uint64_t> tickets) override {
-        wait(tickets[0]);
-        return 0;
-    }
+    size_t wait_any(std::span<const uint64_t>) override { return 0; }  // every read completes at once
 
 private:
     struct Read {
@@ -695,7 +784,8 @@ TEST_CASE("BackgroundSegmentIo reuses its slots for many more reads than it hold
         pair = {t[1], t[0]};
         const size_t done = io.wait_any(pair) == 0 ? 1 : 0;  // pair[k] is t[1 - k]
         const size_t other = 1 - done;
-        ok[done] = reads[done].landed_in(buffers[done].data());
+        const bool handed_back = io.poll(t[done]);  // completed, so handed back at once
+        ok[done] = handed_back && reads[done].landed_in(buffers[done].data());
         io.wait(t[other]);
         ok[other] = reads[other].landed_in(buffers[other].data());
     }

@@ -67,8 +67,8 @@ class EngineError(unittest.TestCase):
             self.assertEqual(error["code"], "engine_error")
             self.assertIn("Input/output error", error["message"])
 
-            # The server serves on: it loads the model again (/health says "loading" meanwhile, and
-            # requests get 503), then answers with the same greedy text as before.
+            # The server serves on with the same loaded model (the streamer lets go of the failed
+            # reads), and answers with the same greedy text as before.
             server.wait_ready(timeout=60)
             s, _, after = fx.post(server.url + "/v1/completions", probe, timeout=120)
             self.assertEqual(s, 200, after)
