@@ -12,7 +12,7 @@ namespace {
 // second or more a step, and fewer steps let it tilt the fit.
 constexpr double kKeep = 0.95;
 // The weight (in steps) a fit needs: below it two or three points fit anything.
-constexpr double kMinWeight = 3.5;
+constexpr double kMinWeight = 5;
 // A count varies enough to fit a cost per token when its weighted spread is at least this share of
 // the mean step size (and at least kMinSpread tokens): below it, timing noise (a second or more a
 // step on a shared machine) swamps the slope.
@@ -81,7 +81,19 @@ void StepSizer::refit() {
         m.fixed_s = my - m.per_prompt_s * (md + mp);
         accept(m);
     }
-    // Otherwise the last model stands (steps alike in size say nothing new about the slope).
+    // Steps alike in size say nothing new about the slope, but their compute still moves (other
+    // work on the cores, the expert cache warming): the last model keeps its shape (fixed against
+    // per-token cost) and is scaled to the recent steps' mean. Kept as it was, a model fitted on
+    // the first few steps of a loaded machine held the target at 270 tokens for the rest of a job
+    // whose steps (all about their target, once chunks were packed first fit) then computed 7 s of
+    // an 11 s read.
+    if (!model_) return;
+    const double predicted = model_->fixed_s + model_->per_decode_s * md + model_->per_prompt_s * mp;
+    if (!(predicted > 0) || !(my > 0)) return;
+    const double scale = my / predicted;
+    model_->fixed_s *= scale;
+    model_->per_decode_s *= scale;
+    model_->per_prompt_s *= scale;
 }
 
 int64_t StepSizer::target(int64_t n_decode) const {

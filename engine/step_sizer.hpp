@@ -48,7 +48,8 @@ private:
     // Exponentially weighted sums for the least-squares fit: weight, decode, prompt, compute, and
     // their products.
     double w_ = 0, d_ = 0, p_ = 0, y_ = 0, dd_ = 0, pp_ = 0, dp_ = 0, dy_ = 0, py_ = 0;
-    // The last fit the steps supported: kept while later steps are too alike to refit.
+    // The last fit the steps supported; while later steps are too alike to refit, its shape
+    // scaled to their mean compute.
     std::optional<CostModel> model_;
 };
 

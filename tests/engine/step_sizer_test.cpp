@@ -63,6 +63,20 @@ TEST_CASE("steps all of one size fall back to read time over compute per token")
     CHECK(resident.target() == 1024);
 }
 
+TEST_CASE("steps alike in size after a fit keep its shape and follow the compute as it changes") {
+    StepSizer sizer(16, 1024);
+    const int64_t sizes[] = {60, 480, 130, 300, 500, 90, 250, 410, 170, 360};
+    for (int i = 0; i < 40; ++i) sizer.observe(0, sizes[i % 10], 10.5, 2.0 + 0.025 * double(sizes[i % 10]));
+    CHECK(sizer.target() == doctest::Approx(340).epsilon(0.01));
+    // Then every step carries 300 tokens and the cores get 40% faster (another job ended): 1.2 s +
+    // 15 ms a token, balanced at (10.5 - 1.2) / 0.015 = 620 tokens. Kept as fitted, the target
+    // would stay at 340 (and a step of 340 would compute 6.3 s of a 10.5 s read).
+    for (int i = 0; i < 150; ++i) sizer.observe(0, 300, 10.5, 0.6 * (2.0 + 0.025 * 300));
+    // Within 15%: the steps in between, some of the old sizes and speed and some of the new, are
+    // fitted too and tilt the shape (here to 553).
+    CHECK(double(sizer.target()) == doctest::Approx(620).epsilon(0.15));
+}
+
 TEST_CASE("noisy and degenerate timings keep the target within its bounds") {
     StepSizer sizer(64, 512);
     std::mt19937 rng(9);
