@@ -19,6 +19,7 @@
 #include "engine/batch_progress.hpp"
 #include "engine/batch_results.hpp"
 #include "engine/batch_scheduler.hpp"
+#include "engine/step_sizer.hpp"
 #include "engine/cpu_backend.hpp"
 #include "engine/spilled_latent_cache.hpp"
 #include "engine/deepseek_v3.hpp"
@@ -313,6 +314,9 @@ int run_batch_job(const BatchJobOptions& o) {
     so.max_sequences = max_sequences;
     so.prefill_chunk = o.prefill_chunk;
     so.max_step_tokens = step_tokens;
+    // Every request is known: long decodes start first, short prompts fill the steps beside them
+    // (results do not depend on the order; the file is rewritten in input order at the end).
+    so.order = RequestOrder::longest_output_first;
     BatchScheduler scheduler(forward, so, on_token, on_finish);
     for (size_t i = 0; i < todo.size(); ++i) {
         const BatchRequest& r = *todo[i].input->request;
@@ -347,7 +351,7 @@ int run_batch_job(const BatchJobOptions& o) {
         const auto t0 = Clock::now();
         const size_t streamer_steps = rt->streamer ? rt->streamer->steps().size() : 0;
         const uint64_t spill_read0 = spilled ? spilled->bytes_read() : 0, spill_written0 = spilled ? spilled->bytes_written() : 0;
-        const ScheduledStep plan = scheduler.step(sizer.target());
+        const ScheduledStep plan = scheduler.step(sizer.target(scheduler.n_decoding()));
         results.append(finished);
         finished.clear();
         const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -357,7 +361,7 @@ int run_batch_job(const BatchJobOptions& o) {
         io_total += io;
         const uint64_t spill_read = spilled ? spilled->bytes_read() - spill_read0 : 0;
         const uint64_t spill_written = spilled ? spilled->bytes_written() - spill_written0 : 0;
-        sizer.observe(plan.n_tokens(), rt->streamer ? io.read_seconds : 0.0, rt->streamer ? io.compute_seconds : seconds);
+        sizer.observe(plan.n_decode, plan.n_prefill, rt->streamer ? io.read_seconds : 0.0, rt->streamer ? io.compute_seconds : seconds);
         ++n_steps;
         step_sequences += plan.n_sequences;
         step_tokens_sum += plan.n_tokens();
@@ -375,6 +379,10 @@ int run_batch_job(const BatchJobOptions& o) {
                                 {"finished", plan.n_finished}, {"done", fig.done},
                                 {"spill_bytes_read", spill_read}, {"spill_bytes_written", spill_written},
                                 {"streaming", io.to_json()}};
+            // The cost model the next step's target came from (absent while the proportional rule holds).
+            if (const auto& m = sizer.model())
+                j["cost_model"] = {{"fixed_s", m->fixed_s}, {"per_decode_s", m->per_decode_s},
+                                   {"per_prompt_s", m->per_prompt_s}};
             std::fprintf(stats, "%s\n", j.dump().c_str());
             std::fflush(stats);
         }

@@ -43,9 +43,24 @@ void BatchScheduler::add(ScheduledRequest request) {
         fail(ErrorKind::invalid_input, "request {}: {} prompt + {} new tokens exceed the context of {}", request.id,
              request.prompt.size(), request.max_new_tokens, context_);
     pending_.push_back(std::move(request));
+    if (options_.order != RequestOrder::fifo) pending_sorted_ = false;
+}
+
+int BatchScheduler::n_decoding() const {
+    int n = 0;
+    for (const Slot& s : slots_) n += s.active && s.prompt_done >= int64_t(s.request.prompt.size());
+    return n;
 }
 
 void BatchScheduler::admit(ScheduledStep& plan) {
+    if (!pending_sorted_) {
+        // Once per batch of adds (sluice batch adds its whole job before the first step); stable,
+        // so equal max_new_tokens keep the order they were added in.
+        std::stable_sort(pending_.begin(), pending_.end(), [](const ScheduledRequest& a, const ScheduledRequest& b) {
+            return a.max_new_tokens > b.max_new_tokens;
+        });
+        pending_sorted_ = true;
+    }
     for (int s = 0; s < int(slots_.size()) && !pending_.empty(); ++s) {
         Slot& slot = slots_[size_t(s)];
         if (slot.active) continue;
@@ -111,19 +126,29 @@ ScheduledStep BatchScheduler::step(int64_t target_tokens) {
         ++plan.n_decode;
         plan.n_positions += forward_.position(s) + 1;
     }
-    // Then prompt chunks, earliest admitted first, while the step has room (at least one chunk).
+    // Then prompt chunks while the step has room (at least one chunk): earliest admitted first, or
+    // in longest_output_first, the most max_new_tokens first (then earliest admitted).
     prefill_order_.clear();
     for (int s = 0; s < int(slots_.size()); ++s)
         if (slots_[size_t(s)].active && slots_[size_t(s)].prompt_done < int64_t(slots_[size_t(s)].request.prompt.size()))
             prefill_order_.push_back(s);
-    std::sort(prefill_order_.begin(), prefill_order_.end(),
-              [&](int a, int b) { return slots_[size_t(a)].order < slots_[size_t(b)].order; });
+    const bool longest_first = options_.order == RequestOrder::longest_output_first;
+    std::sort(prefill_order_.begin(), prefill_order_.end(), [&](int a, int b) {
+        const Slot& x = slots_[size_t(a)];
+        const Slot& y = slots_[size_t(b)];
+        if (longest_first && x.request.max_new_tokens != y.request.max_new_tokens)
+            return x.request.max_new_tokens > y.request.max_new_tokens;
+        return x.order < y.order;
+    });
     for (int s : prefill_order_) {
         Slot& slot = slots_[size_t(s)];
         const auto& prompt = slot.request.prompt;
         const int64_t count = std::min(options_.prefill_chunk, int64_t(prompt.size()) - slot.prompt_done);
-        if (plan.n_prefill > 0 && tokens + count > plan.target_tokens) break;
-        if (tokens + count > options_.max_step_tokens) break;
+        // A chunk that does not fit leaves its room to later, shorter ones (first fit): chunks are
+        // whole (their boundaries must not depend on the batch), and prompts of 64-128 tokens left
+        // steps up to a chunk short of their target. The first in order always fits or goes first.
+        if (plan.n_prefill > 0 && tokens + count > plan.target_tokens) continue;
+        if (tokens + count > options_.max_step_tokens) continue;
         const bool last = slot.prompt_done + count == int64_t(prompt.size());
         entries_.push_back({s, std::span<const int32_t>(prompt).subspan(size_t(slot.prompt_done), size_t(count)), false,
                             !last});
@@ -160,25 +185,6 @@ ScheduledStep BatchScheduler::step(int64_t target_tokens) {
         }
     }
     return plan;
-}
-
-int64_t StepSizer::target() const {
-    if (n_observed_ == 0 || read_s_ <= 0 || compute_s_per_token_ <= 0) return max_;
-    return std::clamp(int64_t(read_s_ / compute_s_per_token_), min_, max_);
-}
-
-void StepSizer::observe(int64_t n_tokens, double read_seconds, double compute_seconds) {
-    if (n_tokens <= 0) return;
-    // Recent steps weigh most: the mix of prompt and decode tokens (and so the cost per token) drifts.
-    constexpr double kWeight = 0.3;
-    const double per_token = compute_seconds / double(n_tokens);
-    if (n_observed_++ == 0) {
-        read_s_ = read_seconds;
-        compute_s_per_token_ = per_token;
-        return;
-    }
-    read_s_ += kWeight * (read_seconds - read_s_);
-    compute_s_per_token_ += kWeight * (per_token - compute_s_per_token_);
 }
 
 }  // namespace sluice

@@ -1,8 +1,7 @@
 // Continuous batching for throughput (sluice batch): up to max_sequences requests in flight,
 // each finished one replaced at once; every step carries one decode token per decoding sequence
 // and fills the rest with prompt chunks, so one pass over the weights serves both. StepSizer sets
-// how many tokens a step should carry: about as many as the GEMMs finish in the time the step's
-// weights take to read (the roofline-balanced step of DESIGN.md).
+// how many tokens a step should carry (engine/step_sizer.hpp).
 //
 // A request's tokens do not depend on the requests around it: its prompt is cut into chunks of
 // prefill_chunk positions from position 0 whatever else is in the step (so each chunk's attention
@@ -34,10 +33,22 @@ struct ScheduledRequest {
 enum class FinishReason { stop, length, cancelled };
 const char* finish_reason_name(FinishReason reason);
 
+// Which waiting request starts first, and whose prompt is chunked first.
+enum class RequestOrder {
+    // In the order added: what a server owes its clients.
+    fifo,
+    // The most max_new_tokens first (ties in the order added): for an offline job, whose requests
+    // are all known. A request that must decode long starts early; short ones' prompts then fill
+    // the steps while it decodes, and the job ends on short decodes instead of a tail of near-empty
+    // decode-only steps (each a whole pass over the weights for a few tokens).
+    longest_output_first,
+};
+
 struct SchedulerOptions {
     int max_sequences = 1;          // at most the forward's n_sequences
     int64_t prefill_chunk = 256;    // prompt positions per sequence per step
     int64_t max_step_tokens = 512;  // at most the forward's max_batch_tokens
+    RequestOrder order = RequestOrder::fifo;
 };
 
 // What one step carried.
@@ -62,7 +73,7 @@ public:
     BatchScheduler(DeepseekForward& forward, const SchedulerOptions& options, TokenCallback on_token,
                    FinishCallback on_finish);
 
-    // Queues a request; requests start in the order they were added. Its prompt plus
+    // Queues a request; requests start in the options' order. Its prompt plus
     // max_new_tokens must fit the forward's context (the caller checks and reports). May be
     // called between steps at any time (sluice serve adds requests as clients send them).
     void add(ScheduledRequest request);
@@ -77,6 +88,8 @@ public:
     bool idle() const { return pending_.empty() && n_active_ == 0; }
     int n_active() const { return n_active_; }
     size_t n_pending() const { return pending_.size(); }
+    // Running requests past their prompt: the decode tokens the next step carries.
+    int n_decoding() const;
 
     // Admits what fits, runs one forward step of at most `target_tokens` tokens (never fewer than
     // the decode tokens, and at least one prompt chunk when prompts wait), samples, finishes.
@@ -87,7 +100,7 @@ private:
         bool active = false;
         ScheduledRequest request;  // moved in at admission
         int64_t prompt_done = 0;   // prompt positions in the cache
-        int64_t order = 0;         // admission order: earlier prompts are chunked first
+        int64_t order = 0;         // admission order
         std::vector<int32_t> generated;
         int32_t next = 0;          // the token to feed at the next step
         std::optional<Sampler> sampler;
@@ -103,6 +116,7 @@ private:
     int64_t context_;
     SamplerScratch scratch_;
     std::deque<ScheduledRequest> pending_;  // added, not yet admitted
+    bool pending_sorted_ = true;            // in the options' order (fifo: always)
     std::vector<Slot> slots_;
     int n_active_ = 0;
     int64_t admitted_ = 0;
@@ -111,22 +125,6 @@ private:
     std::vector<int> entry_slot_;
     std::vector<int> prefill_order_;
     std::vector<float> logits_;
-};
-
-// The token count of a roofline-balanced step: read time of a pass over the streamed weights
-// divided by compute time per token, both as measured over recent steps (exponential averages).
-// Before any measurement, and when nothing is read, the largest step.
-class StepSizer {
-public:
-    StepSizer(int64_t min_tokens, int64_t max_tokens) : min_(min_tokens), max_(max_tokens) {}
-    int64_t target() const;
-    // A step of n_tokens: seconds with reads in flight, seconds of compute.
-    void observe(int64_t n_tokens, double read_seconds, double compute_seconds);
-
-private:
-    int64_t min_, max_;
-    double read_s_ = 0, compute_s_per_token_ = 0;
-    int n_observed_ = 0;
 };
 
 }  // namespace sluice

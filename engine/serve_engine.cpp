@@ -10,6 +10,7 @@
 #include "core/thread_pool.hpp"
 #include "engine/cpu_backend.hpp"
 #include "engine/deepseek_v3.hpp"
+#include "engine/step_sizer.hpp"
 #include "formats/tokenizer.hpp"
 
 namespace sluice {
@@ -277,7 +278,7 @@ bool ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
         step_output = 0;
         ScheduledStep plan;
         try {
-            plan = scheduler.step(sizer.target());
+            plan = scheduler.step(sizer.target(scheduler.n_decoding()));
         } catch (const Error& e) {
             if (e.kind() != ErrorKind::io) throw;
             // A read that failed (a bad sector, a file system gone for a moment) fails the requests
@@ -321,7 +322,7 @@ bool ServeEngine::serve(Runtime& rt, ThreadPool& pool) {
             for (size_t i = streamer_steps; i < rt.streamer->steps().size(); ++i) io += rt.streamer->steps()[i];
             rt.streamer->clear_steps();
         }
-        sizer.observe(plan.n_tokens(), rt.streamer ? io.read_seconds : 0.0, rt.streamer ? io.compute_seconds : seconds);
+        sizer.observe(plan.n_decode, plan.n_prefill, rt.streamer ? io.read_seconds : 0.0, rt.streamer ? io.compute_seconds : seconds);
 
         std::lock_guard lock(stats_mutex_);
         ServeEngineStats& s = stats_;

@@ -176,6 +176,97 @@ TEST_CASE("a request's greedy and seeded tokens are the same alone as in any bat
     CHECK(alone[0].tokens != alone[2].tokens);
 }
 
+TEST_CASE("an offline job prefills the longest outputs first; a server keeps the order requests came in") {
+    auto m = load_model(tiny_model().string());
+    ThreadPool pool(2);
+    // Prompts of one chunk each and steps of one chunk: each step prefills one prompt, so the order
+    // of first tokens is the order of prefill.
+    constexpr int64_t kChunk = 8;
+    const int64_t new_tokens[] = {3, 9, 5, 9, 2, 7};
+    std::mt19937 rng(21);
+    std::vector<ScheduledRequest> requests;
+    for (int i = 0; i < 6; ++i) {
+        ScheduledRequest r;
+        r.id = i;
+        r.prompt = random_prompt(rng, kChunk);
+        r.max_new_tokens = new_tokens[i];
+        r.stop_at_eos = false;
+        requests.push_back(r);
+    }
+    struct Run {
+        std::vector<int64_t> first_token_order;
+        std::vector<std::vector<int32_t>> tokens;
+    };
+    auto run_ordered = [&](int max_sequences, RequestOrder order) {
+        ForwardOptions fo{RunShape{max_sequences, 96, 64}};
+        CpuBackend backend(pool);
+        DeepseekForward forward(m->layout(), *m->provider, fo, backend);
+        Run out;
+        out.tokens.resize(requests.size());
+        std::vector<bool> started(requests.size());
+        SchedulerOptions so{max_sequences, kChunk, 64, order};
+        BatchScheduler scheduler(
+            forward, so,
+            [&](int64_t id, int32_t) {
+                if (!started[size_t(id)]) out.first_token_order.push_back(id);
+                started[size_t(id)] = true;
+                return false;
+            },
+            [&](int64_t id, std::span<const int32_t> tokens, FinishReason) {
+                out.tokens[size_t(id)].assign(tokens.begin(), tokens.end());
+            });
+        for (const auto& r : requests) scheduler.add(r);
+        while (!scheduler.idle()) scheduler.step(kChunk);
+        return out;
+    };
+    // All in flight at once (prefill order), and two at a time (admission order).
+    for (int max_sequences : {6, 2}) {
+        INFO(max_sequences, " in flight");
+        const Run fifo = run_ordered(max_sequences, RequestOrder::fifo);
+        CHECK(fifo.first_token_order == std::vector<int64_t>{0, 1, 2, 3, 4, 5});
+        const Run longest = run_ordered(max_sequences, RequestOrder::longest_output_first);
+        // Most max_new_tokens first, ties (1 and 3 both 9) in the order added.
+        CHECK(longest.first_token_order == std::vector<int64_t>{1, 3, 5, 2, 0, 4});
+        // The order changes when a request runs, not what it generates.
+        CHECK(longest.tokens == fifo.tokens);
+        for (size_t i = 0; i < requests.size(); ++i) CHECK(int64_t(fifo.tokens[i].size()) == new_tokens[i]);
+    }
+}
+
+TEST_CASE("a prompt chunk that does not fit the step leaves its room to a shorter one") {
+    auto m = load_model(tiny_model().string());
+    ThreadPool pool(2);
+    ForwardOptions fo{RunShape{3, 96, 64}};
+    CpuBackend backend(pool);
+    DeepseekForward forward(m->layout(), *m->provider, fo, backend);
+    std::vector<int64_t> first_token_order;
+    std::vector<int64_t> finished(3, -1);
+    BatchScheduler scheduler(
+        forward, SchedulerOptions{3, 8, 64},
+        [&](int64_t id, int32_t) {
+            if (std::find(first_token_order.begin(), first_token_order.end(), id) == first_token_order.end())
+                first_token_order.push_back(id);
+            return false;
+        },
+        [&](int64_t id, std::span<const int32_t> tokens, FinishReason) { finished[size_t(id)] = int64_t(tokens.size()); });
+    std::mt19937 rng(4);
+    const int64_t lengths[] = {8, 8, 3};
+    for (int64_t i = 0; i < 3; ++i) {
+        ScheduledRequest r;
+        r.id = i;
+        r.prompt = random_prompt(rng, lengths[i]);
+        r.max_new_tokens = 2;
+        r.stop_at_eos = false;
+        scheduler.add(r);
+    }
+    // A step of 12: request 0's 8 positions, then request 1's 8 would not fit but request 2's 3 do.
+    const ScheduledStep first = scheduler.step(12);
+    CHECK(first.n_prefill == 11);
+    while (!scheduler.idle()) scheduler.step(12);
+    CHECK(first_token_order == std::vector<int64_t>{0, 2, 1});
+    CHECK(finished == std::vector<int64_t>{2, 2, 2});
+}
+
 TEST_CASE("latent caches spilled to disk give the same tokens as caches in memory") {
     auto m = load_model(tiny_model().string());
     ThreadPool pool(2);
