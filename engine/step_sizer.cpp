@@ -79,9 +79,9 @@ void StepSizer::refit() {
         CostModel m;
         m.per_decode_s = m.per_prompt_s = cty / ctt;
         m.fixed_s = my - m.per_prompt_s * (md + mp);
-        accept(m);
+        if (accept(m)) return;
     }
-    // Steps alike in size say nothing new about the slope, but their compute still moves (other
+    // No fit taken. Steps alike in size say nothing new about the slope, but their compute still moves (other
     // work on the cores, the expert cache warming): the last model keeps its shape (fixed against
     // per-token cost) and is scaled to the recent steps' mean. Kept as it was, a model fitted on
     // the first few steps of a loaded machine held the target at 270 tokens for the rest of a job
