@@ -131,7 +131,13 @@ def run_llama(args, reqs, out_dir, cap):
         work = queue.Queue()
         for r in reqs:
             work.put(r)
+        # Streamed, so that a run cut at --peer-timeout still counts the tokens it made (a request
+        # of 64-256 tokens among 16 slots at ~0.2 tokens/s takes hours to finish): with
+        # timings_per_token every chunk carries the request's tokens so far (timings.predicted_n;
+        # counting chunks would miss tokens whose text the server holds back, e.g. a partial
+        # UTF-8 sequence).
         done, lock = [], threading.Lock()
+        generated = [0]
         stop_at = time.time() + args.peer_timeout
 
         def client():
@@ -140,20 +146,41 @@ def run_llama(args, reqs, out_dir, cap):
                     r = work.get_nowait()
                 except queue.Empty:
                     return
-                body = dict(r["body"], cache_prompt=False)
+                body = dict(r["body"], cache_prompt=False, stream=True, timings_per_token=True)
                 req = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
+                n = 0
                 with urllib.request.urlopen(req, timeout=args.peer_timeout) as resp:
-                    j = json.loads(resp.read())
+                    for line in resp:
+                        if time.time() >= stop_at:
+                            return
+                        line = line.strip()
+                        if not line.startswith(b"data:") or line == b"data: [DONE]":
+                            continue
+                        chunk = json.loads(line[5:])
+                        now = chunk.get("timings", {}).get("predicted_n")
+                        if now is None and chunk.get("choices") and chunk["choices"][0].get("finish_reason") is None:
+                            now = n + 1  # a server without per-token timings: a chunk per token
+                        if now is not None and now > n:
+                            with lock:
+                                generated[0] += now - n
+                            n = now
                 with lock:
-                    done.append(j["usage"]["completion_tokens"])
+                    done.append(n)
 
         t0 = time.time()
-        threads = [threading.Thread(target=client) for _ in range(args.slots)]
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(args.slots)]
         for t in threads:
             t.start()
+        # Tokens so far every 10 s: the rate once every slot is past its first prompt (the second
+        # half of a window cut at --peer-timeout) says more than the window's average.
+        samples = []
+        while any(t.is_alive() for t in threads) and time.time() < stop_at + 60:
+            with lock:
+                samples.append((time.time() - t0, generated[0]))
+            time.sleep(min(10.0, args.peer_timeout / 30, max(0.1, stop_at + 60 - time.time())))
         for t in threads:
-            t.join(timeout=args.peer_timeout + 60)
+            t.join(timeout=1)
         seconds = time.time() - t0
         read = (read_bytes(pid) - bytes0) if pid else 0
     finally:
@@ -163,11 +190,15 @@ def run_llama(args, reqs, out_dir, cap):
         except subprocess.TimeoutExpired:
             wrapper.kill()
         log.close()
-    tokens = sum(done)
+    with lock:
+        tokens = generated[0]
+    seconds = min(seconds, args.peer_timeout)
+    half = [(t, n) for t, n in samples if seconds / 2 <= t <= seconds + 1]
+    late_rate = (half[-1][1] - half[0][1]) / (half[-1][0] - half[0][0]) if len(half) > 1 and half[-1][0] > half[0][0] else 0
     return {"requests_done": len(done), "requests": len(reqs), "output_tokens": tokens, "seconds": seconds,
             "output_tokens_per_s": tokens / seconds if seconds else 0, "bytes_read": read,
             "gb_read_per_output_token": read / 1e9 / tokens if tokens else 0, "slots": args.slots,
-            "timed_out": len(done) < len(reqs)}
+            "timed_out": len(done) < len(reqs), "second_half_tokens_per_s": late_rate, "samples": samples}
 
 
 def roofline(args, sluice, reqs, cap, out_dir, max_seqs, step_tokens):
@@ -273,6 +304,23 @@ def main():
     if peer:
         print(f"llama.cpp: -np {args.slots}, {peer['requests_done']}/{peer['requests']} requests done"
               f"{' (cut at --peer-timeout)' if peer['timed_out'] else ''}")
+        if peer["timed_out"]:
+            # The same window of sluice's run: the output tokens of the steps that ended within it
+            # (decode tokens; each request's first token, made by its last prompt chunk, is left out).
+            t = made = 0.0
+            for line in open(out_dir / "sluice-stats.jsonl"):
+                step = json.loads(line)
+                if "summary" in step:
+                    continue
+                t += step["seconds"]
+                if t > peer["seconds"]:
+                    break
+                made += step["decode_tokens"]
+            print(f"first {peer['seconds']:.0f} s of each: sluice {made:.0f} output tokens ({made / peer['seconds']:.2f}/s, "
+                  f"at least), llama.cpp {peer['output_tokens']} ({peer['output_tokens_per_s']:.2f}/s): "
+                  f"{made / max(peer['output_tokens'], 1):.2f}x; llama.cpp over the window's second half "
+                  f"{peer['second_half_tokens_per_s']:.2f}/s, sluice over its whole job {s['output_tokens_per_s']:.2f}/s: "
+                  f"{s['output_tokens_per_s'] / max(peer['second_half_tokens_per_s'], 1e-9):.2f}x")
     if roof:
         print(f"roofline: {roof['output_tokens_per_s']:.2f} output tokens/s (compute {roof['compute_s']:.0f} s, "
               f"reading {roof['passes']} passes x {roof['streamed_gb_per_pass']:.1f} GB at "
