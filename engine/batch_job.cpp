@@ -48,6 +48,7 @@ void install_stop_handlers() {
 // One non-blank input line: the request it asks for, or why it cannot be served.
 struct InputLine {
     int64_t line = 0;
+    uint64_t offset = 0, length = 0;  // its bytes in the file (the prompt is read again from there)
     std::string record_id;
     std::optional<BatchRequest> request;
     std::optional<BatchLineError> error;
@@ -62,10 +63,13 @@ std::vector<InputLine> read_input(const std::string& path) {
     std::vector<InputLine> lines;
     std::unordered_map<std::string, int64_t> first_line;
     std::string text;
+    uint64_t offset = 0;
     for (int64_t n = 1; std::getline(in, text); ++n) {
+        const uint64_t at = offset;
+        offset += text.size() + 1;
         ParsedBatchLine parsed = parse_batch_line(text, n);
         if (!parsed.request && !parsed.error) continue;
-        InputLine l{n, "", std::move(parsed.request), std::move(parsed.error)};
+        InputLine l{n, at, text.size(), "", std::move(parsed.request), std::move(parsed.error)};
         const std::string& id = l.custom_id();
         if (id.empty()) {
             l.record_id = batch_line_record_id(n, text);
@@ -89,10 +93,9 @@ bool in_shard(const InputLine& l, int index, int count) {
     return int(batch_custom_id_hash(l.custom_id()) % uint64_t(count)) == index;
 }
 
-// A request ready for the scheduler (which holds its prompt's tokens).
+// A request checked and counted; its prompt's tokens are made again when it is about to start.
 struct PreparedRequest {
     const InputLine* input = nullptr;
-    std::vector<int32_t> prompt;
     int64_t prompt_tokens = 0;
     int64_t max_tokens = 0;
     // Text generated so far (special tokens skipped) and where a stop sequence cut it.
@@ -200,8 +203,7 @@ int run_batch_job(const BatchJobOptions& o) {
         drop_prompt_text(*l);
         PreparedRequest p;
         p.input = l;
-        p.prompt = std::move(prompt.ids);
-        p.prompt_tokens = int64_t(p.prompt.size());
+        p.prompt_tokens = int64_t(prompt.ids.size());
         p.max_tokens = prompt.max_tokens;
         todo.push_back(std::move(p));
     }
@@ -231,13 +233,15 @@ int run_batch_job(const BatchJobOptions& o) {
     int64_t capacity = 1;
     for (const auto& p : todo) capacity = std::max(capacity, p.prompt_tokens + p.max_tokens);
     const int max_sequences = int(std::min<int64_t>(o.max_sequences, int64_t(todo.size())));
-    const int64_t step_tokens =
-        o.max_step_tokens > 0 ? o.max_step_tokens : std::max<int64_t>(512, max_sequences + o.prefill_chunk);
+    // A batch step is filled to this cap (below). By default 1024 tokens: on the 5-layer V3 model
+    // under 8 GiB a 490-token prefill step computed 9 s of its 11.5 s read (27 ms a token), and a
+    // step of twice that computes past its read, at the GEMMs' own 18 ms a token. Its activations
+    // come out of the budget: where they do not fit, the default falls back to the old 512.
+    const int64_t small_step_tokens = std::max<int64_t>(512, max_sequences + o.prefill_chunk);
+    int64_t step_tokens =
+        o.max_step_tokens > 0 ? o.max_step_tokens : std::max<int64_t>(kBatchStepTokens, small_step_tokens);
     ThreadPool pool(o.threads);
     RuntimeOptions ro = o.runtime;
-    // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
-    const RunShape shape{max_sequences, capacity, step_tokens, int64_t(max_sequences) + 2};
-    ro.shapes = {shape};
     ro.n_threads = pool.size();
     // The planning of this job in one place (issue 14's shared planner takes it over): sequences x
     // positions x tokens per step, and where the latent caches live.
@@ -245,7 +249,21 @@ int run_batch_job(const BatchJobOptions& o) {
     const bool spill = cache_plan.resident_layers < model->layout.n_layers;
     ro.cache_resident_layers = cache_plan.resident_layers;
     ro.cache_spill_buffer_bytes = cache_plan.buffer_bytes;
-    const auto rt = make_runtime(o.model, ro);
+    std::unique_ptr<Runtime> rt;
+    for (;;) {
+        // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
+        ro.shapes = {RunShape{max_sequences, capacity, step_tokens, int64_t(max_sequences) + 2}};
+        try {
+            rt = make_runtime(o.model, ro);
+            break;
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::out_of_memory || o.max_step_tokens > 0 || step_tokens <= small_step_tokens) throw;
+            fmt::print(stderr, "batch: steps of {} tokens do not fit the memory budget; planning steps of {}\n",
+                       step_tokens, small_step_tokens);
+            step_tokens = small_step_tokens;
+        }
+    }
+    const RunShape shape = ro.shapes.front();
     const auto& layout = rt->layout();
 
     std::unique_ptr<CpuBackend> backend;  // the spilled cache's and its forward's (CPU only)
@@ -275,8 +293,12 @@ int run_batch_job(const BatchJobOptions& o) {
     // Finished records of the current step, appended (durably) when it ends.
     std::vector<std::string> finished;
     int64_t output_tokens = 0, prompt_tokens = 0;
+    // For the progress line: tokens generated so far, prompt tokens computed, output budget left
+    // unused by requests that stopped before max_tokens.
+    int64_t generated = 0, prefilled = 0, unused_budget = 0;
     const Tokenizer& tok = *model->tokenizer;
     auto on_token = [&](int64_t id, int32_t token) {
+        ++generated;
         PreparedRequest& p = todo[size_t(id)];
         const auto& stops = p.input->request->stop;
         if (stops.empty() || tok.is_special(token)) {
@@ -308,6 +330,7 @@ int run_batch_job(const BatchJobOptions& o) {
         finished.push_back(batch_success_line(c));
         output_tokens += c.completion_tokens;
         prompt_tokens += c.prompt_tokens;
+        unused_budget += std::max<int64_t>(0, p.max_tokens - c.completion_tokens);
         std::string().swap(p.text);
     };
     SchedulerOptions so;
@@ -318,20 +341,44 @@ int run_batch_job(const BatchJobOptions& o) {
     // (results do not depend on the order; the file is rewritten in input order at the end).
     so.order = RequestOrder::longest_output_first;
     BatchScheduler scheduler(forward, so, on_token, on_finish);
-    for (size_t i = 0; i < todo.size(); ++i) {
-        const BatchRequest& r = *todo[i].input->request;
+    // Requests reach the scheduler a few at a time, longest max_tokens first (the order it would
+    // put them in), each prompt read and tokenized again just before: held for the whole job, the
+    // prompts' tokens were most of a job's memory per request (2 KB for 512-token prompts).
+    std::vector<size_t> feed(todo.size());
+    for (size_t i = 0; i < feed.size(); ++i) feed[i] = i;
+    std::stable_sort(feed.begin(), feed.end(), [&](size_t a, size_t b) { return todo[a].max_tokens > todo[b].max_tokens; });
+    size_t fed = 0;
+    std::ifstream reread(o.input, std::ios::binary);
+    std::string line_text;
+    auto feed_one = [&](size_t i) {
+        const InputLine& l = *todo[i].input;
+        line_text.resize(size_t(l.length));
+        if (!reread || !reread.seekg(std::streamoff(l.offset)) || !reread.read(line_text.data(), std::streamsize(l.length)))
+            fail(ErrorKind::io, "{}: cannot read line {} again (at byte {})", o.input, l.line, l.offset);
+        ParsedBatchLine parsed = parse_batch_line(line_text, l.line);
+        OpenAIPrompt prompt;
+        if (!parsed.request || parsed.request->custom_id != l.request->custom_id ||
+            prepare_openai_prompt(*parsed.request, *model, o.context, prompt) ||
+            int64_t(prompt.ids.size()) != todo[i].prompt_tokens)
+            fail(ErrorKind::invalid_input,
+                 "{}: line {} changed while the job ran; its finished requests are in {}: run the job again on the "
+                 "file as it is now",
+                 o.input, l.line, o.output);
+        const BatchRequest& r = *l.request;
         ScheduledRequest s;
         s.id = int64_t(i);
-        // Moved, not copied: a copy of every prompt, made after the runtime was planned, held
-        // 2.4 KB a request (602-token prompts) outside the memory it planned.
-        s.prompt = std::move(todo[i].prompt);
+        s.prompt = std::move(prompt.ids);
         s.max_new_tokens = todo[i].max_tokens;
         // Without a seed, one from the custom_id: a resumed job samples what the first run would have.
         const uint64_t seed = r.seed ? uint64_t(*r.seed) : batch_custom_id_hash(r.custom_id);
         s.sampler = {float(r.temperature), 0, float(r.top_p), seed, int64_t(tok.n_vocab())};
         s.stop_at_eos = !r.ignore_eos;
         scheduler.add(std::move(s));
-    }
+    };
+    // Enough waiting to fill every slot that frees at the next step.
+    auto top_up = [&] {
+        while (fed < feed.size() && scheduler.n_pending() < size_t(max_sequences)) feed_one(feed[fed++]);
+    };
     StepSizer sizer(o.prefill_chunk, step_tokens);
 
     std::FILE* stats = nullptr;
@@ -344,16 +391,25 @@ int run_batch_job(const BatchJobOptions& o) {
     BatchProgressFigures fig;
     fig.total = int64_t(mine.size());
     fig.done = int64_t(results.n_done());
+    for (const auto& p : todo) fig.work_total += p.prompt_tokens + p.max_tokens;
     StepStats io_total;
     int64_t n_steps = 0, step_sequences = 0, step_tokens_sum = 0;
     using Clock = std::chrono::steady_clock;
+    top_up();
     while (!scheduler.idle() && g_stop_signal == 0) {
         const auto t0 = Clock::now();
         const size_t streamer_steps = rt->streamer ? rt->streamer->steps().size() : 0;
         const uint64_t spill_read0 = spilled ? spilled->bytes_read() : 0, spill_written0 = spilled ? spilled->bytes_written() : 0;
-        const ScheduledStep plan = scheduler.step(sizer.target(scheduler.n_decoding()));
+        // Every step as full as the cap and the waiting prompts allow, not just roofline-balanced
+        // (what sluice serve aims at, for latency): past the balance point a step's reads are
+        // hidden and each token costs its GEMMs alone, while at it reading and computing stall
+        // each other (a 490-token step: 11.2 s for a 10.3 s read and 8.8 s of compute). A job
+        // has no latency to keep. The balanced size goes in --stats-json beside it.
+        const int64_t balanced_tokens = sizer.target(scheduler.n_decoding());
+        const ScheduledStep plan = scheduler.step(step_tokens);
         results.append(finished);
         finished.clear();
+        top_up();
         const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
         StepStats io;
         if (rt->streamer)
@@ -366,7 +422,9 @@ int run_batch_job(const BatchJobOptions& o) {
         step_sequences += plan.n_sequences;
         step_tokens_sum += plan.n_tokens();
         fig.done = int64_t(results.n_done());
-        fig.output_tokens = output_tokens;
+        prefilled += plan.n_prefill;
+        fig.output_tokens = generated;
+        fig.work_done = prefilled + generated + unused_budget;
         fig.bytes_read = io_total.bytes_read + (spilled ? spilled->bytes_read() : 0);
         fig.experts_needed = io_total.experts_needed;
         fig.experts_in_memory = io_total.cache_hits + io_total.prefetch_hits;
@@ -375,6 +433,7 @@ int run_batch_job(const BatchJobOptions& o) {
             nlohmann::json j = {{"step", n_steps},           {"seconds", seconds},
                                 {"sequences", plan.n_sequences}, {"decode_tokens", plan.n_decode},
                                 {"prefill_tokens", plan.n_prefill}, {"target_tokens", plan.target_tokens},
+                                {"balanced_tokens", balanced_tokens},
                                 {"positions", plan.n_positions}, {"admitted", plan.n_admitted},
                                 {"finished", plan.n_finished}, {"done", fig.done},
                                 {"spill_bytes_read", spill_read}, {"spill_bytes_written", spill_written},
@@ -417,6 +476,8 @@ int run_batch_job(const BatchJobOptions& o) {
         std::fprintf(stats, "%s\n", j.dump().c_str());
         std::fclose(stats);
     }
+    // --trace: the timeline of every step this job ran, interrupted or not.
+    rt->finish();
     if (g_stop_signal != 0) {
         const int sig = g_stop_signal;
         progress.finish(fig, "interrupted");

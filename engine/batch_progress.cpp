@@ -3,6 +3,7 @@
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 
@@ -24,7 +25,10 @@ double BatchProgress::elapsed_seconds() const { return std::chrono::duration<dou
 std::string BatchProgress::line(const BatchProgressFigures& f) const {
     const double elapsed = elapsed_seconds();
     const int64_t done_now = f.done - done_before_;
-    const double eta = done_now > 0 ? elapsed / double(done_now) * double(f.total - f.done) : -1;
+    const double eta = f.work_done > 0 && f.work_total > 0
+                           ? elapsed / double(f.work_done) * double(std::max<int64_t>(0, f.work_total - f.work_done))
+                       : done_now > 0 ? elapsed / double(done_now) * double(f.total - f.done)
+                                      : -1;
     return fmt::format("{}/{} requests, {:.2f} output tokens/s, ETA {}, {:.1f} GB read, expert hits {:.1f}%", f.done,
                        f.total, elapsed > 0 ? double(f.output_tokens) / elapsed : 0.0,
                        f.done >= f.total ? "0s" : format_duration(eta), double(f.bytes_read) / 1e9,

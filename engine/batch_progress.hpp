@@ -12,7 +12,12 @@ namespace sluice {
 struct BatchProgressFigures {
     int64_t done = 0;            // requests with a record (this run and before)
     int64_t total = 0;           // requests of this job (this shard)
-    int64_t output_tokens = 0;   // generated this run
+    int64_t output_tokens = 0;   // generated this run (as they are made, not when requests finish)
+    // Tokens of work this run: every request's prompt plus its max_tokens; done: prompt tokens
+    // computed, tokens generated, and the budget a request left unused when it stopped early. The
+    // ETA comes from them: a job of long outputs finishes no request for its first half hour.
+    int64_t work_total = 0;
+    int64_t work_done = 0;
     uint64_t bytes_read = 0;     // weights and spilled caches read this run
     int64_t experts_needed = 0;
     int64_t experts_in_memory = 0;  // needed experts already cached or prefetched
@@ -27,8 +32,10 @@ public:
     void finish(const BatchProgressFigures& f, const std::string& outcome);
     double elapsed_seconds() const;
 
-private:
+    // The figures as one line (without the timestamp or "batch: ").
     std::string line(const BatchProgressFigures& f) const;
+
+private:
     using Clock = std::chrono::steady_clock;
     int64_t done_before_;
     double interval_s_;

@@ -1,7 +1,8 @@
 // Continuous batching for throughput (sluice batch): up to max_sequences requests in flight,
 // each finished one replaced at once; every step carries one decode token per decoding sequence
-// and fills the rest with prompt chunks, so one pass over the weights serves both. StepSizer sets
-// how many tokens a step should carry (engine/step_sizer.hpp).
+// and fills the rest with prompt chunks, so one pass over the weights serves both. The caller
+// says how many tokens a step may carry: sluice serve the roofline-balanced size StepSizer fits
+// (engine/step_sizer.hpp), sluice batch its cap (engine/batch_job.cpp says why).
 //
 // A request's tokens do not depend on the requests around it: its prompt is cut into chunks of
 // prefill_chunk positions from position 0 whatever else is in the step (so each chunk's attention

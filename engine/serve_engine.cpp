@@ -129,7 +129,10 @@ void ServeEngine::run() {
                 continue;
             }
             failed_loads = 0;
-            if (!serve(*rt, pool)) break;
+            if (!serve(*rt, pool)) {
+                rt->finish();  // --trace: written when the server stops
+                break;
+            }
             reloading = true;
             fmt::print(stderr, "serve: loading the model again after the failed read\n");
         }

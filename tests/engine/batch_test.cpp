@@ -30,6 +30,7 @@
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
 #include "engine/batch_job.hpp"
+#include "engine/batch_progress.hpp"
 #include "engine/batch_results.hpp"
 #include "engine/batch_scheduler.hpp"
 #include "engine/cpu_backend.hpp"
@@ -515,4 +516,120 @@ TEST_CASE("a job killed with SIGKILL at 24 random moments resumes to the bytes o
         CHECK(WEXITSTATUS(status) == 128 + SIGTERM);
         CHECK(read_text(dir / "term.log").find("Run the same command again to resume") != std::string::npos);
     }
+}
+
+TEST_CASE("sluice batch --trace writes the job's timeline: a forward pass per step, its reads beside it") {
+    const char* bin = std::getenv("SLUICE_BIN");
+    REQUIRE_MESSAGE(bin, "SLUICE_BIN is not set");
+    const fs::path dir = scratch_dir() / "trace";
+    fs::create_directories(dir);
+    const fs::path input = dir / "requests.jsonl", out = dir / "out.jsonl", trace = dir / "trace.json",
+                   stats = dir / "stats.jsonl";
+    {
+        std::ofstream f(input);
+        for (int i = 0; i < 6; ++i)
+            f << nlohmann::json{{"custom_id", fmt::format("t-{}", i)},
+                                {"method", "POST"},
+                                {"url", "/v1/completions"},
+                                {"body", {{"prompt", fmt::format("Trace me {}", i)}, {"max_tokens", 3 + i}}}}
+                     .dump()
+              << "\n";
+    }
+    const std::string cmd = fmt::format(
+        "'{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs 3 --resident none --trace '{}' --stats-json '{}' 2>'{}'", bin,
+        tiny_model().string(), input.string(), out.string(), trace.string(), stats.string(), (dir / "log").string());
+    REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, read_text(dir / "log"));
+    int64_t steps = 0;
+    {
+        std::ifstream in(stats);
+        for (std::string line; std::getline(in, line);) steps += nlohmann::json::parse(line).contains("step");
+    }
+    REQUIRE(steps > 1);
+    const auto j = nlohmann::json::parse(read_text(trace));
+    int64_t embeds = 0, reads = 0;
+    for (const auto& e : j.at("traceEvents")) {
+        if (e.value("ph", "") != "X") continue;
+        const std::string name = e.value("name", "");
+        embeds += name == "embed";
+        reads += name.rfind("read", 0) == 0;
+    }
+    // One embedding per step's forward pass; with nothing resident, every step reads.
+    CHECK(embeds == steps);
+    CHECK(reads >= steps);
+}
+
+TEST_CASE("prompts are read again as requests start: an input changed under a running job is an error naming "
+          "its line, and the finished records stay") {
+    const char* bin = std::getenv("SLUICE_BIN");
+    REQUIRE_MESSAGE(bin, "SLUICE_BIN is not set");
+    const fs::path dir = scratch_dir() / "changed";
+    fs::create_directories(dir);
+    const fs::path input = dir / "requests.jsonl", out = dir / "out.jsonl", log = dir / "log";
+    // Equal max_tokens: they start in input order, one at a time (--max-seqs 1).
+    auto write_input = [&](const std::string& last_prompt) {
+        std::ofstream f(input);
+        for (int i = 0; i < 12; ++i)
+            f << nlohmann::json{{"custom_id", fmt::format("c-{}", i)},
+                                {"method", "POST"},
+                                {"url", "/v1/completions"},
+                                {"body",
+                                 {{"prompt", i == 11 ? last_prompt : fmt::format("Count to {}", i)},
+                                  {"max_tokens", 6},
+                                  {"temperature", 0}}}}
+                     .dump()
+              << "\n";
+    };
+    write_input("The last one");
+    const std::string cmd = fmt::format("'{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs 1 --prefill-chunk 4 2>'{}'",
+                                        bin, tiny_model().string(), input.string(), out.string(), log.string());
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    // Once the first record is in, the last line's prompt changes (same custom_id, more tokens).
+    auto records = [&] {
+        const std::string t = fs::exists(out) ? read_text(out) : "";
+        return std::count(t.begin(), t.end(), '\n');
+    };
+    int status = 0;
+    pid_t reaped = 0;
+    while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 && records() < 1)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (reaped != 0) {
+        MESSAGE("the job finished before its input could change; nothing to check");
+        return;
+    }
+    write_input("The last one, now with a much longer prompt than it had when the job began");
+    waitpid(pid, &status, 0);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) != 0);
+    const std::string message = read_text(log);
+    CHECK(message.find("line 12 changed while the job ran") != std::string::npos);
+    const auto kept = records();
+    CHECK(kept >= 1);
+    CHECK(kept <= 11);
+    // Run again on the file as it is: the finished records are kept, the rest run.
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    CHECK(records() == 12);
+}
+
+TEST_CASE("the progress line counts tokens as they are made and estimates the end from the work done") {
+    BatchProgress progress(0, 30, false);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    BatchProgressFigures f;
+    f.total = 512;
+    f.work_total = 1000;
+    // Nothing finished and no work yet: no estimate.
+    CHECK(progress.line(f).find("ETA ?") != std::string::npos);
+    // Half the work done, no request finished (long outputs): an estimate all the same, about the
+    // time taken so far, and a token rate from the tokens made.
+    f.work_done = 500;
+    f.output_tokens = 100;
+    const std::string half = progress.line(f);
+    CHECK(half.find("0/512 requests") != std::string::npos);
+    CHECK(half.find("ETA ?") == std::string::npos);
+    CHECK(half.find("ETA 0s") != std::string::npos);
+    CHECK(half.find(" 0.00 output tokens/s") == std::string::npos);
 }
