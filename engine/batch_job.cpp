@@ -2,8 +2,12 @@
 
 #include <fmt/format.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <csignal>
+#include <functional>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -57,7 +61,9 @@ struct InputLine {
 
 // Every line of the input in order. The first line with a custom_id owns it: a later one gets a
 // duplicate_custom_id error with an id of its own (from its line), as do lines with no custom_id.
-std::vector<InputLine> read_input(const std::string& path) {
+// `visit` sees each line as it is read, before the next is parsed (sluice batch checks it and drops
+// its prompt there, so that no more than one prompt is held at a time).
+std::vector<InputLine> read_input(const std::string& path, const std::function<void(InputLine&)>& visit = {}) {
     std::ifstream in(path, std::ios::binary);
     if (!in) fail(ErrorKind::io, "{}: cannot open the batch input", path);
     std::vector<InputLine> lines;
@@ -81,6 +87,7 @@ std::vector<InputLine> read_input(const std::string& path) {
         } else {
             l.record_id = batch_request_record_id(id);
         }
+        if (visit) visit(l);
         lines.push_back(std::move(l));
     }
     return lines;
@@ -167,47 +174,70 @@ int run_batch_job(const BatchJobOptions& o) {
     if (results.dropped_bytes() > 0)
         fmt::print(stderr, "batch: {}: dropped a torn last line ({} bytes) left by an interrupted write\n", o.output,
                    results.dropped_bytes());
-    std::vector<InputLine> input = read_input(o.input);
-    std::vector<InputLine*> mine;
-    for (auto& l : input) {
-        if (in_shard(l, o.shard_index, o.shard_count)) mine.push_back(&l);
-        else drop_prompt_text(l);  // another shard's
-    }
-
     // The model's header, tokenizer and chat template (no weights yet).
     const auto model = open_model(o.model);
     if (!model->tokenizer) fail(ErrorKind::invalid_input, "{}: the model has no tokenizer; sluice batch needs one", o.model);
     const std::string model_name = std::filesystem::path(o.model).lexically_normal().filename().string();
 
+    // Each line is checked as it is read (this shard's? done before? can it run, with how many
+    // prompt tokens?) and its prompt dropped: it is read again when the request starts.
+    struct LineCheck {
+        bool mine = false, done_before = false;
+        std::string error_record;  // not empty: the record to write instead of running it
+        int64_t prompt_tokens = 0, max_tokens = 0;
+    };
+    std::vector<LineCheck> checks;
+    std::vector<InputLine> input = read_input(o.input, [&](InputLine& l) {
+        LineCheck c;
+        c.mine = in_shard(l, o.shard_index, o.shard_count);
+        if (!c.mine) {
+            // another shard's: nothing to check
+        } else if (results.done(l.record_id)) {
+            c.done_before = true;
+        } else if (l.error) {
+            c.error_record = batch_error_line(l.record_id, *l.error);
+        } else {
+            OpenAIPrompt prompt;
+            if (const auto why = prepare_openai_prompt(*l.request, *model, o.context, prompt)) {
+                c.error_record = batch_error_line(
+                    l.record_id, batch_line_error(l.line, l.request->custom_id, why->code, why->param, why->message));
+            } else {
+                c.prompt_tokens = int64_t(prompt.ids.size());
+                c.max_tokens = prompt.max_tokens;
+            }
+        }
+        drop_prompt_text(l);
+        checks.push_back(std::move(c));
+    });
+
     // Requests left to run, and error records not yet written (durable before anything runs).
+    std::vector<InputLine*> mine;
     std::vector<PreparedRequest> todo;
     std::vector<std::string> error_lines;
     int64_t done_before = 0;
-    for (InputLine* l : mine) {
-        if (results.done(l->record_id)) {
-            drop_prompt_text(*l);
+    for (size_t i = 0; i < input.size(); ++i) {
+        LineCheck& c = checks[i];
+        if (!c.mine) continue;
+        mine.push_back(&input[i]);
+        if (c.done_before) {
             ++done_before;
-            continue;
+        } else if (!c.error_record.empty()) {
+            error_lines.push_back(std::move(c.error_record));
+        } else {
+            PreparedRequest p;
+            p.input = &input[i];
+            p.prompt_tokens = c.prompt_tokens;
+            p.max_tokens = c.max_tokens;
+            todo.push_back(std::move(p));
         }
-        if (l->error) {
-            error_lines.push_back(batch_error_line(l->record_id, *l->error));
-            continue;
-        }
-        OpenAIPrompt prompt;
-        if (const auto why = prepare_openai_prompt(*l->request, *model, o.context, prompt)) {
-            error_lines.push_back(batch_error_line(
-                l->record_id, batch_line_error(l->line, l->request->custom_id, why->code, why->param, why->message)));
-            drop_prompt_text(*l);
-            continue;
-        }
-        drop_prompt_text(*l);
-        PreparedRequest p;
-        p.input = l;
-        p.prompt_tokens = int64_t(prompt.ids.size());
-        p.max_tokens = prompt.max_tokens;
-        todo.push_back(std::move(p));
     }
+    std::vector<LineCheck>().swap(checks);
     results.append(error_lines);
+#if defined(__GLIBC__)
+    // Parsing every line left its JSON trees' memory free in the heap, where it stays in the
+    // process's RSS, which the memory planner counts as held: handed back before the plan.
+    malloc_trim(0);
+#endif
     fmt::print(stderr, "batch: {} requests{}: {} done before, {} error records, {} to run\n", mine.size(),
                o.shard_count > 1 ? fmt::format(" in shard {}/{}", o.shard_index, o.shard_count) : "", done_before,
                error_lines.size(), todo.size());
