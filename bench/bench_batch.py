@@ -25,6 +25,7 @@ import os
 import pathlib
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -184,6 +185,14 @@ def run_llama(args, reqs, out_dir, cap):
         seconds = time.time() - t0
         read = (read_bytes(pid) - bytes0) if pid else 0
     finally:
+        # memcap.py does not pass a signal on to its child: the server is stopped by its own pid
+        # (left running, it computed beside the roofline measurement that follows).
+        child = server_pid(wrapper.pid)
+        if child:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except OSError:
+                pass
         wrapper.terminate()
         try:
             wrapper.wait(timeout=30)
