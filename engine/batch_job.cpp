@@ -174,8 +174,8 @@ int run_batch_job(const BatchJobOptions& o) {
     if (results.dropped_bytes() > 0)
         fmt::print(stderr, "batch: {}: dropped a torn last line ({} bytes) left by an interrupted write\n", o.output,
                    results.dropped_bytes());
-    // The model's header, tokenizer and chat template (no weights yet).
-    const auto model = open_model(o.model);
+    // The model's header, tokenizer and chat template (no weights yet); the runtime takes it over.
+    std::unique_ptr<OpenModel> model = open_model(o.model);
     if (!model->tokenizer) fail(ErrorKind::invalid_input, "{}: the model has no tokenizer; sluice batch needs one", o.model);
     const std::string model_name = std::filesystem::path(o.model).lexically_normal().filename().string();
 
@@ -284,7 +284,9 @@ int run_batch_job(const BatchJobOptions& o) {
         // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
         ro.shapes = {RunShape{max_sequences, capacity, step_tokens, int64_t(max_sequences) + 2}};
         try {
-            rt = make_runtime(o.model, ro);
+            // The model opened above, not a second copy of its tokenizer held beside it for the
+            // whole job (opened again only if a try that took it failed).
+            rt = make_runtime(model ? std::move(model) : open_model(o.model), ro);
             break;
         } catch (const Error& e) {
             if (e.kind() != ErrorKind::out_of_memory || o.max_step_tokens > 0 || step_tokens <= small_step_tokens) throw;
@@ -295,6 +297,7 @@ int run_batch_job(const BatchJobOptions& o) {
     }
     const RunShape shape = ro.shapes.front();
     const auto& layout = rt->layout();
+    const OpenModel& opened = *rt->model;
 
     std::unique_ptr<CpuBackend> backend;  // the spilled cache's and its forward's (CPU only)
     std::unique_ptr<SpilledLatentCache> spilled;
@@ -326,7 +329,7 @@ int run_batch_job(const BatchJobOptions& o) {
     // For the progress line: tokens generated so far, prompt tokens computed, output budget left
     // unused by requests that stopped before max_tokens.
     int64_t generated = 0, prefilled = 0, unused_budget = 0;
-    const Tokenizer& tok = *model->tokenizer;
+    const Tokenizer& tok = *opened.tokenizer;
     auto on_token = [&](int64_t id, int32_t token) {
         ++generated;
         PreparedRequest& p = todo[size_t(id)];
@@ -388,7 +391,7 @@ int run_batch_job(const BatchJobOptions& o) {
         ParsedBatchLine parsed = parse_batch_line(line_text, l.line);
         OpenAIPrompt prompt;
         if (!parsed.request || parsed.request->custom_id != l.request->custom_id ||
-            prepare_openai_prompt(*parsed.request, *model, o.context, prompt) ||
+            prepare_openai_prompt(*parsed.request, opened, o.context, prompt) ||
             int64_t(prompt.ids.size()) != todo[i].prompt_tokens)
             fail(ErrorKind::invalid_input,
                  "{}: line {} changed while the job ran; its finished requests are in {}: run the job again on the "
