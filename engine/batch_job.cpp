@@ -428,8 +428,8 @@ int run_batch_job(const BatchJobOptions& o) {
     StepStats io_total;
     int64_t n_steps = 0, step_sequences = 0, step_tokens_sum = 0;
     using Clock = std::chrono::steady_clock;
-    top_up();
-    while (!scheduler.idle() && g_stop_signal == 0) {
+    while ((fed < feed.size() || !scheduler.idle()) && g_stop_signal == 0) {
+        top_up();  // before the clock starts: tokenizing the next prompts is not the step's time
         const auto t0 = Clock::now();
         const size_t streamer_steps = rt->streamer ? rt->streamer->steps().size() : 0;
         const uint64_t spill_read0 = spilled ? spilled->bytes_read() : 0, spill_written0 = spilled ? spilled->bytes_written() : 0;
@@ -442,7 +442,6 @@ int run_batch_job(const BatchJobOptions& o) {
         const ScheduledStep plan = scheduler.step(step_tokens);
         results.append(finished);
         finished.clear();
-        top_up();
         const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
         StepStats io;
         if (rt->streamer)
