@@ -484,7 +484,7 @@ int run_batch_job(const BatchJobOptions& o) {
             {"summary",
              {{"requests", fig.total},
               {"done", fig.done},
-              {"complete", scheduler.idle()},
+              {"complete", fed == feed.size() && scheduler.idle()},
               {"seconds", elapsed},
               {"steps", n_steps},
               {"output_tokens", output_tokens},

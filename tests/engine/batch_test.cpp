@@ -633,3 +633,60 @@ TEST_CASE("the progress line counts tokens as they are made and estimates the en
     CHECK(half.find("ETA 0s") != std::string::npos);
     CHECK(half.find(" 0.00 output tokens/s") == std::string::npos);
 }
+
+TEST_CASE("a job stopped by SIGTERM between requests is not reported complete in --stats-json") {
+    const char* bin = std::getenv("SLUICE_BIN");
+    REQUIRE_MESSAGE(bin, "SLUICE_BIN is not set");
+    const fs::path dir = scratch_dir() / "term-between";
+    fs::create_directories(dir);
+    const fs::path input = dir / "requests.jsonl", out = dir / "out.jsonl", stats = dir / "stats.jsonl";
+    {
+        // One token each, one at a time: every step ends with nothing running.
+        std::ofstream f(input);
+        for (int i = 0; i < 40; ++i)
+            f << nlohmann::json{{"custom_id", fmt::format("b-{}", i)},
+                                {"method", "POST"},
+                                {"url", "/v1/completions"},
+                                {"body", {{"prompt", fmt::format("Item {}", i)}, {"max_tokens", 1}, {"temperature", 0}}}}
+                     .dump()
+              << "\n";
+    }
+    const std::string cmd =
+        fmt::format("exec '{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs 1 --stats-json '{}' 2>/dev/null", bin,
+                    tiny_model().string(), input.string(), out.string(), stats.string());
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    auto records = [&] {
+        const std::string t = fs::exists(out) ? read_text(out) : "";
+        return std::count(t.begin(), t.end(), '\n');
+    };
+    int status = 0;
+    pid_t reaped = 0;
+    while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 && records() < 2)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (reaped == 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, &status, 0);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        MESSAGE("the job finished before SIGTERM arrived; nothing to check");
+        return;
+    }
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 128 + SIGTERM);
+    nlohmann::json summary;
+    {
+        std::ifstream in(stats);
+        for (std::string line; std::getline(in, line);) {
+            const auto j = nlohmann::json::parse(line);
+            if (j.contains("summary")) summary = j["summary"];
+        }
+    }
+    REQUIRE(summary.is_object());
+    CHECK(summary["done"].get<int64_t>() < 40);
+    CHECK(summary["complete"] == false);
+}
