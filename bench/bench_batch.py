@@ -14,9 +14,12 @@ on the 5-layer DeepSeek-V3-shaped Q4_K GGUF, each engine inside the same memory 
              requests by SLOTS concurrent clients.
 Reported: output tokens/s, GB read per output token, the batch sluice's scheduler chose, and the
 roofline of the job: its output tokens over max(compute, reading), where compute = all tokens x
-FLOPs per token / the GEMM rate `sluice bench` measures on the model's own matrices, and reading =
-the fewest passes the job allows (max(longest output, output tokens / max-seqs)) x the streamed
-bytes of a pass / the disk rate `sluice bench-io` measures. Results go to bench-results/.
+FLOPs per token (attention's, which grow with each request's positions, included) / the GEMM rate
+`sluice bench` measures on the model's own matrices, and reading = the fewest passes the job
+allows (max(longest output, output tokens / max-seqs)) x the streamed bytes of a pass / the disk
+rate `sluice bench-io` measures. With --spill-cache-ram, a second sluice run spills the latent
+caches (--cache-ram) and may carry a larger batch (--spill-max-seqs); its roofline uses its own
+max-seqs. Results go to bench-results/.
 Timing on the shared 2-core machines is noisy: compare within one run.
 """
 import argparse
@@ -65,14 +68,14 @@ def make_requests(path, n, prompt_range, output_range, seed):
     return reqs
 
 
-def run_sluice(args, sluice, reqs_path, out_dir, cap, name="sluice", extra=()):
+def run_sluice(args, sluice, reqs_path, out_dir, cap, name="sluice", extra=(), max_seqs=None):
     out = out_dir / f"{name}-results.jsonl"
     stats = out_dir / f"{name}-stats.jsonl"
     for p in (out, stats):
         p.unlink(missing_ok=True)
     ram = cap - (768 << 20)
     cmd = [sluice, "batch", "-m", args.model, "-i", str(reqs_path), "-o", str(out), "-t", str(args.threads),
-           "--max-seqs", str(args.max_seqs), "--ram", str(ram), "--stats-json", str(stats),
+           "--max-seqs", str(max_seqs or args.max_seqs), "--ram", str(ram), "--stats-json", str(stats),
            "--progress-interval", "60"] + args.sluice_arg + list(extra)
     drop_page_cache()
     with open(out_dir / f"{name}.log", "w") as log:
@@ -227,16 +230,25 @@ def roofline(args, sluice, reqs, cap, out_dir, max_seqs, step_tokens):
     r = bench["roofline"]
     gemm = {g["what"]: g["flops_per_s"] for g in r["gemm"]}
     streamed = r["layer_bytes"] - r["resident_weight_bytes"]
+    json.dump({"bench_io": io, "bench": bench}, open(out_dir / "roofline-inputs.json", "w"), indent=1)
+    return roofline_of(reqs, r, gemm, rate, max_seqs)
+
+
+def roofline_of(reqs, r, gemm, rate, max_seqs):
+    dense_rate = gemm.get("dense", gemm["expert"])
+    streamed = r["layer_bytes"] - r["resident_weight_bytes"]
     prompt = sum(len(q["body"]["prompt"]) for q in reqs)
     output = sum(q["body"]["max_tokens"] for q in reqs)
-    compute = (prompt + output) * (r["dense_flops_per_token"] / gemm.get("dense", gemm["expert"]) +
+    # A token at position p attends over p positions: a request of n positions computes n^2/2.
+    positions = sum((len(q["body"]["prompt"]) + q["body"]["max_tokens"]) ** 2 / 2 for q in reqs)
+    attention = positions * r.get("attention_flops_per_token_per_position", 0) / dense_rate
+    compute = (prompt + output) * (r["dense_flops_per_token"] / dense_rate +
                                    r["expert_flops_per_token"] / gemm["expert"]) + \
-        output * r["head_flops_per_sequence"] / gemm.get("dense", gemm["expert"])
+        output * r["head_flops_per_sequence"] / dense_rate + attention
     passes = max(max(q["body"]["max_tokens"] for q in reqs), -(-output // max_seqs))
     reading = passes * streamed / (rate * 1e9)
-    json.dump({"bench_io": io, "bench": bench}, open(out_dir / "roofline-inputs.json", "w"), indent=1)
-    return {"disk_gb_per_s": rate, "streamed_gb_per_pass": streamed / 1e9, "passes": passes,
-            "compute_s": compute, "read_s": reading, "output_tokens": output,
+    return {"disk_gb_per_s": rate, "streamed_gb_per_pass": streamed / 1e9, "passes": passes, "max_seqs": max_seqs,
+            "compute_s": compute, "attention_s": attention, "read_s": reading, "output_tokens": output,
             "output_tokens_per_s": output / max(compute, reading)}
 
 
@@ -258,6 +270,7 @@ def main():
                          "cmake --build build-peer/llama-build --target llama-server -j2")
     ap.add_argument("--peer-timeout", type=float, default=3600, help="seconds before the peer's run is cut")
     ap.add_argument("--spill-cache-ram", help="also run sluice with --cache-ram SIZE (latent caches spilled)")
+    ap.add_argument("--spill-max-seqs", type=int, help="the spilled run's --max-seqs (default: --max-seqs)")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--reuse-sluice", help="a previous run's directory: take its requests and sluice result")
     ap.add_argument("--skip-roofline", action="store_true")
@@ -281,16 +294,23 @@ def main():
     else:
         s, s_mem = run_sluice(args, sluice, reqs_path, out_dir, cap)
     print(f"sluice done: {s['output_tokens_per_s']:.2f} output tokens/s", flush=True)
-    spill = None
+    spill, spill_mem = None, {}
     if args.spill_cache_ram:
-        spill, _ = run_sluice(args, sluice, reqs_path, out_dir, cap, "sluice-spill",
-                              ["--cache-ram", args.spill_cache_ram, "--spill-dir", str(out_dir)])
+        spill, spill_mem = run_sluice(args, sluice, reqs_path, out_dir, cap, "sluice-spill",
+                              ["--cache-ram", args.spill_cache_ram, "--spill-dir", str(out_dir)],
+                              max_seqs=args.spill_max_seqs)
         print(f"sluice with spill done: {spill['output_tokens_per_s']:.2f} output tokens/s", flush=True)
     peer = None if args.skip_peer else run_llama(args, reqs, out_dir, cap)
     roof = None if args.skip_roofline else roofline(args, sluice, reqs, cap, out_dir, s["max_sequences"],
                                                         s["max_step_tokens"])
-    result = {"job": vars(args), "sluice": s, "sluice_memory": s_mem, "sluice_spill": spill, "llama_cpp": peer,
-              "roofline": roof}
+    spill_roof = None
+    if roof and spill:
+        inputs = json.load(open(out_dir / "roofline-inputs.json"))["bench"]["roofline"]
+        spill_roof = roofline_of(reqs, inputs, {g["what"]: g["flops_per_s"] for g in inputs["gemm"]},
+                                 roof["disk_gb_per_s"], spill["max_sequences"])
+    result = {"job": vars(args), "sluice": s, "sluice_memory": s_mem, "sluice_spill": spill, "sluice_spill_memory": spill_mem,
+              "llama_cpp": peer,
+              "roofline": roof, "spill_roofline": spill_roof}
     json.dump(result, open(out_dir / "result.json", "w"), indent=1)
 
     print(f"\n{'':34} {'sluice':>12} {'llama.cpp':>12} {'ratio':>8}")
@@ -308,8 +328,10 @@ def main():
         print(f"sluice with --cache-ram {args.spill_cache_ram}: {spill['output_tokens_per_s']:.2f} output tokens/s, "
               f"{spill['cache_resident_layers']} layers' caches in memory, "
               f"{spill['spill_bytes_read'] / 1e9:.2f} GB of caches read back, "
-              f"{spill['spill_bytes_written'] / 1e9:.2f} GB written, mean {spill['mean_sequences_per_step']:.1f} "
-              f"sequences per step")
+              f"{spill['spill_bytes_written'] / 1e9:.2f} GB written, up to {spill['max_sequences']} sequences in "
+              f"flight, mean {spill['mean_sequences_per_step']:.1f} sequences and {spill['mean_tokens_per_step']:.0f} "
+              f"tokens per step over {spill['steps']} steps, {spill['gb_read_per_output_token']:.3f} GB read per "
+              f"output token, peak memory {(spill_mem.get('peak_bytes') or 0) / 2**30:.2f} GiB of {args.memory_max}")
     if peer:
         print(f"llama.cpp: -np {args.slots}, {peer['requests_done']}/{peer['requests']} requests done"
               f"{' (cut at --peer-timeout)' if peer['timed_out'] else ''}")
@@ -330,11 +352,12 @@ def main():
                   f"{made / max(peer['output_tokens'], 1):.2f}x; llama.cpp over the window's second half "
                   f"{peer['second_half_tokens_per_s']:.2f}/s, sluice over its whole job {s['output_tokens_per_s']:.2f}/s: "
                   f"{s['output_tokens_per_s'] / max(peer['second_half_tokens_per_s'], 1e-9):.2f}x")
-    if roof:
-        print(f"roofline: {roof['output_tokens_per_s']:.2f} output tokens/s (compute {roof['compute_s']:.0f} s, "
-              f"reading {roof['passes']} passes x {roof['streamed_gb_per_pass']:.1f} GB at "
-              f"{roof['disk_gb_per_s']:.2f} GB/s = {roof['read_s']:.0f} s); sluice at "
-              f"{s['output_tokens_per_s'] / roof['output_tokens_per_s']:.2f} of it")
+    for name, run, rf in (("sluice", s, roof), ("sluice with spill", spill, spill_roof)):
+        if run and rf:
+            print(f"roofline at max-seqs {rf['max_seqs']}: {rf['output_tokens_per_s']:.2f} output tokens/s (compute "
+                  f"{rf['compute_s']:.0f} s, {rf['attention_s']:.0f} of it attention; reading {rf['passes']} passes x "
+                  f"{rf['streamed_gb_per_pass']:.1f} GB at {rf['disk_gb_per_s']:.2f} GB/s = {rf['read_s']:.0f} s); "
+                  f"{name} at {run['output_tokens_per_s'] / rf['output_tokens_per_s']:.2f} of it")
 
 
 if __name__ == "__main__":
