@@ -146,6 +146,17 @@ LatentCachePlan plan_latent_cache(const ModelLayout& d, int n_sequences, int64_t
     return p;
 }
 
+// Where the latent caches go when they do not fit the budget and --cache-ram does not say: every
+// layer's to disk, through a buffer of up to one layer's caches (at most kAutoSpillBufferBytes).
+// Memory kept for a layer's caches saves at most its size in reads a step, and usually less (only
+// the positions in use are read back); the same memory in the expert cache saves its whole size in
+// every step that touches those experts, as a batch step touches nearly all of them.
+constexpr uint64_t kAutoSpillBufferBytes = uint64_t(512) << 20;
+LatentCachePlan spill_all_latent_caches(const ModelLayout& d, int n_sequences, int64_t capacity) {
+    const uint64_t slot = SpilledLatentCache::slot_bytes(d, capacity);
+    return {0, std::max(2 * slot, std::min(slot * uint64_t(n_sequences), kAutoSpillBufferBytes))};
+}
+
 }  // namespace
 
 std::pair<int, int> parse_shard(const std::string& text) {
@@ -268,20 +279,62 @@ int run_batch_job(const BatchJobOptions& o) {
     // step of twice that computes past its read, at the GEMMs' own 18 ms a token. Its activations
     // come out of the budget: where they do not fit, the default falls back to the old 512.
     const int64_t small_step_tokens = std::max<int64_t>(512, max_sequences + o.prefill_chunk);
-    int64_t step_tokens =
-        o.max_step_tokens > 0 ? o.max_step_tokens : std::max<int64_t>(kBatchStepTokens, small_step_tokens);
+    std::vector<int64_t> step_choices{o.max_step_tokens};
+    if (o.max_step_tokens <= 0) {
+        step_choices = {std::max<int64_t>(kBatchStepTokens, small_step_tokens)};
+        if (step_choices.front() > small_step_tokens) step_choices.push_back(small_step_tokens);
+    }
     ThreadPool pool(o.threads);
     RuntimeOptions ro = o.runtime;
     ro.n_threads = pool.size();
     // The planning of this job in one place (issue 14's shared planner takes it over): sequences x
-    // positions x tokens per step, and where the latent caches live.
-    const LatentCachePlan cache_plan = plan_latent_cache(model->layout, max_sequences, capacity, o.cache_ram_bytes);
+    // positions x tokens per step, and where the latent caches live. --cache-ram says where; by
+    // default they stay in memory while they fit, and spill to disk when they do not (CPU only).
+    std::vector<LatentCachePlan> cache_choices;
+    if (o.cache_ram_bytes > 0) {
+        cache_choices = {plan_latent_cache(model->layout, max_sequences, capacity, o.cache_ram_bytes)};
+    } else {
+        cache_choices = {LatentCachePlan{model->layout.n_layers, 0}};
+        if (!resolve_device(ro.device).cuda)
+            cache_choices.push_back(spill_all_latent_caches(model->layout, max_sequences, capacity));
+    }
+    // The first (caches, step) that fits the budget, tried on the planner alone (the runtime is
+    // made once); when none fits, the last one's error (the smallest budget it needs) is the job's.
+    LatentCachePlan cache_plan;
+    int64_t step_tokens = 0;
+    for (size_t c = 0; c < cache_choices.size() && step_tokens == 0; ++c) {
+        for (size_t t = 0; t < step_choices.size() && step_tokens == 0; ++t) {
+            RuntimeOptions trial = ro;
+            trial.cache_resident_layers = cache_choices[c].resident_layers;
+            trial.cache_spill_buffer_bytes = cache_choices[c].buffer_bytes;
+            // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
+            trial.shapes = {RunShape{max_sequences, capacity, step_choices[t], int64_t(max_sequences) + 2}};
+            try {
+                (void)plan_runtime_memory(*model, trial);
+            } catch (const Error& e) {
+                if (e.kind() != ErrorKind::out_of_memory || (c + 1 == cache_choices.size() && t + 1 == step_choices.size()))
+                    throw;
+                continue;
+            }
+            cache_plan = cache_choices[c];
+            step_tokens = step_choices[t];
+        }
+    }
+    if (step_tokens != step_choices.front())
+        fmt::print(stderr, "batch: steps of {} tokens do not fit the memory budget; planning steps of {}\n",
+                   step_choices.front(), step_tokens);
+    if (o.cache_ram_bytes == 0 && cache_plan.resident_layers < model->layout.n_layers)
+        fmt::print(stderr, "batch: the latent caches of {} sequences x {} positions ({:.2f} GiB) do not fit the memory "
+                   "budget beside the model's least: they spill to disk (--cache-ram sets how much stays in memory; "
+                   "fewer --max-seqs keeps them all there)\n",
+                   max_sequences, capacity,
+                   double(SpilledLatentCache::slot_bytes(model->layout, capacity)) * max_sequences *
+                       model->layout.n_layers / (1 << 30));
     const bool spill = cache_plan.resident_layers < model->layout.n_layers;
     ro.cache_resident_layers = cache_plan.resident_layers;
     ro.cache_spill_buffer_bytes = cache_plan.buffer_bytes;
     std::unique_ptr<Runtime> rt;
     for (;;) {
-        // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
         ro.shapes = {RunShape{max_sequences, capacity, step_tokens, int64_t(max_sequences) + 2}};
         try {
             // The model opened above, not a second copy of its tokenizer held beside it for the
@@ -289,10 +342,11 @@ int run_batch_job(const BatchJobOptions& o) {
             rt = make_runtime(model ? std::move(model) : open_model(o.model), ro);
             break;
         } catch (const Error& e) {
-            if (e.kind() != ErrorKind::out_of_memory || o.max_step_tokens > 0 || step_tokens <= small_step_tokens) throw;
-            fmt::print(stderr, "batch: steps of {} tokens do not fit the memory budget; planning steps of {}\n",
-                       step_tokens, small_step_tokens);
-            step_tokens = small_step_tokens;
+            // The host plan fitted (above); a device's may not, at the larger step.
+            if (e.kind() != ErrorKind::out_of_memory || step_tokens == step_choices.back()) throw;
+            fmt::print(stderr, "batch: steps of {} tokens do not fit the device; planning steps of {}\n", step_tokens,
+                       step_choices.back());
+            step_tokens = step_choices.back();
         }
     }
     const RunShape shape = ro.shapes.front();

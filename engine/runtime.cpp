@@ -179,6 +179,33 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
     return make_runtime(open_model(path), options);
 }
 
+namespace {
+
+MemoryBudget runtime_budget(const RuntimeOptions& options) {
+    return options.ram_budget_bytes ? MemoryBudget{options.ram_budget_bytes, "--ram"} : default_memory_budget(0.85);
+}
+
+MemoryRequest runtime_memory_request(const RuntimeOptions& options, const MemoryBudget& budget) {
+    MemoryRequest req;
+    req.ram_budget_bytes = budget.bytes;
+    req.shapes = options.shapes;
+    req.other_pass_bytes = options.other_pass_bytes;
+    req.cache_resident_layers = options.cache_resident_layers;
+    req.cache_spill_buffer_bytes = options.cache_spill_buffer_bytes;
+    req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
+    req.expert_slots = options.expert_buffers;
+    req.prefetch_layers = std::max(options.prefetch_layers, 0);
+    req.resident = options.resident;
+    req.held_bytes = process_memory_bytes("VmRSS");
+    return req;
+}
+
+}  // namespace
+
+RunMemoryPlan plan_runtime_memory(const OpenModel& model, const RuntimeOptions& options) {
+    return plan_run_memory(model.layout, model.plan, runtime_memory_request(options, runtime_budget(options)));
+}
+
 std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const RuntimeOptions& options) {
     auto rt = std::make_unique<Runtime>();
     rt->model = std::move(model);
@@ -189,19 +216,8 @@ std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const Ru
         rt->trace_path = options.trace_path;
     }
 
-    rt->budget = options.ram_budget_bytes ? MemoryBudget{options.ram_budget_bytes, "--ram"}
-                                          : default_memory_budget(0.85);
-    MemoryRequest req;
-    req.ram_budget_bytes = rt->budget.bytes;
-    req.shapes = options.shapes;
-    req.other_pass_bytes = options.other_pass_bytes;
-    req.cache_resident_layers = options.cache_resident_layers;
-    req.cache_spill_buffer_bytes = options.cache_spill_buffer_bytes;
-    req.n_threads = options.n_threads > 0 ? options.n_threads : int(std::thread::hardware_concurrency());
-    req.expert_slots = options.expert_buffers;
-    req.prefetch_layers = std::max(options.prefetch_layers, 0);
-    req.resident = options.resident;
-    req.held_bytes = process_memory_bytes("VmRSS");
+    rt->budget = runtime_budget(options);
+    const MemoryRequest req = runtime_memory_request(options, rt->budget);
     const RunMemoryPlan run = plan_run_memory(layout, rt->model->plan, req);
     rt->memory = run.memory;
     rt->mode = run.mode;

@@ -106,5 +106,11 @@ std::unique_ptr<Runtime> make_runtime(const std::string& path, const RuntimeOpti
 // The same for a model already open (a command that must tokenize before it knows its shapes).
 std::unique_ptr<Runtime> make_runtime(std::unique_ptr<OpenModel> model, const RuntimeOptions& options);
 
+// The host memory plan make_runtime would make for this model and these options (the same budget,
+// the same request), without making it: a command can try shapes against its budget before it
+// commits to one. Throws ErrorKind::out_of_memory as make_runtime does when even --resident none
+// does not fit.
+RunMemoryPlan plan_runtime_memory(const OpenModel& model, const RuntimeOptions& options);
+
 
 }  // namespace sluice

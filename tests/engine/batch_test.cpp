@@ -22,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -689,4 +690,64 @@ TEST_CASE("a job stopped by SIGTERM between requests is not reported complete in
     REQUIRE(summary.is_object());
     CHECK(summary["done"].get<int64_t>() < 40);
     CHECK(summary["complete"] == false);
+}
+
+TEST_CASE("latent caches that do not fit the budget spill to disk by themselves, with the tokens of a run that "
+          "holds them") {
+    const char* bin = std::getenv("SLUICE_BIN");
+    REQUIRE_MESSAGE(bin, "SLUICE_BIN is not set");
+    const fs::path dir = scratch_dir() / "auto-spill";
+    fs::create_directories(dir);
+    const fs::path input = dir / "requests.jsonl";
+    // 24 requests of 1,500-position prompts: their caches (24 x 1,503 positions x 3 layers of
+    // 288 floats) are 125 MB in memory, where spilled they need a buffer of one layer's (42 MB).
+    constexpr int kRequests = 24;
+    constexpr int64_t kPrompt = 1500, kMaxTokens = 3;
+    {
+        std::mt19937 rng(5);
+        std::ofstream f(input);
+        for (int i = 0; i < kRequests; ++i)
+            f << nlohmann::json{{"custom_id", fmt::format("s-{}", i)},
+                                {"method", "POST"},
+                                {"url", "/v1/completions"},
+                                {"body", {{"prompt", random_prompt(rng, kPrompt)}, {"max_tokens", kMaxTokens}}}}
+                     .dump()
+              << "\n";
+    }
+    setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
+    auto run_job = [&](const std::string& name, const std::string& ram) {
+        const fs::path out = dir / (name + ".jsonl"), log = dir / (name + ".log");
+        const std::string cmd = fmt::format("'{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs {} --resident none "
+                                            "--max-step-tokens 1024 --ram {} --spill-dir '{}' 2>'{}'",
+                                            bin, tiny_model().string(), input.string(), out.string(), kRequests, ram,
+                                            dir.string(), log.string());
+        const int rc = std::system(cmd.c_str());
+        return std::tuple{rc, read_text(out), read_text(log)};
+    };
+    // The plan with every cache in memory, under a budget it fits.
+    const auto [held_rc, held_out, held_log] = run_job("held", "4G");
+    REQUIRE_MESSAGE(held_rc == 0, held_log);
+    CHECK(held_log.find("spill") == std::string::npos);
+    const size_t at = held_log.find("; total ");
+    REQUIRE(at != std::string::npos);
+    const double held_total_gib = std::stod(held_log.substr(at + 8));
+    // A budget 40 MB short of it (the plan is printed to 0.01 GiB): the caches no longer fit in
+    // memory, and spilled (125 MB less a 42 MB buffer: 83 MB less) they do.
+    const uint64_t slot = SpilledLatentCache::slot_bytes(open_model(tiny_model().string())->layout, kPrompt + kMaxTokens);
+    const uint64_t in_memory = uint64_t(kRequests) * uint64_t(kPrompt + kMaxTokens) * 3 * 288 * 4;
+    REQUIRE(in_memory - kRequests * slot > uint64_t(60) << 20);
+    const uint64_t budget = uint64_t(held_total_gib * double(1 << 30)) - (uint64_t(40) << 20);
+    const auto [rc, out, log] = run_job("spilled", std::to_string(budget));
+    REQUIRE_MESSAGE(rc == 0, log);
+    CHECK(log.find("do not fit the memory budget beside the model's least: they spill to disk") != std::string::npos);
+    CHECK(log.find("latent caches of layers 0..2 spill to") != std::string::npos);
+    // The same records (the job's steps are the same size, so even in the same order).
+    CHECK(out == held_out);
+    CHECK(std::count(out.begin(), out.end(), '\n') == kRequests);
+    // 150 MB short, below even the spilled plan: the job's error names the smallest budget, and
+    // --max-seqs among the ways out.
+    const auto [small_rc, small_out, small_log] = run_job("small", std::to_string(budget - (uint64_t(110) << 20)));
+    CHECK(small_rc != 0);
+    CHECK(small_log.find("the model needs at least") != std::string::npos);
+    CHECK(small_log.find("--max-seqs") != std::string::npos);
 }
