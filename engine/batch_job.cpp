@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -298,44 +299,48 @@ int run_batch_job(const BatchJobOptions& o) {
         if (!resolve_device(ro.device).cuda)
             cache_choices.push_back(spill_all_latent_caches(model->layout, max_sequences, capacity));
     }
-    // The first (caches, step) that fits the budget, tried on the planner alone (the runtime is
-    // made once); when none fits, the last one's error (the smallest budget it needs) is the job's.
+    // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
+    auto shape_for = [&](int64_t tokens) {
+        return RunShape{max_sequences, capacity, tokens, int64_t(max_sequences) + 2};
+    };
+    // The first (caches, step) that fits the budget, caches in memory first, tried on the planner
+    // alone (the runtime is made once); when none fits, the last one's error (the smallest budget
+    // it needs) is the job's.
+    std::vector<std::pair<LatentCachePlan, int64_t>> candidates;
+    for (const auto& c : cache_choices)
+        for (int64_t t : step_choices) candidates.emplace_back(c, t);
     LatentCachePlan cache_plan;
     int64_t step_tokens = 0;
-    for (size_t c = 0; c < cache_choices.size() && step_tokens == 0; ++c) {
-        for (size_t t = 0; t < step_choices.size() && step_tokens == 0; ++t) {
-            RuntimeOptions trial = ro;
-            trial.cache_resident_layers = cache_choices[c].resident_layers;
-            trial.cache_spill_buffer_bytes = cache_choices[c].buffer_bytes;
-            // The logits the job keeps: a row per sequence, and two rows of the sampler's scratch.
-            trial.shapes = {RunShape{max_sequences, capacity, step_choices[t], int64_t(max_sequences) + 2}};
-            try {
-                (void)plan_runtime_memory(*model, trial);
-            } catch (const Error& e) {
-                if (e.kind() != ErrorKind::out_of_memory || (c + 1 == cache_choices.size() && t + 1 == step_choices.size()))
-                    throw;
-                continue;
-            }
-            cache_plan = cache_choices[c];
-            step_tokens = step_choices[t];
+    for (size_t i = 0; i < candidates.size(); ++i) {
+        RuntimeOptions trial = ro;
+        trial.cache_resident_layers = candidates[i].first.resident_layers;
+        trial.cache_spill_buffer_bytes = candidates[i].first.buffer_bytes;
+        trial.shapes = {shape_for(candidates[i].second)};
+        try {
+            (void)plan_runtime_memory(*model, trial);
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::out_of_memory || i + 1 == candidates.size()) throw;
+            continue;
         }
+        std::tie(cache_plan, step_tokens) = candidates[i];
+        break;
     }
     if (step_tokens != step_choices.front())
         fmt::print(stderr, "batch: steps of {} tokens do not fit the memory budget; planning steps of {}\n",
                    step_choices.front(), step_tokens);
-    if (o.cache_ram_bytes == 0 && cache_plan.resident_layers < model->layout.n_layers)
+    const bool spill = cache_plan.resident_layers < model->layout.n_layers;
+    if (spill && o.cache_ram_bytes == 0)
         fmt::print(stderr, "batch: the latent caches of {} sequences x {} positions ({:.2f} GiB) do not fit the memory "
                    "budget beside the model's least: they spill to disk (--cache-ram sets how much stays in memory; "
                    "fewer --max-seqs keeps them all there)\n",
                    max_sequences, capacity,
                    double(SpilledLatentCache::slot_bytes(model->layout, capacity)) * max_sequences *
                        model->layout.n_layers / (1 << 30));
-    const bool spill = cache_plan.resident_layers < model->layout.n_layers;
     ro.cache_resident_layers = cache_plan.resident_layers;
     ro.cache_spill_buffer_bytes = cache_plan.buffer_bytes;
     std::unique_ptr<Runtime> rt;
     for (;;) {
-        ro.shapes = {RunShape{max_sequences, capacity, step_tokens, int64_t(max_sequences) + 2}};
+        ro.shapes = {shape_for(step_tokens)};
         try {
             // The model opened above, not a second copy of its tokenizer held beside it for the
             // whole job (opened again only if a try that took it failed).

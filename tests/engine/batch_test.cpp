@@ -147,6 +147,33 @@ std::string read_text(const fs::path& p) {
     return ss.str();
 }
 
+// Records (lines) in a results file; 0 before it exists.
+int64_t records_in(const fs::path& p) {
+    if (!fs::exists(p)) return 0;
+    const std::string t = read_text(p);
+    return std::count(t.begin(), t.end(), '\n');
+}
+
+// Runs `sh -c cmd` as a child process; its pid.
+pid_t start_shell(const std::string& cmd) {
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    return pid;
+}
+
+// Waits until `out` holds `records` records or the child ends: the child's pid if it ended (its
+// status in `status`), else 0.
+pid_t wait_for_records(pid_t pid, const fs::path& out, int64_t records, int& status) {
+    pid_t reaped = 0;
+    while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 && records_in(out) < records)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return reaped;
+}
+
 }  // namespace
 
 TEST_CASE("a request's greedy and seeded tokens are the same alone as in any batch") {
@@ -454,20 +481,14 @@ TEST_CASE("a job killed with SIGKILL at 24 random moments resumes to the bytes o
         return pid;
     };
     const std::vector<std::string> job_options = {"--max-seqs", "5", "--prefill-chunk", "8", "--resident", "none"};
-    auto records_in = [](const fs::path& p) {
-        const std::string t = read_text(p);
-        return std::count(t.begin(), t.end(), '\n');
-    };
     // Kills once the output holds `after_records` more records than at the start, `extra_ms` later
     // (a moment in the middle of a step, an append or start-up); kill_after < 0: runs to the end.
     auto run_job = [&](const fs::path& out, int after_records, int extra_ms) {
-        const auto start_records = fs::exists(out) ? records_in(out) : 0;
+        const auto start_records = records_in(out);
         const pid_t pid = spawn(out, job_options, "/dev/null");
         int status = 0;
         if (after_records >= 0) {
-            while (waitpid(pid, &status, WNOHANG) == 0 &&
-                   (fs::exists(out) ? records_in(out) : 0) < start_records + after_records)
-                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            wait_for_records(pid, out, start_records + after_records, status);
             std::this_thread::sleep_for(std::chrono::milliseconds(extra_ms));
             if (waitpid(pid, &status, WNOHANG) == 0) {
                 kill(pid, SIGKILL);
@@ -503,10 +524,7 @@ TEST_CASE("a job killed with SIGKILL at 24 random moments resumes to the bytes o
     const pid_t pid = spawn(term, {"--max-seqs", "2", "--prefill-chunk", "4"}, (dir / "term.log").string());
     // Once it is running steps (a few records in), SIGTERM.
     int status = 0;
-    pid_t reaped = 0;
-    while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 && (fs::exists(term) ? records_in(term) : 0) < 4)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (reaped == 0) {
+    if (wait_for_records(pid, term, 4, status) == 0) {
         kill(pid, SIGTERM);
         waitpid(pid, &status, 0);
     }
@@ -583,22 +601,10 @@ TEST_CASE("prompts are read again as requests start: an input changed under a ru
     write_input("The last one");
     const std::string cmd = fmt::format("'{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs 1 --prefill-chunk 4 2>'{}'",
                                         bin, tiny_model().string(), input.string(), out.string(), log.string());
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-    }
+    const pid_t pid = start_shell(cmd);
     // Once the first record is in, the last line's prompt changes (same custom_id, more tokens).
-    auto records = [&] {
-        const std::string t = fs::exists(out) ? read_text(out) : "";
-        return std::count(t.begin(), t.end(), '\n');
-    };
     int status = 0;
-    pid_t reaped = 0;
-    while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 && records() < 1)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (reaped != 0) {
+    if (wait_for_records(pid, out, 1, status) != 0) {
         MESSAGE("the job finished before its input could change; nothing to check");
         return;
     }
@@ -608,12 +614,12 @@ TEST_CASE("prompts are read again as requests start: an input changed under a ru
     CHECK(WEXITSTATUS(status) != 0);
     const std::string message = read_text(log);
     CHECK(message.find("line 12 changed while the job ran") != std::string::npos);
-    const auto kept = records();
+    const auto kept = records_in(out);
     CHECK(kept >= 1);
     CHECK(kept <= 11);
     // Run again on the file as it is: the finished records are kept, the rest run.
     REQUIRE(std::system(cmd.c_str()) == 0);
-    CHECK(records() == 12);
+    CHECK(records_in(out) == 12);
 }
 
 TEST_CASE("the progress line counts tokens as they are made and estimates the end from the work done") {
@@ -655,21 +661,9 @@ TEST_CASE("a job stopped by SIGTERM between requests is not reported complete in
     const std::string cmd =
         fmt::format("exec '{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs 1 --stats-json '{}' 2>/dev/null", bin,
                     tiny_model().string(), input.string(), out.string(), stats.string());
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-    }
-    auto records = [&] {
-        const std::string t = fs::exists(out) ? read_text(out) : "";
-        return std::count(t.begin(), t.end(), '\n');
-    };
+    const pid_t pid = start_shell(cmd);
     int status = 0;
-    pid_t reaped = 0;
-    while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 && records() < 2)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (reaped == 0) {
+    if (wait_for_records(pid, out, 2, status) == 0) {
         kill(pid, SIGTERM);
         waitpid(pid, &status, 0);
     }
@@ -743,7 +737,7 @@ TEST_CASE("latent caches that do not fit the budget spill to disk by themselves,
     CHECK(log.find("latent caches of layers 0..2 spill to") != std::string::npos);
     // The same records (the job's steps are the same size, so even in the same order).
     CHECK(out == held_out);
-    CHECK(std::count(out.begin(), out.end(), '\n') == kRequests);
+    CHECK(records_in(dir / "spilled.jsonl") == kRequests);
     // 150 MB short, below even the spilled plan: the job's error names the smallest budget, and
     // --max-seqs among the ways out.
     const auto [small_rc, small_out, small_log] = run_job("small", std::to_string(budget - (uint64_t(110) << 20)));
