@@ -55,15 +55,9 @@ void mla_attention_absorbed_on_path(CpuPath path, const AttentionShape& shape, i
             const int64_t first_row = t * n_heads + h_begin;  // (t, h) row of the [n_tokens, n_heads, *] tensors
             const int64_t visible = n_visible[t];
             // s = scale * (q~ . c_j + q_pe . k_pe_j): one shared 576-wide key per cache row.
-            float latent_dots[kHeadGroup], rope_dots[kHeadGroup];
-            for (int64_t j = 0; j < visible; ++j) {
-                k.dot_group(q_latent + first_row * kv_rank, kv_rank, n_group_heads, cache_latent + j * kv_rank,
-                            kv_rank, latent_dots);
-                k.dot_group(q_rope + first_row * rope_dim, rope_dim, n_group_heads, cache_rope + j * rope_dim,
-                            rope_dim, rope_dots);
-                for (int g = 0; g < n_group_heads; ++g)
-                    scores[g * row_floats + j] = shape.scale * (latent_dots[g] + rope_dots[g]);
-            }
+            k.attention_scores(n_group_heads, q_latent + first_row * kv_rank, kv_rank, q_rope + first_row * rope_dim,
+                               rope_dim, visible, cache_latent, kv_rank, kv_rank, cache_rope, rope_dim, rope_dim,
+                               shape.scale, scores, row_floats);
             for (int g = 0; g < n_group_heads; ++g) k.softmax(scores + g * row_floats, visible);
             // ô_h = sum_j P_hj c_j for the whole group, the latent rows shared by every head.
             k.weighted_sum(scores, row_floats, n_group_heads, cache_latent, kv_rank, visible, kv_rank,
@@ -96,14 +90,11 @@ void mla_attention_decompressed_block_on_path(CpuPath path, const DecompressedAt
             if (seen <= 0) continue;
             const float* q_nope = q + t0 * q_token_stride + h * shape.q_head_stride;
             const float* q_pe = q_rope + t0 * rope_token_stride + h * rope;
-            float nope_dots[kQueryGroup], rope_dots[kQueryGroup];
-            for (int64_t j = 0; j < seen; ++j) {
-                k.dot_group(q_nope, q_token_stride, n_g, kv + j * kv_row + h * kv_head, nope, nope_dots);
-                k.dot_group(q_pe, rope_token_stride, n_g, k_rope + j * rope, rope, rope_dots);
-                for (int g = 0; g < n_g; ++g)
-                    scores[g * row_floats + j] =
-                        first + j < n_visible[t0 + g] ? shape.scale * (nope_dots[g] + rope_dots[g]) : kMasked;
-            }
+            k.attention_scores(n_g, q_nope, q_token_stride, q_pe, rope_token_stride, seen, kv + h * kv_head, kv_row, nope,
+                               k_rope, rope, rope, shape.scale, scores, row_floats);
+            for (int g = 0; g < n_g; ++g)  // causal: the positions past a query's own
+                for (int64_t j = std::max<int64_t>(0, n_visible[t0 + g] - first); j < seen; ++j)
+                    scores[g * row_floats + j] = kMasked;
             // Online softmax: rescale what earlier blocks summed to the new running max.
             float carry[kQueryGroup];
             for (int g = 0; g < n_g; ++g) {

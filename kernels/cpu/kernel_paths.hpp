@@ -29,8 +29,12 @@ struct PathKernels {
     // Fused FP8_E4M3_B128 (weights widened in registers, block scale per 128 columns).
     RowsKernel gemm_fp8_b128;
     float (*dot)(const float* a, const float* b, int64_t n);
-    // out[g] = q[g * q_stride ..] . c for g < n_q: several queries against one shared row.
-    void (*dot_group)(const float* q, int64_t q_stride, int n_q, const float* c, int64_t n, float* out);
+    // scores[g * score_stride + j] = scale * (q_g . key_j + q_rope_g . key_rope_j) for g < n_q,
+    // j < n_keys (key_width and rope_width floats of each; strides in floats): attention's scores.
+    void (*attention_scores)(int n_q, const float* q, int64_t q_stride, const float* q_rope, int64_t q_rope_stride,
+                             int64_t n_keys, const float* key, int64_t key_stride, int64_t key_width,
+                             const float* key_rope, int64_t key_rope_stride, int64_t rope_width, float scale,
+                             float* scores, int64_t score_stride);
     // out[g][:n_cols] = sum_j p[g][j] * rows[j][:n_cols] for g < n_p (strides in floats).
     void (*weighted_sum)(const float* p, int64_t p_stride, int n_p, const float* rows, int64_t row_stride,
                          int64_t n_rows, int64_t n_cols, float* out, int64_t out_stride);

@@ -32,6 +32,7 @@ struct Simd {
     static constexpr int kTileTokens = 4;
     // 8 heads x 1 vector = 8 accumulators in the attention weighted sum.
     static constexpr int kSumTileVectors = 1;
+    static constexpr int kScoreTileKeys = 1;
     static F zero() { return _mm256_setzero_ps(); }
     static F set1(float v) { return _mm256_set1_ps(v); }
     static F load(const float* p) { return _mm256_loadu_ps(p); }

@@ -36,6 +36,8 @@ struct Simd {
     static constexpr int kTileTokens = 4;
     // 8 heads x 2 vectors = 16 accumulators in the attention weighted sum.
     static constexpr int kSumTileVectors = 2;
+    // 8 queries x 2 keys = 16 accumulators + 2 keys + 1 query in the attention scores.
+    static constexpr int kScoreTileKeys = 2;
     static F zero() { return _mm512_setzero_ps(); }
     static F set1(float v) { return _mm512_set1_ps(v); }
     static F load(const float* p) { return _mm512_loadu_ps(p); }
@@ -63,6 +65,21 @@ struct Simd {
     static F min(F a, F b) { return _mm512_min_ps(a, b); }
     static float reduce_add(F a) { return _mm512_reduce_add_ps(a); }
     static float reduce_max(F a) { return _mm512_reduce_max_ps(a); }
+    // out[i] = the 16 lanes of v[i] added, for 16 vectors at once: pairs, then quads, are folded
+    // within each 128-bit lane, then the four lanes across vectors (45 instructions for 16 sums).
+    static void reduce_add_16(const F* v, float* out) {
+        F pair[8], quad[4];
+        for (int k = 0; k < 8; ++k)  // lane: [v2k 0+2, v2k+1 0+2, v2k 1+3, v2k+1 1+3]
+            pair[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+        for (int k = 0; k < 4; ++k)  // lane: the lane sums of v4k .. v4k+3
+            quad[k] = _mm512_add_ps(_mm512_shuffle_ps(pair[2 * k], pair[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(pair[2 * k], pair[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        // 128-bit lanes: [q0 L0+L1, q0 L2+L3, q1 L0+L1, q1 L2+L3], the same for q2, q3
+        const F half01 = _mm512_add_ps(_mm512_shuffle_f32x4(quad[0], quad[1], 0x88), _mm512_shuffle_f32x4(quad[0], quad[1], 0xDD));
+        const F half23 = _mm512_add_ps(_mm512_shuffle_f32x4(quad[2], quad[3], 0x88), _mm512_shuffle_f32x4(quad[2], quad[3], 0xDD));
+        _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(half01, half23, 0x88),
+                                            _mm512_shuffle_f32x4(half01, half23, 0xDD)));
+    }
     static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
     static F pow2n(F n) {
         const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));

@@ -21,6 +21,7 @@ struct Simd {
     static constexpr int kTileRows = 4;
     static constexpr int kTileTokens = 4;
     static constexpr int kSumTileVectors = 1;
+    static constexpr int kScoreTileKeys = 1;
     static F zero() { return 0.0f; }
     static F set1(float v) { return v; }
     static F load(const float* p) { return *p; }
