@@ -20,9 +20,9 @@ cpu::AttentionShape absorbed_shape(const MlaShape& m) {
 cpu::DecompressedAttentionShape decompressed_shape(const MlaShape& m) {
     return {int(m.n_heads), int(m.nope), int(m.rope_dim), int(m.v_dim), int(m.qk_head), m.scale};
 }
-// A kv_rank row for the transposed absorb product, or the rows transpose_to_f32 turns at a time.
+// A head's W_UK in f32 for the transposed absorb product, or the rows transpose_to_f32 turns at a time.
 int64_t row_scratch_per_thread(const ModelLayout& d) {
-    return std::max(d.kv_rank, cpu::transpose_scratch_floats(d.nope));
+    return std::max(cpu::gemm_transposed_scratch_floats(d.nope, d.kv_rank), cpu::transpose_scratch_floats(d.nope));
 }
 }  // namespace
 

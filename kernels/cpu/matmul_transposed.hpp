@@ -11,10 +11,12 @@
 namespace sluice::cpu {
 
 // Y[t][c] = sum_r W[r][c] * X[t][r] for t < n_tokens, c < W.cols. X: [n_tokens, W.rows] (row
-// stride x_stride), Y: [n_tokens, W.cols] (row stride y_stride). row_scratch holds W.cols floats.
+// stride x_stride), Y: [n_tokens, W.cols] (row stride y_stride). scratch holds
+// gemm_transposed_scratch_floats(W.rows, W.cols) floats (the weights in f32: for a head's W_UK, 256 KiB).
 // Single-threaded: callers parallelise over heads.
+int64_t gemm_transposed_scratch_floats(int64_t rows, int64_t cols);
 void gemm_transposed(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,
-                     float* row_scratch);
+                     float* scratch);
 
 // out[c][r] = W[r][c] in f32 ([W.cols, W.rows], row stride W.rows): the stored weights turned
 // round once, so that many tokens can take W^T through an ordinary GEMM instead (the decompressed

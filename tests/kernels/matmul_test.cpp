@@ -14,6 +14,7 @@
 #include "kernels/block_type.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/matmul_transposed.hpp"
 
 using namespace sluice;
 using namespace sluice::cpu;
@@ -207,4 +208,53 @@ TEST_CASE("every type with a dequantiser has a matmul kernel that matches its de
         ++n_types;
     }
     CHECK(n_types >= 4);  // at least F32, F16, BF16, FP8
+}
+
+// MLA's absorb step applies kv_b from the other side: Y[t] = W^T X[t]. Every type with a
+// dequantiser, odd shapes, strided inputs and outputs, token counts on both sides of the kernels'
+// groups of 8; against the dequantised rows summed in double. Output columns past W.cols are untouched.
+TEST_CASE("the transposed product equals a double reference for every weight type and token count") {
+    std::mt19937 rng(17);
+    std::uniform_int_distribution<int> byte(0, 0x3b);
+    int n_types = 0;
+    for (uint32_t id = 0; id < 2000; ++id) {
+        const BlockTypeTraits* traits = find_block_type(id);
+        if (!traits || !traits->dequantize_row) continue;
+        CAPTURE(traits->name);
+        const int64_t rows = 13, cols = traits->block_elems == 1 ? 37 : 2 * traits->block_elems;
+        std::vector<uint8_t> bytes(size_t(rows * row_bytes(traits->type, cols)));
+        for (auto& b : bytes) b = uint8_t(byte(rng));
+        const std::vector<float> scales = random_floats(rng, 64, 0.5f, 1.5f);
+        const Matrix w{traits->type, rows, cols, bytes.data(), scales.data(), 0};
+        std::vector<float> dequantized(size_t(rows * cols));
+        for (int64_t r = 0; r < rows; ++r) {
+            traits->dequantize_row(w.row(r), dequantized.data() + r * cols, cols);
+            if (w.block_scales)
+                for (int64_t c = 0; c < cols; ++c) dequantized[size_t(r * cols + c)] *= w.block_scale(r, c);
+        }
+        std::vector<float> scratch(size_t(gemm_transposed_scratch_floats(rows, cols)));
+        for (int64_t n_tokens : {1, 3, 8, 11, 19}) {
+            CAPTURE(n_tokens);
+            const int64_t x_stride = rows + 3, y_stride = cols + 5;
+            const std::vector<float> x = random_floats(rng, size_t(n_tokens * x_stride));
+            std::vector<float> y(size_t(n_tokens * y_stride), 1234.5f);
+            gemm_transposed(w, x.data(), x_stride, n_tokens, y.data(), y_stride, scratch.data());
+            int bad = 0;
+            for (int64_t t = 0; t < n_tokens; ++t) {
+                for (int64_t c = 0; c < cols; ++c) {
+                    double want = 0, magnitude = 0;
+                    for (int64_t r = 0; r < rows; ++r) {
+                        const double p = double(dequantized[size_t(r * cols + c)]) * x[size_t(t * x_stride + r)];
+                        want += p;
+                        magnitude += std::abs(p);
+                    }
+                    if (!(std::abs(y[size_t(t * y_stride + c)] - want) <= kRelativeTolerance * magnitude + 1e-30)) ++bad;
+                }
+                for (int64_t c = cols; c < y_stride; ++c) bad += y[size_t(t * y_stride + c)] != 1234.5f;
+            }
+            CHECK(bad == 0);
+        }
+        ++n_types;
+    }
+    CHECK(n_types >= 8);
 }
