@@ -1,5 +1,5 @@
-// Batch invariance of the matrix products: a token's output row must be the same bits whether it
-// is multiplied alone or beside any number of other tokens. `sluice batch` relies on it for its
+// Batch invariance of the matrix products and of attention: a token's output row must be the same
+// bits whether it is computed alone or beside any number of other tokens. `sluice batch` relies on it for its
 // promise that a request's greedy tokens do not depend on the requests sharing its steps.
 #include <doctest/doctest.h>
 
@@ -11,6 +11,8 @@
 #include "core/thread_pool.hpp"
 #include "kernels/block_type.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/matmul_transposed.hpp"
+#include "kernels/cpu/ops.hpp"
 #include "kernels/cpu/quant_dot.hpp"
 #include "kernels/random_blocks.hpp"
 
@@ -76,4 +78,45 @@ TEST_CASE("a token's matmul result does not depend on the tokens multiplied besi
         }
     }
     cpu::set_quant_dot(cpu::QuantDot::fused);
+}
+
+// MLA's absorb step (the transposed product through a head's W_UK) and the absorbed attention
+// itself run per token inside tiles of several tokens: each token's row must not depend on the
+// others. Attention's tokens see different numbers of cache rows (a chunk after a context).
+TEST_CASE("a token's absorb product and absorbed attention do not depend on the tokens beside it") {
+    ThreadPool pool(2);
+    std::mt19937 rng(9);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    const int64_t n = 11;
+    {
+        RandomMatrix w(DType::Q8_0, 128, 512, 3);  // a head's W_UK as a V3 GGUF's kv_b stores it
+        std::vector<float> x(size_t(n * 192)), y(size_t(n * 512)), alone(512);
+        std::vector<float> scratch(size_t(cpu::gemm_transposed_scratch_floats(128, 512)));
+        for (auto& v : x) v = normal(rng);
+        cpu::gemm_transposed(w.m, x.data(), 192, n, y.data(), 512, scratch.data());
+        for (int64_t t = 0; t < n; ++t) {
+            cpu::gemm_transposed(w.m, x.data() + t * 192, 192, 1, alone.data(), 512, scratch.data());
+            INFO("absorb: token ", t);
+            CHECK(std::memcmp(alone.data(), y.data() + t * 512, 512 * sizeof(float)) == 0);
+        }
+    }
+    const cpu::AttentionShape shape{11, 512, 64, 0.07f};  // a group of 8 heads and a partial one
+    const int64_t n_ctx = 37, latent_row = int64_t(shape.n_heads) * shape.kv_rank;
+    std::vector<float> latent(size_t(n_ctx * shape.kv_rank)), rope(size_t(n_ctx * shape.rope_dim));
+    std::vector<float> q_latent(size_t(n * latent_row)), q_rope(size_t(n * shape.n_heads * shape.rope_dim));
+    for (auto* v : {&latent, &rope, &q_latent, &q_rope})
+        for (auto& f : *v) f = 0.1f * normal(rng);
+    std::vector<int64_t> visible(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) visible[size_t(t)] = n_ctx - n + 1 + t;
+    std::vector<float> scratch(size_t(cpu::attention_scratch_floats(shape, n_ctx, pool.size())));
+    std::vector<float> out(size_t(n * latent_row)), alone(static_cast<size_t>(latent_row));
+    cpu::mla_attention_absorbed(shape, n, q_latent.data(), q_rope.data(), latent.data(), rope.data(), visible.data(),
+                                out.data(), scratch.data(), pool);
+    for (int64_t t = 0; t < n; ++t) {
+        cpu::mla_attention_absorbed(shape, 1, q_latent.data() + t * latent_row,
+                                    q_rope.data() + t * shape.n_heads * shape.rope_dim, latent.data(), rope.data(),
+                                    visible.data() + t, alone.data(), scratch.data(), pool);
+        INFO("attention: token ", t);
+        CHECK(std::memcmp(alone.data(), out.data() + t * latent_row, size_t(latent_row) * sizeof(float)) == 0);
+    }
 }
