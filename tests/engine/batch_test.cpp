@@ -376,6 +376,12 @@ void with_file_size_limit(uint64_t bytes, F fn) {
     std::signal(SIGXFSZ, old_handler);
 }
 
+// One line of a batch input file: a request with this custom_id and body, POSTed to `url`.
+std::string request_line(const std::string& custom_id, const nlohmann::json& body,
+                         const std::string& url = "/v1/completions") {
+    return nlohmann::json{{"custom_id", custom_id}, {"method", "POST"}, {"url", url}, {"body", body}}.dump();
+}
+
 std::string record_line(const std::string& custom_id) {
     return nlohmann::json{{"id", batch_request_record_id(custom_id)}, {"custom_id", custom_id},
                           {"response", {{"status_code", 200}, {"body", {{"text", std::string(120, 'x')}}}}},
@@ -392,10 +398,7 @@ TEST_CASE("a full disk is an error naming the file, and leaves no short or half-
     {
         std::ofstream in(input), out(part);
         for (const char* id : {"a", "b", "c"}) {
-            in << nlohmann::json{{"custom_id", id}, {"method", "POST"}, {"url", "/v1/completions"},
-                                 {"body", {{"prompt", "hi"}, {"max_tokens", 2}}}}
-                      .dump()
-               << "\n";
+            in << request_line(id, {{"prompt", "hi"}, {"max_tokens", 2}}) << "\n";
             out << record_line(id) << "\n";
         }
     }
@@ -451,11 +454,7 @@ TEST_CASE("a job killed with SIGKILL at 24 random moments resumes to the bytes o
                 body = {{"prompt", fmt::format("Once upon a time {} ", i)}, {"max_tokens", 5 + i % 13}, {"temperature", 0}};
             }
             if (i % 5 == 0) body["ignore_eos"] = true;
-            f << nlohmann::json{{"custom_id", fmt::format("req-{}", i)},
-                                {"method", "POST"},
-                                {"url", i % 2 ? "/v1/chat/completions" : "/v1/completions"},
-                                {"body", body}}
-                     .dump()
+            f << request_line(fmt::format("req-{}", i), body, i % 2 ? "/v1/chat/completions" : "/v1/completions")
               << "\n";
             if (i == 17) f << "{not json\n";
         }
@@ -547,11 +546,7 @@ TEST_CASE("sluice batch --trace writes the job's timeline: a forward pass per st
     {
         std::ofstream f(input);
         for (int i = 0; i < 6; ++i)
-            f << nlohmann::json{{"custom_id", fmt::format("t-{}", i)},
-                                {"method", "POST"},
-                                {"url", "/v1/completions"},
-                                {"body", {{"prompt", fmt::format("Trace me {}", i)}, {"max_tokens", 3 + i}}}}
-                     .dump()
+            f << request_line(fmt::format("t-{}", i), {{"prompt", fmt::format("Trace me {}", i)}, {"max_tokens", 3 + i}})
               << "\n";
     }
     const std::string cmd = fmt::format(
@@ -588,14 +583,9 @@ TEST_CASE("prompts are read again as requests start: an input changed under a ru
     auto write_input = [&](const std::string& last_prompt) {
         std::ofstream f(input);
         for (int i = 0; i < 12; ++i)
-            f << nlohmann::json{{"custom_id", fmt::format("c-{}", i)},
-                                {"method", "POST"},
-                                {"url", "/v1/completions"},
-                                {"body",
-                                 {{"prompt", i == 11 ? last_prompt : fmt::format("Count to {}", i)},
-                                  {"max_tokens", 6},
-                                  {"temperature", 0}}}}
-                     .dump()
+            f << request_line(fmt::format("c-{}", i), {{"prompt", i == 11 ? last_prompt : fmt::format("Count to {}", i)},
+                                                       {"max_tokens", 6},
+                                                       {"temperature", 0}})
               << "\n";
     };
     write_input("The last one");
@@ -651,11 +641,8 @@ TEST_CASE("a job stopped by SIGTERM between requests is not reported complete in
         // One token each, one at a time: every step ends with nothing running.
         std::ofstream f(input);
         for (int i = 0; i < 40; ++i)
-            f << nlohmann::json{{"custom_id", fmt::format("b-{}", i)},
-                                {"method", "POST"},
-                                {"url", "/v1/completions"},
-                                {"body", {{"prompt", fmt::format("Item {}", i)}, {"max_tokens", 1}, {"temperature", 0}}}}
-                     .dump()
+            f << request_line(fmt::format("b-{}", i),
+                              {{"prompt", fmt::format("Item {}", i)}, {"max_tokens", 1}, {"temperature", 0}})
               << "\n";
     }
     const std::string cmd =
@@ -701,11 +688,7 @@ TEST_CASE("latent caches that do not fit the budget spill to disk by themselves,
         std::mt19937 rng(5);
         std::ofstream f(input);
         for (int i = 0; i < kRequests; ++i)
-            f << nlohmann::json{{"custom_id", fmt::format("s-{}", i)},
-                                {"method", "POST"},
-                                {"url", "/v1/completions"},
-                                {"body", {{"prompt", random_prompt(rng, kPrompt)}, {"max_tokens", kMaxTokens}}}}
-                     .dump()
+            f << request_line(fmt::format("s-{}", i), {{"prompt", random_prompt(rng, kPrompt)}, {"max_tokens", kMaxTokens}})
               << "\n";
     }
     setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
