@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
             const double gb = double(hot.size()) / 1e9;
             const double read = read_seconds({&hot}, pool, 20);
             std::vector<cpu::QuantDotPath> paths{cpu::best_quant_dot_path()};
-            if (all_paths) paths = {cpu::QuantDotPath::avx512_vnni, cpu::QuantDotPath::avx2, cpu::QuantDotPath::scalar};
+            if (all_paths) paths = {cpu::QuantDotPath::amx, cpu::QuantDotPath::avx512_vnni, cpu::QuantDotPath::avx2, cpu::QuantDotPath::scalar};
             for (auto path : paths) {
                 if (!cpu::quant_dot_path_available(path)) continue;
                 const char* path_name = cpu::quant_dot_path_name(path);

@@ -118,12 +118,16 @@ bool has_matmul_kernel(DType type) {
 
 void reserve_gemm_scratch(int64_t n_tokens, int64_t cols, ThreadPool& pool) {
     reserve_quant_gemm_scratch(n_tokens, cols);
-    pool.run_on_all([&](int) { detail::thread_row_scratch(cols); });
+    pool.run_on_all([&](int) {
+        detail::thread_row_scratch(cols);
+        reserve_quant_gemm_thread_scratch(cols);
+    });
 }
 
 uint64_t gemm_scratch_bytes(int64_t n_tokens, int64_t cols, int n_threads) {
     return quant_gemm_scratch_bytes(n_tokens, cols) +
-           uint64_t(std::max(n_threads, 1)) * AlignedBuffer::held_bytes(size_t(cols) * sizeof(float));
+           uint64_t(std::max(n_threads, 1)) *
+               (AlignedBuffer::held_bytes(size_t(cols) * sizeof(float)) + quant_gemm_thread_scratch_bytes(cols));
 }
 
 }  // namespace sluice::cpu

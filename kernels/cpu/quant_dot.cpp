@@ -5,11 +5,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string_view>
 #include <vector>
 
 #include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
 #include "kernels/cpu/cpu_features.hpp"
+#include "kernels/cpu/quant_dot_amx.hpp"
 #include "kernels/cpu/quant_dot_kernels.hpp"
 #include "kernels/cpu/quantize_activations.hpp"
 
@@ -23,6 +26,7 @@ using quant_kernels::RowGroupTable;
 
 const RowGroupTable& row_groups(QuantDotPath path) {
     switch (path) {
+        case QuantDotPath::amx:  // the types without an AMX kernel
         case QuantDotPath::avx512_vnni:
             return quant_dot_uses_gfni() ? quant_kernels::avx512_vnni_gfni_row_groups()
                                          : quant_kernels::avx512_vnni_row_groups();
@@ -93,11 +97,26 @@ size_t activation_groups(int64_t n_tokens, int64_t cols) {
 void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols) {
     grown(t_activations_q8, activation_groups(n_tokens, cols));
     grown(t_activations_q8k, activation_groups(n_tokens, cols));
+    if (best_quant_dot_path() == QuantDotPath::amx) {
+        amx::reserve_scratch(n_tokens, cols);
+        amx::reserve_thread_scratch(cols);  // the calling thread takes a share of the rows too
+    }
 }
 
 uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols) {
     const size_t n = activation_groups(n_tokens, cols);
-    return AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
+    uint64_t bytes = AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
+    if (best_quant_dot_path() == QuantDotPath::amx)
+        bytes += AlignedBuffer::held_bytes(amx::scratch_bytes(n_tokens, cols)) + amx::thread_scratch_bytes(cols);
+    return bytes;
+}
+
+void reserve_quant_gemm_thread_scratch(int64_t cols) {
+    if (best_quant_dot_path() == QuantDotPath::amx) amx::reserve_thread_scratch(cols);
+}
+
+uint64_t quant_gemm_thread_scratch_bytes(int64_t cols) {
+    return best_quant_dot_path() == QuantDotPath::amx ? amx::thread_scratch_bytes(cols) : 0;
 }
 
 bool quant_dot_supports(DType type) { return row_group_for(type, quant_kernels::scalar_row_groups()) != nullptr; }
@@ -109,6 +128,7 @@ bool quant_dot_path_available(QuantDotPath path) {
         case QuantDotPath::avx2: return f.avx2 && f.fma && f.f16c;
         case QuantDotPath::avx512_vnni:
             return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni;
+        case QuantDotPath::amx: return quant_dot_path_available(QuantDotPath::avx512_vnni) && amx::available();
     }
     return false;
 }
@@ -127,14 +147,22 @@ const char* quant_dot_path_name(QuantDotPath path) {
         case QuantDotPath::scalar: return "scalar";
         case QuantDotPath::avx2: return "avx2";
         case QuantDotPath::avx512_vnni: return "avx512_vnni";
+        case QuantDotPath::amx: return "amx";
     }
     return "?";
 }
 
 QuantDotPath best_quant_dot_path() {
     if (cpu_path() == CpuPath::scalar) return QuantDotPath::scalar;
-    if (cpu_path() == CpuPath::avx512 && quant_dot_path_available(QuantDotPath::avx512_vnni))
-        return QuantDotPath::avx512_vnni;
+    if (cpu_path() == CpuPath::avx512 && quant_dot_path_available(QuantDotPath::avx512_vnni)) {
+        // SLUICE_AMX=0 keeps AMX machines on the VNNI kernels (A/B runs, or a kernel without the
+        // tile state); read once: the choice must hold for the whole process (batch invariance).
+        static const bool amx_allowed = [] {
+            const char* e = std::getenv("SLUICE_AMX");
+            return !(e && std::string_view(e) == "0");
+        }();
+        return amx_allowed && quant_dot_path_available(QuantDotPath::amx) ? QuantDotPath::amx : QuantDotPath::avx512_vnni;
+    }
     return QuantDotPath::avx2;
 }
 
@@ -148,6 +176,10 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     if (!quant_dot_path_available(path))
         fail(ErrorKind::unsupported, "quant_gemm: requested kernel path not available on this CPU");
     if (w.rows <= 0 || n_tokens <= 0) return;
+    if (path == QuantDotPath::amx) {
+        if (amx::supports(w.type)) return amx::gemm(w, x, x_stride, n_tokens, y, y_stride, pool);
+        path = QuantDotPath::avx512_vnni;
+    }
     const RowGroupTable& table = row_groups(path);
     const RowGroupFn fn = row_group_for(w.type, table);
     const int64_t token_group = table.token_group;

@@ -13,7 +13,8 @@
 
 namespace sluice::cpu {
 
-enum class QuantDotPath { scalar, avx2, avx512_vnni };
+// amx: Q4_K through AMX tile multiplies (quant_dot_amx.hpp), every other type as avx512_vnni.
+enum class QuantDotPath { scalar, avx2, avx512_vnni, amx };
 const char* quant_dot_path_name(QuantDotPath path);
 
 bool quant_dot_supports(DType type);
@@ -44,5 +45,9 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
 // before its first step allocates nothing in its steps, and the bytes that holds.
 void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols);
 uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols);
+// What each pool thread holds for quant_gemm calls of cols columns (the AMX path's packed weight
+// tile and token scratch; 0 on the other paths): reserve on every pool thread.
+void reserve_quant_gemm_thread_scratch(int64_t cols);
+uint64_t quant_gemm_thread_scratch_bytes(int64_t cols);
 
 }  // namespace sluice::cpu

@@ -479,7 +479,15 @@ struct QuadQ3K {
     }
 };
 
-template <typename Q, int NT>
+// kRowSums: each row's four int32 lanes (the dot, and the offset) are added up before the float
+// epilogue, so the float steps per row and token are the AMX kernel's (quant_dot_amx.cpp), bit
+// for bit: f = d * float(dot) - dmin * float(offset), total += f * da.
+inline __m512i row_sums(__m512i v) {
+    v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+    return _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
+}
+
+template <typename Q, int NT, bool kRowSums = false>
 void quad_rows_n(const void* wv, int64_t row_bytes, int64_t n_sb, const void* const* acts, float* sums) {
     static const QuadShuffles shuffles;
     const auto* row0 = static_cast<const uint8_t*>(wv);
@@ -538,7 +546,10 @@ void quad_rows_n(const void* wv, int64_t row_bytes, int64_t n_sb, const void* co
             const __m512i offset =
                 _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(z, c0, broadcast16(a[t][i].bsums)), c1, broadcast16(a[t][i].bsums + 8));
             __m512 f;
-            if constexpr (Q::kOffsetAtScaleD) {
+            if constexpr (kRowSums) {
+                static_assert(!Q::kOffsetAtScaleD);
+                f = _mm512_fmsub_ps(q.d, _mm512_cvtepi32_ps(row_sums(dot[t])), _mm512_mul_ps(q.dmin, _mm512_cvtepi32_ps(row_sums(offset))));
+            } else if constexpr (Q::kOffsetAtScaleD) {
                 f = _mm512_mul_ps(q.d, _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[t], offset)));
             } else {
                 f = _mm512_fmsub_ps(q.d, _mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(q.dmin, _mm512_cvtepi32_ps(offset)));
@@ -546,27 +557,30 @@ void quad_rows_n(const void* wv, int64_t row_bytes, int64_t n_sb, const void* co
             acc[t] = _mm512_fmadd_ps(f, _mm512_set1_ps(a[t][i].d), acc[t]);
         }
     }
-    // each row's four lanes summed: sums[4t + r]
+    // each row's four lanes summed (already one sum in each lane with kRowSums): sums[4t + r]
     for (int t = 0; t < NT; ++t) {
-        __m512 x = _mm512_add_ps(acc[t], _mm512_permute_ps(acc[t], 0x4e));
-        x = _mm512_add_ps(x, _mm512_permute_ps(x, 0xb1));
+        __m512 x = acc[t];
+        if constexpr (!kRowSums) {
+            x = _mm512_add_ps(x, _mm512_permute_ps(x, 0x4e));
+            x = _mm512_add_ps(x, _mm512_permute_ps(x, 0xb1));
+        }
         alignas(64) float lanes[16];
         _mm512_store_ps(lanes, x);
         for (int r = 0; r < 4; ++r) sums[4 * t + r] = lanes[4 * r];
     }
 }
 
-template <typename Q>
+template <typename Q, bool kRowSums = false>
 void quad_rows(const void* w, int64_t row_bytes, int64_t n_sb, const void* const* acts, int n_tok, float* sums) {
     switch (n_tok) {
-        case 1: return quad_rows_n<Q, 1>(w, row_bytes, n_sb, acts, sums);
-        case 2: return quad_rows_n<Q, 2>(w, row_bytes, n_sb, acts, sums);
-        case 3: return quad_rows_n<Q, 3>(w, row_bytes, n_sb, acts, sums);
-        case 4: return quad_rows_n<Q, 4>(w, row_bytes, n_sb, acts, sums);
-        case 5: return quad_rows_n<Q, 5>(w, row_bytes, n_sb, acts, sums);
-        case 6: return quad_rows_n<Q, 6>(w, row_bytes, n_sb, acts, sums);
-        case 7: return quad_rows_n<Q, 7>(w, row_bytes, n_sb, acts, sums);
-        default: return quad_rows_n<Q, 8>(w, row_bytes, n_sb, acts, sums);
+        case 1: return quad_rows_n<Q, 1, kRowSums>(w, row_bytes, n_sb, acts, sums);
+        case 2: return quad_rows_n<Q, 2, kRowSums>(w, row_bytes, n_sb, acts, sums);
+        case 3: return quad_rows_n<Q, 3, kRowSums>(w, row_bytes, n_sb, acts, sums);
+        case 4: return quad_rows_n<Q, 4, kRowSums>(w, row_bytes, n_sb, acts, sums);
+        case 5: return quad_rows_n<Q, 5, kRowSums>(w, row_bytes, n_sb, acts, sums);
+        case 6: return quad_rows_n<Q, 6, kRowSums>(w, row_bytes, n_sb, acts, sums);
+        case 7: return quad_rows_n<Q, 7, kRowSums>(w, row_bytes, n_sb, acts, sums);
+        default: return quad_rows_n<Q, 8, kRowSums>(w, row_bytes, n_sb, acts, sums);
     }
 }
 
@@ -730,7 +744,8 @@ const RowGroupTable& avx512_vnni_row_groups() {
                                      row_group_k<Q3K<false>>, row_group_k<Q4K<false>>, row_group_k<Q5K<false>>,
                                      row_group_k<Q6K<false>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<false>>, quad_rows<QuadQ3K<false>>, quad_rows<QuadQ4K<false>>,
-                                     quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>>};
+                                     quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>>,
+                                     quad_rows<QuadQ4K<false>, true>};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
@@ -738,7 +753,8 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      row_group_k<Q3K<true>>, row_group_k<Q4K<true>>, row_group_k<Q5K<true>>,
                                      row_group_k<Q6K<true>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<true>>, quad_rows<QuadQ3K<true>>, quad_rows<QuadQ4K<true>>,
-                                     quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>>};
+                                     quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>>,
+                                     quad_rows<QuadQ4K<true>, true>};
     return table;
 }
 

@@ -63,7 +63,7 @@ void check_against_dequantised_reference() {
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const cpu::QuantDotPath paths[] = {cpu::QuantDotPath::scalar, cpu::QuantDotPath::avx2,
-                                       cpu::QuantDotPath::avx512_vnni};
+                                       cpu::QuantDotPath::avx512_vnni, cpu::QuantDotPath::amx};
     for (DType type : kFusedTypes) {
         const int64_t unit = block_type(type).block_elems;
         for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1, unit}, {37, 3 * unit}, {129, 17 * unit}}) {
@@ -175,7 +175,7 @@ void check_simd_against_scalar() {
         for (auto& v : x) v = normal(rng);
         std::vector<float> ref(size_t(rows * n_tokens));
         cpu::quant_gemm_on_path(cpu::QuantDotPath::scalar, w, x.data(), cols, n_tokens, ref.data(), rows, pool);
-        for (auto path : {cpu::QuantDotPath::avx2, cpu::QuantDotPath::avx512_vnni}) {
+        for (auto path : {cpu::QuantDotPath::avx2, cpu::QuantDotPath::avx512_vnni, cpu::QuantDotPath::amx}) {
             if (!cpu::quant_dot_path_available(path)) continue;
             CAPTURE(dtype_name(type));
             CAPTURE(cpu::quant_dot_path_name(path));
@@ -235,4 +235,48 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
             CHECK(std::memcmp(gotk[b].bsums, refk[b].bsums, sizeof refk[b].bsums) == 0);
         }
     }
+}
+
+// The AMX path takes calls of up to 8 tokens through the AVX-512 four-row kernel (row sums) and
+// more through tile multiplies: both must give a token the same bits, whatever the call around it
+// (sluice batch: a request's tokens are the same alone or in any batch). Rows 37: a partial
+// 16-row tile and a partial 4-row group; 35 tokens: two full 16-token tiles and a partial one.
+TEST_CASE("the AMX path gives a token the same bits alone, among few, and in token tiles") {
+    if (!cpu::quant_dot_path_available(cpu::QuantDotPath::amx)) {
+        MESSAGE("no AMX here (or the kernel refused the tile state): nothing to compare");
+        return;
+    }
+    ThreadPool pool(2);
+    std::mt19937 rng(23);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    const int64_t rows = 37, cols = 5 * 256, n_tokens = 35;
+    const auto w_bytes = random_blocks(DType::Q4_K, rows, cols, rng);
+    Matrix w;
+    w.type = DType::Q4_K;
+    w.rows = rows;
+    w.cols = cols;
+    w.data = w_bytes.data();
+    std::vector<float> x(size_t(cols * n_tokens));
+    for (auto& v : x) v = normal(rng);
+    x[size_t(3 * cols + 7)] = 40.0f;  // an outlier: one token's scale far from the others'
+    std::vector<float> batch(size_t(rows * n_tokens));
+    cpu::quant_gemm_on_path(cpu::QuantDotPath::amx, w, x.data(), cols, n_tokens, batch.data(), rows, pool);
+    std::vector<float> ref(size_t(rows * n_tokens));
+    cpu::quant_gemm_on_path(cpu::QuantDotPath::scalar, w, x.data(), cols, n_tokens, ref.data(), rows, pool);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        CAPTURE(t);
+        std::vector<float> alone(static_cast<size_t>(rows));
+        cpu::quant_gemm_on_path(cpu::QuantDotPath::amx, w, x.data() + t * cols, cols, 1, alone.data(), rows, pool);
+        CHECK(std::memcmp(alone.data(), batch.data() + t * rows, size_t(rows) * sizeof(float)) == 0);
+        for (int64_t r = 0; r < rows; ++r) CHECK(std::fabs(alone[size_t(r)] - ref[size_t(t * rows + r)]) <= 1e-4f * (1.0f + std::fabs(ref[size_t(t * rows + r)])));
+    }
+    for (int64_t first = 0; first + 5 <= n_tokens; first += 5) {  // groups of 5: the four-row kernel
+        CAPTURE(first);
+        std::vector<float> few(size_t(rows * 5));
+        cpu::quant_gemm_on_path(cpu::QuantDotPath::amx, w, x.data() + first * cols, cols, 5, few.data(), rows, pool);
+        CHECK(std::memcmp(few.data(), batch.data() + first * rows, few.size() * sizeof(float)) == 0);
+    }
+    std::vector<float> seventeen(size_t(rows * 17));  // a tile and a one-token tile: the tile kernel alone
+    cpu::quant_gemm_on_path(cpu::QuantDotPath::amx, w, x.data() + 9 * cols, cols, 17, seventeen.data(), rows, pool);
+    CHECK(std::memcmp(seventeen.data(), batch.data() + 9 * rows, seventeen.size() * sizeof(float)) == 0);
 }
