@@ -24,6 +24,7 @@
 #include "engine/runtime.hpp"
 #include "engine/sampler.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/quant_dot.hpp"
 
 namespace sluice::cli {
 
@@ -258,6 +259,7 @@ void register_bench(CLI::App& app) {
             j["resident"] = resident_mode_name(rt->mode);
             j["attention"] = attention_form_name(ro.attention);
             j["threads"] = pool.size();
+            j["quant_dot"] = cpu::quant_dot_path_name(cpu::best_quant_dot_path());
             j["memory_plan"] = rt->memory.describe();
             j["memory_plan_bytes"] = rt->memory.to_json();
             j["memory"] = {{"budget", rt->budget.bytes},    {"budget_source", rt->budget.source},
