@@ -77,15 +77,7 @@ bool is_k_quant(DType type) { return block_type(type).block_elems == 256; }
 thread_local std::vector<ActivationGroupQ8> t_activations_q8;
 thread_local std::vector<ActivationBlockQ8K> t_activations_q8k;
 
-// Grows to exactly `n` entries (resize alone may take up to twice what it needs), so the memory
-// planner's count (quant_gemm_scratch_bytes) is what is held.
-template <typename T> T* grown(std::vector<T>& v, size_t n) {
-    if (v.size() < n) {
-        v.reserve(n);
-        v.resize(n);
-    }
-    return v.data();
-}
+using quant_kernels::grown;
 
 constexpr int64_t kActivationGroupElems = 256;  // one ActivationBlockQ8K, or one ActivationGroupQ8 of eight 32-blocks
 size_t activation_groups(int64_t n_tokens, int64_t cols) {

@@ -306,13 +306,7 @@ thread_local std::vector<PackedTokens> t_tokens;
 thread_local std::vector<ActivationBlockQ8K> t_few_tokens;
 thread_local std::vector<uint8_t> t_padded_rows;
 
-template <typename T> T* grown(std::vector<T>& v, size_t n) {
-    if (v.size() < n) {
-        v.reserve(n);
-        v.resize(n);
-    }
-    return v.data();
-}
+using quant_kernels::grown;
 
 }  // namespace
 

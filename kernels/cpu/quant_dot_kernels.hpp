@@ -3,13 +3,25 @@
 // kMaxTokenGroup), so each weight block is unpacked once and used for every token of the group.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cpu/quantize_activations.hpp"
 
 namespace sluice::cpu::quant_kernels {
 
 inline constexpr int kMaxTokenGroup = 8;
+
+// A grow-only scratch vector grown to exactly `n` entries (resize alone may take up to twice what
+// it needs), so the memory planner's count (quant_gemm_scratch_bytes) is what is held.
+template <typename T> T* grown(std::vector<T>& v, size_t n) {
+    if (v.size() < n) {
+        v.reserve(n);
+        v.resize(n);
+    }
+    return v.data();
+}
 
 // sums[t] = dot(weight row w of n_blocks blocks, activations acts[t]) for t < n_tok. Blocks are
 // the weight type's own (32 elements for Q8_0 / Q4_0, 256-element super-blocks for K-quants), and
