@@ -520,8 +520,7 @@ int main(int argc, char** argv) {
     } else {
         std::fprintf(info, "ggml not found (%s): sluice and read figures only\n", why.c_str());
     }
-    const char* path_names[] = {"scalar", "avx2", "avx512_vnni"};
-    std::fprintf(info, "sluice fused-dot path: %s\n", path_names[int(cpu::best_quant_dot_path())]);
+    std::fprintf(info, "sluice fused-dot path: %s\n", cpu::quant_dot_path_name(cpu::best_quant_dot_path()));
 
     // Which types the repack buffer takes on this CPU (probed before any thread is started).
     std::vector<DType> repackable;

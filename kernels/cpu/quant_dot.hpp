@@ -27,7 +27,8 @@ QuantDotPath best_quant_dot_path();
 void set_quant_dot_gfni(bool allowed);
 bool quant_dot_uses_gfni();
 // K-quants four rows per kernel call where the path has such kernels (AVX-512); off, one row per
-// call as on the other paths. For tests and benchmarks of both; on by default.
+// call as on the other paths. For tests and benchmarks of both; on by default. The amx path's
+// few-token kernel is four rows whatever this says: its bits must equal the tile kernel's.
 void set_quant_dot_four_rows(bool allowed);
 
 // y[t * y_stride + r] = dot(w row r, x[t * x_stride ...]) for t < n_tokens. w.cols must be whole

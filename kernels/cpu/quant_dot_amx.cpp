@@ -349,6 +349,7 @@ void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, f
           ThreadPool& pool) {
     if (!supports(w.type)) fail(ErrorKind::unsupported, "amx gemm: no AMX kernel for {}", dtype_name(w.type));
     const int64_t n_sb = w.cols / 256;
+    if (n_sb == 0 || w.rows <= 0 || n_tokens <= 0) return;
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
     const auto quantize = quant_kernels::avx512_vnni_row_groups().quantize_q8k;
@@ -409,11 +410,13 @@ void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, f
             const auto next_tile = [&](int64_t tile) {
                 return n_sb <= kPrefetchMaxBlocks && tile + kTileRows < r1 ? base + (tile + kTileRows) * row_bytes : nullptr;
             };
-            const int64_t tile_bytes = kTileRows * row_bytes;
+            const auto next_tile_bytes = [&](int64_t tile) {
+                return std::clamp<int64_t>(r1 - (tile + kTileRows), 0, kTileRows) * row_bytes;
+            };
             if (!pack_as_used)
                 for (int64_t tile = block; tile < block_end; tile += kTileRows)
                     for (int64_t i = 0; i < n_sb; ++i) {
-                        prefetch_share(next_tile(tile), tile_bytes, n_sb, i);
+                        prefetch_share(next_tile(tile), next_tile_bytes(tile), n_sb, i);
                         pack_rows(base + tile * row_bytes, row_bytes, int(std::min<int64_t>(kTileRows, block_end - tile)), i,
                                   rows[(tile - block) / kTileRows * n_sb + i]);
                     }
@@ -423,8 +426,9 @@ void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, f
                     const int row_count = int(std::min<int64_t>(kTileRows, block_end - tile));
                     const PackedRows* packed = rows + (tile - block) / kTileRows * n_sb;
                     const auto packed_at = [packed](int64_t i) -> const PackedRows& { return packed[i]; };
-                    const auto pack_at = [&, first_row = base + tile * row_bytes, next = next_tile(tile)](int64_t i) -> const PackedRows& {
-                        prefetch_share(next, tile_bytes, n_sb, i);
+                    const auto pack_at = [&, first_row = base + tile * row_bytes, next = next_tile(tile),
+                                          next_bytes = next_tile_bytes(tile)](int64_t i) -> const PackedRows& {
+                        prefetch_share(next, next_bytes, n_sb, i);
                         pack_rows(first_row, row_bytes, row_count, i, rows[i % 2]);
                         return rows[i % 2];
                     };

@@ -237,10 +237,11 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
     }
 }
 
-// The AMX path takes calls of up to 8 tokens through the AVX-512 four-row kernel (row sums) and
+// The AMX path takes calls of up to 6 tokens through the AVX-512 four-row kernel (row sums) and
 // more through tile multiplies: both must give a token the same bits, whatever the call around it
 // (sluice batch: a request's tokens are the same alone or in any batch). Rows 37: a partial
-// 16-row tile and a partial 4-row group; 35 tokens: two full 16-token tiles and a partial one.
+// 16-row tile and a partial 4-row group; 70 tokens: five 16-token tiles (more than 4: rows packed
+// once per block of row tiles) with a partial last one; 17: two tiles, packed as used.
 TEST_CASE("the AMX path gives a token the same bits alone, among few, and in token tiles") {
     if (!cpu::quant_dot_path_available(cpu::QuantDotPath::amx)) {
         MESSAGE("no AMX here (or the kernel refused the tile state): nothing to compare");
@@ -249,7 +250,7 @@ TEST_CASE("the AMX path gives a token the same bits alone, among few, and in tok
     ThreadPool pool(2);
     std::mt19937 rng(23);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    const int64_t rows = 37, cols = 5 * 256, n_tokens = 35;
+    const int64_t rows = 37, cols = 5 * 256, n_tokens = 70;
     const auto w_bytes = random_blocks(DType::Q4_K, rows, cols, rng);
     Matrix w;
     w.type = DType::Q4_K;
