@@ -18,8 +18,9 @@
 // Order of work: the activations are quantised and packed once per call (per 16-token tile, per
 // super-block, in parallel); weight rows are packed per 16-row tile and super-block, just before
 // their multiplies for up to 4 token tiles, else once per block of row tiles held in L2 while
-// every pair of token tiles passes. 2048 x 7168 Q4_K, hot, 2 threads, against the VNNI kernel:
-// 16 tokens 2.0x, 32 2.6x, 256 3.2x (bench_quant --paths).
+// every pair of token tiles passes. 2048 x 7168 Q4_K, hot, 2 threads, against the VNNI kernel,
+// over several runs on the dev machine: 16 tokens 1.9-2.0x, 32 2.2-2.6x, 64-256 1.9-3.2x
+// (bench_quant --paths).
 //
 // Q4_K only (the routed experts and most projections of the GGUFs sluice runs); other types on
 // this path go through the AVX-512 VNNI kernels (quant_dot.cpp decides).
