@@ -109,17 +109,11 @@ const TileConfig& tile_config() {
     return config;
 }
 
-// Four rows' Q4_K super-block headers (d, dmin, 12 bytes of packed 6-bit scales and minimums),
-// one per 128-bit lane, to their scales in bytes 0-7 and minimums in bytes 8-15 of the lane. Per
-// lane the dwords are [d|dmin, w0, w1, w2]: scales 0-3 = w0 & 0x3f.., scales 4-7 = (w2 & 0x0f..) |
-// ((w0 >> 6) & 3) << 4, mins 0-3 = w1 & 0x3f.., mins 4-7 = ((w2 >> 4) & 0x0f..) | ((w1 >> 6) & 3) << 4.
-inline __m512i scales_and_mins(__m512i head) {
-    const __m512i low_src = _mm512_shuffle_epi32(head, _MM_PERM_ENUM(3 << 6 | 2 << 4 | 3 << 2 | 1));   // w0 w2 w1 w2
-    const __m512i high_src = _mm512_shuffle_epi32(head, _MM_PERM_ENUM(2 << 6 | 2 << 4 | 1 << 2 | 1));  // w0 w0 w1 w1
-    const __m512i low = _mm512_and_si512(_mm512_srlv_epi32(low_src, _mm512_set4_epi32(4, 0, 0, 0)),
-                                         _mm512_set4_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
-    const __m512i high = _mm512_and_si512(_mm512_srli_epi32(high_src, 2), _mm512_set4_epi32(0x30303030, 0, 0x30303030, 0));
-    return _mm512_or_si512(low, high);
+#include "kernels/cpu/q4k_scales_avx512.inc"
+
+// 0, step, 2 step, ... 15 step: the byte offsets of 16 lanes' gathers, scatters and strided stores.
+inline __m512i lane_multiples(int64_t step) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(int(step)));
 }
 
 // vpermw indices: for row r % 2 of a pair (words 16 (r % 2) .. of the pair's widened scales), chunk
@@ -144,30 +138,28 @@ alignas(64) constexpr BlockQ4_K kZeroBlock{};  // stands in for the rows past th
 void pack_rows(const uint8_t* first_row, int64_t row_bytes, int row_count, int64_t i, PackedRows& p) {
     static const ScaleIndex index;
     const __m512i low4 = _mm512_set1_epi8(0x0f), low3 = _mm512_set1_epi16(7);
-    {
-        for (int m0 = 0; m0 < kTileRows; m0 += 4) {
-            const BlockQ4_K* b[4];
-            for (int r = 0; r < 4; ++r)
-                b[r] = m0 + r < row_count ? reinterpret_cast<const BlockQ4_K*>(first_row + (m0 + r) * row_bytes) + i : &kZeroBlock;
-            __m512i head = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0])));
-            for (int r = 1; r < 4; ++r) head = _mm512_mask_broadcast_i32x4(head, __mmask16(0xf << (4 * r)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[r])));
-            // d, dmin of the four rows: dword 0 of each lane
-            const __m512i heads = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), head);
-            _mm256_store_ps(p.d_dmin[m0], _mm256_cvtph_ps(_mm512_castsi512_si128(heads)));
-            const __m512i sm = scales_and_mins(head);
-            const __m512i words[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(sm)), _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(sm, 1))};
-            for (int r = 0; r < 4; ++r) {
-                const int m = m0 + r;
-                const __m512i& w = words[r / 2];
-                _mm_store_si128(reinterpret_cast<__m128i*>(p.min_pairs[m]), _mm512_extracti32x4_epi32(w, r % 2 ? 3 : 1));
-                const __m512i q01 = _mm512_loadu_si512(b[r]->qs), q23 = _mm512_loadu_si512(b[r]->qs + 64);
-                const __m512i nibbles[4] = {_mm512_and_si512(q01, low4), _mm512_and_si512(_mm512_srli_epi16(q01, 4), low4),
-                                            _mm512_and_si512(q23, low4), _mm512_and_si512(_mm512_srli_epi16(q23, 4), low4)};
-                for (int c = 0; c < 4; ++c) {
-                    const __m512i scale = _mm512_permutexvar_epi16(index.at[r % 2][c], w);
-                    _mm512_store_si512(p.lo[c][m], _mm512_mullo_epi16(nibbles[c], _mm512_and_si512(scale, low3)));
-                    _mm512_store_si512(p.hi[c][m], _mm512_mullo_epi16(nibbles[c], _mm512_srli_epi16(scale, 3)));
-                }
+    for (int m0 = 0; m0 < kTileRows; m0 += 4) {
+        const BlockQ4_K* b[4];
+        for (int r = 0; r < 4; ++r)
+            b[r] = m0 + r < row_count ? reinterpret_cast<const BlockQ4_K*>(first_row + (m0 + r) * row_bytes) + i : &kZeroBlock;
+        __m512i head = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0])));
+        for (int r = 1; r < 4; ++r) head = _mm512_mask_broadcast_i32x4(head, __mmask16(0xf << (4 * r)), _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[r])));
+        // d, dmin of the four rows: dword 0 of each lane
+        const __m512i heads = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), head);
+        _mm256_store_ps(p.d_dmin[m0], _mm256_cvtph_ps(_mm512_castsi512_si128(heads)));
+        const __m512i sm = q4k_lane_scales_mins(head);
+        const __m512i words[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(sm)), _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(sm, 1))};
+        for (int r = 0; r < 4; ++r) {
+            const int m = m0 + r;
+            const __m512i& w = words[r / 2];
+            _mm_store_si128(reinterpret_cast<__m128i*>(p.min_pairs[m]), _mm512_extracti32x4_epi32(w, r % 2 ? 3 : 1));
+            const __m512i q01 = _mm512_loadu_si512(b[r]->qs), q23 = _mm512_loadu_si512(b[r]->qs + 64);
+            const __m512i nibbles[4] = {_mm512_and_si512(q01, low4), _mm512_and_si512(_mm512_srli_epi16(q01, 4), low4),
+                                        _mm512_and_si512(q23, low4), _mm512_and_si512(_mm512_srli_epi16(q23, 4), low4)};
+            for (int c = 0; c < 4; ++c) {
+                const __m512i scale = _mm512_permutexvar_epi16(index.at[r % 2][c], w);
+                _mm512_store_si512(p.lo[c][m], _mm512_mullo_epi16(nibbles[c], _mm512_and_si512(scale, low3)));
+                _mm512_store_si512(p.hi[c][m], _mm512_mullo_epi16(nibbles[c], _mm512_srli_epi16(scale, 3)));
             }
         }
     }
@@ -175,8 +167,7 @@ void pack_rows(const uint8_t* first_row, int64_t row_bytes, int row_count, int64
 
 // 16 tokens' Q8_K blocks (token_count of them; the rest zero) into the B layout, per super-block.
 void pack_tokens(const ActivationBlockQ8K* acts, int64_t n_sb, int token_count, PackedTokens* out) {
-    const __m512i token_offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                     _mm512_set1_epi32(int(n_sb * sizeof(ActivationBlockQ8K))));
+    const __m512i token_offsets = lane_multiples(n_sb * int64_t(sizeof(ActivationBlockQ8K)));
     const __mmask16 present = __mmask16((1u << token_count) - 1);
     for (int64_t i = 0; i < n_sb; ++i) {
         PackedTokens& p = out[i];
@@ -187,10 +178,9 @@ void pack_tokens(const ActivationBlockQ8K* acts, int64_t n_sb, int token_count, 
         for (int n = 0; n < kTileTokens; ++n) {
             const ActivationBlockQ8K* a = n < token_count ? acts + n * n_sb + i : nullptr;
             p.d[n] = a ? a->d : 0.0f;
-            for (int pair = 0; pair < 4; ++pair) {
-                const auto sum = [&](int j) { return a ? int(a->bsums[2 * j]) + int(a->bsums[2 * j + 1]) : 0; };
+            const auto sum = [a](int j) { return a ? int(a->bsums[2 * j]) + int(a->bsums[2 * j + 1]) : 0; };
+            for (int pair = 0; pair < 4; ++pair)
                 p.sum_pairs[pair][n] = int32_t(uint32_t(uint16_t(sum(2 * pair))) | uint32_t(sum(2 * pair + 1)) << 16);
-            }
         }
     }
 }
@@ -265,8 +255,7 @@ void amx_tiles(RowsAt rows_at, const PackedTokens* tokens0, const PackedTokens* 
 
 // y[n * y_stride + m] = totals[m][n] for the real rows and tokens: one token's rows per store.
 void store_transposed(const float (*totals)[16], int row_count, int token_count, float* y, int64_t y_stride) {
-    const __m512i column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                              _mm512_set1_epi32(16));
+    const __m512i column = lane_multiples(16);
     const __mmask16 rows = __mmask16((1u << row_count) - 1);
     for (int n = 0; n < token_count; ++n)
         _mm512_mask_storeu_ps(y + n * y_stride, rows, _mm512_i32gather_ps(column, &totals[0][n], 4));

@@ -30,6 +30,7 @@ namespace {
 
 using namespace sluice::quant;
 
+#include "kernels/cpu/q4k_scales_avx512.inc"
 
 // 32 bytes into both 256-bit halves.
 inline __m512i broadcast32(const uint8_t* p) {
@@ -362,16 +363,8 @@ struct QuadQ4K {
     __m512 d, dmin;
     explicit QuadQ4K(const uint8_t* const* b) {
         // The first 16 bytes of a block: d, dmin, then the 12 packed 6-bit scales and minimums.
-        // Per lane the dwords are [d|dmin, w0, w1, w2]; k4_scales_mins's word operations, per lane:
-        // scales 0-3 = w0 & 0x3f.., scales 4-7 = (w2 & 0x0f..) | ((w0 >> 6) & 3) << 4,
-        // mins 0-3 = w1 & 0x3f.., mins 4-7 = ((w2 >> 4) & 0x0f..) | ((w1 >> 6) & 3) << 4.
         const __m512i head = lanes4(b, 0);
-        const __m512i low_src = _mm512_shuffle_epi32(head, _MM_PERM_ENUM(3 << 6 | 2 << 4 | 3 << 2 | 1));   // w0 w2 w1 w2
-        const __m512i high_src = _mm512_shuffle_epi32(head, _MM_PERM_ENUM(2 << 6 | 2 << 4 | 1 << 2 | 1));  // w0 w0 w1 w1
-        const __m512i low = _mm512_and_si512(_mm512_srlv_epi32(low_src, _mm512_set4_epi32(4, 0, 0, 0)),
-                                             _mm512_set4_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
-        const __m512i high = _mm512_and_si512(_mm512_srli_epi32(high_src, 2), _mm512_set4_epi32(0x30303030, 0, 0x30303030, 0));
-        scales = offsets = _mm512_or_si512(low, high);  // per lane: scales 0-7, minimums 0-7
+        scales = offsets = q4k_lane_scales_mins(head);  // per lane: scales 0-7, minimums 0-7
         d = lane_halves(head, 0);
         dmin = lane_halves(head, 1);
     }
