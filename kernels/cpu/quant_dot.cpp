@@ -89,17 +89,14 @@ size_t activation_groups(int64_t n_tokens, int64_t cols) {
 void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols) {
     grown(t_activations_q8, activation_groups(n_tokens, cols));
     grown(t_activations_q8k, activation_groups(n_tokens, cols));
-    if (best_quant_dot_path() == QuantDotPath::amx) {
-        amx::reserve_scratch(n_tokens, cols);
-        amx::reserve_thread_scratch(cols);  // the calling thread takes a share of the rows too
-    }
+    if (best_quant_dot_path() == QuantDotPath::amx) amx::reserve_scratch(n_tokens, cols);
 }
 
 uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols) {
     const size_t n = activation_groups(n_tokens, cols);
     uint64_t bytes = AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
     if (best_quant_dot_path() == QuantDotPath::amx)
-        bytes += AlignedBuffer::held_bytes(amx::scratch_bytes(n_tokens, cols)) + amx::thread_scratch_bytes(cols);
+        bytes += AlignedBuffer::held_bytes(amx::scratch_bytes(n_tokens, cols));
     return bytes;
 }
 

@@ -47,7 +47,8 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
 void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols);
 uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols);
 // What each pool thread holds for quant_gemm calls of cols columns (the AMX path's packed weight
-// tile and token scratch; 0 on the other paths): reserve on every pool thread.
+// tile and token scratch; 0 on the other paths): reserve on every pool thread (the caller is
+// thread 0 of ThreadPool::run_on_all, so that covers it too; counted here only, once a thread).
 void reserve_quant_gemm_thread_scratch(int64_t cols);
 uint64_t quant_gemm_thread_scratch_bytes(int64_t cols);
 
