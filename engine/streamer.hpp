@@ -142,6 +142,7 @@ private:
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);
     void issue_guesses();
+    void guess_first_moe_layer(double expected_experts_per_layer);
     void read_started();
     void read_landed();
 
