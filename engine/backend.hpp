@@ -28,6 +28,7 @@ struct ForwardShape {
     int64_t max_context = 4096;      // positions per sequence
     int n_sequences = 1;
     int64_t decompress_block = 256;  // cache positions the decompressed form expands at a time
+    int64_t absorbed_piece = 128;    // tokens the absorbed form takes at a time
 };
 
 // How a layer's latent up-projection is stored (LayerWeights: kv_b, or k_b + v_b), and the

@@ -31,7 +31,8 @@ const char* attention_form_name(AttentionForm form) {
 
 ForwardShape DeepseekForward::shape_of(const ForwardOptions& o) {
     return {o.shape.step_tokens, o.shape.positions, o.shape.n_sequences,
-            std::min(o.shape.positions, o.decompress_block > 0 ? o.decompress_block : kDecompressBlockPositions)};
+            std::min(o.shape.positions, o.decompress_block > 0 ? o.decompress_block : kDecompressBlockPositions),
+            std::min(o.shape.step_tokens, o.absorbed_piece > 0 ? o.absorbed_piece : kAbsorbedPieceTokens)};
 }
 
 int64_t DeepseekForward::host_bytes() const {
@@ -79,7 +80,7 @@ int64_t DeepseekForward::activation_floats(const ModelLayout& d, const ForwardSh
     const int64_t indices = 2 * 2 * n + 3 * n * k + n;
     return n * d.hidden * 4                                 // x, normed, branch_out, expert_in
            + n * std::max<int64_t>(d.q_lora, 1) + n * d.n_heads * d.qk_head + n * d.cache_width() +
-           2 * n * d.n_heads * d.kv_rank + n * d.n_heads * d.rope_dim + n * d.n_heads * d.v_dim +
+           2 * std::min(n, s.absorbed_piece) * d.n_heads * d.kv_rank + n * d.n_heads * d.rope_dim + n * d.n_heads * d.v_dim +
            n * std::max<int64_t>(d.n_experts, 1) + 2 * n * widest + n * k * d.hidden +
            block * d.n_heads * (d.nope + d.v_dim) + 2 * n * d.n_heads + std::max<int64_t>(d.rope_dim / 2, 1) +
            indices;
@@ -124,9 +125,9 @@ void DeepseekForward::allocate() {
     q_compressed_ = be.alloc_floats(n * std::max<int64_t>(d.q_lora, 1));
     q_ = be.alloc_floats(n * d.n_heads * d.qk_head);
     kv_compressed_ = be.alloc_floats(n * d.cache_width());
-    q_latent_ = be.alloc_floats(n * d.n_heads * d.kv_rank);
+    q_latent_ = be.alloc_floats(shape_.absorbed_piece * d.n_heads * d.kv_rank);
     q_rope_ = be.alloc_floats(n * d.n_heads * d.rope_dim);
-    attn_latent_ = be.alloc_floats(n * d.n_heads * d.kv_rank);
+    attn_latent_ = be.alloc_floats(shape_.absorbed_piece * d.n_heads * d.kv_rank);
     attn_heads_ = be.alloc_floats(n * d.n_heads * d.v_dim);
     branch_out_ = be.alloc_floats(n * d.hidden);
     router_logits_ = be.alloc_floats(n * std::max<int64_t>(d.n_experts, 1));
@@ -377,27 +378,62 @@ bool DeepseekForward::use_decompressed(int64_t count, int64_t past) const {
     return decompressed < absorbed;
 }
 
-// Absorbed form (spec §2.8) for groups [first_group, end_group), whose tokens are contiguous.
+// Absorbed form (spec §2.8) for groups [first_group, end_group), whose tokens are contiguous, at
+// most absorbed_piece tokens at a time: whole groups while they fit, a longer group in pieces of
+// its own tokens (its cache opened once for them all). A token's result depends on its own query
+// and cache only, so pieces change no number; they bound q_latent_ and attn_latent_, [rows, heads,
+// kv_rank] floats each, 268 MB apiece at 1,024 tokens a step on V3 when sized for the whole step
+// (that memory now goes to the expert pool: more of the next layer read during attention).
 void DeepseekForward::attention_absorbed(const LayerWeights& w, int layer, size_t first_group, size_t end_group) {
-    const auto& d = layout_;
-    Backend& be = backend_;
-    const int64_t row0 = groups_[first_group].begin;
-    const int64_t n = groups_[end_group - 1].begin + groups_[end_group - 1].count - row0;
-    const int64_t latent_stride = d.n_heads * d.kv_rank;
-    // q~_h = W_UK_h^T . q_nope_h: [n, heads, kv_rank] (absorb, spec §2.8).
-    float* q_latent = q_latent_ + row0 * latent_stride;
-    be.absorb_queries(w, q_ + row0 * d.n_heads * d.qk_head, n, q_latent);
-    float* attn = attn_latent_ + row0 * latent_stride;  // [n, heads, kv_rank] = sum_t P * c_t
-    for (size_t i = first_group; i < end_group; ++i) {
-        const auto& g = groups_[i];
-        const LatentCacheEntry cache = open_cache(w, layer, i);
-        const int64_t r = g.begin - row0;
-        be.attention_absorbed(g.count, q_latent + r * latent_stride, q_rope_ + g.begin * d.n_heads * d.rope_dim,
-                              cache.latent, cache.rope, step_visible_ + g.begin, attn + r * latent_stride);
-        cache_->release(layer, g.sequence);
+    for (size_t g = first_group; g < end_group;) {
+        size_t end = g;
+        int64_t rows = 0;
+        while (end < end_group && rows + groups_[end].count <= shape_.absorbed_piece) rows += groups_[end++].count;
+        if (end == g) {  // one group longer than a piece
+            const LatentCacheEntry cache = open_cache(w, layer, g);
+            const int64_t piece = shape_.absorbed_piece;
+            for (int64_t first = 0; first < groups_[g].count; first += piece)
+                absorbed_rows(w, groups_[g].begin + first, std::min(piece, groups_[g].count - first), cache);
+            cache_->release(layer, groups_[g].sequence);
+            ++end;
+        } else {
+            const int64_t row0 = groups_[g].begin;
+            absorb_rows(w, row0, rows);
+            for (size_t i = g; i < end; ++i) {
+                const auto& gi = groups_[i];
+                const LatentCacheEntry cache = open_cache(w, layer, i);
+                attend_absorbed(gi.begin, gi.count, gi.begin - row0, cache);
+                cache_->release(layer, gi.sequence);
+            }
+            unabsorb_rows(w, row0, rows);
+        }
+        g = end;
     }
-    // o_h = W_UV_h . c^_h: [n, heads * v_dim]
-    be.unabsorb(w, attn, n, attn_heads_ + row0 * d.n_heads * d.v_dim);
+}
+
+// One piece of one sequence's tokens: rows [row0, row0 + count) of the step, its cache open.
+void DeepseekForward::absorbed_rows(const LayerWeights& w, int64_t row0, int64_t count, const LatentCacheEntry& cache) {
+    absorb_rows(w, row0, count);
+    attend_absorbed(row0, count, 0, cache);
+    unabsorb_rows(w, row0, count);
+}
+
+// q~_h = W_UK_h^T . q_nope_h for rows [row0, row0 + count): [count, heads, kv_rank] at q_latent_.
+void DeepseekForward::absorb_rows(const LayerWeights& w, int64_t row0, int64_t count) {
+    backend_.absorb_queries(w, q_ + row0 * layout_.n_heads * layout_.qk_head, count, q_latent_);
+}
+
+// sum_t P * c_t for `count` tokens from step row `row` over their sequence's cache, at piece row `piece_row`.
+void DeepseekForward::attend_absorbed(int64_t row, int64_t count, int64_t piece_row, const LatentCacheEntry& cache) {
+    const auto& d = layout_;
+    const int64_t latent_stride = d.n_heads * d.kv_rank;
+    backend_.attention_absorbed(count, q_latent_ + piece_row * latent_stride, q_rope_ + row * d.n_heads * d.rope_dim,
+                                cache.latent, cache.rope, step_visible_ + row, attn_latent_ + piece_row * latent_stride);
+}
+
+// o_h = W_UV_h . c^_h: [count, heads * v_dim] into attn_heads_ at rows [row0, row0 + count).
+void DeepseekForward::unabsorb_rows(const LayerWeights& w, int64_t row0, int64_t count) {
+    backend_.unabsorb(w, attn_latent_, count, attn_heads_ + row0 * layout_.n_heads * layout_.v_dim);
 }
 
 // Decompressed form (spec §2.7) for one group: the sequence's cache is expanded through kv_b (or

@@ -46,6 +46,7 @@ struct ForwardOptions {
     RunShape shape;
     AttentionForm attention = AttentionForm::automatic;
     int64_t decompress_block = 0;     // positions the decompressed form expands at a time; 0: default
+    int64_t absorbed_piece = 0;       // tokens the absorbed form takes at a time; 0: default
     // Where the latent cache lives (engine/latent_cache.hpp), at least n_sequences x max_context;
     // null: resident in backend memory, owned by the forward.
     LatentCache* latent_cache = nullptr;
@@ -66,7 +67,10 @@ public:
     // Cache positions the decompressed form of attention expands at a time by default (V3: 256 x
     // 128 heads x 256 floats = 32 MiB); larger blocks only save per-block overhead.
     static constexpr int64_t kDecompressBlockPositions = 256;
-    // The sizes the buffers follow from (decompress_block resolved to its default).
+    // Tokens the absorbed form takes at a time by default (q_latent_ and attn_latent_ hold this many
+    // rows: 2 x 128 x 128 heads x 512 floats = 64 MiB on V3).
+    static constexpr int64_t kAbsorbedPieceTokens = 128;
+    // The sizes the buffers follow from (decompress_block and absorbed_piece resolved to their defaults).
     static ForwardShape shape_of(const ForwardOptions& options);
     // Floats of activations this object asks its backend for (the latent cache and the backend's
     // own scratch come on top): the CUDA backend's planner figure (engine/cuda/cuda_backend_sizes).
@@ -120,6 +124,10 @@ private:
     // The attention of one sequence's tokens (a group of the step) in the two forms of MLA, writing
     // attn_heads_ rows [begin, begin + count); the absorbed form takes a run of groups at once.
     void attention_absorbed(const LayerWeights& w, int layer, size_t first_group, size_t end_group);
+    void absorbed_rows(const LayerWeights& w, int64_t row0, int64_t count, const LatentCacheEntry& cache);
+    void absorb_rows(const LayerWeights& w, int64_t row0, int64_t count);
+    void attend_absorbed(int64_t row, int64_t count, int64_t piece_row, const LatentCacheEntry& cache);
+    void unabsorb_rows(const LayerWeights& w, int64_t row0, int64_t count);
     void attention_decompressed(const LayerWeights& w, int layer, size_t group);
     // A group's cache at `layer` with the step's new positions written (normalised latent, roped key).
     LatentCacheEntry open_cache(const LayerWeights& w, int layer, size_t group);
@@ -137,7 +145,8 @@ private:
     size_t backend_mark_ = 0;             // what the backend held before this object's buffers
     std::vector<int64_t> n_past_;         // [n_sequences]
 
-    // Backend memory, allocated once. Activations [max_batch_tokens, width] each.
+    // Backend memory, allocated once. Activations [max_batch_tokens, width] each; q_latent_ and
+    // attn_latent_ [absorbed_piece, heads * kv_rank].
     float *x_ = nullptr, *normed_ = nullptr, *q_compressed_ = nullptr, *q_ = nullptr, *kv_compressed_ = nullptr,
           *q_latent_ = nullptr, *q_rope_ = nullptr, *attn_latent_ = nullptr, *attn_heads_ = nullptr,
           *branch_out_ = nullptr, *router_logits_ = nullptr, *expert_in_ = nullptr, *expert_gate_ = nullptr,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -61,8 +62,8 @@ double max_abs(const std::vector<float>& v) {
 }
 
 // Prompt logits and greedy tokens against transformers, in each form of MLA: auto (decompressed
-// for prefill, absorbed for decode), absorbed throughout, decompressed throughout (expanding 5
-// positions at a time, so the softmax is carried across blocks).
+// for prefill, absorbed for decode), absorbed throughout (4 tokens at a time), decompressed
+// throughout (expanding 5 positions at a time, so the softmax is carried across blocks).
 void check_model(const std::string& name, int64_t batch_tokens) {
     for (AttentionForm form : {AttentionForm::automatic, AttentionForm::absorbed, AttentionForm::decompressed}) {
         const std::string form_label = attention_form_name(form);
@@ -81,6 +82,7 @@ void check_model(const std::string& name, int64_t batch_tokens) {
         options.shape.step_tokens = batch_tokens;
         options.attention = form;
         options.decompress_block = form == AttentionForm::decompressed ? 5 : 0;
+        options.absorbed_piece = form == AttentionForm::absorbed ? 4 : 0;  // the prompt in pieces of 4 tokens
         DeepseekForward forward(model->layout(), *model->provider, options, pool);
         std::vector<float> logits(f.prompt.size() * size_t(vocab));
         forward.forward(f.prompt, true, logits.data());
@@ -201,6 +203,35 @@ TEST_CASE("a step over several sequences gives each the logits it gets alone") {
     const auto la_next = alone(a_next);
     CHECK(worst_diff(next.data(), la_next.data() + a.size() * size_t(vocab), size_t(vocab)) <= bound);
     CHECK_THROWS_AS(batched.forward_batch(std::vector<SequenceTokens>{{3, a, false}}, next.data()), sluice::Error);
+}
+
+TEST_CASE("the absorbed form taken a few tokens at a time gives the same bits as in one piece") {
+    const Fixture f = load_fixture("hf_tiny_v3");
+    ThreadPool pool(2);
+    const auto model = load_model(f.dir);
+    const int64_t vocab = model->layout().vocab;
+    const std::vector<int32_t> a(f.prompt.begin(), f.prompt.begin() + 9);
+    const std::vector<int32_t> b(f.prompt.rbegin(), f.prompt.rend());
+    const std::vector<int32_t> c(f.prompt.begin() + 3, f.prompt.begin() + 7);
+    const int32_t t0 = 5, t1 = 7, t2 = 11;
+    auto run = [&](int64_t piece) {
+        ForwardOptions options{RunShape{3, 32, 64}};
+        options.attention = AttentionForm::absorbed;
+        options.absorbed_piece = piece;
+        DeepseekForward fw(model->layout(), *model->provider, options, pool);
+        // Prefill: groups of 4, 9 and 16 tokens, each longer than a piece of 2 (taken in pieces
+        // of its own tokens); then a decode step of three 1-token groups (two whole groups to a piece).
+        std::vector<float> out((c.size() + a.size() + b.size() + 3) * size_t(vocab));
+        const std::vector<SequenceTokens> prefill = {{2, c, true}, {0, a, true}, {1, b, true}};
+        fw.forward_batch(prefill, out.data());
+        const std::vector<SequenceTokens> decode = {{0, {&t0, 1}, false}, {1, {&t1, 1}, false}, {2, {&t2, 1}, false}};
+        fw.forward_batch(decode, out.data() + (c.size() + a.size() + b.size()) * size_t(vocab));
+        return out;
+    };
+    const auto whole = run(64), pieces = run(2), odd = run(5);
+    REQUIRE(whole.size() == pieces.size());
+    CHECK(std::memcmp(whole.data(), pieces.data(), whole.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(whole.data(), odd.data(), whole.size() * sizeof(float)) == 0);
 }
 
 TEST_CASE("the official FP8 format (e4m3 + 128x128 weight_scale_inv) runs as stored and matches transformers") {
