@@ -153,6 +153,20 @@ LatentCachePlan plan_latent_cache(const ModelLayout& d, int n_sequences, int64_t
 // the positions in use are read back); the same memory in the expert cache saves its whole size in
 // every step that touches those experts, as a batch step touches nearly all of them.
 constexpr uint64_t kAutoSpillBufferBytes = uint64_t(512) << 20;
+
+// Bytes a step that needs every expert reads under `plan`: the experts its expert cache cannot
+// hold, the dense parts when they stream, and every spilled latent cache in full (an upper bound:
+// only the positions in use are read back, so a tie keeps the caches in memory).
+uint64_t full_step_read_bytes(const ModelPlan& model, const MemoryPlan& plan) {
+    uint64_t experts = 0, dense = 0;
+    for (const auto& l : model.layers) {
+        dense += l.dense.bytes();
+        for (const auto& e : l.experts) experts += e.bytes();
+    }
+    const uint64_t cached = uint64_t(std::max(plan.expert_pool.count - plan.expert_slots, 0)) * plan.expert_pool.slot_bytes +
+                            plan.resident_expert_bytes;
+    return (experts > cached ? experts - cached : 0) + (plan.resident_dense_bytes > 0 ? 0 : dense) + plan.mla_spilled_bytes;
+}
 LatentCachePlan spill_all_latent_caches(const ModelLayout& d, int n_sequences, int64_t capacity) {
     const uint64_t slot = SpilledLatentCache::slot_bytes(d, capacity);
     return {0, std::max(2 * slot, std::min(slot * uint64_t(n_sequences), kAutoSpillBufferBytes))};
@@ -303,39 +317,69 @@ int run_batch_job(const BatchJobOptions& o) {
     auto shape_for = [&](int64_t tokens) {
         return RunShape{max_sequences, capacity, tokens, int64_t(max_sequences) + 2};
     };
-    // The first (caches, step) that fits the budget, caches in memory first, tried on the planner
-    // alone (the runtime is made once); when none fits, the last one's error (the smallest budget
-    // it needs) is the job's.
+    // The first (caches, step) that fits the budget, tried on the planner alone (the runtime is made
+    // once): the larger step first, whether the caches stay in memory or spill (a smaller step means
+    // more passes over the weights: the same job's steps of 768 tokens in memory against 1,024
+    // spilled left the expert pool 16 buffers, no cache, and the dense parts streamed); at one step,
+    // caches in memory, unless spilling them reads less a step (full_step_read_bytes). When none
+    // fits, the last one's error (the smallest budget it needs) is the job's.
     std::vector<std::pair<LatentCachePlan, int64_t>> candidates;
-    for (const auto& c : cache_choices)
-        for (int64_t t : step_choices) candidates.emplace_back(c, t);
+    for (int64_t t : step_choices)
+        for (const auto& c : cache_choices) candidates.emplace_back(c, t);
+    auto plan_for = [&](const std::pair<LatentCachePlan, int64_t>& c) {
+        RuntimeOptions trial = ro;
+        trial.cache_resident_layers = c.first.resident_layers;
+        trial.cache_spill_buffer_bytes = c.first.buffer_bytes;
+        trial.shapes = {shape_for(c.second)};
+        return plan_runtime_memory(*model, trial);
+    };
     LatentCachePlan cache_plan;
     int64_t step_tokens = 0;
+    std::string spill_reason;  // when the caches would fit in memory but spilling reads less
     for (size_t i = 0; i < candidates.size(); ++i) {
-        RuntimeOptions trial = ro;
-        trial.cache_resident_layers = candidates[i].first.resident_layers;
-        trial.cache_spill_buffer_bytes = candidates[i].first.buffer_bytes;
-        trial.shapes = {shape_for(candidates[i].second)};
+        RunMemoryPlan plan;
         try {
-            (void)plan_runtime_memory(*model, trial);
+            plan = plan_for(candidates[i]);
         } catch (const Error& e) {
             if (e.kind() != ErrorKind::out_of_memory || i + 1 == candidates.size()) throw;
             continue;
         }
         std::tie(cache_plan, step_tokens) = candidates[i];
+        const bool in_memory = cache_plan.resident_layers == model->layout.n_layers;
+        if (in_memory && i + 1 < candidates.size() && candidates[i + 1].second == step_tokens) {
+            try {
+                const RunMemoryPlan spilled = plan_for(candidates[i + 1]);
+                const uint64_t kept = full_step_read_bytes(model->plan, plan.memory);
+                const uint64_t spilling = full_step_read_bytes(model->plan, spilled.memory);
+                if (spilling < kept) {
+                    cache_plan = candidates[i + 1].first;
+                    spill_reason = fmt::format(
+                        "in memory they would leave {} expert buffers and {} a step that needs every expert {:.2f} GB; "
+                        "spilled, {} buffers and {:.2f} GB, the caches read back included",
+                        plan.memory.expert_pool.count, plan.dense_resident() ? "read" : "the dense parts streamed, reading",
+                        double(kept) / 1e9, spilled.memory.expert_pool.count, double(spilling) / 1e9);
+                }
+            } catch (const Error& e) {
+                if (e.kind() != ErrorKind::out_of_memory) throw;
+            }
+        }
         break;
     }
     if (step_tokens != step_choices.front())
         fmt::print(stderr, "batch: steps of {} tokens do not fit the memory budget; planning steps of {}\n",
                    step_choices.front(), step_tokens);
     const bool spill = cache_plan.resident_layers < model->layout.n_layers;
-    if (spill && o.cache_ram_bytes == 0)
+    if (spill && !spill_reason.empty())
+        fmt::print(stderr, "batch: the latent caches of {} sequences x {} positions spill to disk: {} (--cache-ram "
+                   "sets how much stays in memory)\n", max_sequences, capacity, spill_reason);
+    else if (spill && o.cache_ram_bytes == 0)
         fmt::print(stderr, "batch: the latent caches of {} sequences x {} positions ({:.2f} GiB) do not fit the memory "
-                   "budget beside the model's least: they spill to disk (--cache-ram sets how much stays in memory; "
-                   "fewer --max-seqs keeps them all there)\n",
+                   "budget beside steps of {} tokens and the model's least: they spill to disk (--cache-ram sets how "
+                   "much stays in memory; fewer --max-seqs keeps them all there)\n",
                    max_sequences, capacity,
                    double(SpilledLatentCache::slot_bytes(model->layout, capacity)) * max_sequences *
-                       model->layout.n_layers / (1 << 30));
+                       model->layout.n_layers / (1 << 30),
+                   step_tokens);
     ro.cache_resident_layers = cache_plan.resident_layers;
     ro.cache_spill_buffer_bytes = cache_plan.buffer_bytes;
     std::unique_ptr<Runtime> rt;
