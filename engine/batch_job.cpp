@@ -21,6 +21,7 @@
 
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
+#include "engine/batch_memory.hpp"
 #include "engine/batch_progress.hpp"
 #include "engine/batch_results.hpp"
 #include "engine/batch_scheduler.hpp"
@@ -127,49 +128,6 @@ int64_t created_seconds() {
     // compared byte for byte.
     if (const char* e = std::getenv("SOURCE_DATE_EPOCH")) return std::strtoll(e, nullptr, 10);
     return int64_t(std::time(nullptr));
-}
-
-// How much of the latent caches stays in memory: all of it, unless --cache-ram says less; then
-// the last layers' caches spill to disk and stream through a buffer of up to two layers' worth
-// (a layer's caches read while the one before computes).
-struct LatentCachePlan {
-    int resident_layers = 0;
-    uint64_t buffer_bytes = 0;
-};
-LatentCachePlan plan_latent_cache(const ModelLayout& d, int n_sequences, int64_t capacity, uint64_t cache_ram_bytes) {
-    const uint64_t slot = SpilledLatentCache::slot_bytes(d, capacity);
-    const uint64_t per_layer = slot * uint64_t(n_sequences);
-    if (cache_ram_bytes == 0 || per_layer * uint64_t(d.n_layers) <= cache_ram_bytes) return {d.n_layers, 0};
-    LatentCachePlan p;
-    p.buffer_bytes = std::max(2 * slot, std::min(2 * per_layer, cache_ram_bytes / 2));
-    p.resident_layers = cache_ram_bytes > p.buffer_bytes ? int((cache_ram_bytes - p.buffer_bytes) / per_layer) : 0;
-    p.resident_layers = std::min(p.resident_layers, d.n_layers - 1);
-    return p;
-}
-
-// Where the latent caches go when they do not fit the budget and --cache-ram does not say: every
-// layer's to disk, through a buffer of up to one layer's caches (at most kAutoSpillBufferBytes).
-// Memory kept for a layer's caches saves at most its size in reads a step, and usually less (only
-// the positions in use are read back); the same memory in the expert cache saves its whole size in
-// every step that touches those experts, as a batch step touches nearly all of them.
-constexpr uint64_t kAutoSpillBufferBytes = uint64_t(512) << 20;
-
-// Bytes a step that needs every expert reads under `plan`: the experts its expert cache cannot
-// hold, the dense parts when they stream, and every spilled latent cache in full (an upper bound:
-// only the positions in use are read back, so a tie keeps the caches in memory).
-uint64_t full_step_read_bytes(const ModelPlan& model, const MemoryPlan& plan) {
-    uint64_t experts = 0, dense = 0;
-    for (const auto& l : model.layers) {
-        dense += l.dense.bytes();
-        for (const auto& e : l.experts) experts += e.bytes();
-    }
-    const uint64_t cached = uint64_t(std::max(plan.expert_pool.count - plan.expert_slots, 0)) * plan.expert_pool.slot_bytes +
-                            plan.resident_expert_bytes;
-    return (experts > cached ? experts - cached : 0) + (plan.resident_dense_bytes > 0 ? 0 : dense) + plan.mla_spilled_bytes;
-}
-LatentCachePlan spill_all_latent_caches(const ModelLayout& d, int n_sequences, int64_t capacity) {
-    const uint64_t slot = SpilledLatentCache::slot_bytes(d, capacity);
-    return {0, std::max(2 * slot, std::min(slot * uint64_t(n_sequences), kAutoSpillBufferBytes))};
 }
 
 }  // namespace
@@ -317,54 +275,21 @@ int run_batch_job(const BatchJobOptions& o) {
     auto shape_for = [&](int64_t tokens) {
         return RunShape{max_sequences, capacity, tokens, int64_t(max_sequences) + 2};
     };
-    // The first (caches, step) that fits the budget, tried on the planner alone (the runtime is made
-    // once): the larger step first, whether the caches stay in memory or spill (a smaller step means
-    // more passes over the weights: the same job's steps of 768 tokens in memory against 1,024
-    // spilled left the expert pool 16 buffers, no cache, and the dense parts streamed); at one step,
-    // caches in memory, unless spilling them reads less a step (full_step_read_bytes). When none
-    // fits, the last one's error (the smallest budget it needs) is the job's.
-    std::vector<std::pair<LatentCachePlan, int64_t>> candidates;
-    for (int64_t t : step_choices)
-        for (const auto& c : cache_choices) candidates.emplace_back(c, t);
-    auto plan_for = [&](const std::pair<LatentCachePlan, int64_t>& c) {
-        RuntimeOptions trial = ro;
-        trial.cache_resident_layers = c.first.resident_layers;
-        trial.cache_spill_buffer_bytes = c.first.buffer_bytes;
-        trial.shapes = {shape_for(c.second)};
-        return plan_runtime_memory(*model, trial);
-    };
-    LatentCachePlan cache_plan;
-    int64_t step_tokens = 0;
-    std::string spill_reason;  // when the caches would fit in memory but spilling reads less
-    for (size_t i = 0; i < candidates.size(); ++i) {
-        RunMemoryPlan plan;
-        try {
-            plan = plan_for(candidates[i]);
-        } catch (const Error& e) {
-            if (e.kind() != ErrorKind::out_of_memory || i + 1 == candidates.size()) throw;
-            continue;
-        }
-        std::tie(cache_plan, step_tokens) = candidates[i];
-        const bool in_memory = cache_plan.resident_layers == model->layout.n_layers;
-        if (in_memory && i + 1 < candidates.size() && candidates[i + 1].second == step_tokens) {
-            try {
-                const RunMemoryPlan spilled = plan_for(candidates[i + 1]);
-                const uint64_t kept = full_step_read_bytes(model->plan, plan.memory);
-                const uint64_t spilling = full_step_read_bytes(model->plan, spilled.memory);
-                if (spilling < kept) {
-                    cache_plan = candidates[i + 1].first;
-                    spill_reason = fmt::format(
-                        "in memory they would leave {} expert buffers and {} a step that needs every expert {:.2f} GB; "
-                        "spilled, {} buffers and {:.2f} GB, the caches read back included",
-                        plan.memory.expert_pool.count, plan.dense_resident() ? "read" : "the dense parts streamed, reading",
-                        double(kept) / 1e9, spilled.memory.expert_pool.count, double(spilling) / 1e9);
-                }
-            } catch (const Error& e) {
-                if (e.kind() != ErrorKind::out_of_memory) throw;
-            }
-        }
-        break;
-    }
+    // The first (step, caches) that fits the budget, tried on the planner alone (the runtime is made
+    // once): the larger step first, whether the caches stay in memory or spill (the job's 512
+    // sequences fitted in memory at 768-token steps, leaving the expert pool 16 buffers and the dense
+    // parts streamed, against 153 buffers spilled at 1,024); engine/batch_memory.hpp.
+    const BatchMemoryChoice chosen = choose_batch_memory(
+        model->plan, model->layout.n_layers, step_choices, cache_choices, [&](const LatentCachePlan& c, int64_t tokens) {
+            RuntimeOptions trial = ro;
+            trial.cache_resident_layers = c.resident_layers;
+            trial.cache_spill_buffer_bytes = c.buffer_bytes;
+            trial.shapes = {shape_for(tokens)};
+            return plan_runtime_memory(*model, trial);
+        });
+    const LatentCachePlan cache_plan = chosen.caches;
+    int64_t step_tokens = chosen.step_tokens;
+    const std::string& spill_reason = chosen.spill_reason;
     if (step_tokens != step_choices.front())
         fmt::print(stderr, "batch: steps of {} tokens do not fit the memory budget; planning steps of {}\n",
                    step_choices.front(), step_tokens);

@@ -31,6 +31,7 @@
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
 #include "engine/batch_job.hpp"
+#include "engine/batch_memory.hpp"
 #include "engine/batch_progress.hpp"
 #include "engine/batch_results.hpp"
 #include "engine/batch_scheduler.hpp"
@@ -728,4 +729,90 @@ TEST_CASE("latent caches that do not fit the budget spill to disk by themselves,
     CHECK(small_rc != 0);
     CHECK(small_log.find("the model needs at least") != std::string::npos);
     CHECK(small_log.find("--max-seqs") != std::string::npos);
+}
+
+TEST_CASE("a batch job's memory choice: the larger step first, and caches spilled when that reads less a step") {
+    // A model plan of 2 layers (a dense segment of 100 bytes each, 4 experts of 10 bytes each) and
+    // memory plans made by hand, so each rule is seen on its own: the planner's own figures are
+    // checked against allocations in memory_planner_test.
+    ModelPlan model;
+    for (int l = 0; l < 2; ++l) {
+        LayerPlan layer;
+        PlannedTensor dense{};
+        dense.extent.length = 100;
+        layer.dense.tensors = {dense};
+        for (int e = 0; e < 4; ++e) {
+            PlannedTensor t{};
+            t.extent.length = 10;
+            Segment s;
+            s.tensors = {t};
+            layer.experts.push_back(s);
+        }
+        model.layers.push_back(layer);
+    }
+    auto memory = [](int buffers, int slots, bool dense_resident, uint64_t spilled) {
+        RunMemoryPlan p;
+        p.mode = ResidentMode::automatic;
+        p.memory.expert_pool.slot_bytes = 10;
+        p.memory.expert_pool.count = buffers;
+        p.memory.expert_slots = slots;
+        p.memory.resident_dense_bytes = dense_resident ? 200 : 0;
+        p.memory.mla_spilled_bytes = spilled;
+        return p;
+    };
+    // 80 bytes of experts, 200 of dense parts: 2 slots and no cache, dense streamed, read all 280.
+    CHECK(full_step_read_bytes(model, memory(2, 2, false, 0).memory) == 280);
+    // 5 cache entries hold 50 of the 80; the dense parts resident; 30 bytes of caches spilled.
+    CHECK(full_step_read_bytes(model, memory(7, 2, true, 30).memory) == 30 + 30);
+    // A cache larger than the model's experts reads none of them.
+    CHECK(full_step_read_bytes(model, memory(20, 2, true, 0).memory) == 0);
+
+    const LatentCachePlan kept{2, 0}, spilled{0, 64};
+    const std::vector<int64_t> steps{1024, 768};
+    auto oom = [] { fail(ErrorKind::out_of_memory, "does not fit"); };
+    std::vector<std::string> tried;
+    auto note = [&](const LatentCachePlan& c, int64_t t) { tried.push_back(fmt::format("{}@{}", c.resident_layers, t)); };
+
+    SUBCASE("in memory at the larger step: no spill while spilling reads as much or more") {
+        const auto choice = choose_batch_memory(model, 2, steps, {kept, spilled}, [&](const LatentCachePlan& c, int64_t t) {
+            note(c, t);
+            return c.resident_layers == 2 ? memory(4, 2, true, 0) : memory(7, 2, true, 80);  // 60 against 110
+        });
+        CHECK(choice.caches.resident_layers == 2);
+        CHECK(choice.step_tokens == 1024);
+        CHECK(choice.spill_reason.empty());
+    }
+    SUBCASE("caches that fit in memory only by streaming the dense parts spill, and the reason says so") {
+        const auto choice = choose_batch_memory(model, 2, steps, {kept, spilled}, [&](const LatentCachePlan& c, int64_t t) {
+            note(c, t);
+            return c.resident_layers == 2 ? memory(2, 2, false, 0) : memory(7, 2, true, 80);  // 280 against 110
+        });
+        CHECK(choice.caches.resident_layers == 0);
+        CHECK(choice.step_tokens == 1024);
+        CHECK(choice.spill_reason.find("the dense parts streamed") != std::string::npos);
+        CHECK(choice.spill_reason.find("2 expert buffers") != std::string::npos);
+    }
+    SUBCASE("a larger step spilled beats a smaller one in memory") {
+        const auto choice = choose_batch_memory(model, 2, steps, {kept, spilled}, [&](const LatentCachePlan& c, int64_t t) {
+            note(c, t);
+            if (c.resident_layers == 2 && t == 1024) oom();
+            return memory(7, 2, true, 0);
+        });
+        CHECK(choice.caches.resident_layers == 0);
+        CHECK(choice.step_tokens == 1024);
+        CHECK(choice.spill_reason.empty());  // it had no choice: in memory did not fit
+        CHECK(tried == std::vector<std::string>{"2@1024", "0@1024"});
+    }
+    SUBCASE("when nothing fits, the last plan's error is the job's") {
+        CHECK_THROWS_WITH_AS(choose_batch_memory(model, 2, steps, {kept, spilled},
+                                                 [&](const LatentCachePlan& c, int64_t t) -> RunMemoryPlan {
+                                                     note(c, t);
+                                                     if (t == 768 && c.resident_layers == 0)
+                                                         fail(ErrorKind::out_of_memory, "needs at least 7 GiB");
+                                                     oom();
+                                                     return {};
+                                                 }),
+                             doctest::Contains("needs at least 7 GiB"), sluice::Error);
+        CHECK(tried == std::vector<std::string>{"2@1024", "0@1024", "2@768", "0@768"});
+    }
 }

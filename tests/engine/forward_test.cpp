@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -157,15 +158,18 @@ TEST_CASE("a full context is refused with a clear error instead of overrunning t
                          sluice::Error);
 }
 
+// Three different prompts of a fixture: prefixes of its prompt (9 and 4 tokens), and a reversed copy.
+static std::tuple<std::vector<int32_t>, std::vector<int32_t>, std::vector<int32_t>> three_prompts(const Fixture& f) {
+    return {std::vector<int32_t>(f.prompt.begin(), f.prompt.begin() + 9), std::vector<int32_t>(f.prompt.rbegin(), f.prompt.rend()),
+            std::vector<int32_t>(f.prompt.begin() + 3, f.prompt.begin() + 7)};
+}
+
 TEST_CASE("a step over several sequences gives each the logits it gets alone") {
     const Fixture f = load_fixture("hf_tiny_v3");
     ThreadPool pool(2);
     const auto model = load_model(f.dir);
     const int64_t vocab = model->layout().vocab;
-    // Three different prompts: prefixes of the fixture prompt, and a reversed copy.
-    const std::vector<int32_t> a(f.prompt.begin(), f.prompt.begin() + 9);
-    const std::vector<int32_t> b(f.prompt.rbegin(), f.prompt.rend());
-    const std::vector<int32_t> c(f.prompt.begin() + 3, f.prompt.begin() + 7);
+    const auto [a, b, c] = three_prompts(f);
 
     auto alone = [&](const std::vector<int32_t>& p) {
         DeepseekForward fw(model->layout(), *model->provider, ForwardOptions{RunShape{1, 32, 64}}, pool);
@@ -210,9 +214,7 @@ TEST_CASE("the absorbed form taken a few tokens at a time gives the same bits as
     ThreadPool pool(2);
     const auto model = load_model(f.dir);
     const int64_t vocab = model->layout().vocab;
-    const std::vector<int32_t> a(f.prompt.begin(), f.prompt.begin() + 9);
-    const std::vector<int32_t> b(f.prompt.rbegin(), f.prompt.rend());
-    const std::vector<int32_t> c(f.prompt.begin() + 3, f.prompt.begin() + 7);
+    const auto [a, b, c] = three_prompts(f);
     const int32_t t0 = 5, t1 = 7, t2 = 11;
     auto run = [&](int64_t piece) {
         ForwardOptions options{RunShape{3, 32, 64}};

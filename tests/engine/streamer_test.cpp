@@ -281,84 +281,6 @@ TEST_CASE("on five MoE layers, wide steps keep the later layers' experts for the
     fs::remove_all(dir);
 }
 
-namespace {
-// The streamer as the forward pass sees it, noting the reads in flight when each step's first
-// layer begins (before the streamer takes any outcome in).
-class StepStartProbe final : public WeightProvider {
-public:
-    explicit StepStartProbe(Streamer& streamer) : streamer_(streamer) {}
-    const ModelWeights& globals() override { return streamer_.globals(); }
-    const LayerWeights& begin_layer(int layer) override {
-        if (layer == 0) reads_at_step_start.push_back(streamer_.reads_outstanding());
-        return streamer_.begin_layer(layer);
-    }
-    void need_experts(int layer, std::span<const int32_t> experts) override { streamer_.need_experts(layer, experts); }
-    int32_t next_expert(int layer, const ExpertWeights** weights) override { return streamer_.next_expert(layer, weights); }
-    void end_layer(int layer) override { streamer_.end_layer(layer); }
-    void begin_step(int64_t n_tokens) override { streamer_.begin_step(n_tokens); }
-    void end_step() override { streamer_.end_step(); }
-    const LayerWeights* peek_layer(int layer) override { return streamer_.peek_layer(layer); }
-    void predict_experts(int layer, std::span<const int32_t> experts) override { streamer_.predict_experts(layer, experts); }
-    bool wants_predictions() const override { return streamer_.wants_predictions(); }
-
-    std::vector<int> reads_at_step_start;
-
-private:
-    Streamer& streamer_;
-};
-}  // namespace
-
-TEST_CASE("a step wide enough to need every expert starts reading the first MoE layer's experts with the step") {
-    // 1 dense + 5 MoE layers of 16 experts, top 4: a step of 70 tokens routes 280 times a layer and
-    // needs every expert, so the first MoE layer's reads start before the dense layer computes (they
-    // used to wait for its attention). A step of 2 tokens (8 routes) starts none; nor does a
-    // streamer told not to speculate. No number changes.
-    namespace fs = std::filesystem;
-    const fs::path dir = six_layer_model("step_start");
-    const auto resident = load_model(dir.string());
-    const auto model = open_model(dir.string());
-    const auto tokens = spread_tokens(140, model->layout.vocab);
-    ThreadPool pool(2);
-    auto run = [&](WeightProvider& weights) {
-        ForwardOptions options;
-        options.shape.positions = 160;
-        options.shape.step_tokens = 70;
-        DeepseekForward forward(model->layout, weights, options, pool);
-        std::vector<float> out(size_t(model->layout.vocab) * 2);
-        forward.forward(tokens, false, out.data());  // two wide steps
-        const int32_t next = 5;
-        forward.forward(std::span<const int32_t>(&next, 1), false, out.data() + model->layout.vocab);  // a narrow one
-        return out;
-    };
-    const auto reference = run(*resident->provider);
-    for (bool speculate : {true, false}) {
-        CAPTURE(speculate);
-        StreamerIo io(model->source->files(), "auto", true);
-        StreamerOptions so;
-        so.resident = ResidentMode::dense;  // nothing dense to read first
-        so.expert_buffers = 20;  // under 2 layers' experts: a step ends holding the last layers'
-        so.speculate = speculate;
-        Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
-        StepStartProbe probe(streamer);
-        CHECK(bit_identical(run(probe), reference));
-        REQUIRE(probe.reads_at_step_start.size() == 3);
-        CAPTURE(probe.reads_at_step_start[0]);
-        CAPTURE(probe.reads_at_step_start[1]);
-        CAPTURE(probe.reads_at_step_start[2]);
-        if (speculate) {
-            CHECK(probe.reads_at_step_start[0] > 0);
-            CHECK(probe.reads_at_step_start[1] > 0);
-        } else {
-            CHECK(probe.reads_at_step_start[0] == 0);
-            CHECK(probe.reads_at_step_start[1] == 0);
-        }
-        CHECK(probe.reads_at_step_start[2] == 0);
-        const auto& first = streamer.steps()[0];
-        CAPTURE(first.to_json().dump());
-        if (speculate) CHECK(first.prefetch_hits >= 16);  // the first MoE layer's, at least
-    }
-    fs::remove_all(dir);
-}
 
 TEST_CASE("reading dense segments N layers ahead reads each layer once per step, at every depth") {
     // With --prefetch N the streamer holds N + 1 dense buffers (the layer computing and the N being
@@ -460,20 +382,12 @@ private:
     std::vector<Read> outstanding_;
 };
 
-// The streamer as the forward pass sees it, noting at each begin_layer whether the next layer's
-// dense read is in flight while this layer computes.
-class OverlapProbe final : public WeightProvider {
+// The streamer as the forward pass sees it, every call passed on: probes override what they watch.
+class StreamerProbe : public WeightProvider {
 public:
-    OverlapProbe(Streamer& streamer, const RecordingSegmentIo& io, const ModelPlan& plan)
-        : streamer_(streamer), io_(io), plan_(plan) {}
+    explicit StreamerProbe(Streamer& streamer) : streamer_(streamer) {}
     const ModelWeights& globals() override { return streamer_.globals(); }
-    const LayerWeights& begin_layer(int layer) override {
-        const LayerWeights& w = streamer_.begin_layer(layer);
-        const int next = (layer + 1) % int(plan_.layers.size());
-        ++layers;
-        layers_computing_while_next_read += io_.outstanding(plan_.layers[size_t(next)].dense.tensors.front().extent);
-        return w;
-    }
+    const LayerWeights& begin_layer(int layer) override { return streamer_.begin_layer(layer); }
     void need_experts(int layer, std::span<const int32_t> experts) override { streamer_.need_experts(layer, experts); }
     int32_t next_expert(int layer, const ExpertWeights** weights) override { return streamer_.next_expert(layer, weights); }
     void end_layer(int layer) override { streamer_.end_layer(layer); }
@@ -483,16 +397,97 @@ public:
     void predict_experts(int layer, std::span<const int32_t> experts) override { streamer_.predict_experts(layer, experts); }
     bool wants_predictions() const override { return streamer_.wants_predictions(); }
 
+protected:
+    Streamer& streamer_;
+};
+
+// Notes at each begin_layer whether the next layer's dense read is in flight while this layer computes.
+class OverlapProbe final : public StreamerProbe {
+public:
+    OverlapProbe(Streamer& streamer, const RecordingSegmentIo& io, const ModelPlan& plan)
+        : StreamerProbe(streamer), io_(io), plan_(plan) {}
+    const LayerWeights& begin_layer(int layer) override {
+        const LayerWeights& w = streamer_.begin_layer(layer);
+        const int next = (layer + 1) % int(plan_.layers.size());
+        ++layers;
+        layers_computing_while_next_read += io_.outstanding(plan_.layers[size_t(next)].dense.tensors.front().extent);
+        return w;
+    }
+
     int layers = 0;
     int layers_computing_while_next_read = 0;
 
 private:
-    Streamer& streamer_;
     const RecordingSegmentIo& io_;
     const ModelPlan& plan_;
 };
 
+// Notes the reads in flight when each step's first layer begins (before the streamer takes any
+// outcome in).
+class StepStartProbe final : public StreamerProbe {
+public:
+    using StreamerProbe::StreamerProbe;
+    const LayerWeights& begin_layer(int layer) override {
+        if (layer == 0) reads_at_step_start.push_back(streamer_.reads_outstanding());
+        return streamer_.begin_layer(layer);
+    }
+
+    std::vector<int> reads_at_step_start;
+};
+
 }  // namespace
+
+TEST_CASE("a step wide enough to need every expert starts reading the first MoE layer's experts with the step") {
+    // 1 dense + 5 MoE layers of 16 experts, top 4: a step of 70 tokens routes 280 times a layer and
+    // needs every expert, so the first MoE layer's reads start before the dense layer computes (they
+    // used to wait for its attention). A step of 2 tokens (8 routes) starts none; nor does a
+    // streamer told not to speculate. No number changes.
+    namespace fs = std::filesystem;
+    const fs::path dir = six_layer_model("step_start");
+    const auto resident = load_model(dir.string());
+    const auto model = open_model(dir.string());
+    const auto tokens = spread_tokens(140, model->layout.vocab);
+    ThreadPool pool(2);
+    auto run = [&](WeightProvider& weights) {
+        ForwardOptions options;
+        options.shape.positions = 160;
+        options.shape.step_tokens = 70;
+        DeepseekForward forward(model->layout, weights, options, pool);
+        std::vector<float> out(size_t(model->layout.vocab) * 2);
+        forward.forward(tokens, false, out.data());  // two wide steps
+        const int32_t next = 5;
+        forward.forward(std::span<const int32_t>(&next, 1), false, out.data() + model->layout.vocab);  // a narrow one
+        return out;
+    };
+    const auto reference = run(*resident->provider);
+    for (bool speculate : {true, false}) {
+        CAPTURE(speculate);
+        StreamerIo io(model->source->files(), "auto", true);
+        StreamerOptions so;
+        so.resident = ResidentMode::dense;  // nothing dense to read first
+        so.expert_buffers = 20;  // under 2 layers' experts: a step ends holding the last layers'
+        so.speculate = speculate;
+        Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
+        StepStartProbe probe(streamer);
+        CHECK(bit_identical(run(probe), reference));
+        REQUIRE(probe.reads_at_step_start.size() == 3);
+        CAPTURE(probe.reads_at_step_start[0]);
+        CAPTURE(probe.reads_at_step_start[1]);
+        CAPTURE(probe.reads_at_step_start[2]);
+        if (speculate) {
+            CHECK(probe.reads_at_step_start[0] > 0);
+            CHECK(probe.reads_at_step_start[1] > 0);
+        } else {
+            CHECK(probe.reads_at_step_start[0] == 0);
+            CHECK(probe.reads_at_step_start[1] == 0);
+        }
+        CHECK(probe.reads_at_step_start[2] == 0);
+        const auto& first = streamer.steps()[0];
+        CAPTURE(first.to_json().dump());
+        if (speculate) CHECK(first.prefetch_hits >= 16);  // the first MoE layer's, at least
+    }
+    fs::remove_all(dir);
+}
 
 TEST_CASE("with the reader throttled, the next layer's read is in flight while each layer computes, and time is accounted") {
     // No ratio of wall times (under TSan on two busy cores an overlap of 0.89 against 0.9 failed
