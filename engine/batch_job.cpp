@@ -461,6 +461,7 @@ int run_batch_job(const BatchJobOptions& o) {
         const auto t0 = Clock::now();
         const size_t streamer_steps = rt->streamer ? rt->streamer->steps().size() : 0;
         const uint64_t spill_read0 = spilled ? spilled->bytes_read() : 0, spill_written0 = spilled ? spilled->bytes_written() : 0;
+        const double spill_wait0 = spilled ? spilled->read_wait_seconds() : 0, spill_write0 = spilled ? spilled->write_seconds() : 0;
         // Every step as full as the cap and the waiting prompts allow, not just roofline-balanced
         // (what sluice serve aims at, for latency): past the balance point a step's reads are
         // hidden and each token costs its GEMMs alone, while at it reading and computing stall
@@ -498,6 +499,11 @@ int run_batch_job(const BatchJobOptions& o) {
                                 {"finished", plan.n_finished}, {"done", fig.done},
                                 {"spill_bytes_read", spill_read}, {"spill_bytes_written", spill_written},
                                 {"streaming", io.to_json()}};
+            // Time blocked on the spilled caches (inside the streamer's compute_s): reads not yet
+            // landed when attention asked, and the synchronous write-back of new positions.
+            if (spilled)
+                j["spill_wait_s"] = {{"read", spilled->read_wait_seconds() - spill_wait0},
+                                     {"write", spilled->write_seconds() - spill_write0}};
             // The cost model the next step's target came from (absent while the proportional rule holds).
             if (const auto& m = sizer.model())
                 j["cost_model"] = {{"fixed_s", m->fixed_s}, {"per_decode_s", m->per_decode_s},
@@ -532,6 +538,8 @@ int run_batch_job(const BatchJobOptions& o) {
               {"cache_resident_layers", cache_plan.resident_layers},
               {"spill_bytes_read", spilled ? spilled->bytes_read() : 0},
               {"spill_bytes_written", spilled ? spilled->bytes_written() : 0},
+              {"spill_wait_s", {{"read", spilled ? spilled->read_wait_seconds() : 0.0},
+                                {"write", spilled ? spilled->write_seconds() : 0.0}}},
               {"streaming", io_total.to_json()}}}};
         std::fprintf(stats, "%s\n", j.dump().c_str());
         std::fclose(stats);

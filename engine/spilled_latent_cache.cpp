@@ -3,8 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <system_error>
 
 #include "core/error.hpp"
 #include "engine/background_segment_io.hpp"
@@ -67,6 +70,11 @@ SpilledLatentCache::SpilledLatentCache(const ModelLayout& layout, int n_sequence
         buffer_.allocate(options_.buffer_bytes, kPage, true);
         schedule_.reserve(size_t(n_sequences) * size_t(std::max(spilled, 0)));
         extents_.resize(2);
+        try {
+            writer_ = std::thread([this] { writer_loop(); });
+        } catch (const std::system_error& e) {
+            fail(ErrorKind::out_of_memory, "the spilled latent cache cannot start its writer thread: {}", e.what());
+        }
     } catch (...) {
         ::close(fd_);
         throw;
@@ -74,6 +82,14 @@ SpilledLatentCache::SpilledLatentCache(const ModelLayout& layout, int n_sequence
 }
 
 SpilledLatentCache::~SpilledLatentCache() {
+    // The writer stops after the write it is doing (what is not written yet is not needed: the
+    // file goes with this cache).
+    {
+        std::lock_guard lock(write_mutex_);
+        stop_ = true;
+    }
+    write_cv_.notify_all();
+    if (writer_.joinable()) writer_.join();
     // Reads still in flight land before the reader and the buffer go.
     for (size_t i = next_acquire_; i < next_read_; ++i)
         if (!schedule_[i].landed && schedule_[i].ticket) {
@@ -94,8 +110,16 @@ uint64_t SpilledLatentCache::file_offset(int layer, int sequence) const {
 
 void SpilledLatentCache::begin_step(std::span<const LatentCacheUse> uses) {
     if (next_release_ != schedule_.size()) fail(ErrorKind::internal, "spilled cache: a step began before the last ended");
+    // This step reads what the last one wrote: every write has landed first.
+    while (written_.load(std::memory_order_acquire) < next_release_ && !write_failed_.load()) wait_for_writes(written_.load());
+    throw_if_write_failed();
     schedule_.clear();
     next_acquire_ = next_read_ = next_release_ = 0;
+    {
+        std::lock_guard lock(write_mutex_);
+        released_ = 0;
+        written_.store(0, std::memory_order_release);
+    }
     head_ = 0;
     for (int l = options_.resident_layers; l < layout_.n_layers; ++l)
         for (const auto& u : uses) {
@@ -111,16 +135,18 @@ void SpilledLatentCache::begin_step(std::span<const LatentCacheUse> uses) {
     issue_reads();
 }
 
-// Buffer space in first-in first-out order: live entries are schedule_[next_release_, next_read_),
+// Buffer space in first-in first-out order: live entries are schedule_[written, next_read_),
 // laid out from the oldest's offset onwards, wrapping to 0 once.
 bool SpilledLatentCache::allocate(uint64_t bytes, uint64_t& offset) {
     const uint64_t size = options_.buffer_bytes;
-    if (next_release_ == next_read_) {
+    // Live: read or being read, in use, or released and not yet written back.
+    const size_t oldest = std::min(written_.load(std::memory_order_acquire), next_release_);
+    if (oldest == next_read_) {
         offset = 0;
         head_ = bytes;
         return bytes <= size;
     }
-    const uint64_t tail = schedule_[next_release_].offset;
+    const uint64_t tail = schedule_[oldest].offset;
     if (head_ > tail) {  // live [tail, head): room after head, else before tail
         if (size - head_ >= bytes) offset = head_;
         else if (tail >= bytes) offset = 0;
@@ -160,10 +186,19 @@ LatentCacheEntry SpilledLatentCache::acquire(int layer, int sequence) {
         schedule_[next_acquire_].sequence != sequence)
         fail(ErrorKind::internal, "spilled cache: layer {} sequence {} asked for out of the step's order", layer, sequence);
     Pending& p = schedule_[next_acquire_++];
+    throw_if_write_failed();
     issue_reads();
+    // No room until released caches are written back: wait for the writer, not the disk's reads.
+    while (next_acquire_ > next_read_ && written_.load(std::memory_order_acquire) < next_release_) {
+        wait_for_writes(written_.load());
+        throw_if_write_failed();
+        issue_reads();
+    }
     if (next_acquire_ > next_read_) fail(ErrorKind::internal, "spilled cache: the buffer cannot hold the cache asked for");
     if (!p.landed) {
+        const auto t0 = std::chrono::steady_clock::now();
         background_->wait(p.ticket);
+        read_wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         p.landed = true;
     }
     return {reinterpret_cast<float*>(const_cast<std::byte*>(p.extent_data[0])),
@@ -172,30 +207,87 @@ LatentCacheEntry SpilledLatentCache::acquire(int layer, int sequence) {
 
 void SpilledLatentCache::release(int layer, int sequence) {
     if (layer < options_.resident_layers) return;
-    Pending& p = schedule_[next_release_];
+    const Pending& p = schedule_[next_release_];
     if (p.layer != layer || p.sequence != sequence || next_release_ >= next_acquire_)
         fail(ErrorKind::internal, "spilled cache: layer {} sequence {} released out of order", layer, sequence);
-    // Write back the whole pages that hold the step's new positions.
+    throw_if_write_failed();
+    ++next_release_;
+    {
+        std::lock_guard lock(write_mutex_);
+        released_ = next_release_;
+    }
+    write_cv_.notify_one();
+    issue_reads();
+}
+
+// The whole pages that hold the step's new positions, latents and roped keys.
+void SpilledLatentCache::write_back(const Pending& p) {
     const uint64_t at = file_offset(p.layer, p.sequence);
-    auto write_back = [&](const std::byte* base, uint64_t row_bytes, uint64_t limit, uint64_t file_at) {
+    auto write_range = [&](const std::byte* base, uint64_t row_bytes, uint64_t limit, uint64_t file_at) {
         const uint64_t lo = round_down(uint64_t(p.first_new) * row_bytes);
         const uint64_t hi = std::min(round_up(uint64_t(p.positions) * row_bytes), limit);
         for (uint64_t done = lo; done < hi;) {
             const ssize_t n = ::pwrite(fd_, base + done, size_t(hi - done), off_t(file_at + done));
             if (n < 0 && errno == EINTR) continue;
             if (n <= 0) fail(ErrorKind::io, "{}: spill write of {} bytes at {} failed: {}", options_.path, hi - done,
-                             file_at + done, std::strerror(errno));
+                             file_at + done, n < 0 ? std::strerror(errno) : "nothing written");
             done += uint64_t(n);
         }
-        bytes_written_ += hi - lo;
+        bytes_written_.fetch_add(hi - lo, std::memory_order_relaxed);
     };
-    write_back(p.extent_data[0], uint64_t(layout_.kv_rank) * 4, p.latent_bytes, at);
-    write_back(p.extent_data[1], uint64_t(layout_.rope_dim) * 4, p.rope_bytes, at + latent_region_);
-    ++next_release_;
-    issue_reads();
+    write_range(p.extent_data[0], uint64_t(layout_.kv_rank) * 4, p.latent_bytes, at);
+    write_range(p.extent_data[1], uint64_t(layout_.rope_dim) * 4, p.rope_bytes, at + latent_region_);
+}
+
+void SpilledLatentCache::writer_loop() {
+    for (;;) {
+        size_t index;
+        {
+            std::unique_lock lock(write_mutex_);
+            write_cv_.wait(lock, [&] { return stop_ || written_.load(std::memory_order_relaxed) < released_; });
+            if (stop_) return;
+            index = written_.load(std::memory_order_relaxed);
+        }
+        try {
+            write_back(schedule_[index]);
+        } catch (const std::exception& e) {
+            {
+                std::lock_guard lock(write_mutex_);
+                write_error_ = e.what();
+                write_failed_.store(true);
+            }
+            written_cv_.notify_all();
+            return;
+        }
+        {
+            std::lock_guard lock(write_mutex_);
+            written_.store(index + 1, std::memory_order_release);
+        }
+        written_cv_.notify_all();
+    }
+}
+
+void SpilledLatentCache::wait_for_writes(size_t written) {
+    const auto t0 = std::chrono::steady_clock::now();
+    {
+        std::unique_lock lock(write_mutex_);
+        written_cv_.wait(lock, [&] {
+            return write_failed_.load() || written_.load(std::memory_order_relaxed) > written ||
+                   written_.load(std::memory_order_relaxed) >= released_;
+        });
+    }
+    write_wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void SpilledLatentCache::throw_if_write_failed() {
+    if (!write_failed_.load()) return;
+    std::lock_guard lock(write_mutex_);
+    fail(ErrorKind::io, "{}", write_error_);
 }
 
 void SpilledLatentCache::end_step() {
+    while (written_.load(std::memory_order_acquire) < next_release_ && !write_failed_.load()) wait_for_writes(written_.load());
+    throw_if_write_failed();
     if (next_release_ != schedule_.size())
         fail(ErrorKind::internal, "spilled cache: {} of {} caches released at the end of the step", next_release_,
              schedule_.size());

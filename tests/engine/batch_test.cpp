@@ -696,9 +696,9 @@ TEST_CASE("latent caches that do not fit the budget spill to disk by themselves,
     auto run_job = [&](const std::string& name, const std::string& ram) {
         const fs::path out = dir / (name + ".jsonl"), log = dir / (name + ".log");
         const std::string cmd = fmt::format("'{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs {} --resident none "
-                                            "--max-step-tokens 1024 --ram {} --spill-dir '{}' 2>'{}'",
+                                            "--max-step-tokens 1024 --ram {} --spill-dir '{}' --stats-json '{}' 2>'{}'",
                                             bin, tiny_model().string(), input.string(), out.string(), kRequests, ram,
-                                            dir.string(), log.string());
+                                            dir.string(), (dir / (name + ".stats.jsonl")).string(), log.string());
         const int rc = std::system(cmd.c_str());
         return std::tuple{rc, read_text(out), read_text(log)};
     };
@@ -720,6 +720,20 @@ TEST_CASE("latent caches that do not fit the budget spill to disk by themselves,
     CHECK(log.find("do not fit the memory budget beside steps of") != std::string::npos);
     CHECK(log.find("and the model's least: they spill to disk") != std::string::npos);
     CHECK(log.find("latent caches of layers 0..2 spill to") != std::string::npos);
+    // The time blocked on the spilled caches is reported (the write-back runs on its own thread, so
+    // it may be 0), beside the bytes: every step writes its new positions back.
+    const auto summary_of = [&](const std::string& name) {
+        nlohmann::json last;
+        std::ifstream in(dir / (name + ".stats.jsonl"));
+        for (std::string line; std::getline(in, line);) last = nlohmann::json::parse(line);
+        return last.at("summary");
+    };
+    const auto spilled_summary = summary_of("spilled"), held_summary = summary_of("held");
+    CHECK(spilled_summary.at("spill_bytes_written").get<uint64_t>() > 0);
+    CHECK(spilled_summary.at("spill_wait_s").at("write").get<double>() >= 0);
+    CHECK(spilled_summary.at("spill_wait_s").at("read").get<double>() >= 0);
+    CHECK(held_summary.at("spill_bytes_written").get<uint64_t>() == 0);
+    CHECK(held_summary.at("spill_wait_s").at("write").get<double>() == 0);
     // The same records (the job's steps are the same size, so even in the same order).
     CHECK(out == held_out);
     CHECK(records_in(dir / "spilled.jsonl") == kRequests);
