@@ -500,7 +500,7 @@ int run_batch_job(const BatchJobOptions& o) {
                                 {"spill_bytes_read", spill_read}, {"spill_bytes_written", spill_written},
                                 {"streaming", io.to_json()}};
             // Time blocked on the spilled caches (inside the streamer's compute_s): reads not yet
-            // landed when attention asked, and the synchronous write-back of new positions.
+            // landed when attention asked, and write-backs still holding buffer space or the step's end.
             if (spilled)
                 j["spill_wait_s"] = {{"read", spilled->read_wait_seconds() - spill_wait0},
                                      {"write", spilled->write_seconds() - spill_write0}};

@@ -207,8 +207,8 @@ LatentCacheEntry SpilledLatentCache::acquire(int layer, int sequence) {
 
 void SpilledLatentCache::release(int layer, int sequence) {
     if (layer < options_.resident_layers) return;
-    const Pending& p = schedule_[next_release_];
-    if (p.layer != layer || p.sequence != sequence || next_release_ >= next_acquire_)
+    if (next_release_ >= next_acquire_ || schedule_[next_release_].layer != layer ||
+        schedule_[next_release_].sequence != sequence)
         fail(ErrorKind::internal, "spilled cache: layer {} sequence {} released out of order", layer, sequence);
     throw_if_write_failed();
     ++next_release_;
