@@ -392,8 +392,12 @@ void DeepseekForward::attention_absorbed(const LayerWeights& w, int layer, size_
         if (end == g) {  // one group longer than a piece
             const LatentCacheEntry cache = open_cache(w, layer, g);
             const int64_t piece = shape_.absorbed_piece;
-            for (int64_t first = 0; first < groups_[g].count; first += piece)
-                absorbed_rows(w, groups_[g].begin + first, std::min(piece, groups_[g].count - first), cache);
+            for (int64_t first = 0; first < groups_[g].count; first += piece) {
+                const int64_t row = groups_[g].begin + first, count = std::min(piece, groups_[g].count - first);
+                absorb_rows(w, row, count);
+                attend_absorbed(row, count, 0, cache);
+                unabsorb_rows(w, row, count);
+            }
             cache_->release(layer, groups_[g].sequence);
             ++end;
         } else {
@@ -409,13 +413,6 @@ void DeepseekForward::attention_absorbed(const LayerWeights& w, int layer, size_
         }
         g = end;
     }
-}
-
-// One piece of one sequence's tokens: rows [row0, row0 + count) of the step, its cache open.
-void DeepseekForward::absorbed_rows(const LayerWeights& w, int64_t row0, int64_t count, const LatentCacheEntry& cache) {
-    absorb_rows(w, row0, count);
-    attend_absorbed(row0, count, 0, cache);
-    unabsorb_rows(w, row0, count);
 }
 
 // q~_h = W_UK_h^T . q_nope_h for rows [row0, row0 + count): [count, heads, kv_rank] at q_latent_.

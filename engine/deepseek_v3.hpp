@@ -124,7 +124,6 @@ private:
     // The attention of one sequence's tokens (a group of the step) in the two forms of MLA, writing
     // attn_heads_ rows [begin, begin + count); the absorbed form takes a run of groups at once.
     void attention_absorbed(const LayerWeights& w, int layer, size_t first_group, size_t end_group);
-    void absorbed_rows(const LayerWeights& w, int64_t row0, int64_t count, const LatentCacheEntry& cache);
     void absorb_rows(const LayerWeights& w, int64_t row0, int64_t count);
     void attend_absorbed(int64_t row, int64_t count, int64_t piece_row, const LatentCacheEntry& cache);
     void unabsorb_rows(const LayerWeights& w, int64_t row0, int64_t count);

@@ -110,9 +110,7 @@ uint64_t SpilledLatentCache::file_offset(int layer, int sequence) const {
 
 void SpilledLatentCache::begin_step(std::span<const LatentCacheUse> uses) {
     if (next_release_ != schedule_.size()) fail(ErrorKind::internal, "spilled cache: a step began before the last ended");
-    // This step reads what the last one wrote: every write has landed first.
-    while (written_.load(std::memory_order_acquire) < next_release_ && !write_failed_.load()) wait_for_writes(written_.load());
-    throw_if_write_failed();
+    drain_writes();  // this step reads what the last one wrote
     schedule_.clear();
     next_acquire_ = next_read_ = next_release_ = 0;
     {
@@ -279,6 +277,11 @@ void SpilledLatentCache::wait_for_writes(size_t written) {
     write_wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+void SpilledLatentCache::drain_writes() {
+    while (written_.load(std::memory_order_acquire) < next_release_ && !write_failed_.load()) wait_for_writes(written_.load());
+    throw_if_write_failed();
+}
+
 void SpilledLatentCache::throw_if_write_failed() {
     if (!write_failed_.load()) return;
     std::lock_guard lock(write_mutex_);
@@ -286,8 +289,7 @@ void SpilledLatentCache::throw_if_write_failed() {
 }
 
 void SpilledLatentCache::end_step() {
-    while (written_.load(std::memory_order_acquire) < next_release_ && !write_failed_.load()) wait_for_writes(written_.load());
-    throw_if_write_failed();
+    drain_writes();
     if (next_release_ != schedule_.size())
         fail(ErrorKind::internal, "spilled cache: {} of {} caches released at the end of the step", next_release_,
              schedule_.size());

@@ -77,6 +77,8 @@ private:
     // Blocks until the writer has written more than `written` caches (or failed, or has nothing
     // left); the time goes to write_wait_seconds_.
     void wait_for_writes(size_t written);
+    // Blocks until every released cache is written back; throws the writer's error if it failed.
+    void drain_writes();
     void throw_if_write_failed();
 
     const ModelLayout layout_;

@@ -100,7 +100,10 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     for (auto* arena : {&dense_arena_, &expert_arena_})
         if (arena->held() > 0 && cuda::pin_host_memory(arena->data(), arena->held())) pinned_.push_back(arena->data());
     expert_buffer_.assign(size_t(n_layers), std::vector<int>(size_t(layout_.n_experts), -1));
-    for (const auto& l : plan_.layers) n_moe_layers_ += !l.experts.empty();
+    for (size_t l = 0; l < plan_.layers.size(); ++l) {
+        if (plan_.layers[l].experts.empty()) continue;
+        if (n_moe_layers_++ == 0) first_moe_layer_ = int(l);
+    }
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
     last_step_.assign(frequency_.size(), 0);
     needed_.reserve(size_t(layout_.n_experts));
@@ -509,9 +512,8 @@ void Streamer::begin_step(int64_t n_tokens) {
 void Streamer::guess_first_moe_layer(double expected_experts_per_layer) {
     if (!options_.speculate || expert_pool_.empty() || current_.n_tokens < kWideStepTokens) return;
     if (expected_experts_per_layer < double(layout_.n_experts) - 0.5) return;
-    const auto first = std::find_if(plan_.layers.begin(), plan_.layers.end(), [](const auto& l) { return !l.experts.empty(); });
-    if (first == plan_.layers.end()) return;
-    const int layer = int(first - plan_.layers.begin());
+    const int layer = first_moe_layer_;
+    if (layer < 0) return;
     // A dense segment the step starts with and has not got yet comes first: expert reads queued
     // ahead of it would hold up the whole step.
     for (int l = 0; l < layer; ++l) {

@@ -186,6 +186,7 @@ private:
     int computing_layer_ = -1;                 // the layer between begin_layer and end_layer
     bool scan_step_ = false;                   // this step needs more experts than the pool holds
     int64_t n_moe_layers_ = 0;
+    int first_moe_layer_ = -1;                 // -1: none
     std::chrono::steady_clock::time_point step_start_;
     // Time with a read in flight: reads submitted and not yet seen landed, since when.
     int reads_in_flight_ = 0;
