@@ -474,7 +474,8 @@ struct QuadQ3K {
 
 // kRowSums: each row's four int32 lanes (the dot, and the offset) are added up before the float
 // epilogue, so the float steps per row and token are the AMX kernel's (quant_dot_amx.cpp), bit
-// for bit: f = d * float(dot) - dmin * float(offset), total += f * da.
+// for bit: f = d * float(dot) - dmin * float(offset) (Q4_K), f = d * float(dot - offset) (Q6_K),
+// total += f * da.
 inline __m512i row_sums(__m512i v) {
     v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
     return _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
@@ -539,8 +540,9 @@ void quad_rows_n(const void* wv, int64_t row_bytes, int64_t n_sb, const void* co
             const __m512i offset =
                 _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(z, c0, broadcast16(a[t][i].bsums)), c1, broadcast16(a[t][i].bsums + 8));
             __m512 f;
-            if constexpr (kRowSums) {
-                static_assert(!Q::kOffsetAtScaleD);
+            if constexpr (kRowSums && Q::kOffsetAtScaleD) {
+                f = _mm512_mul_ps(q.d, _mm512_cvtepi32_ps(row_sums(_mm512_sub_epi32(dot[t], offset))));
+            } else if constexpr (kRowSums) {
                 f = _mm512_fmsub_ps(q.d, _mm512_cvtepi32_ps(row_sums(dot[t])), _mm512_mul_ps(q.dmin, _mm512_cvtepi32_ps(row_sums(offset))));
             } else if constexpr (Q::kOffsetAtScaleD) {
                 f = _mm512_mul_ps(q.d, _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[t], offset)));
@@ -738,7 +740,7 @@ const RowGroupTable& avx512_vnni_row_groups() {
                                      row_group_k<Q6K<false>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<false>>, quad_rows<QuadQ3K<false>>, quad_rows<QuadQ4K<false>>,
                                      quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>>,
-                                     quad_rows<QuadQ4K<false>, true>};
+                                     quad_rows<QuadQ4K<false>, true>, quad_rows<QuadQ6K<false>, true>};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
@@ -747,7 +749,7 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      row_group_k<Q6K<true>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<true>>, quad_rows<QuadQ3K<true>>, quad_rows<QuadQ4K<true>>,
                                      quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>>,
-                                     quad_rows<QuadQ4K<true>, true>};
+                                     quad_rows<QuadQ4K<true>, true>, quad_rows<QuadQ6K<true>, true>};
     return table;
 }
 

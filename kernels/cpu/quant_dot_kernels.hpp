@@ -47,9 +47,9 @@ struct RowGroupTable {
     // four rows per call, where the path has them (K-quants on AVX-512)
     QuadRowGroupFn q2_k_quad = nullptr, q3_k_quad = nullptr, q4_k_quad = nullptr, q5_k_quad = nullptr,
                    q6_k_quad = nullptr;
-    // Q4_K four rows per call with each row's integer dot and offset summed before the float steps
-    // (AVX-512): the AMX path's kernel for few tokens, bit-identical to its tile kernel.
-    QuadRowGroupFn q4_k_quad_row_sums = nullptr;
+    // Q4_K / Q6_K four rows per call with each row's integer dot and offset summed before the float
+    // steps (AVX-512): the AMX path's kernels for few tokens, bit-identical to its tile kernels.
+    QuadRowGroupFn q4_k_quad_row_sums = nullptr, q6_k_quad_row_sums = nullptr;
 };
 
 const RowGroupTable& scalar_row_groups();

@@ -15,6 +15,7 @@
 #include "core/thread_pool.hpp"
 #include "kernels/block_type.hpp"
 #include "kernels/cpu/quant_dot.hpp"
+#include "kernels/quant_blocks.hpp"
 #include "kernels/cpu/quant_dot_kernels.hpp"
 
 using namespace sluice;
@@ -241,22 +242,30 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
 // more through tile multiplies: both must give a token the same bits, whatever the call around it
 // (sluice batch: a request's tokens are the same alone or in any batch). Rows 37: a partial
 // 16-row tile and a partial 4-row group; 70 tokens: five 16-token tiles (more than 4: rows packed
-// once per block of row tiles) with a partial last one; 17: two tiles, packed as used.
-TEST_CASE("the AMX path gives a token the same bits alone, among few, and in token tiles") {
-    if (!cpu::quant_dot_path_available(cpu::QuantDotPath::amx)) {
-        MESSAGE("no AMX here (or the kernel refused the tile state): nothing to compare");
-        return;
-    }
+// once per block of row tiles) with a partial last one; 17: two tiles, packed as used. Q6_K: rows
+// 1 and 2 start with the extremes of its packed value s (q - 32) + 4096 (8192 and 32, scales -128
+// and 127 against q 0 and 63), which a carry or sign slip in the byte planes would get wrong.
+void check_amx_batch_invariance(DType type) {
+    CAPTURE(dtype_name(type));
     ThreadPool pool(2);
     std::mt19937 rng(23);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const int64_t rows = 37, cols = 5 * 256, n_tokens = 70;
-    const auto w_bytes = random_blocks(DType::Q4_K, rows, cols, rng);
+    auto w_bytes = random_blocks(type, rows, cols, rng);
+    if (type == DType::Q6_K) {
+        const int64_t row_bytes = cols / 256 * int64_t(sizeof(quant::BlockQ6_K));
+        auto* q0 = reinterpret_cast<quant::BlockQ6_K*>(w_bytes.data() + row_bytes);
+        auto* q63 = reinterpret_cast<quant::BlockQ6_K*>(w_bytes.data() + 2 * row_bytes);
+        std::memset(q0->ql, 0, sizeof q0->ql), std::memset(q0->qh, 0, sizeof q0->qh), std::memset(q0->scales, 0x80, sizeof q0->scales);
+        std::memset(q63->ql, 0xff, sizeof q63->ql), std::memset(q63->qh, 0xff, sizeof q63->qh), std::memset(q63->scales, 0x7f, sizeof q63->scales);
+    }
     Matrix w;
-    w.type = DType::Q4_K;
+    w.type = type;
     w.rows = rows;
     w.cols = cols;
     w.data = w_bytes.data();
+    std::vector<float> w_f32(size_t(rows * cols));
+    block_type(type).dequantize_row(w_bytes.data(), w_f32.data(), rows * cols);
     std::vector<float> x(size_t(cols * n_tokens));
     for (auto& v : x) v = normal(rng);
     x[size_t(3 * cols + 7)] = 40.0f;  // an outlier: one token's scale far from the others'
@@ -269,7 +278,11 @@ TEST_CASE("the AMX path gives a token the same bits alone, among few, and in tok
         std::vector<float> alone(static_cast<size_t>(rows));
         cpu::quant_gemm_on_path(cpu::QuantDotPath::amx, w, x.data() + t * cols, cols, 1, alone.data(), rows, pool);
         CHECK(std::memcmp(alone.data(), batch.data() + t * rows, size_t(rows) * sizeof(float)) == 0);
-        for (int64_t r = 0; r < rows; ++r) CHECK(std::fabs(alone[size_t(r)] - ref[size_t(t * rows + r)]) <= 1e-4f * (1.0f + std::fabs(ref[size_t(t * rows + r)])));
+        for (int64_t r = 0; r < rows; ++r) {  // the scalar reference to float rounding, as in the test above
+            double mag = 0;
+            for (int64_t c = 0; c < cols; ++c) mag += std::fabs(double(w_f32[size_t(r * cols + c)]) * x[size_t(t * cols + c)]);
+            CHECK(std::fabs(double(alone[size_t(r)]) - ref[size_t(t * rows + r)]) <= 1e-5 * mag);
+        }
     }
     for (int64_t first = 0; first + 5 <= n_tokens; first += 5) {  // groups of 5: the four-row kernel
         CAPTURE(first);
@@ -280,4 +293,13 @@ TEST_CASE("the AMX path gives a token the same bits alone, among few, and in tok
     std::vector<float> seventeen(size_t(rows * 17));  // a tile and a one-token tile: the tile kernel alone
     cpu::quant_gemm_on_path(cpu::QuantDotPath::amx, w, x.data() + 9 * cols, cols, 17, seventeen.data(), rows, pool);
     CHECK(std::memcmp(seventeen.data(), batch.data() + 9 * rows, seventeen.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("the AMX path gives a token the same bits alone, among few, and in token tiles") {
+    if (!cpu::quant_dot_path_available(cpu::QuantDotPath::amx)) {
+        MESSAGE("no AMX here (or the kernel refused the tile state): nothing to compare");
+        return;
+    }
+    check_amx_batch_invariance(DType::Q4_K);
+    check_amx_batch_invariance(DType::Q6_K);
 }
