@@ -12,7 +12,8 @@ namespace sluice::cpu {
 
 // Y[t][c] = sum_r W[r][c] * X[t][r] for t < n_tokens, c < W.cols. X: [n_tokens, W.rows] (row
 // stride x_stride), Y: [n_tokens, W.cols] (row stride y_stride). scratch holds
-// gemm_transposed_scratch_floats(W.rows, W.cols) floats (the weights in f32: for a head's W_UK, 256 KiB).
+// gemm_transposed_scratch_floats(W.rows, W.cols) floats (the weights in f32: for a head's W_UK, 256 KiB),
+// except for f32 weights, which are used where they are (scratch may be null).
 // Single-threaded: callers parallelise over heads.
 int64_t gemm_transposed_scratch_floats(int64_t rows, int64_t cols);
 void gemm_transposed(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y, int64_t y_stride,

@@ -258,3 +258,56 @@ TEST_CASE("the transposed product equals a double reference for every weight typ
     }
     CHECK(n_types >= 8);
 }
+
+// f32 weights without block scales are used in place (MLA's absorb through W_UK turned round):
+// the same sums as the dequantising path gives the same weights, and no scratch is touched.
+TEST_CASE("the transposed product of f32 weights uses them in place, with the dequantising path's bits") {
+    std::mt19937 rng(29);
+    const int64_t rows = 128, cols = 96, n_tokens = 11, x_stride = rows + 64;
+    const std::vector<float> weights = random_floats(rng, size_t(rows * cols));
+    const std::vector<float> x = random_floats(rng, size_t(n_tokens * x_stride));
+    std::vector<float> y(size_t(n_tokens * cols)), want(size_t(n_tokens * cols));
+    // as F16 holding the same values would go: dequantised into scratch, then the same kernel
+    std::vector<uint16_t> halves(weights.size());
+    std::vector<float> rounded(weights.size());
+    for (size_t i = 0; i < weights.size(); ++i) rounded[i] = f16_to_f32(halves[i] = f32_to_f16(weights[i]));
+    const Matrix as_f32{DType::F32, rows, cols, rounded.data(), nullptr, 0}, as_f16{DType::F16, rows, cols, halves.data(), nullptr, 0};
+    std::vector<float> scratch(size_t(gemm_transposed_scratch_floats(rows, cols)));
+    gemm_transposed(as_f32, x.data(), x_stride, n_tokens, y.data(), cols, nullptr);
+    gemm_transposed(as_f16, x.data(), x_stride, n_tokens, want.data(), cols, scratch.data());
+    CHECK(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0);
+}
+
+// Turning weights round is exact (each element is dequantised the one way): the AVX-512 Q8_0 path
+// (16 rows per gather pass) and the generic loop (the other types, and the rows past the last 16)
+// both give out[c][r] = dequantised W[r][c] bit for bit. 37 rows: two gather passes and 5 left.
+TEST_CASE("weights turned round to f32 equal their dequantised rows exactly") {
+    std::mt19937 rng(31);
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (DType type : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+        CAPTURE(dtype_name(type));
+        const auto& traits = block_type(type);
+        const int64_t rows = 37, cols = 256;
+        std::vector<uint8_t> bytes(size_t(rows * row_bytes(type, cols)));
+        for (auto& b : bytes) b = uint8_t(byte(rng));
+        const Matrix w{type, rows, cols, bytes.data(), nullptr, 0};
+        for (int64_t r = 0; r < rows; ++r) {  // finite f16 scales (random bits may be inf / NaN)
+            for (int64_t b = 0; b < cols / traits.block_elems; ++b) {
+                auto* block = bytes.data() + r * w.bytes_per_row() + b * traits.block_bytes;
+                const uint16_t d = f32_to_f16(0.01f * float(1 + byte(rng))), dmin = f32_to_f16(0.003f * float(byte(rng)));
+                const size_t at = type == DType::Q6_K ? size_t(traits.block_bytes - 2) : 0;
+                std::memcpy(block + at, &d, 2);
+                if (type == DType::Q4_K) std::memcpy(block + 2, &dmin, 2);
+            }
+        }
+        std::vector<float> rows_f32(size_t(rows * cols)), turned(size_t(rows * cols), -1.0f);
+        for (int64_t r = 0; r < rows; ++r) traits.dequantize_row(w.row(r), rows_f32.data() + r * cols, cols);
+        std::vector<float> scratch(size_t(transpose_scratch_floats(cols)));
+        transpose_to_f32(w, turned.data(), scratch.data());
+        int bad = 0;
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t c = 0; c < cols; ++c)
+                bad += std::memcmp(&turned[size_t(c * rows + r)], &rows_f32[size_t(r * cols + c)], sizeof(float)) != 0;
+        CHECK(bad == 0);
+    }
+}

@@ -218,6 +218,17 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
     CHECK(ref8[0].d[0] == 0.0f);
     CHECK(ref8[0].sum[0] == 0);
     CHECK(ref8[4].d[3] == 0.0f);  // unused slots of the partial group are cleared
+    {  // rounded through the blocks in f32 (MLA's absorb): d * qs of the reference's blocks, exactly
+        std::vector<float> rounded(static_cast<size_t>(n8));
+        cpu::round_through_q8(x.data(), rounded.data(), n8);
+        int bad = 0;
+        for (int64_t i = 0; i < n8; ++i) {
+            const auto& g = ref8[size_t(i / 256)];
+            const float want = float(g.qs[(i / 32) % 8][i % 32]) * g.d[(i / 32) % 8];
+            bad += std::memcmp(&rounded[size_t(i)], &want, sizeof want) != 0;
+        }
+        CHECK(bad == 0);
+    }
     for (auto path : {cpu::QuantDotPath::avx2, cpu::QuantDotPath::avx512_vnni}) {
         if (!cpu::quant_dot_path_available(path)) continue;
         CAPTURE(cpu::quant_dot_path_name(path));
