@@ -414,8 +414,18 @@ int run_batch_job(const BatchJobOptions& o) {
     auto feed_one = [&](size_t i) {
         const InputLine& l = *todo[i].input;
         line_text.resize(size_t(l.length));
-        if (!reread || !reread.seekg(std::streamoff(l.offset)) || !reread.read(line_text.data(), std::streamsize(l.length)))
+        if (!reread || !reread.seekg(std::streamoff(l.offset)) || !reread.read(line_text.data(), std::streamsize(l.length))) {
+            // A file that now ends before the line was cut or rewritten under the job (an editor
+            // truncates, then writes): the same case as a changed line, not a failing disk.
+            std::error_code size_error;
+            const auto size = std::filesystem::file_size(o.input, size_error);
+            if (!size_error && size < uint64_t(l.offset + l.length))
+                fail(ErrorKind::invalid_input,
+                     "{}: line {} changed while the job ran (the file now ends at byte {}, before it); its finished "
+                     "requests are in {}: run the job again on the file as it is now",
+                     o.input, l.line, size, o.output);
             fail(ErrorKind::io, "{}: cannot read line {} again (at byte {})", o.input, l.line, l.offset);
+        }
         ParsedBatchLine parsed = parse_batch_line(line_text, l.line);
         OpenAIPrompt prompt;
         if (!parsed.request || parsed.request->custom_id != l.request->custom_id ||

@@ -573,44 +573,60 @@ TEST_CASE("sluice batch --trace writes the job's timeline: a forward pass per st
     CHECK(reads >= steps);
 }
 
-TEST_CASE("prompts are read again as requests start: an input changed under a running job is an error naming "
-          "its line, and the finished records stay") {
+namespace {
+
+// A line rewritten with a longer prompt, or the file cut short under the job (an editor truncates
+// before it writes: a job reading then finds the line gone): the same error either way.
+void check_input_changed_under_job(const std::string& name, bool cut) {
+    CAPTURE(name);
     const char* bin = std::getenv("SLUICE_BIN");
     REQUIRE_MESSAGE(bin, "SLUICE_BIN is not set");
-    const fs::path dir = scratch_dir() / "changed";
+    const fs::path dir = scratch_dir() / name;
     fs::create_directories(dir);
     const fs::path input = dir / "requests.jsonl", out = dir / "out.jsonl", log = dir / "log";
     // Equal max_tokens: they start in input order, one at a time (--max-seqs 1).
-    auto write_input = [&](const std::string& last_prompt) {
+    auto write_input = [&](const std::string& last_prompt, int lines) {
         std::ofstream f(input);
-        for (int i = 0; i < 12; ++i)
+        for (int i = 0; i < lines; ++i)
             f << request_line(fmt::format("c-{}", i), {{"prompt", i == 11 ? last_prompt : fmt::format("Count to {}", i)},
                                                        {"max_tokens", 6},
                                                        {"temperature", 0}})
               << "\n";
     };
-    write_input("The last one");
+    write_input("The last one", 12);
     const std::string cmd = fmt::format("'{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs 1 --prefill-chunk 4 2>'{}'",
                                         bin, tiny_model().string(), input.string(), out.string(), log.string());
     const pid_t pid = start_shell(cmd);
-    // Once the first record is in, the last line's prompt changes (same custom_id, more tokens).
+    // Once the first record is in, the last line's prompt changes (same custom_id, more tokens),
+    // or the file is cut before it.
     int status = 0;
     if (wait_for_records(pid, out, 1, status) != 0) {
         MESSAGE("the job finished before its input could change; nothing to check");
         return;
     }
-    write_input("The last one, now with a much longer prompt than it had when the job began");
+    if (cut) write_input("The last one", 11);
+    else write_input("The last one, now with a much longer prompt than it had when the job began", 12);
     waitpid(pid, &status, 0);
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) != 0);
     const std::string message = read_text(log);
     CHECK(message.find("line 12 changed while the job ran") != std::string::npos);
+    if (cut) CHECK(message.find("the file now ends at byte") != std::string::npos);
     const auto kept = records_in(out);
     CHECK(kept >= 1);
     CHECK(kept <= 11);
+    if (cut) return;
     // Run again on the file as it is: the finished records are kept, the rest run.
     REQUIRE(std::system(cmd.c_str()) == 0);
     CHECK(records_in(out) == 12);
+}
+
+}  // namespace
+
+TEST_CASE("prompts are read again as requests start: an input changed under a running job is an error naming "
+          "its line, and the finished records stay") {
+    check_input_changed_under_job("changed", false);
+    check_input_changed_under_job("cut", true);
 }
 
 TEST_CASE("the progress line counts tokens as they are made and estimates the end from the work done") {
