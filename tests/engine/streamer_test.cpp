@@ -423,7 +423,7 @@ private:
 };
 
 // Notes the reads in flight when each step's first layer begins (before the streamer takes any
-// outcome in).
+// outcome in), and when each step ends.
 class StepStartProbe final : public StreamerProbe {
 public:
     using StreamerProbe::StreamerProbe;
@@ -431,8 +431,12 @@ public:
         if (layer == 0) reads_at_step_start.push_back(streamer_.reads_outstanding());
         return streamer_.begin_layer(layer);
     }
+    void end_step() override {
+        reads_at_step_end.push_back(streamer_.reads_outstanding());
+        streamer_.end_step();
+    }
 
-    std::vector<int> reads_at_step_start;
+    std::vector<int> reads_at_step_start, reads_at_step_end;
 };
 
 }  // namespace
@@ -440,8 +444,10 @@ public:
 TEST_CASE("a step wide enough to need every expert starts reading the first MoE layer's experts with the step") {
     // 1 dense + 5 MoE layers of 16 experts, top 4: a step of 70 tokens routes 280 times a layer and
     // needs every expert, so the first MoE layer's reads start before the dense layer computes (they
-    // used to wait for its attention). A step of 2 tokens (8 routes) starts none; nor does a
-    // streamer told not to speculate. No number changes.
+    // used to wait for its attention), and already once the last MoE layer of the step before has
+    // its experts (reads in flight as that step ends; the reader is throttled so that they are
+    // still in flight). A step of 2 tokens (8 routes) starts none; nor does a streamer told not to
+    // speculate. No number changes.
     namespace fs = std::filesystem;
     const fs::path dir = six_layer_model("step_start");
     const auto resident = load_model(dir.string());
@@ -463,11 +469,12 @@ TEST_CASE("a step wide enough to need every expert starts reading the first MoE 
     for (bool speculate : {true, false}) {
         CAPTURE(speculate);
         StreamerIo io(model->source->files(), "auto", true);
+        RateCappedSegmentIo throttled(io.io(), 50e6);  // bytes per second
         StreamerOptions so;
         so.resident = ResidentMode::dense;  // nothing dense to read first
         so.expert_buffers = 20;  // under 2 layers' experts: a step ends holding the last layers'
         so.speculate = speculate;
-        Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
+        Streamer streamer(model->layout, model->plan, *model->source, throttled, so);
         StepStartProbe probe(streamer);
         CHECK(bit_identical(run(probe), reference));
         REQUIRE(probe.reads_at_step_start.size() == 3);
@@ -481,7 +488,20 @@ TEST_CASE("a step wide enough to need every expert starts reading the first MoE 
             CHECK(probe.reads_at_step_start[0] == 0);
             CHECK(probe.reads_at_step_start[1] == 0);
         }
-        CHECK(probe.reads_at_step_start[2] == 0);
+        REQUIRE(probe.reads_at_step_end.size() == 3);
+        // the narrow step starts none of its own (the wide step's last guesses may still be in flight)
+        CHECK(probe.reads_at_step_start[2] <= probe.reads_at_step_end[1]);
+        CAPTURE(probe.reads_at_step_end[0]);
+        CAPTURE(probe.reads_at_step_end[1]);
+        CAPTURE(probe.reads_at_step_end[2]);
+        if (speculate) {
+            CHECK(probe.reads_at_step_end[0] > 0);  // wide: the next step's first MoE layer
+            CHECK(probe.reads_at_step_end[1] > 0);  // wide too (the next one is not: unused, no harm)
+        } else {
+            CHECK(probe.reads_at_step_end[0] == 0);
+            CHECK(probe.reads_at_step_end[1] == 0);
+        }
+        CHECK(probe.reads_at_step_end[2] == 0);  // narrow
         const auto& first = streamer.steps()[0];
         CAPTURE(first.to_json().dump());
         if (speculate) CHECK(first.prefetch_hits >= 16);  // the first MoE layer's, at least
