@@ -415,15 +415,14 @@ int run_batch_job(const BatchJobOptions& o) {
         const InputLine& l = *todo[i].input;
         line_text.resize(size_t(l.length));
         if (!reread || !reread.seekg(std::streamoff(l.offset)) || !reread.read(line_text.data(), std::streamsize(l.length))) {
-            // A file that now ends before the line was cut or rewritten under the job (an editor
-            // truncates, then writes): the same case as a changed line, not a failing disk.
-            std::error_code size_error;
-            const auto size = std::filesystem::file_size(o.input, size_error);
-            if (!size_error && size < uint64_t(l.offset + l.length))
+            // A file that ended before the line was cut or rewritten under the job (an editor
+            // truncates, then writes): the same case as a changed line, not a failing disk. The
+            // read's own end of file says so (a size taken after it could see the file grown again).
+            if (reread.eof())
                 fail(ErrorKind::invalid_input,
-                     "{}: line {} changed while the job ran (the file now ends at byte {}, before it); its finished "
+                     "{}: line {} changed while the job ran (the file ended at byte {}, before it); its finished "
                      "requests are in {}: run the job again on the file as it is now",
-                     o.input, l.line, size, o.output);
+                     o.input, l.line, l.offset + int64_t(reread.gcount()), o.output);
             fail(ErrorKind::io, "{}: cannot read line {} again (at byte {})", o.input, l.line, l.offset);
         }
         ParsedBatchLine parsed = parse_batch_line(line_text, l.line);

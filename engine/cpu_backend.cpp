@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.hpp"
+#include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/matmul_transposed.hpp"
 #include "kernels/cpu/quantize_activations.hpp"
@@ -155,15 +156,16 @@ void CpuBackend::route(const float* logits, const float* bias, const cpu::Router
 }
 
 // k_b holds W_UK^T per head ([kv_rank, nope]): it is turned round once per layer into f32 W_UK
-// ([nope, kv_rank]), whatever the number of tokens, for both forms: the expansion of the
+// ([nope, kv_rank]), whatever the number of tokens, for both forms (the absorb only for a Q8_0
+// k_b, which turns round fast; see absorbs_through_w_uk): the expansion of the
 // decompressed form is then an ordinary GEMM (the transposed product ran at 57 GFLOP/s, under half
 // the f32 GEMM's rate), and the absorb a weighted sum of W_UK's rows (vectors along kv_rank, no
 // reductions). The absorb as a fused Q8_0 GEMM on k_b's 128-column rows ran at ~50 GFLOP/s; this
 // way ~200 (128 heads, 400 tokens, 2 threads: 136 -> ~37 ms a layer with the 8-bit rounding below,
 // plus ~1-3 ms to turn k_b round, which a step with a prefill pays anyway). One form for every
 // token count: a token's q~ must not depend on the batch around it.
-void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool /*decompressed*/) {
-    if (w.kv_b.rows > 0) return;
+void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool decompressed) {
+    if (w.kv_b.rows > 0 || !(decompressed || absorbs_through_w_uk(w))) return;
     if (!w_uk_)
         fail(ErrorKind::invalid_input, "layer {}: attn_k_b in a model whose layout said kv_b (split_kv_b false)", layer);
     const MlaShape& m = mla_;
@@ -172,6 +174,16 @@ void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool /*
         for (int64_t h = h0; h < h1; ++h)
             cpu::transpose_to_f32(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), w_uk_ + h * m.nope * m.kv_rank, scratch);
     });
+}
+
+// The absorb goes through W_UK turned round for a Q8_0 k_b (the GGUFs of the family): turning it
+// round every layer of every step, decode included, costs ~3-5 ms a V3 layer on the AVX-512 path.
+// Other types keep the per-head GEMM on k_b: their generic turn-round took 14 (BF16) to 43 (F16)
+// ms a layer, more than a decode step's absorb. The choice is the weights' alone, never the
+// step's: a token's q~ must not depend on the batch around it.
+bool CpuBackend::absorbs_through_w_uk(const LayerWeights& w) const {
+    return w.kv_b.rows == 0 && w_uk_ && w.k_b.type == DType::Q8_0 && mla_.nope % 32 == 0 &&
+           cpu::cpu_path() == cpu::CpuPath::avx512;
 }
 
 void CpuBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t n, float* q_latent) {
@@ -186,13 +198,16 @@ void CpuBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t n
                 cpu::gemm_transposed(w.kv_b.row_slice(h * head_rows, m.nope), q + h * m.qk_head, q_stride, n,
                                      q_latent + h * m.kv_rank, latent_stride, scratch);
         });
+    } else if (!absorbs_through_w_uk(w)) {
+        for (int64_t h = 0; h < m.n_heads; ++h)
+            cpu::gemm(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), q + h * m.qk_head, q_stride, n,
+                      q_latent + h * m.kv_rank, latent_stride, pool());
     } else {
         // W_UK in f32, turned round by begin_latent_products: q~_h = sum_i q_nope_h[i] W_UK_h[i][:].
         // With fused dots (the default) q_nope is first rounded through 8-bit blocks as a fused
         // Q8_0 GEMM on k_b takes it (and llama.cpp does), so only the order of the sum differs
         // from theirs; exact dots take it as it is.
-        const bool as_fused = (w.k_b.type == DType::Q8_0 || w.k_b.type == DType::Q4_0) && m.nope % 32 == 0 &&
-                              cpu::quant_dot() == cpu::QuantDot::fused;
+        const bool as_fused = cpu::quant_dot() == cpu::QuantDot::fused;
         const int64_t chunk = row_scratch_floats_ / m.nope;  // tokens whose rounded q_nope a thread holds
         pool().parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
             float* rounded = row_scratch_ + int64_t(thread) * row_scratch_floats_;

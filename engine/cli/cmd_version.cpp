@@ -15,7 +15,7 @@ void register_version(CLI::App& app) {
         const auto f = cpu::detect_cpu_features();
         fmt::print("cpu: avx2={} fma={} f16c={} avx512f={} avx512bw={} avx512vnni={} avx512bf16={}\n", f.avx2, f.fma,
                    f.f16c, f.avx512f, f.avx512bw, f.avx512vnni, f.avx512bf16);
-        // the kernels quantised weights take here (amx: Q4_K on tile multiplies, the rest on avx512_vnni)
+        // the kernels quantised weights take here (amx: Q4_K and Q6_K on tile multiplies, the rest on avx512_vnni)
         fmt::print("quantised dot: {}\n", cpu::quant_dot_path_name(cpu::best_quant_dot_path()));
         const auto q = cuda::query_devices();
         if (q.devices.empty()) fmt::print("cuda: none ({})\n", q.reason);

@@ -88,7 +88,7 @@ void transpose_to_f32(const Matrix& w, float* out, float* scratch) {
     if (!traits.dequantize_row) fail(ErrorKind::unsupported, "no dequantiser for weight type {}", traits.name);
     int64_t first_generic = 0;
 #if defined(__x86_64__)
-    if (w.type == DType::Q8_0 && cpu_path() == CpuPath::avx512)
+    if (w.type == DType::Q8_0 && !w.block_scales && cpu_path() == CpuPath::avx512)
         for (; first_generic + kTransposeRows <= w.rows; first_generic += kTransposeRows)
             transpose_q8_0_rows16(w, first_generic, out);
 #endif

@@ -13,7 +13,7 @@
 
 namespace sluice::cpu {
 
-// amx: Q4_K through AMX tile multiplies (quant_dot_amx.hpp), every other type as avx512_vnni.
+// amx: Q4_K and Q6_K through AMX tile multiplies (quant_dot_amx.hpp), every other type as avx512_vnni.
 enum class QuantDotPath { scalar, avx2, avx512_vnni, amx };
 const char* quant_dot_path_name(QuantDotPath path);
 

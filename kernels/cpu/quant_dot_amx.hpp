@@ -1,5 +1,5 @@
 // Intel AMX tile multiplies for the fused quantised GEMM (quant_dot.hpp's QuantDotPath::amx):
-// Q4_K weights against int8 activations, 16 rows x 16 tokens x 32 elements per instruction.
+// Q4_K and Q6_K weights against int8 activations, 16 rows x 16 tokens x 64 bytes per instruction.
 #pragma once
 
 #include <cstdint>

@@ -5,7 +5,9 @@
 // below any indexing or scale error (which is O(1) of it).
 #include <doctest/doctest.h>
 
+#include <bit>
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -221,6 +223,15 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
     {  // rounded through the blocks in f32 (MLA's absorb): d * qs of the reference's blocks, exactly
         std::vector<float> rounded(static_cast<size_t>(n8));
         cpu::round_through_q8(x.data(), rounded.data(), n8);
+        // and the same rule on every path for what has no 8-bit form: a block with a NaN or an
+        // infinity all NaN, one whose scale rounds to 0 all +0
+        std::vector<float> odd(96, 0.5f), odd_out(96);
+        odd[3] = std::numeric_limits<float>::quiet_NaN();
+        odd[40] = -std::numeric_limits<float>::infinity();
+        for (int i = 64; i < 96; ++i) odd[size_t(i)] = (i % 2 ? 1e-40f : -1e-40f);
+        cpu::round_through_q8(odd.data(), odd_out.data(), 96);
+        for (int i = 0; i < 64; ++i) CHECK(std::isnan(odd_out[size_t(i)]));
+        for (int i = 64; i < 96; ++i) CHECK(std::bit_cast<uint32_t>(odd_out[size_t(i)]) == 0u);
         int bad = 0;
         for (int64_t i = 0; i < n8; ++i) {
             const auto& g = ref8[size_t(i / 256)];
@@ -254,8 +265,8 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
 // (sluice batch: a request's tokens are the same alone or in any batch). Rows 37: a partial
 // 16-row tile and a partial 4-row group; 70 tokens: five 16-token tiles (more than 4: rows packed
 // once per block of row tiles) with a partial last one; 17: two tiles, packed as used. Q6_K: rows
-// 1 and 2 start with the extremes of its packed value s (q - 32) + 4096 (8192 and 32, scales -128
-// and 127 against q 0 and 63), which a carry or sign slip in the byte planes would get wrong.
+// 1, 2 and 3 start with its packed value s (q - 32) + 4096 at 8192 (q 0, scale -128), 32 (q 0,
+// scale 127) and 8033 (q 63, scale 127), which a carry or sign slip in the byte planes would get wrong.
 void check_amx_batch_invariance(DType type) {
     CAPTURE(dtype_name(type));
     ThreadPool pool(2);
@@ -265,10 +276,13 @@ void check_amx_batch_invariance(DType type) {
     auto w_bytes = random_blocks(type, rows, cols, rng);
     if (type == DType::Q6_K) {
         const int64_t row_bytes = cols / 256 * int64_t(sizeof(quant::BlockQ6_K));
-        auto* q0 = reinterpret_cast<quant::BlockQ6_K*>(w_bytes.data() + row_bytes);
-        auto* q63 = reinterpret_cast<quant::BlockQ6_K*>(w_bytes.data() + 2 * row_bytes);
-        std::memset(q0->ql, 0, sizeof q0->ql), std::memset(q0->qh, 0, sizeof q0->qh), std::memset(q0->scales, 0x80, sizeof q0->scales);
-        std::memset(q63->ql, 0xff, sizeof q63->ql), std::memset(q63->qh, 0xff, sizeof q63->qh), std::memset(q63->scales, 0x7f, sizeof q63->scales);
+        const auto set_block = [&](int64_t row, uint8_t q_bits, uint8_t scale) {
+            auto* b = reinterpret_cast<quant::BlockQ6_K*>(w_bytes.data() + row * row_bytes);
+            std::memset(b->ql, q_bits, sizeof b->ql), std::memset(b->qh, q_bits, sizeof b->qh), std::memset(b->scales, scale, sizeof b->scales);
+        };
+        set_block(1, 0x00, 0x80);  // v = 8192
+        set_block(2, 0x00, 0x7f);  // v = 32
+        set_block(3, 0xff, 0x7f);  // v = 8033
     }
     Matrix w;
     w.type = type;
