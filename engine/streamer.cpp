@@ -103,7 +103,6 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     for (size_t l = 0; l < plan_.layers.size(); ++l) {
         if (plan_.layers[l].experts.empty()) continue;
         if (n_moe_layers_++ == 0) first_moe_layer_ = int(l);
-        last_moe_layer_ = int(l);
     }
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
     last_step_.assign(frequency_.size(), 0);
@@ -501,8 +500,7 @@ void Streamer::begin_step(int64_t n_tokens) {
     current_.step = step_index_;
     step_start_ = Clock::now();
     busy_since_ = step_start_;  // reads still in flight from the previous step count from here
-    expected_experts_per_layer_ = per_layer;
-    guess_first_moe_layer();
+    guess_first_moe_layer(per_layer);
 }
 
 // A step whose routes are expected to reach every expert of a layer (uniform routing: 1,000 tokens
@@ -511,16 +509,9 @@ void Streamer::begin_step(int64_t n_tokens) {
 // the dense layers before it have computed. (Otherwise the first guesses come from the state after
 // the last dense layer's attention: on the 5-layer V3 Q4_K model, in 1,000-token steps, the disk
 // idled through layer 0's attention, 0.6-0.9 s a step of 11.5, before any read of the step began.)
-//
-// The same guesses are made once the last MoE layer of such a step has asked for its experts: the
-// next step of a batch job is most likely as wide (its steps stay wide until the job's tail), so
-// the first MoE layer's reads take the buffers this layer's experts free as they are used and run
-// through the rest of the step (the last experts, the output head, sampling, the next step's dense
-// layers), where the disk sat idle: on the 5-layer V3 Q4_K model in 1,000-token steps it had reads
-// ~11 s of ~12.5. A narrower next step leaves some of them unused, once: they are evicted first.
-void Streamer::guess_first_moe_layer() {
+void Streamer::guess_first_moe_layer(double expected_experts_per_layer) {
     if (!options_.speculate || expert_pool_.empty() || current_.n_tokens < kWideStepTokens) return;
-    if (expected_experts_per_layer_ < double(layout_.n_experts) - 0.5) return;
+    if (expected_experts_per_layer < double(layout_.n_experts) - 0.5) return;
     const int layer = first_moe_layer_;
     if (layer < 0) return;
     // A dense segment the step starts with and has not got yet comes first: expert reads queued
@@ -660,7 +651,6 @@ void Streamer::need_experts(int layer, std::span<const int32_t> experts) {
         deferred_.push_back(e);
     }
     submit_deferred(layer);
-    if (layer == last_moe_layer_) guess_first_moe_layer();  // for the next step (see there)
     issue_guesses();
 }
 

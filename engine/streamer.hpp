@@ -142,7 +142,7 @@ private:
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);
     void issue_guesses();
-    void guess_first_moe_layer();
+    void guess_first_moe_layer(double expected_experts_per_layer);
     void read_started();
     void read_landed();
 
@@ -187,8 +187,6 @@ private:
     bool scan_step_ = false;                   // this step needs more experts than the pool holds
     int64_t n_moe_layers_ = 0;
     int first_moe_layer_ = -1;                 // -1: none
-    int last_moe_layer_ = -1;
-    double expected_experts_per_layer_ = 0;    // distinct experts a layer of this step is expected to need
     std::chrono::steady_clock::time_point step_start_;
     // Time with a read in flight: reads submitted and not yet seen landed, since when.
     int reads_in_flight_ = 0;
