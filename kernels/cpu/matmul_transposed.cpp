@@ -7,6 +7,7 @@
 #endif
 
 #include "core/error.hpp"
+#include "kernels/cpu/intrinsics_warnings.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
 #include "kernels/quant_blocks.hpp"
 
@@ -51,11 +52,7 @@ constexpr int64_t kTransposeRows = 16;
 // 16 consecutive floats of an output row. The same products as dequantize_row (float(q) * d, one
 // multiply), so the same bits as the generic loop below, which took ~6x as long (scalar stores of
 // 16 dequantised rows read down their columns): a V3 layer's k_b (128 x 512 x 128) 10 -> ~1 ms.
-#if !defined(__clang__)
-#pragma GCC diagnostic push  // GCC 12 warns inside its own intrinsics' headers for masked forms
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+SLUICE_INTRINSICS_WARNINGS_OFF
 __attribute__((target("avx512f,avx512bw,f16c"))) void transpose_q8_0_rows16(const Matrix& w, int64_t r0, float* out) {
     const int64_t row_bytes = w.bytes_per_row();
     const __m512i lanes =
@@ -74,9 +71,7 @@ __attribute__((target("avx512f,avx512bw,f16c"))) void transpose_q8_0_rows16(cons
         }
     }
 }
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SLUICE_INTRINSICS_WARNINGS_ON
 #endif
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "core/half.hpp"
 #include "kernels/cpu/cpu_features.hpp"
+#include "kernels/cpu/intrinsics_warnings.hpp"
 
 namespace sluice::cpu {
 namespace {
@@ -26,11 +27,7 @@ inline int32_t round_small(float v) {
 // The loop below with AVX-512 (its cost had been ~40% of the absorb it feeds): the same amax, the
 // same inverse, d rounded to f16 by F16C (as the AVX-512 quantisers do: the same bits as
 // f32_to_f16) and vcvtps2dq's round to nearest even, round_small's rounding for |v| <= 127.
-#if !defined(__clang__)
-#pragma GCC diagnostic push  // GCC 12 warns inside its own intrinsics' headers for masked forms
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+SLUICE_INTRINSICS_WARNINGS_OFF
 __attribute__((target("avx512f,avx512dq,f16c"))) void round_through_q8_avx512(const float* x, float* out, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b, x += 32, out += 32) {
         const __m512 lo = _mm512_loadu_ps(x), hi = _mm512_loadu_ps(x + 16);
@@ -53,9 +50,7 @@ __attribute__((target("avx512f,avx512dq,f16c"))) void round_through_q8_avx512(co
         _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtps_epi32(_mm512_mul_ps(hi, inv))), d));
     }
 }
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SLUICE_INTRINSICS_WARNINGS_ON
 #endif
 
 }  // namespace
