@@ -585,15 +585,17 @@ void check_input_changed_under_job(const std::string& name, bool cut) {
     fs::create_directories(dir);
     const fs::path input = dir / "requests.jsonl", out = dir / "out.jsonl", log = dir / "log";
     // Equal max_tokens: they start in input order, one at a time (--max-seqs 1).
-    auto write_input = [&](const std::string& last_prompt, int lines) {
-        std::ofstream f(input);
-        for (int i = 0; i < lines; ++i)
-            f << request_line(fmt::format("c-{}", i), {{"prompt", i == 11 ? last_prompt : fmt::format("Count to {}", i)},
-                                                       {"max_tokens", 6},
-                                                       {"temperature", 0}})
-              << "\n";
+    auto input_text = [&](const std::string& last_prompt) {
+        std::string text;
+        for (int i = 0; i < 12; ++i)
+            text += request_line(fmt::format("c-{}", i), {{"prompt", i == 11 ? last_prompt : fmt::format("Count to {}", i)},
+                                                          {"max_tokens", 6},
+                                                          {"temperature", 0}}) +
+                    "\n";
+        return text;
     };
-    write_input("The last one", 12);
+    const std::string first = input_text("The last one");
+    std::ofstream(input, std::ios::binary) << first;
     const std::string cmd = fmt::format("'{}' batch -m '{}' -i '{}' -o '{}' -t 1 --max-seqs 1 --prefill-chunk 4 2>'{}'",
                                         bin, tiny_model().string(), input.string(), out.string(), log.string());
     const pid_t pid = start_shell(cmd);
@@ -604,8 +606,14 @@ void check_input_changed_under_job(const std::string& name, bool cut) {
         MESSAGE("the job finished before its input could change; nothing to check");
         return;
     }
-    if (cut) write_input("The last one", 11);
-    else write_input("The last one, now with a much longer prompt than it had when the job began", 12);
+    // In place, so that the job, which may be reading an earlier line, never sees those change:
+    // the same bytes written over them, or the file cut after them.
+    if (cut) {
+        fs::resize_file(input, first.rfind('\n', first.size() - 2) + 1);  // the 12th line gone
+    } else {
+        std::fstream f(input, std::ios::in | std::ios::out | std::ios::binary);
+        f << input_text("The last one, now with a much longer prompt than it had when the job began");
+    }
     waitpid(pid, &status, 0);
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) != 0);
