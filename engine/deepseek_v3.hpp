@@ -104,6 +104,8 @@ public:
     void forward_batch(std::span<const SequenceTokens> batch, float* logits);
 
     int64_t position(int sequence = 0) const { return n_past_[size_t(sequence)]; }
+    // Passed to the weights: about how many tokens the caller's next forward step will carry.
+    void expect_next_step(int64_t n_tokens) { weights_.expect_next_step(n_tokens); }
     const RunShape& shape() const { return options_.shape; }
     // Forgets positions >= n (n <= position()): a restart, or a rejected draft.
     void truncate(int64_t n, int sequence = 0);

@@ -53,6 +53,7 @@ public:
     void end_layer(int layer) override;
     void begin_step(int64_t n_tokens) override;
     void end_step() override;
+    void expect_next_step(int64_t n_tokens) override { host_.expect_next_step(n_tokens); }
     const LayerWeights* peek_layer(int layer) override;
     void predict_experts(int layer, std::span<const int32_t> experts) override;
     bool wants_predictions() const override { return host_.wants_predictions(); }

@@ -60,6 +60,7 @@ public:
     void end_layer(int layer) override { inner_.end_layer(layer); }
     void begin_step(int64_t n_tokens) override;
     void end_step() override { inner_.end_step(); }
+    void expect_next_step(int64_t n_tokens) override { inner_.expect_next_step(n_tokens); }
     const LayerWeights* peek_layer(int layer) override { return inner_.peek_layer(layer); }
     void predict_experts(int layer, std::span<const int32_t> experts) override;
     bool wants_predictions() const override { return inner_.wants_predictions(); }

@@ -103,6 +103,7 @@ Streamer::Streamer(const ModelLayout& layout, const ModelPlan& plan, const Tenso
     for (size_t l = 0; l < plan_.layers.size(); ++l) {
         if (plan_.layers[l].experts.empty()) continue;
         if (n_moe_layers_++ == 0) first_moe_layer_ = int(l);
+        last_moe_layer_ = int(l);
     }
     frequency_.assign(size_t(n_layers) * size_t(std::max<int64_t>(layout_.n_experts, 1)), 0.0f);
     last_step_.assign(frequency_.size(), 0);
@@ -491,16 +492,20 @@ void Streamer::begin_step(int64_t n_tokens) {
     // A scan: the distinct experts the step's routes are expected to touch (uniform routing) over
     // all MoE layers exceed the pool. Decoding 16 sequences on the 5-layer V3 model (~400 experts a
     // step through 188 buffers) read 146 GB in 16 steps evicting by score, 131 GB in scan order.
-    const double n_experts = double(std::max<int64_t>(layout_.n_experts, 1));
-    const double per_layer =
-        n_experts * (1.0 - std::pow(1.0 - 1.0 / n_experts, double(n_tokens) * double(std::max(layout_.router.top_k, 1))));
+    const double per_layer = expected_experts_per_layer(n_tokens);
     scan_step_ = !expert_pool_.empty() && per_layer * double(n_moe_layers_) > double(expert_pool_.size());
     current_ = StepStats{};
     current_.n_tokens = n_tokens;
     current_.step = step_index_;
     step_start_ = Clock::now();
     busy_since_ = step_start_;  // reads still in flight from the previous step count from here
-    guess_first_moe_layer(per_layer);
+    guess_first_moe_layer(n_tokens);
+}
+
+// Distinct experts a layer of a step of n_tokens is expected to need, routes uniform.
+double Streamer::expected_experts_per_layer(int64_t n_tokens) const {
+    const double n_experts = double(std::max<int64_t>(layout_.n_experts, 1));
+    return n_experts * (1.0 - std::pow(1.0 - 1.0 / n_experts, double(n_tokens) * double(std::max(layout_.router.top_k, 1))));
 }
 
 // A step whose routes are expected to reach every expert of a layer (uniform routing: 1,000 tokens
@@ -509,9 +514,17 @@ void Streamer::begin_step(int64_t n_tokens) {
 // the dense layers before it have computed. (Otherwise the first guesses come from the state after
 // the last dense layer's attention: on the 5-layer V3 Q4_K model, in 1,000-token steps, the disk
 // idled through layer 0's attention, 0.6-0.9 s a step of 11.5, before any read of the step began.)
-void Streamer::guess_first_moe_layer(double expected_experts_per_layer) {
-    if (!options_.speculate || expert_pool_.empty() || current_.n_tokens < kWideStepTokens) return;
-    if (expected_experts_per_layer < double(layout_.n_experts) - 0.5) return;
+//
+// The same guesses are made for the next step once the last MoE layer of a wide step has asked for
+// its experts, when the caller expects that step to be as wide (expect_next_step: sluice batch's
+// scheduler says so from its queue): those reads take the buffers this layer frees as its experts
+// are used, through the end of the step (the last experts, the head, sampling, the next step's
+// dense layers), where the disk idled (~1.5 s of ~12.5 s wide steps in the issue's job). Without
+// the caller's word they are not made: after a prompt, decode steps need few experts, and reads
+// made for nothing queue ahead of theirs (sluice bench, prompt 128: 0.25 GB read against 0.20).
+void Streamer::guess_first_moe_layer(int64_t n_tokens) {
+    if (!options_.speculate || expert_pool_.empty() || n_tokens < kWideStepTokens) return;
+    if (expected_experts_per_layer(n_tokens) < double(layout_.n_experts) - 0.5) return;
     const int layer = first_moe_layer_;
     if (layer < 0) return;
     // A dense segment the step starts with and has not got yet comes first: expert reads queued
@@ -651,6 +664,7 @@ void Streamer::need_experts(int layer, std::span<const int32_t> experts) {
         deferred_.push_back(e);
     }
     submit_deferred(layer);
+    if (layer == last_moe_layer_ && current_.n_tokens >= kWideStepTokens) guess_first_moe_layer(next_step_tokens_);
     issue_guesses();
 }
 

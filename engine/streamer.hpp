@@ -72,6 +72,7 @@ public:
     void end_layer(int layer) override;
     void begin_step(int64_t n_tokens) override;
     void end_step() override;
+    void expect_next_step(int64_t n_tokens) override { next_step_tokens_ = n_tokens; }
     const LayerWeights* peek_layer(int layer) override;
     void predict_experts(int layer, std::span<const int32_t> experts) override;
     bool wants_predictions() const override { return options_.speculate && !expert_pool_.empty(); }
@@ -142,7 +143,8 @@ private:
     void prefetch_dense_after(int layer);
     void submit_deferred(int layer);
     void issue_guesses();
-    void guess_first_moe_layer(double expected_experts_per_layer);
+    void guess_first_moe_layer(int64_t n_tokens);
+    double expected_experts_per_layer(int64_t n_tokens) const;
     void read_started();
     void read_landed();
 
@@ -187,6 +189,8 @@ private:
     bool scan_step_ = false;                   // this step needs more experts than the pool holds
     int64_t n_moe_layers_ = 0;
     int first_moe_layer_ = -1;                 // -1: none
+    int last_moe_layer_ = -1;
+    int64_t next_step_tokens_ = 0;             // the caller's estimate (expect_next_step)
     std::chrono::steady_clock::time_point step_start_;
     // Time with a read in flight: reads submitted and not yet seen landed, since when.
     int reads_in_flight_ = 0;

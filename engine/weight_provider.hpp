@@ -35,6 +35,9 @@ public:
     // A forward chunk (one step over the batch) starts / ends: providers keep per-step figures.
     virtual void begin_step(int64_t /*n_tokens*/) {}
     virtual void end_step() {}
+    // The caller's estimate of the tokens its next step will carry (0: unknown, the default), for
+    // reads a provider may start before that step begins. Holds until changed.
+    virtual void expect_next_step(int64_t /*n_tokens*/) {}
 
     // The dense weights of `layer` if they are already in memory, without waiting (used to
     // run that layer's router early for speculative prefetch); null otherwise.

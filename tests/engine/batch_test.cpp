@@ -297,6 +297,71 @@ TEST_CASE("a prompt chunk that does not fit the step leaves its room to a shorte
     CHECK(finished == std::vector<int64_t>{2, 2, 2});
 }
 
+namespace {
+
+// The weights as the forward sees them, noting each step's size and what the caller said the
+// step after it would carry.
+class NextStepHints final : public WeightProvider {
+public:
+    explicit NextStepHints(WeightProvider& inner) : inner_(inner) {}
+    const ModelWeights& globals() override { return inner_.globals(); }
+    const LayerWeights& begin_layer(int layer) override { return inner_.begin_layer(layer); }
+    void need_experts(int layer, std::span<const int32_t> experts) override { inner_.need_experts(layer, experts); }
+    int32_t next_expert(int layer, const ExpertWeights** weights) override { return inner_.next_expert(layer, weights); }
+    void end_layer(int layer) override { inner_.end_layer(layer); }
+    void begin_step(int64_t n_tokens) override {
+        steps.push_back(n_tokens);
+        hints.push_back(hint_);
+        inner_.begin_step(n_tokens);
+    }
+    void expect_next_step(int64_t n_tokens) override { hint_ = n_tokens; }
+
+    std::vector<int64_t> steps, hints;  // per step: its tokens, and the hint given for the step after it
+
+private:
+    WeightProvider& inner_;
+    int64_t hint_ = -1;
+};
+
+}  // namespace
+
+// The streamer may start the next step's first reads before it begins when that step will be
+// wide: the scheduler says how many tokens it expects it to carry (decoders then, and the prompt
+// positions left, capped at a step). All requests queued at once: never fewer than it carries.
+TEST_CASE("the scheduler tells the weights about how many tokens its next step will carry") {
+    auto m = load_model(tiny_model().string());
+    ThreadPool pool(2);
+    ForwardOptions fo{RunShape{4, 96, 64}};
+    CpuBackend backend(pool);
+    NextStepHints hints(*m->provider);
+    DeepseekForward forward(m->layout(), hints, fo, backend);
+    BatchScheduler scheduler(
+        forward, SchedulerOptions{4, 16, 64, RequestOrder::longest_output_first}, [](int64_t, int32_t) { return false; },
+        [](int64_t, std::span<const int32_t>, FinishReason) {});
+    std::mt19937 rng(8);
+    for (int64_t i = 0; i < 6; ++i) {
+        ScheduledRequest r;
+        r.id = i;
+        r.prompt = random_prompt(rng, 20 + 7 * i);
+        r.max_new_tokens = 2 + i;
+        r.stop_at_eos = false;
+        scheduler.add(r);
+    }
+    while (!scheduler.idle()) scheduler.step(64);
+    const auto& steps = hints.steps;
+    REQUIRE(steps.size() >= 4);
+    int exact = 0;
+    for (size_t j = 0; j + 1 < steps.size(); ++j) {
+        CAPTURE(j);
+        const int64_t hint = hints.hints[j];  // given as step j was scheduled, for step j + 1
+        CHECK(hint <= 64);
+        CHECK(hint >= steps[j + 1]);
+        exact += hint == steps[j + 1];
+    }
+    CHECK(hints.hints[0] == 64);  // after the first step, prompts enough for a whole step remain
+    CHECK(exact >= 2);
+}
+
 TEST_CASE("latent caches spilled to disk give the same tokens as caches in memory") {
     auto m = load_model(tiny_model().string());
     ThreadPool pool(2);

@@ -332,6 +332,7 @@ public:
         uint64_t bytes = 0;
         for (const auto& e : extents) bytes += e.length;
         outstanding_.push_back({ticket, extents.front(), bytes});
+        submitted.push_back(extents.front());
         bytes_submitted += bytes;
         return ticket;
     }
@@ -361,6 +362,7 @@ public:
         return false;
     }
 
+    std::vector<Extent> submitted;  // each read's first extent, in order
     uint64_t bytes_submitted = 0, bytes_handed_back = 0;
     double blocked_seconds = 0;
     int blocking_waits = 0;
@@ -393,6 +395,7 @@ public:
     void end_layer(int layer) override { streamer_.end_layer(layer); }
     void begin_step(int64_t n_tokens) override { streamer_.begin_step(n_tokens); }
     void end_step() override { streamer_.end_step(); }
+    void expect_next_step(int64_t n_tokens) override { streamer_.expect_next_step(n_tokens); }
     const LayerWeights* peek_layer(int layer) override { return streamer_.peek_layer(layer); }
     void predict_experts(int layer, std::span<const int32_t> experts) override { streamer_.predict_experts(layer, experts); }
     bool wants_predictions() const override { return streamer_.wants_predictions(); }
@@ -423,16 +426,40 @@ private:
 };
 
 // Notes the reads in flight when each step's first layer begins (before the streamer takes any
-// outcome in).
+// outcome in) and when each step ends, and how many reads of the first MoE layer's experts were
+// submitted after the last MoE layer asked for its experts (for the next step: what else could they be for).
 class StepStartProbe final : public StreamerProbe {
 public:
-    using StreamerProbe::StreamerProbe;
+    StepStartProbe(Streamer& streamer, const RecordingSegmentIo& io, const ModelPlan& plan, int first_moe, int last_moe)
+        : StreamerProbe(streamer), io_(io), plan_(plan), first_moe_(first_moe), last_moe_(last_moe) {}
     const LayerWeights& begin_layer(int layer) override {
         if (layer == 0) reads_at_step_start.push_back(streamer_.reads_outstanding());
         return streamer_.begin_layer(layer);
     }
+    void need_experts(int layer, std::span<const int32_t> experts) override {
+        streamer_.need_experts(layer, experts);
+        if (layer == last_moe_) submitted_at_last_layer_ = io_.submitted.size();
+    }
+    void end_step() override {
+        reads_at_step_end.push_back(streamer_.reads_outstanding());
+        int n = 0;
+        for (size_t i = submitted_at_last_layer_; i < io_.submitted.size(); ++i)
+            for (const auto& e : plan_.layers[size_t(first_moe_)].experts) {
+                const Extent& first = e.tensors.front().extent;
+                n += io_.submitted[i].file_index == first.file_index && io_.submitted[i].offset == first.offset;
+            }
+        first_layer_reads_after_last_layer.push_back(n);
+        submitted_at_last_layer_ = io_.submitted.size();
+        streamer_.end_step();
+    }
 
-    std::vector<int> reads_at_step_start;
+    std::vector<int> reads_at_step_start, reads_at_step_end, first_layer_reads_after_last_layer;
+
+private:
+    const RecordingSegmentIo& io_;
+    const ModelPlan& plan_;
+    int first_moe_, last_moe_;
+    size_t submitted_at_last_layer_ = 0;
 };
 
 }  // namespace
@@ -440,48 +467,67 @@ public:
 TEST_CASE("a step wide enough to need every expert starts reading the first MoE layer's experts with the step") {
     // 1 dense + 5 MoE layers of 16 experts, top 4: a step of 70 tokens routes 280 times a layer and
     // needs every expert, so the first MoE layer's reads start before the dense layer computes (they
-    // used to wait for its attention). A step of 2 tokens (8 routes) starts none; nor does a
-    // streamer told not to speculate. No number changes.
+    // used to wait for its attention), and, when the caller says the next step will be as wide,
+    // already once the last MoE layer of the step before has asked for its experts (reads of the
+    // first MoE layer submitted after that; the reader is throttled so that the first step's are
+    // still in flight when its layer 0 begins). Without the caller's word (sluice run, bench) none
+    // are made at a step's end; a step of 2 tokens (8 routes) starts none; nor does a streamer told
+    // not to speculate. No number changes.
     namespace fs = std::filesystem;
     const fs::path dir = six_layer_model("step_start");
     const auto resident = load_model(dir.string());
     const auto model = open_model(dir.string());
     const auto tokens = spread_tokens(140, model->layout.vocab);
     ThreadPool pool(2);
-    auto run = [&](WeightProvider& weights) {
+    auto run = [&](WeightProvider& weights, bool say_next_is_wide) {
         ForwardOptions options;
         options.shape.positions = 160;
         options.shape.step_tokens = 70;
         DeepseekForward forward(model->layout, weights, options, pool);
         std::vector<float> out(size_t(model->layout.vocab) * 2);
+        if (say_next_is_wide) forward.expect_next_step(70);  // held through both steps (wrong for the last)
         forward.forward(tokens, false, out.data());  // two wide steps
         const int32_t next = 5;
         forward.forward(std::span<const int32_t>(&next, 1), false, out.data() + model->layout.vocab);  // a narrow one
         return out;
     };
-    const auto reference = run(*resident->provider);
-    for (bool speculate : {true, false}) {
+    const auto reference = run(*resident->provider, true);
+    for (auto [speculate, say_next_is_wide] : {std::pair{true, true}, {true, false}, {false, true}}) {
         CAPTURE(speculate);
+        CAPTURE(say_next_is_wide);
         StreamerIo io(model->source->files(), "auto", true);
+        RateCappedSegmentIo throttled(io.io(), 50e6);  // bytes per second
+        RecordingSegmentIo recording(throttled);
         StreamerOptions so;
         so.resident = ResidentMode::dense;  // nothing dense to read first
         so.expert_buffers = 20;  // under 2 layers' experts: a step ends holding the last layers'
         so.speculate = speculate;
-        Streamer streamer(model->layout, model->plan, *model->source, io.io(), so);
-        StepStartProbe probe(streamer);
-        CHECK(bit_identical(run(probe), reference));
+        Streamer streamer(model->layout, model->plan, *model->source, recording, so);
+        StepStartProbe probe(streamer, recording, model->plan, 1, 5);  // layer 0 dense, 1-5 MoE
+        CHECK(bit_identical(run(probe, say_next_is_wide), reference));
         REQUIRE(probe.reads_at_step_start.size() == 3);
         CAPTURE(probe.reads_at_step_start[0]);
         CAPTURE(probe.reads_at_step_start[1]);
         CAPTURE(probe.reads_at_step_start[2]);
-        if (speculate) {
-            CHECK(probe.reads_at_step_start[0] > 0);
-            CHECK(probe.reads_at_step_start[1] > 0);
+        // (the second step's may all have landed before it starts: they began in the first step)
+        if (speculate) CHECK(probe.reads_at_step_start[0] > 0);
+        else CHECK(probe.reads_at_step_start[0] == 0);
+        REQUIRE(probe.reads_at_step_end.size() == 3);
+        // the narrow step starts none of its own (the wide step's last guesses may still be in flight)
+        CHECK(probe.reads_at_step_start[2] <= probe.reads_at_step_end[1]);
+        const auto& tail = probe.first_layer_reads_after_last_layer;
+        REQUIRE(tail.size() == 3);
+        CAPTURE(tail[0]);
+        CAPTURE(tail[1]);
+        CAPTURE(tail[2]);
+        if (speculate && say_next_is_wide) {
+            CHECK(tail[0] > 0);  // wide: the next step's first MoE layer
+            CHECK(tail[1] > 0);  // wide too (the next one is not: unused, no harm)
         } else {
-            CHECK(probe.reads_at_step_start[0] == 0);
-            CHECK(probe.reads_at_step_start[1] == 0);
+            CHECK(tail[0] == 0);
+            CHECK(tail[1] == 0);
         }
-        CHECK(probe.reads_at_step_start[2] == 0);
+        CHECK(tail[2] == 0);  // narrow
         const auto& first = streamer.steps()[0];
         CAPTURE(first.to_json().dump());
         if (speculate) CHECK(first.prefetch_hits >= 16);  // the first MoE layer's, at least
