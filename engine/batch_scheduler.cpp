@@ -34,7 +34,6 @@ BatchScheduler::BatchScheduler(DeepseekForward& forward, const SchedulerOptions&
     entries_.reserve(slots_.size());
     entry_slot_.reserve(slots_.size());
     prefill_order_.reserve(slots_.size());
-    step_chunk_.assign(slots_.size(), 0);
     logits_.resize(slots_.size() * size_t(vocab_));
 }
 
@@ -162,19 +161,14 @@ ScheduledStep BatchScheduler::step(int64_t target_tokens) {
     if (entries_.empty()) return plan;
 
     // About what the next step will carry, for reads the weights may start before it: a token for
-    // every sequence decoding then, and the prompt positions still to run (capped at a step).
-    int64_t next_tokens = 0;
+    // every sequence decoding then, and the prompt positions still to run (capped at a step). Each
+    // running sequence counts what it has left before this step (1 when decoding), less this step's
+    // prompt positions, plus a token for each prompt this step ends (its entry asks for logits).
+    int64_t next_tokens = -plan.n_prefill - plan.n_decode;
     for (const ScheduledRequest& r : pending_) next_tokens += int64_t(r.prompt.size());
-    for (size_t e = 0; e < entries_.size(); ++e)
-        step_chunk_[size_t(entry_slot_[e])] = entries_[e].tokens.size();
-    for (int s = 0; s < int(slots_.size()); ++s) {
-        const Slot& slot = slots_[size_t(s)];
-        if (!slot.active) continue;
-        const int64_t left = int64_t(slot.request.prompt.size()) - slot.prompt_done;
-        const int64_t after = left > 0 ? left - int64_t(step_chunk_[size_t(s)]) : 0;
-        next_tokens += after > 0 ? after : 1;
-        step_chunk_[size_t(s)] = 0;
-    }
+    for (const Slot& slot : slots_)
+        if (slot.active) next_tokens += std::max<int64_t>(int64_t(slot.request.prompt.size()) - slot.prompt_done, 1);
+    for (const SequenceTokens& e : entries_) next_tokens += !e.no_logits;
     forward_.expect_next_step(std::min(next_tokens, options_.max_step_tokens));
 
     forward_.forward_batch(entries_, logits_.data());

@@ -125,7 +125,6 @@ private:
     std::vector<SequenceTokens> entries_;
     std::vector<int> entry_slot_;
     std::vector<int> prefill_order_;
-    std::vector<size_t> step_chunk_;  // per slot: the prompt positions this step carries (0 between steps)
     std::vector<float> logits_;
 };
 

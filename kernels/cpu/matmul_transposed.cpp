@@ -23,22 +23,21 @@ void gemm_transposed(const Matrix& w, const float* x, int64_t x_stride, int64_t 
     // is a weighted sum of theirs, in register tiles of tokens x columns (the attention P . V
     // kernel). Accumulating one stored row at a time into every token's output instead loads and
     // stores each output per row: 25-60 GFLOP/s against ~150 a thread.
+    const float* weights = scratch;
+    if (w.type == DType::F32 && !w.block_scales) {
+        weights = static_cast<const float*>(w.data);
+    } else {
+        for (int64_t r = 0; r < w.rows; ++r) {
+            float* row = scratch + r * w.cols;
+            traits.dequantize_row(w.row(r), row, w.cols);
+            if (w.block_scales)
+                for (int64_t c = 0; c < w.cols; ++c) row[c] *= w.block_scale(r, c);
+        }
+    }
     const auto& k = detail::path_kernels(cpu_path());
     constexpr int64_t kTokensPerCall = 1 << 20;  // weighted_sum counts its rows of weights in an int
-    if (w.type == DType::F32 && !w.block_scales) {
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokensPerCall)
-            k.weighted_sum(x + t0 * x_stride, x_stride, int(std::min(kTokensPerCall, n_tokens - t0)),
-                           static_cast<const float*>(w.data), w.cols, w.rows, w.cols, y + t0 * y_stride, y_stride);
-        return;
-    }
-    for (int64_t r = 0; r < w.rows; ++r) {
-        float* row = scratch + r * w.cols;
-        traits.dequantize_row(w.row(r), row, w.cols);
-        if (w.block_scales)
-            for (int64_t c = 0; c < w.cols; ++c) row[c] *= w.block_scale(r, c);
-    }
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokensPerCall)
-        k.weighted_sum(x + t0 * x_stride, x_stride, int(std::min(kTokensPerCall, n_tokens - t0)), scratch, w.cols, w.rows,
+        k.weighted_sum(x + t0 * x_stride, x_stride, int(std::min(kTokensPerCall, n_tokens - t0)), weights, w.cols, w.rows,
                        w.cols, y + t0 * y_stride, y_stride);
 }
 
@@ -51,7 +50,8 @@ constexpr int64_t kTransposeRows = 16;
 // 4 bytes of each row per gather, each byte widened in its lane, times its row's scale, stored as
 // 16 consecutive floats of an output row. The same products as dequantize_row (float(q) * d, one
 // multiply), so the same bits as the generic loop below, which took ~6x as long (scalar stores of
-// 16 dequantised rows read down their columns): a V3 layer's k_b (128 x 512 x 128) 10 -> ~1 ms.
+// 16 dequantised rows read down their columns): a V3 layer's k_b (128 x 512 x 128), 2 threads,
+// 10 -> ~3 ms.
 SLUICE_INTRINSICS_WARNINGS_OFF
 __attribute__((target("avx512f,avx512bw,f16c"))) void transpose_q8_0_rows16(const Matrix& w, int64_t r0, float* out) {
     const int64_t row_bytes = w.bytes_per_row();
