@@ -20,7 +20,10 @@ namespace sluice::cpu {
 namespace {
 
 using quant_kernels::kMaxTokenGroup;
+using quant_kernels::PackedBlock16;
 using quant_kernels::QuadRowGroupFn;
+using quant_kernels::Repack16Fn;
+using quant_kernels::Rows16Fn;
 using quant_kernels::RowGroupFn;
 using quant_kernels::RowGroupTable;
 
@@ -76,6 +79,7 @@ bool is_k_quant(DType type) { return block_type(type).block_elems == 256; }
 // Grow only: after the first call of a given size no further allocation happens.
 thread_local std::vector<ActivationGroupQ8> t_activations_q8;
 thread_local std::vector<ActivationBlockQ8K> t_activations_q8k;
+thread_local std::vector<quant_kernels::PackedBlock16> t_packed_16;  // a thread's repacked 16-row tile
 
 using quant_kernels::grown;
 
@@ -102,10 +106,16 @@ uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols) {
 
 void reserve_quant_gemm_thread_scratch(int64_t cols) {
     if (best_quant_dot_path() == QuantDotPath::amx) amx::reserve_thread_scratch(cols);
+    if (best_quant_dot_path() == QuantDotPath::avx512_vnni) grown(t_packed_16, size_t((cols + 255) / 256));
 }
 
 uint64_t quant_gemm_thread_scratch_bytes(int64_t cols) {
-    return best_quant_dot_path() == QuantDotPath::amx ? amx::thread_scratch_bytes(cols) : 0;
+    switch (best_quant_dot_path()) {
+        case QuantDotPath::amx: return amx::thread_scratch_bytes(cols);
+        case QuantDotPath::avx512_vnni:  // a repacked 16-row tile (Q4_K)
+            return AlignedBuffer::held_bytes(size_t((cols + 255) / 256) * sizeof(PackedBlock16));
+        default: return 0;
+    }
 }
 
 bool quant_dot_supports(DType type) { return row_group_for(type, quant_kernels::scalar_row_groups()) != nullptr; }
@@ -171,7 +181,6 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     }
     const RowGroupTable& table = row_groups(path);
     const RowGroupFn fn = row_group_for(w.type, table);
-    const int64_t token_group = table.token_group;
     const int64_t n_blocks = w.cols / block_type(w.type).block_elems;
     // Activations: 320 bytes per 256 columns (one ActivationBlockQ8K, or one ActivationGroupQ8 of
     // eight 32-blocks); token t starts at acts + t * act_token_bytes.
@@ -196,6 +205,14 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     // of every row streaming all tokens' activations from L2 again. The chunk is sized for a full
     // token group whatever n_tokens is: partial sums are added per chunk, so a chunk that grew for
     // small calls would change a token's rounding with the batch around it (batch invariance).
+    const QuadRowGroupFn quad =
+        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
+    // Sixteen rows from a repacked tile where the path has it for the type (whole 16-row tiles; the
+    // rows of a partial tile go four and one at a time): see quant_dot_avx512.cpp.
+    const Repack16Fn repack_16 = quad && w.type == DType::Q4_K ? table.q4_k_repack_16 : nullptr;
+    const Rows16Fn rows_16 = repack_16 ? table.q4_k_rows_16 : nullptr;
+    const int64_t token_group =
+        quad && !rows_16 && table.quad_token_group ? table.quad_token_group : table.token_group;
     constexpr int64_t kRowTile = 16;
     constexpr int64_t kL1ActivationBytes = 32 * 1024;
     const int64_t blocks_per_group = kGroupElems / block_type(w.type).block_elems;  // 8 or 1
@@ -203,14 +220,15 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const int64_t chunk_groups =
         std::clamp<int64_t>(kL1ActivationBytes / (token_group * kGroupBytes), 1, n_groups);
     const int64_t chunk_blocks = chunk_groups * blocks_per_group;
-    const QuadRowGroupFn quad =
-        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
         const void* a[kMaxTokenGroup];
-        float sums[4 * kMaxTokenGroup];
+        float sums[kRowTile * kMaxTokenGroup];
         float partial[kRowTile][kMaxTokenGroup];
+        PackedBlock16* packed = rows_16 ? grown(t_packed_16, size_t(n_blocks)) : nullptr;
         for (int64_t tile = r0; tile < r1; tile += kRowTile) {
             const int64_t tile_rows = std::min(kRowTile, r1 - tile);
+            const bool sixteen = rows_16 && tile_rows == kRowTile;
+            if (sixteen) repack_16(base + tile * row_bytes, row_bytes, n_blocks, packed);  // shared by all tokens
             for (int64_t t0 = 0; t0 < n_tokens; t0 += token_group) {
                 const int n_tok = int(std::min(token_group, n_tokens - t0));
                 for (int64_t c0 = 0; c0 < n_blocks; c0 += chunk_blocks) {
@@ -218,6 +236,13 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                     const int64_t act_offset = c0 / blocks_per_group * kGroupBytes;
                     for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes + act_offset;
                     int64_t i = 0;
+                    if (sixteen) {
+                        rows_16(packed + c0, nb, a, n_tok, sums);
+                        for (int r = 0; r < kRowTile; ++r)
+                            for (int t = 0; t < n_tok; ++t)
+                                partial[r][t] = c0 == 0 ? sums[16 * t + r] : partial[r][t] + sums[16 * t + r];
+                        i = kRowTile;
+                    }
                     if (quad) {
                         for (; i + 4 <= tile_rows; i += 4) {
                             quad(base + (tile + i) * row_bytes + c0 * w_block_bytes, row_bytes, nb, a, n_tok, sums);
@@ -227,7 +252,10 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                         }
                     }
                     for (; i < tile_rows; ++i) {
-                        fn(base + (tile + i) * row_bytes + c0 * w_block_bytes, nb, a, n_tok, sums);
+                        // a row group takes table.token_group tokens a call (fewer than a quad's)
+                        for (int t1 = 0; t1 < n_tok; t1 += int(table.token_group))
+                            fn(base + (tile + i) * row_bytes + c0 * w_block_bytes, nb, a + t1,
+                               std::min(int(table.token_group), n_tok - t1), sums + t1);
                         for (int t = 0; t < n_tok; ++t) partial[i][t] = c0 == 0 ? sums[t] : partial[i][t] + sums[t];
                     }
                 }

@@ -11,7 +11,7 @@
 
 namespace sluice::cpu::quant_kernels {
 
-inline constexpr int kMaxTokenGroup = 8;
+inline constexpr int kMaxTokenGroup = 16;
 
 // A grow-only scratch vector grown to exactly `n` entries (resize alone may take up to twice what
 // it needs), so the memory planner's count (quant_gemm_scratch_bytes) is what is held.
@@ -39,6 +39,17 @@ using QuantizeQ8KFn = void (*)(const float* x, ActivationBlockQ8K* out, int64_t 
 using QuadRowGroupFn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, const void* const* acts,
                                 int n_tok, float* sums);
 
+// Sixteen rows per call, from a tile of 16 rows the caller has repacked once (Q4_K on AVX-512; see
+// quant_dot_avx512.cpp): repack_16 turns n_blocks super-blocks of rows w, w + row_bytes, ...,
+// w + 15 row_bytes into n_blocks PackedBlock16 entries; rows_16 takes n_blocks of them against up
+// to token_group tokens: sums[16 * t + r] = dot(row r, acts[t]).
+struct alignas(64) PackedBlock16 {
+    uint8_t bytes[3136];
+};
+using Repack16Fn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, PackedBlock16* packed);
+using Rows16Fn = void (*)(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok,
+                          float* sums);
+
 struct RowGroupTable {
     int token_group;  // tokens per call: as many as the path's registers hold accumulators for
     RowGroupFn q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k;
@@ -50,6 +61,12 @@ struct RowGroupTable {
     // Q4_K / Q6_K four rows per call with each row's integer dot and offset summed before the float
     // steps (AVX-512): the AMX path's kernels for few tokens, bit-identical to its tile kernels.
     QuadRowGroupFn q4_k_quad_row_sums = nullptr, q6_k_quad_row_sums = nullptr;
+    // tokens per four-row call (0: token_group): more than a row group's, since four rows share
+    // the unpacking of each super-block and the accumulators may live in memory
+    int quad_token_group = 0;
+    // sixteen rows per call from a repacked tile, where the path has it (Q4_K on AVX-512)
+    Repack16Fn q4_k_repack_16 = nullptr;
+    Rows16Fn q4_k_rows_16 = nullptr;
 };
 
 const RowGroupTable& scalar_row_groups();
