@@ -607,7 +607,7 @@ struct Packed16Q4K {         // one super-block of 16 rows
     int32_t mins[8][16];     // (m_j, m_j) as two int16, against the activations' (bsum 2j, 2j + 1)
     float dmin[16];
 };
-static_assert(sizeof(Packed16Q4K) == sizeof(PackedBlock16));
+static_assert(sizeof(Packed16Q4K) <= sizeof(PackedBlock16));
 
 // r[i] holds 16 words of row i; on return r[c] holds word c of rows 0..15 (lane order = rows).
 inline void transpose_16x16_epi32(__m512i r[16]) {
@@ -634,36 +634,50 @@ inline void transpose_16x16_epi32(__m512i r[16]) {
     for (int c = 0; c < 16; ++c) r[c] = out[c];
 }
 
+// 16 bytes at offset `at` of each of 16 rows, as four vectors of each row's word e (lane order = rows).
+inline void row_words_4(const uint8_t* b, int64_t row_bytes, int64_t at, __m512i words[4]) {
+    const __m512i rows_order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m512i h[4];
+    for (int g = 0; g < 4; ++g) {
+        const uint8_t* row = b + 4 * g * row_bytes + at;
+        h[g] = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+        for (int k = 1; k < 4; ++k)
+            h[g] = _mm512_inserti32x4(h[g], _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k * row_bytes)), k);
+    }
+    // Row 4g + k of h[g] lands at word 4k + g after the two unpack stages; rows_order puts it at r.
+    const __m512i a0 = _mm512_unpacklo_epi32(h[0], h[1]), a1 = _mm512_unpackhi_epi32(h[0], h[1]);
+    const __m512i b0 = _mm512_unpacklo_epi32(h[2], h[3]), b1 = _mm512_unpackhi_epi32(h[2], h[3]);
+    words[0] = _mm512_permutexvar_epi32(rows_order, _mm512_unpacklo_epi64(a0, b0));
+    words[1] = _mm512_permutexvar_epi32(rows_order, _mm512_unpackhi_epi64(a0, b0));
+    words[2] = _mm512_permutexvar_epi32(rows_order, _mm512_unpacklo_epi64(a1, b1));
+    words[3] = _mm512_permutexvar_epi32(rows_order, _mm512_unpackhi_epi64(a1, b1));
+}
+
+// `bytes` bytes (a multiple of 64) at offset `at` of 16 rows into words[c][r].
+inline void transpose_rows_16(const uint8_t* b, int64_t row_bytes, int64_t at, int bytes, uint32_t (*words)[16]) {
+    for (int part = 0; part < bytes / 64; ++part) {
+        __m512i r[16];
+        for (int row = 0; row < 16; ++row) r[row] = _mm512_loadu_si512(b + row * row_bytes + at + 64 * part);
+        transpose_16x16_epi32(r);
+        for (int c = 0; c < 16; ++c) _mm512_store_si512(words[16 * part + c], r[c]);
+    }
+}
+
+// Signed byte `k` of every 32-bit lane, as int32.
+inline __m512i signed_byte(__m512i w, int k) { return _mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * k), 24); }
+
 void repack_16_q4k(const void* wv, int64_t row_bytes, int64_t n_blocks, PackedBlock16* packed) {
     const auto* w = static_cast<const uint8_t*>(wv);
-    // Row r = 4g + k of the four head vectors sits at word 4k + g after the two unpack stages.
-    const __m512i rows_order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f),
                   low2 = _mm512_set1_epi32(0x03030303), byte = _mm512_set1_epi32(0xff);
     for (int64_t i = 0; i < n_blocks; ++i) {
         auto& p = *reinterpret_cast<Packed16Q4K*>(packed + i);
         const uint8_t* b = w + i * int64_t(sizeof(BlockQ4_K));
-        for (int half = 0; half < 2; ++half) {
-            __m512i r[16];
-            for (int row = 0; row < 16; ++row)
-                r[row] = _mm512_loadu_si512(b + row * row_bytes + offsetof(BlockQ4_K, qs) + 64 * half);
-            transpose_16x16_epi32(r);
-            for (int c = 0; c < 16; ++c) _mm512_store_si512(p.qs[16 * half + c], r[c]);
-        }
-        // The 16-byte heads (d, dmin, 12 bytes of 6-bit scales and minimums), word e of every row.
-        __m512i h[4];
-        for (int g = 0; g < 4; ++g) {
-            const uint8_t* row = b + 4 * g * row_bytes;
-            h[g] = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
-            for (int k = 1; k < 4; ++k)
-                h[g] = _mm512_inserti32x4(h[g], _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k * row_bytes)), k);
-        }
-        const __m512i a0 = _mm512_unpacklo_epi32(h[0], h[1]), a1 = _mm512_unpackhi_epi32(h[0], h[1]);
-        const __m512i b0 = _mm512_unpacklo_epi32(h[2], h[3]), b1 = _mm512_unpackhi_epi32(h[2], h[3]);
-        const __m512i head = _mm512_permutexvar_epi32(rows_order, _mm512_unpacklo_epi64(a0, b0));
-        const __m512i w0 = _mm512_permutexvar_epi32(rows_order, _mm512_unpackhi_epi64(a0, b0));
-        const __m512i w1 = _mm512_permutexvar_epi32(rows_order, _mm512_unpacklo_epi64(a1, b1));
-        const __m512i w2 = _mm512_permutexvar_epi32(rows_order, _mm512_unpackhi_epi64(a1, b1));
+        transpose_rows_16(b, row_bytes, offsetof(BlockQ4_K, qs), 128, p.qs);
+        // The 16-byte heads: d and dmin, then 12 bytes of 6-bit scales and minimums.
+        __m512i words[4];
+        row_words_4(b, row_bytes, 0, words);
+        const __m512i head = words[0], w0 = words[1], w1 = words[2], w2 = words[3];
         // k4_scales_mins' unpacking, on every row's words at once
         const __m512i scales03 = _mm512_and_si512(w0, low6), mins03 = _mm512_and_si512(w1, low6);
         const __m512i scales47 = _mm512_or_si512(_mm512_and_si512(w2, low4),
@@ -744,6 +758,103 @@ void rows_16_q4k(const PackedBlock16* packed, int64_t n_blocks, const void* cons
         default:  // 8, or more a call at a time: each token's arithmetic is the same whatever the width
             rows_16_q4k_n<8>(packed, n_blocks, acts, sums);
             if (n_tok > 8) rows_16_q4k(packed, n_blocks, acts + 8, n_tok - 8, sums + 128);
+    }
+}
+
+// Q6_K, the same way: sixteen 16-element sub-blocks with int8 scales, w = d sc (q - 32). Per four
+// positions l .. l + 3 of a 128-element half n, ql word A (ql[64n + l]), B (ql[64n + 32 + l]) and qh
+// word H (qh[32n + l]) hold the 6-bit values of elements 128n + 32m + l (m = 0..3): m = 0 low
+// nibbles of A with H's bits 0-1, m = 1 low nibbles of B with bits 2-3, m = 2 and 3 the high nibbles
+// with bits 4-5 and 6-7. Four vpdpbusd a row are a sub-block's dot of the stored values q + 32;
+// the 32 sum(a) they carry comes off as d 32 sum_j sc_j bsum_j, the bsums being per 16 like the
+// sub-blocks (integer vpdpwssd on (sc_2p, sc_2p+1) pairs).
+struct Packed16Q6K {
+    uint32_t ql[32][16];     // [c][r]: ql bytes 4c .. 4c + 3 of row r (A of half n, k: c = 16n + k; B: 16n + 8 + k)
+    uint32_t qh[16][16];     // [c][r]: qh bytes 4c .. 4c + 3 (H of half n, k: c = 8n + k)
+    float ds[16][16];        // d * sc_j
+    int32_t scale_pairs[8][16];  // (sc_2p, sc_2p+1) as two int16, against the activations' (bsum 2p, 2p + 1)
+    float d32[16];           // 32 d
+};
+static_assert(sizeof(Packed16Q6K) <= sizeof(PackedBlock16));
+
+void repack_16_q6k(const void* wv, int64_t row_bytes, int64_t n_blocks, PackedBlock16* packed) {
+    const auto* w = static_cast<const uint8_t*>(wv);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+        auto& p = *reinterpret_cast<Packed16Q6K*>(packed + i);
+        const uint8_t* b = w + i * int64_t(sizeof(BlockQ6_K));
+        transpose_rows_16(b, row_bytes, offsetof(BlockQ6_K, ql), 128, p.ql);
+        transpose_rows_16(b, row_bytes, offsetof(BlockQ6_K, qh), 64, p.qh);
+        __m512i sc[4], tail[4];
+        row_words_4(b, row_bytes, offsetof(BlockQ6_K, scales), sc);
+        // d ends the block: the last 16 bytes (scales 2-15, d) stay inside it
+        row_words_4(b, row_bytes, int64_t(sizeof(BlockQ6_K)) - 16, tail);
+        const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(tail[3], 16)));
+        _mm512_store_ps(p.d32, _mm512_mul_ps(d, _mm512_set1_ps(32.0f)));  // exact
+        for (int j = 0; j < 16; ++j)
+            _mm512_store_ps(p.ds[j], _mm512_mul_ps(d, _mm512_cvtepi32_ps(signed_byte(sc[j / 4], j % 4))));  // exact
+        for (int q = 0; q < 8; ++q) {
+            const __m512i lo = signed_byte(sc[q / 2], 2 * (q % 2)), hi = signed_byte(sc[q / 2], 2 * (q % 2) + 1);
+            _mm512_store_si512(p.scale_pairs[q], _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xffff)),
+                                                                  _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+template <int NT>
+void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, float* sums) {
+    const ActivationBlockQ8K* a[NT];
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) {
+        a[t] = static_cast<const ActivationBlockQ8K*>(acts[t]);
+        acc[t] = _mm512_setzero_ps();
+    }
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+        const auto& p = *reinterpret_cast<const Packed16Q6K*>(packed + i);
+        __m512 f[NT];
+        for (int t = 0; t < NT; ++t) f[t] = _mm512_setzero_ps();
+        for (int n = 0; n < 2; ++n)
+            for (int half16 = 0; half16 < 2; ++half16)  // positions l = 16 half16 .. + 15: sub-block 8n + 2m + half16
+                for (int m = 0; m < 4; ++m) {
+                    __m512i dot[NT];
+                    for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
+                    for (int k = 4 * half16; k < 4 * half16 + 4; ++k) {
+                        const __m512i ab = _mm512_load_si512(p.ql[16 * n + 8 * (m % 2) + k]);
+                        const __m512i h = _mm512_load_si512(p.qh[8 * n + k]);
+                        const __m512i nib = m < 2 ? _mm512_and_si512(ab, low4) : _mm512_and_si512(_mm512_srli_epi16(ab, 4), low4);
+                        const __m512i top = m == 0 ? _mm512_slli_epi16(h, 4) : m == 1 ? _mm512_slli_epi16(h, 2)
+                                          : m == 2 ? h : _mm512_srli_epi16(h, 2);
+                        const __m512i q = _mm512_or_si512(nib, _mm512_and_si512(top, bits45));
+                        for (int t = 0; t < NT; ++t)
+                            dot[t] = _mm512_dpbusd_epi32(dot[t], q, _mm512_set1_epi32(word_at(a[t][i].qs + 128 * n + 32 * m + 4 * k)));
+                    }
+                    const __m512 s = _mm512_load_ps(p.ds[8 * n + 2 * m + half16]);
+                    for (int t = 0; t < NT; ++t) f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), s, f[t]);
+                }
+        const __m512 d32 = _mm512_load_ps(p.d32);
+        for (int t = 0; t < NT; ++t) {
+            __m512i offset = _mm512_setzero_si512();
+            for (int q = 0; q < 8; ++q)
+                offset = _mm512_dpwssd_epi32(offset, _mm512_load_si512(p.scale_pairs[q]), _mm512_set1_epi32(word_at(a[t][i].bsums + 2 * q)));
+            f[t] = _mm512_fnmadd_ps(d32, _mm512_cvtepi32_ps(offset), f[t]);
+            acc[t] = _mm512_fmadd_ps(f[t], _mm512_set1_ps(a[t][i].d), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(sums + 16 * t, acc[t]);
+}
+
+void rows_16_q6k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums) {
+    switch (n_tok) {
+        case 1: return rows_16_q6k_n<1>(packed, n_blocks, acts, sums);
+        case 2: return rows_16_q6k_n<2>(packed, n_blocks, acts, sums);
+        case 3: return rows_16_q6k_n<3>(packed, n_blocks, acts, sums);
+        case 4: return rows_16_q6k_n<4>(packed, n_blocks, acts, sums);
+        case 5: return rows_16_q6k_n<5>(packed, n_blocks, acts, sums);
+        case 6: return rows_16_q6k_n<6>(packed, n_blocks, acts, sums);
+        case 7: return rows_16_q6k_n<7>(packed, n_blocks, acts, sums);
+        default:
+            rows_16_q6k_n<8>(packed, n_blocks, acts, sums);
+            if (n_tok > 8) rows_16_q6k(packed, n_blocks, acts + 8, n_tok - 8, sums + 128);
     }
 }
 
@@ -909,7 +1020,7 @@ const RowGroupTable& avx512_vnni_row_groups() {
                                      quad_rows<QuadQ2K<false>>, quad_rows<QuadQ3K<false>>, quad_rows<QuadQ4K<false>>,
                                      quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>>,
                                      quad_rows<QuadQ4K<false>, true>, quad_rows<QuadQ6K<false>, true>, 16,
-                                     repack_16_q4k, rows_16_q4k};
+                                     repack_16_q4k, rows_16_q4k, repack_16_q6k, rows_16_q6k};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
@@ -919,7 +1030,7 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      quad_rows<QuadQ2K<true>>, quad_rows<QuadQ3K<true>>, quad_rows<QuadQ4K<true>>,
                                      quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>>,
                                      quad_rows<QuadQ4K<true>, true>, quad_rows<QuadQ6K<true>, true>, 16,
-                                     repack_16_q4k, rows_16_q4k};
+                                     repack_16_q4k, rows_16_q4k, repack_16_q6k, rows_16_q6k};
     return table;
 }
 
