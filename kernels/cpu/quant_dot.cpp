@@ -226,7 +226,7 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1, int) {
         const void* a[kMaxTokenGroup];
         float sums[kRowTile * kMaxTokenGroup];
-        float partial[kRowTile][kMaxTokenGroup];
+        float partial[kMaxTokenGroup][kRowTile];  // [token][row]: a token's rows are contiguous in y
         PackedBlock16* packed = rows_16 ? grown(t_packed_16, size_t(n_blocks)) : nullptr;
         for (int64_t tile = r0; tile < r1; tile += kRowTile) {
             const int64_t tile_rows = std::min(kRowTile, r1 - tile);
@@ -241,17 +241,17 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                     int64_t i = 0;
                     if (sixteen) {
                         rows_16(packed + c0, nb, a, n_tok, sums);
-                        for (int r = 0; r < kRowTile; ++r)
-                            for (int t = 0; t < n_tok; ++t)
-                                partial[r][t] = c0 == 0 ? sums[16 * t + r] : partial[r][t] + sums[16 * t + r];
+                        for (int t = 0; t < n_tok; ++t)
+                            for (int r = 0; r < kRowTile; ++r)
+                                partial[t][r] = c0 == 0 ? sums[16 * t + r] : partial[t][r] + sums[16 * t + r];
                         i = kRowTile;
                     }
                     if (quad) {
                         for (; i + 4 <= tile_rows; i += 4) {
                             quad(base + (tile + i) * row_bytes + c0 * w_block_bytes, row_bytes, nb, a, n_tok, sums);
-                            for (int r = 0; r < 4; ++r)
-                                for (int t = 0; t < n_tok; ++t)
-                                    partial[i + r][t] = c0 == 0 ? sums[4 * t + r] : partial[i + r][t] + sums[4 * t + r];
+                            for (int t = 0; t < n_tok; ++t)
+                                for (int r = 0; r < 4; ++r)
+                                    partial[t][i + r] = c0 == 0 ? sums[4 * t + r] : partial[t][i + r] + sums[4 * t + r];
                         }
                     }
                     for (; i < tile_rows; ++i) {
@@ -259,11 +259,11 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                         for (int t1 = 0; t1 < n_tok; t1 += int(table.token_group))
                             fn(base + (tile + i) * row_bytes + c0 * w_block_bytes, nb, a + t1,
                                std::min(int(table.token_group), n_tok - t1), sums + t1);
-                        for (int t = 0; t < n_tok; ++t) partial[i][t] = c0 == 0 ? sums[t] : partial[i][t] + sums[t];
+                        for (int t = 0; t < n_tok; ++t) partial[t][i] = c0 == 0 ? sums[t] : partial[t][i] + sums[t];
                     }
                 }
-                for (int64_t i = 0; i < tile_rows; ++i)
-                    for (int t = 0; t < n_tok; ++t) y[(t0 + t) * y_stride + tile + i] = partial[i][t];
+                for (int t = 0; t < n_tok; ++t)
+                    std::copy_n(partial[t], tile_rows, y + (t0 + t) * y_stride + tile);
             }
         }
     }, kRowTile);
