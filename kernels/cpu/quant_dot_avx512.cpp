@@ -765,15 +765,15 @@ void rows_16_q4k(const PackedBlock16* packed, int64_t n_blocks, const void* cons
 // positions l .. l + 3 of a 128-element half n, ql word A (ql[64n + l]), B (ql[64n + 32 + l]) and qh
 // word H (qh[32n + l]) hold the 6-bit values of elements 128n + 32m + l (m = 0..3): m = 0 low
 // nibbles of A with H's bits 0-1, m = 1 low nibbles of B with bits 2-3, m = 2 and 3 the high nibbles
-// with bits 4-5 and 6-7. Four vpdpbusd a row are a sub-block's dot of the stored values q + 32;
-// the 32 sum(a) they carry comes off as d 32 sum_j sc_j bsum_j, the bsums being per 16 like the
-// sub-blocks (integer vpdpwssd on (sc_2p, sc_2p+1) pairs).
+// with bits 4-5 and 6-7. Four vpdpbusd a row add the dot of the stored values q + 32 to an
+// accumulator that starts at -32 bsum_j (the activations' sum over the sub-block: the bsums are
+// per 16, like the sub-blocks), so the integer is the dot of q itself, exactly. Taking the 32 sum(a)
+// off in float afterwards instead cancelled two large terms: rows of zero weights (q = 32) came out
+// at 4e-4 instead of 0, and near-zero rows 3e-5 of sum |w x| off (a review's harness).
 struct Packed16Q6K {
     uint32_t ql[32][16];     // [c][r]: ql bytes 4c .. 4c + 3 of row r (A of half n, k: c = 16n + k; B: 16n + 8 + k)
     uint32_t qh[16][16];     // [c][r]: qh bytes 4c .. 4c + 3 (H of half n, k: c = 8n + k)
     float ds[16][16];        // d * sc_j
-    int32_t scale_pairs[8][16];  // (sc_2p, sc_2p+1) as two int16, against the activations' (bsum 2p, 2p + 1)
-    float d32[16];           // 32 d
 };
 static_assert(sizeof(Packed16Q6K) <= sizeof(PackedBlock16));
 
@@ -789,14 +789,8 @@ void repack_16_q6k(const void* wv, int64_t row_bytes, int64_t n_blocks, PackedBl
         // d ends the block: the last 16 bytes (scales 2-15, d) stay inside it
         row_words_4(b, row_bytes, int64_t(sizeof(BlockQ6_K)) - 16, tail);
         const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(tail[3], 16)));
-        _mm512_store_ps(p.d32, _mm512_mul_ps(d, _mm512_set1_ps(32.0f)));  // exact
         for (int j = 0; j < 16; ++j)
             _mm512_store_ps(p.ds[j], _mm512_mul_ps(d, _mm512_cvtepi32_ps(signed_byte(sc[j / 4], j % 4))));  // exact
-        for (int q = 0; q < 8; ++q) {
-            const __m512i lo = signed_byte(sc[q / 2], 2 * (q % 2)), hi = signed_byte(sc[q / 2], 2 * (q % 2) + 1);
-            _mm512_store_si512(p.scale_pairs[q], _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xffff)),
-                                                                  _mm512_slli_epi32(hi, 16)));
-        }
     }
 }
 
@@ -816,8 +810,9 @@ void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
         for (int n = 0; n < 2; ++n)
             for (int half16 = 0; half16 < 2; ++half16)  // positions l = 16 half16 .. + 15: sub-block 8n + 2m + half16
                 for (int m = 0; m < 4; ++m) {
+                    const int j = 8 * n + 2 * m + half16;
                     __m512i dot[NT];
-                    for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
+                    for (int t = 0; t < NT; ++t) dot[t] = _mm512_set1_epi32(-32 * int32_t(a[t][i].bsums[j]));
                     for (int k = 4 * half16; k < 4 * half16 + 4; ++k) {
                         const __m512i ab = _mm512_load_si512(p.ql[16 * n + 8 * (m % 2) + k]);
                         const __m512i h = _mm512_load_si512(p.qh[8 * n + k]);
@@ -828,17 +823,10 @@ void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
                         for (int t = 0; t < NT; ++t)
                             dot[t] = _mm512_dpbusd_epi32(dot[t], q, _mm512_set1_epi32(word_at(a[t][i].qs + 128 * n + 32 * m + 4 * k)));
                     }
-                    const __m512 s = _mm512_load_ps(p.ds[8 * n + 2 * m + half16]);
+                    const __m512 s = _mm512_load_ps(p.ds[j]);
                     for (int t = 0; t < NT; ++t) f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), s, f[t]);
                 }
-        const __m512 d32 = _mm512_load_ps(p.d32);
-        for (int t = 0; t < NT; ++t) {
-            __m512i offset = _mm512_setzero_si512();
-            for (int q = 0; q < 8; ++q)
-                offset = _mm512_dpwssd_epi32(offset, _mm512_load_si512(p.scale_pairs[q]), _mm512_set1_epi32(word_at(a[t][i].bsums + 2 * q)));
-            f[t] = _mm512_fnmadd_ps(d32, _mm512_cvtepi32_ps(offset), f[t]);
-            acc[t] = _mm512_fmadd_ps(f[t], _mm512_set1_ps(a[t][i].d), acc[t]);
-        }
+        for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(f[t], _mm512_set1_ps(a[t][i].d), acc[t]);
     }
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(sums + 16 * t, acc[t]);
 }

@@ -44,7 +44,7 @@ using QuadRowGroupFn = void (*)(const void* w, int64_t row_bytes, int64_t n_bloc
 // w + 15 row_bytes into n_blocks PackedBlock16 entries; rows_16 takes n_blocks of them against up
 // to token_group tokens: sums[16 * t + r] = dot(row r, acts[t]).
 struct alignas(64) PackedBlock16 {
-    uint8_t bytes[4672];  // the larger of the types' layouts (Q6_K's)
+    uint8_t bytes[4096];  // the larger of the types' layouts (Q6_K's)
 };
 using Repack16Fn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, PackedBlock16* packed);
 using Rows16Fn = void (*)(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok,

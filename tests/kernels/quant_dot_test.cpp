@@ -328,3 +328,32 @@ TEST_CASE("the AMX path gives a token the same bits alone, among few, and in tok
     check_amx_batch_invariance(DType::Q4_K);
     check_amx_batch_invariance(DType::Q6_K);
 }
+
+// Q6_K weights at q = 32 are zero: a row of them must give exactly 0, however large the
+// activations. The sixteen-row kernel starts each sub-block's integer dot at -32 sum(a), so the
+// integer is exact; taking 32 sum(a) off in float afterwards left ~1e-4 of cancellation here.
+TEST_CASE("Q6_K rows of zero weights give exactly zero on the sixteen-row path") {
+    if (!cpu::quant_dot_path_available(cpu::QuantDotPath::avx512_vnni)) {
+        MESSAGE("no AVX-512 VNNI here: nothing to check");
+        return;
+    }
+    ThreadPool pool(2);
+    std::mt19937 rng(3);
+    const int64_t rows = 32, cols = 2 * 256, n_tokens = 5;  // two whole 16-row tiles
+    auto w_bytes = random_blocks(DType::Q6_K, rows, cols, rng);  // random scales and d
+    for (int64_t b = 0; b < rows * cols / 256; ++b) {
+        auto* block = reinterpret_cast<quant::BlockQ6_K*>(w_bytes.data() + b * int64_t(sizeof(quant::BlockQ6_K)));
+        std::memset(block->ql, 0x00, sizeof block->ql);  // low 4 bits 0
+        std::memset(block->qh, 0xaa, sizeof block->qh);  // high 2 bits 10: q = 32
+    }
+    Matrix w;
+    w.type = DType::Q6_K;
+    w.rows = rows;
+    w.cols = cols;
+    w.data = w_bytes.data();
+    std::normal_distribution<float> normal(0.0f, 1000.0f);
+    std::vector<float> x(size_t(cols * n_tokens)), y(size_t(rows * n_tokens), 1.0f);
+    for (auto& v : x) v = normal(rng);
+    cpu::quant_gemm_on_path(cpu::QuantDotPath::avx512_vnni, w, x.data(), cols, n_tokens, y.data(), rows, pool);
+    for (float v : y) CHECK(v == 0.0f);
+}
