@@ -112,7 +112,7 @@ void reserve_quant_gemm_thread_scratch(int64_t cols) {
 uint64_t quant_gemm_thread_scratch_bytes(int64_t cols) {
     switch (best_quant_dot_path()) {
         case QuantDotPath::amx: return amx::thread_scratch_bytes(cols);
-        case QuantDotPath::avx512_vnni:  // a repacked 16-row tile (Q4_K, Q6_K)
+        case QuantDotPath::avx512_vnni:  // a repacked 16-row tile (Q4_K, Q5_K, Q6_K)
             return AlignedBuffer::held_bytes(size_t((cols + 255) / 256) * sizeof(PackedBlock16));
         default: return 0;
     }
@@ -209,11 +209,13 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
         g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
     // Sixteen rows from a repacked tile where the path has it for the type (whole 16-row tiles; the
     // rows of a partial tile go four and one at a time): see quant_dot_avx512.cpp.
-    const Repack16Fn repack_16 = !quad                      ? nullptr
-                                 : w.type == DType::Q4_K ? table.q4_k_repack_16
-                                 : w.type == DType::Q6_K ? table.q6_k_repack_16
-                                                         : nullptr;
-    const Rows16Fn rows_16 = !repack_16 ? nullptr : w.type == DType::Q4_K ? table.q4_k_rows_16 : table.q6_k_rows_16;
+    Repack16Fn repack_16 = nullptr;
+    Rows16Fn rows_16 = nullptr;
+    if (quad) {
+        if (w.type == DType::Q4_K) repack_16 = table.q4_k_repack_16, rows_16 = table.q4_k_rows_16;
+        if (w.type == DType::Q5_K) repack_16 = table.q5_k_repack_16, rows_16 = table.q5_k_rows_16;
+        if (w.type == DType::Q6_K) repack_16 = table.q6_k_repack_16, rows_16 = table.q6_k_rows_16;
+    }
     const int64_t token_group =
         quad && !rows_16 && table.quad_token_group ? table.quad_token_group : table.token_group;
     constexpr int64_t kRowTile = 16;

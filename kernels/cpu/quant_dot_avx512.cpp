@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/quant_dot_kernels.hpp"
 #include "kernels/quant_blocks.hpp"
@@ -600,12 +601,15 @@ void quad_rows(const void* w, int64_t row_bytes, int64_t n_sb, const void* const
 // bytes of qs, and the scales unpacked to float, once per tile and call (repack_16_q4k), which the
 // tile's tokens share. A call is still one token's arithmetic whatever the tokens beside it, so a
 // token's bits never depend on the batch.
+// Q5_K is Q4_K with a fifth bit per weight from qh (bit 2v of qh[l] for element 64v + l, bit 2v + 1
+// for 64v + 32 + l), or-ed into the nibbles at bit 4.
 struct Packed16Q4K {         // one super-block of 16 rows
     uint32_t qs[32][16];     // [c][r]: bytes 4c .. 4c + 3 of row r's qs: elements 64v + 4k .. + 3 in
                              // the low nibbles, 64v + 32 + 4k .. in the high ones (c = 8v + k)
     float ds[8][16];         // d * scale_j
     int32_t mins[8][16];     // (m_j, m_j) as two int16, against the activations' (bsum 2j, 2j + 1)
     float dmin[16];
+    uint32_t qh[8][16];      // Q5_K: [k][r]: qh bytes 4k .. 4k + 3 of row r
 };
 static_assert(sizeof(Packed16Q4K) <= sizeof(PackedBlock16));
 
@@ -666,14 +670,21 @@ inline void transpose_rows_16(const uint8_t* b, int64_t row_bytes, int64_t at, i
 // Signed byte `k` of every 32-bit lane, as int32.
 inline __m512i signed_byte(__m512i w, int k) { return _mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * k), 24); }
 
+template <bool kQ5>
 void repack_16_q4k(const void* wv, int64_t row_bytes, int64_t n_blocks, PackedBlock16* packed) {
+    using Block = std::conditional_t<kQ5, BlockQ5_K, BlockQ4_K>;
     const auto* w = static_cast<const uint8_t*>(wv);
     const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f),
                   low2 = _mm512_set1_epi32(0x03030303), byte = _mm512_set1_epi32(0xff);
     for (int64_t i = 0; i < n_blocks; ++i) {
         auto& p = *reinterpret_cast<Packed16Q4K*>(packed + i);
-        const uint8_t* b = w + i * int64_t(sizeof(BlockQ4_K));
-        transpose_rows_16(b, row_bytes, offsetof(BlockQ4_K, qs), 128, p.qs);
+        const uint8_t* b = w + i * int64_t(sizeof(Block));
+        transpose_rows_16(b, row_bytes, offsetof(Block, qs), 128, p.qs);
+        if constexpr (kQ5) {  // qh's 32 bytes and the 32 after them (qs), keeping qh's 8 words
+            alignas(64) uint32_t words[16][16];
+            transpose_rows_16(b, row_bytes, offsetof(BlockQ5_K, qh), 64, words);
+            std::memcpy(p.qh, words, sizeof p.qh);
+        }
         // The 16-byte heads: d and dmin, then 12 bytes of 6-bit scales and minimums.
         __m512i words[4];
         row_words_4(b, row_bytes, 0, words);
@@ -702,7 +713,13 @@ inline int32_t word_at(const void* p) {
     return v;
 }
 
-template <int NT>
+// Bit `bit` of every byte moved to bit 4 (the other bits are masked off by the caller: 16-bit
+// shifts of at most 4 carry only into bits that 0x10 drops).
+inline __m512i bit_to_4(__m512i v, int bit) {
+    return bit < 4 ? _mm512_slli_epi16(v, 4 - bit) : bit > 4 ? _mm512_srli_epi16(v, bit - 4) : v;
+}
+
+template <bool kQ5, int NT>
 void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, float* sums) {
     const ActivationBlockQ8K* a[NT];
     __m512 acc[NT];
@@ -710,7 +727,7 @@ void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
         a[t] = static_cast<const ActivationBlockQ8K*>(acts[t]);
         acc[t] = _mm512_setzero_ps();
     }
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
     for (int64_t i = 0; i < n_blocks; ++i) {
         const auto& p = *reinterpret_cast<const Packed16Q4K*>(packed + i);
         __m512 f[NT];
@@ -721,7 +738,12 @@ void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
 #pragma GCC unroll 8
             for (int k = 0; k < 8; ++k) {
                 const __m512i q = _mm512_load_si512(p.qs[8 * v + k]);
-                const __m512i ql = _mm512_and_si512(q, low4), qh = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+                __m512i ql = _mm512_and_si512(q, low4), qh = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+                if constexpr (kQ5) {
+                    const __m512i h = _mm512_load_si512(p.qh[k]);
+                    ql = _mm512_or_si512(ql, _mm512_and_si512(bit_to_4(h, 2 * v), bit4));
+                    qh = _mm512_or_si512(qh, _mm512_and_si512(bit_to_4(h, 2 * v + 1), bit4));
+                }
                 for (int t = 0; t < NT; ++t) {
                     const int8_t* x = a[t][i].qs + 64 * v + 4 * k;
                     lo[t] = _mm512_dpbusd_epi32(lo[t], ql, _mm512_set1_epi32(word_at(x)));
@@ -746,18 +768,19 @@ void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(sums + 16 * t, acc[t]);
 }
 
+template <bool kQ5>
 void rows_16_q4k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums) {
     switch (n_tok) {
-        case 1: return rows_16_q4k_n<1>(packed, n_blocks, acts, sums);
-        case 2: return rows_16_q4k_n<2>(packed, n_blocks, acts, sums);
-        case 3: return rows_16_q4k_n<3>(packed, n_blocks, acts, sums);
-        case 4: return rows_16_q4k_n<4>(packed, n_blocks, acts, sums);
-        case 5: return rows_16_q4k_n<5>(packed, n_blocks, acts, sums);
-        case 6: return rows_16_q4k_n<6>(packed, n_blocks, acts, sums);
-        case 7: return rows_16_q4k_n<7>(packed, n_blocks, acts, sums);
+        case 1: return rows_16_q4k_n<kQ5, 1>(packed, n_blocks, acts, sums);
+        case 2: return rows_16_q4k_n<kQ5, 2>(packed, n_blocks, acts, sums);
+        case 3: return rows_16_q4k_n<kQ5, 3>(packed, n_blocks, acts, sums);
+        case 4: return rows_16_q4k_n<kQ5, 4>(packed, n_blocks, acts, sums);
+        case 5: return rows_16_q4k_n<kQ5, 5>(packed, n_blocks, acts, sums);
+        case 6: return rows_16_q4k_n<kQ5, 6>(packed, n_blocks, acts, sums);
+        case 7: return rows_16_q4k_n<kQ5, 7>(packed, n_blocks, acts, sums);
         default:  // 8, or more a call at a time: each token's arithmetic is the same whatever the width
-            rows_16_q4k_n<8>(packed, n_blocks, acts, sums);
-            if (n_tok > 8) rows_16_q4k(packed, n_blocks, acts + 8, n_tok - 8, sums + 128);
+            rows_16_q4k_n<kQ5, 8>(packed, n_blocks, acts, sums);
+            if (n_tok > 8) rows_16_q4k<kQ5>(packed, n_blocks, acts + 8, n_tok - 8, sums + 128);
     }
 }
 
@@ -1008,7 +1031,8 @@ const RowGroupTable& avx512_vnni_row_groups() {
                                      quad_rows<QuadQ2K<false>>, quad_rows<QuadQ3K<false>>, quad_rows<QuadQ4K<false>>,
                                      quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>>,
                                      quad_rows<QuadQ4K<false>, true>, quad_rows<QuadQ6K<false>, true>, 16,
-                                     repack_16_q4k, rows_16_q4k, repack_16_q6k, rows_16_q6k};
+                                     repack_16_q4k<false>, rows_16_q4k<false>, repack_16_q6k, rows_16_q6k,
+                                     repack_16_q4k<true>, rows_16_q4k<true>};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
@@ -1018,7 +1042,8 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      quad_rows<QuadQ2K<true>>, quad_rows<QuadQ3K<true>>, quad_rows<QuadQ4K<true>>,
                                      quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>>,
                                      quad_rows<QuadQ4K<true>, true>, quad_rows<QuadQ6K<true>, true>, 16,
-                                     repack_16_q4k, rows_16_q4k, repack_16_q6k, rows_16_q6k};
+                                     repack_16_q4k<false>, rows_16_q4k<false>, repack_16_q6k, rows_16_q6k,
+                                     repack_16_q4k<true>, rows_16_q4k<true>};
     return table;
 }
 

@@ -39,7 +39,7 @@ using QuantizeQ8KFn = void (*)(const float* x, ActivationBlockQ8K* out, int64_t 
 using QuadRowGroupFn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, const void* const* acts,
                                 int n_tok, float* sums);
 
-// Sixteen rows per call, from a tile of 16 rows the caller has repacked once (Q4_K, Q6_K on AVX-512; see
+// Sixteen rows per call, from a tile of 16 rows the caller has repacked once (Q4_K, Q5_K, Q6_K on AVX-512; see
 // quant_dot_avx512.cpp): repack_16 turns n_blocks super-blocks of rows w, w + row_bytes, ...,
 // w + 15 row_bytes into n_blocks PackedBlock16 entries; rows_16 takes n_blocks of them against up
 // to token_group tokens: sums[16 * t + r] = dot(row r, acts[t]).
@@ -64,11 +64,13 @@ struct RowGroupTable {
     // tokens per four-row call (0: token_group): more than a row group's, since four rows share
     // the unpacking of each super-block and the accumulators may live in memory
     int quad_token_group = 0;
-    // sixteen rows per call from a repacked tile, where the path has it (Q4_K, Q6_K on AVX-512)
+    // sixteen rows per call from a repacked tile, where the path has it (Q4_K, Q5_K, Q6_K on AVX-512)
     Repack16Fn q4_k_repack_16 = nullptr;
     Rows16Fn q4_k_rows_16 = nullptr;
     Repack16Fn q6_k_repack_16 = nullptr;
     Rows16Fn q6_k_rows_16 = nullptr;
+    Repack16Fn q5_k_repack_16 = nullptr;
+    Rows16Fn q5_k_rows_16 = nullptr;
 };
 
 const RowGroupTable& scalar_row_groups();
