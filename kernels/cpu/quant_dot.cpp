@@ -209,13 +209,13 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
         g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
     // Sixteen rows from a repacked tile where the path has it for the type (whole 16-row tiles; the
     // rows of a partial tile go four and one at a time): see quant_dot_avx512.cpp.
-    Repack16Fn repack_16 = nullptr;
-    Rows16Fn rows_16 = nullptr;
-    if (quad) {
-        if (w.type == DType::Q4_K) repack_16 = table.q4_k_repack_16, rows_16 = table.q4_k_rows_16;
-        if (w.type == DType::Q5_K) repack_16 = table.q5_k_repack_16, rows_16 = table.q5_k_rows_16;
-        if (w.type == DType::Q6_K) repack_16 = table.q6_k_repack_16, rows_16 = table.q6_k_rows_16;
-    }
+    const quant_kernels::SixteenRows sixteen_rows = !quad                    ? quant_kernels::SixteenRows{}
+                                                    : w.type == DType::Q4_K ? table.q4_k_16
+                                                    : w.type == DType::Q5_K ? table.q5_k_16
+                                                    : w.type == DType::Q6_K ? table.q6_k_16
+                                                                            : quant_kernels::SixteenRows{};
+    const Repack16Fn repack_16 = sixteen_rows.repack;
+    const Rows16Fn rows_16 = sixteen_rows.rows;
     const int64_t token_group =
         quad && !rows_16 && table.quad_token_group ? table.quad_token_group : table.token_group;
     constexpr int64_t kRowTile = 16;

@@ -1031,8 +1031,8 @@ const RowGroupTable& avx512_vnni_row_groups() {
                                      quad_rows<QuadQ2K<false>>, quad_rows<QuadQ3K<false>>, quad_rows<QuadQ4K<false>>,
                                      quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>>,
                                      quad_rows<QuadQ4K<false>, true>, quad_rows<QuadQ6K<false>, true>, 16,
-                                     repack_16_q4k<false>, rows_16_q4k<false>, repack_16_q6k, rows_16_q6k,
-                                     repack_16_q4k<true>, rows_16_q4k<true>};
+                                     {repack_16_q4k<false>, rows_16_q4k<false>},
+                                     {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
@@ -1042,8 +1042,8 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      quad_rows<QuadQ2K<true>>, quad_rows<QuadQ3K<true>>, quad_rows<QuadQ4K<true>>,
                                      quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>>,
                                      quad_rows<QuadQ4K<true>, true>, quad_rows<QuadQ6K<true>, true>, 16,
-                                     repack_16_q4k<false>, rows_16_q4k<false>, repack_16_q6k, rows_16_q6k,
-                                     repack_16_q4k<true>, rows_16_q4k<true>};
+                                     {repack_16_q4k<false>, rows_16_q4k<false>},
+                                     {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};
     return table;
 }
 

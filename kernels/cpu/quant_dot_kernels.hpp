@@ -49,6 +49,10 @@ struct alignas(64) PackedBlock16 {
 using Repack16Fn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, PackedBlock16* packed);
 using Rows16Fn = void (*)(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok,
                           float* sums);
+struct SixteenRows {
+    Repack16Fn repack = nullptr;
+    Rows16Fn rows = nullptr;
+};
 
 struct RowGroupTable {
     int token_group;  // tokens per call: as many as the path's registers hold accumulators for
@@ -65,12 +69,7 @@ struct RowGroupTable {
     // the unpacking of each super-block and the accumulators may live in memory
     int quad_token_group = 0;
     // sixteen rows per call from a repacked tile, where the path has it (Q4_K, Q5_K, Q6_K on AVX-512)
-    Repack16Fn q4_k_repack_16 = nullptr;
-    Rows16Fn q4_k_rows_16 = nullptr;
-    Repack16Fn q6_k_repack_16 = nullptr;
-    Rows16Fn q6_k_rows_16 = nullptr;
-    Repack16Fn q5_k_repack_16 = nullptr;
-    Rows16Fn q5_k_rows_16 = nullptr;
+    SixteenRows q4_k_16 = {}, q5_k_16 = {}, q6_k_16 = {};
 };
 
 const RowGroupTable& scalar_row_groups();
