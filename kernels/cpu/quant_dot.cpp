@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <string_view>
 #include <vector>
@@ -234,6 +235,15 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
             const int64_t tile_rows = std::min(kRowTile, r1 - tile);
             const bool sixteen = rows_16 && tile_rows == kRowTile;
             if (sixteen) repack_16(base + tile * row_bytes, row_bytes, n_blocks, packed);  // shared by all tokens
+            // The next tile of this thread's rows, into L2 while this one computes; each call of
+            // rows_16 below takes an equal share of its lines.
+            const bool prefetch_next = sixteen && tile + 2 * kRowTile <= r1;
+            const auto* next_first = reinterpret_cast<const uint8_t*>(
+                reinterpret_cast<uintptr_t>(base + (tile + kRowTile) * row_bytes) & ~uintptr_t(63));
+            const int64_t next_lines =
+                prefetch_next ? (base + (tile + 2 * kRowTile) * row_bytes - next_first + 63) / 64 : 0;
+            const int64_t calls = (n_tokens + token_group - 1) / token_group * ((n_blocks + chunk_blocks - 1) / chunk_blocks);
+            int64_t call = 0;
             for (int64_t t0 = 0; t0 < n_tokens; t0 += token_group) {
                 const int n_tok = int(std::min(token_group, n_tokens - t0));
                 for (int64_t c0 = 0; c0 < n_blocks; c0 += chunk_blocks) {
@@ -242,7 +252,9 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                     for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes + act_offset;
                     int64_t i = 0;
                     if (sixteen) {
-                        rows_16(packed + c0, nb, a, n_tok, sums);
+                        const int64_t from = next_lines * call / calls, to = next_lines * (call + 1) / calls;
+                        ++call;
+                        rows_16(packed + c0, nb, a, n_tok, sums, {next_first + 64 * from, to - from});
                         for (int t = 0; t < n_tok; ++t)
                             for (int r = 0; r < kRowTile; ++r)
                                 partial[t][r] = c0 == 0 ? sums[16 * t + r] : partial[t][r] + sums[16 * t + r];

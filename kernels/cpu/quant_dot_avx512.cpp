@@ -667,6 +667,12 @@ inline void transpose_rows_16(const uint8_t* b, int64_t row_bytes, int64_t at, i
     }
 }
 
+// Block i of n's share of the prefetch: lines [lines i / n, lines (i + 1) / n), into L2.
+inline void prefetch_share(const PrefetchLines& p, int64_t i, int64_t n) {
+    for (int64_t l = p.lines * i / n, end = p.lines * (i + 1) / n; l < end; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(p.first + 64 * l), _MM_HINT_T1);
+}
+
 // Signed byte `k` of every 32-bit lane, as int32.
 inline __m512i signed_byte(__m512i w, int k) { return _mm512_srai_epi32(_mm512_slli_epi32(w, 24 - 8 * k), 24); }
 
@@ -720,7 +726,8 @@ inline __m512i bit_to_4(__m512i v, int bit) {
 }
 
 template <bool kQ5, int NT>
-void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, float* sums) {
+void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, float* sums,
+                   PrefetchLines prefetch) {
     const ActivationBlockQ8K* a[NT];
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) {
@@ -729,6 +736,7 @@ void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
     }
     const __m512i low4 = _mm512_set1_epi8(0x0f), bit4 = _mm512_set1_epi8(0x10);
     for (int64_t i = 0; i < n_blocks; ++i) {
+        if (prefetch.lines) prefetch_share(prefetch, i, n_blocks);
         const auto& p = *reinterpret_cast<const Packed16Q4K*>(packed + i);
         __m512 f[NT];
         for (int t = 0; t < NT; ++t) f[t] = _mm512_setzero_ps();
@@ -769,18 +777,19 @@ void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
 }
 
 template <bool kQ5>
-void rows_16_q4k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums) {
+void rows_16_q4k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums,
+                 PrefetchLines prefetch) {
     switch (n_tok) {
-        case 1: return rows_16_q4k_n<kQ5, 1>(packed, n_blocks, acts, sums);
-        case 2: return rows_16_q4k_n<kQ5, 2>(packed, n_blocks, acts, sums);
-        case 3: return rows_16_q4k_n<kQ5, 3>(packed, n_blocks, acts, sums);
-        case 4: return rows_16_q4k_n<kQ5, 4>(packed, n_blocks, acts, sums);
-        case 5: return rows_16_q4k_n<kQ5, 5>(packed, n_blocks, acts, sums);
-        case 6: return rows_16_q4k_n<kQ5, 6>(packed, n_blocks, acts, sums);
-        case 7: return rows_16_q4k_n<kQ5, 7>(packed, n_blocks, acts, sums);
+        case 1: return rows_16_q4k_n<kQ5, 1>(packed, n_blocks, acts, sums, prefetch);
+        case 2: return rows_16_q4k_n<kQ5, 2>(packed, n_blocks, acts, sums, prefetch);
+        case 3: return rows_16_q4k_n<kQ5, 3>(packed, n_blocks, acts, sums, prefetch);
+        case 4: return rows_16_q4k_n<kQ5, 4>(packed, n_blocks, acts, sums, prefetch);
+        case 5: return rows_16_q4k_n<kQ5, 5>(packed, n_blocks, acts, sums, prefetch);
+        case 6: return rows_16_q4k_n<kQ5, 6>(packed, n_blocks, acts, sums, prefetch);
+        case 7: return rows_16_q4k_n<kQ5, 7>(packed, n_blocks, acts, sums, prefetch);
         default:  // 8, or more a call at a time: each token's arithmetic is the same whatever the width
-            rows_16_q4k_n<kQ5, 8>(packed, n_blocks, acts, sums);
-            if (n_tok > 8) rows_16_q4k<kQ5>(packed, n_blocks, acts + 8, n_tok - 8, sums + 128);
+            rows_16_q4k_n<kQ5, 8>(packed, n_blocks, acts, sums, prefetch);
+            if (n_tok > 8) rows_16_q4k<kQ5>(packed, n_blocks, acts + 8, n_tok - 8, sums + 128, {});
     }
 }
 
@@ -818,7 +827,8 @@ void repack_16_q6k(const void* wv, int64_t row_bytes, int64_t n_blocks, PackedBl
 }
 
 template <int NT>
-void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, float* sums) {
+void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, float* sums,
+                   PrefetchLines prefetch) {
     const ActivationBlockQ8K* a[NT];
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) {
@@ -827,6 +837,7 @@ void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
     }
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
     for (int64_t i = 0; i < n_blocks; ++i) {
+        if (prefetch.lines) prefetch_share(prefetch, i, n_blocks);
         const auto& p = *reinterpret_cast<const Packed16Q6K*>(packed + i);
         __m512 f[NT];
         for (int t = 0; t < NT; ++t) f[t] = _mm512_setzero_ps();
@@ -854,18 +865,19 @@ void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(sums + 16 * t, acc[t]);
 }
 
-void rows_16_q6k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums) {
+void rows_16_q6k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums,
+                 PrefetchLines prefetch) {
     switch (n_tok) {
-        case 1: return rows_16_q6k_n<1>(packed, n_blocks, acts, sums);
-        case 2: return rows_16_q6k_n<2>(packed, n_blocks, acts, sums);
-        case 3: return rows_16_q6k_n<3>(packed, n_blocks, acts, sums);
-        case 4: return rows_16_q6k_n<4>(packed, n_blocks, acts, sums);
-        case 5: return rows_16_q6k_n<5>(packed, n_blocks, acts, sums);
-        case 6: return rows_16_q6k_n<6>(packed, n_blocks, acts, sums);
-        case 7: return rows_16_q6k_n<7>(packed, n_blocks, acts, sums);
+        case 1: return rows_16_q6k_n<1>(packed, n_blocks, acts, sums, prefetch);
+        case 2: return rows_16_q6k_n<2>(packed, n_blocks, acts, sums, prefetch);
+        case 3: return rows_16_q6k_n<3>(packed, n_blocks, acts, sums, prefetch);
+        case 4: return rows_16_q6k_n<4>(packed, n_blocks, acts, sums, prefetch);
+        case 5: return rows_16_q6k_n<5>(packed, n_blocks, acts, sums, prefetch);
+        case 6: return rows_16_q6k_n<6>(packed, n_blocks, acts, sums, prefetch);
+        case 7: return rows_16_q6k_n<7>(packed, n_blocks, acts, sums, prefetch);
         default:
-            rows_16_q6k_n<8>(packed, n_blocks, acts, sums);
-            if (n_tok > 8) rows_16_q6k(packed, n_blocks, acts + 8, n_tok - 8, sums + 128);
+            rows_16_q6k_n<8>(packed, n_blocks, acts, sums, prefetch);
+            if (n_tok > 8) rows_16_q6k(packed, n_blocks, acts + 8, n_tok - 8, sums + 128, {});
     }
 }
 

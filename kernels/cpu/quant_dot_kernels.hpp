@@ -42,13 +42,22 @@ using QuadRowGroupFn = void (*)(const void* w, int64_t row_bytes, int64_t n_bloc
 // Sixteen rows per call, from a tile of 16 rows the caller has repacked once (Q4_K, Q5_K, Q6_K on AVX-512; see
 // quant_dot_avx512.cpp): repack_16 turns n_blocks super-blocks of rows w, w + row_bytes, ...,
 // w + 15 row_bytes into n_blocks PackedBlock16 entries; rows_16 takes n_blocks of them against up
-// to token_group tokens: sums[16 * t + r] = dot(row r, acts[t]).
+// to token_group tokens: sums[16 * t + r] = dot(row r, acts[t]). While it computes, rows_16 asks for
+// `prefetch` (the part of the next tile this call is given) to be brought into L2, a few lines per
+// super-block: the repack reads a tile as 16 strided streams, and from DRAM (weights fresh from the
+// disk) that ran 2.5x slower than from cache; spread over the previous tile's arithmetic the reads
+// overlap it (a burst of them at once, or into L1, made it slower still). Only the first pass over
+// the blocks prefetches.
 struct alignas(64) PackedBlock16 {
     uint8_t bytes[4096];  // the larger of the types' layouts (Q6_K's)
 };
 using Repack16Fn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, PackedBlock16* packed);
+struct PrefetchLines {
+    const uint8_t* first = nullptr;  // 64-byte aligned
+    int64_t lines = 0;
+};
 using Rows16Fn = void (*)(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok,
-                          float* sums);
+                          float* sums, PrefetchLines prefetch);
 struct SixteenRows {
     Repack16Fn repack = nullptr;
     Rows16Fn rows = nullptr;
