@@ -237,11 +237,13 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
             if (sixteen) repack_16(base + tile * row_bytes, row_bytes, n_blocks, packed);  // shared by all tokens
             // The next tile of this thread's rows, into L2 while this one computes; each call of
             // rows_16 below takes an equal share of its lines.
-            const bool prefetch_next = sixteen && tile + 2 * kRowTile <= r1;
-            const auto* next_first = reinterpret_cast<const uint8_t*>(
-                reinterpret_cast<uintptr_t>(base + (tile + kRowTile) * row_bytes) & ~uintptr_t(63));
-            const int64_t next_lines =
-                prefetch_next ? (base + (tile + 2 * kRowTile) * row_bytes - next_first + 63) / 64 : 0;
+            const uint8_t* next_first = nullptr;
+            int64_t next_lines = 0;
+            if (sixteen && tile + 2 * kRowTile <= r1) {
+                next_first = reinterpret_cast<const uint8_t*>(
+                    reinterpret_cast<uintptr_t>(base + (tile + kRowTile) * row_bytes) & ~uintptr_t(63));
+                next_lines = (base + (tile + 2 * kRowTile) * row_bytes - next_first + 63) / 64;
+            }
             const int64_t calls = (n_tokens + token_group - 1) / token_group * ((n_blocks + chunk_blocks - 1) / chunk_blocks);
             int64_t call = 0;
             for (int64_t t0 = 0; t0 < n_tokens; t0 += token_group) {
