@@ -267,7 +267,11 @@ void row_group_k_n(const void* wv, int64_t n_sb, const void* const* acts, float*
             const __m256i offset = _mm256_madd_epi16(k.c, _mm256_load_si256(reinterpret_cast<const __m256i*>(a[t][i].bsums)));
             __m512 f;
             if constexpr (K::kOffsetAtScaleD) {
-                f = _mm512_mul_ps(k.d, _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[t], _mm512_zextsi256_si512(offset))));
+                // Q6_K's offset (32 sum sc a) is a storage artefact: the integer dot of q itself,
+                // summed over the lanes before it becomes a float, is exact; a float per lane
+                // cancelled (rows of q = 32 came out nonzero), lane 0 carries the super-block.
+                const int32_t exact = _mm512_reduce_add_epi32(_mm512_sub_epi32(dot[t], _mm512_zextsi256_si512(offset)));
+                f = _mm512_maskz_mov_ps(1, _mm512_mul_ps(k.d, _mm512_set1_ps(float(exact))));
             } else {
                 const __m512 off = _mm512_mul_ps(k.cd, _mm512_cvtepi32_ps(_mm512_zextsi256_si512(offset)));
                 f = _mm512_fmsub_ps(k.d, _mm512_cvtepi32_ps(dot[t]), off);
@@ -1035,13 +1039,15 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
 
 }  // namespace
 
-// 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers
+// 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers.
+// Q6_K's four rows sum each row's lanes in int32 before the float epilogue (row_sums), as its one
+// row and sixteen rows do: the offset then never cancels in float.
 const RowGroupTable& avx512_vnni_row_groups() {
     static const RowGroupTable table{8, row_group_32<Q8_0Pair>, row_group_32<Q4_0Pair<false>>, row_group_k<Q2K<false>>,
                                      row_group_k<Q3K<false>>, row_group_k<Q4K<false>>, row_group_k<Q5K<false>>,
                                      row_group_k<Q6K<false>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<false>>, quad_rows<QuadQ3K<false>>, quad_rows<QuadQ4K<false>>,
-                                     quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>>,
+                                     quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>, true>,
                                      quad_rows<QuadQ4K<false>, true>, quad_rows<QuadQ6K<false>, true>, 16,
                                      {repack_16_q4k<false>, rows_16_q4k<false>},
                                      {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};
@@ -1052,7 +1058,7 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      row_group_k<Q3K<true>>, row_group_k<Q4K<true>>, row_group_k<Q5K<true>>,
                                      row_group_k<Q6K<true>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<true>>, quad_rows<QuadQ3K<true>>, quad_rows<QuadQ4K<true>>,
-                                     quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>>,
+                                     quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>, true>,
                                      quad_rows<QuadQ4K<true>, true>, quad_rows<QuadQ6K<true>, true>, 16,
                                      {repack_16_q4k<false>, rows_16_q4k<false>},
                                      {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};

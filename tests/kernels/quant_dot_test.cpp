@@ -332,14 +332,14 @@ TEST_CASE("the AMX path gives a token the same bits alone, among few, and in tok
 // Q6_K weights at q = 32 are zero: a row of them must give exactly 0, however large the
 // activations. The sixteen-row kernel starts each sub-block's integer dot at -32 sum(a), so the
 // integer is exact; taking 32 sum(a) off in float afterwards left ~1e-4 of cancellation here.
-TEST_CASE("Q6_K rows of zero weights give exactly zero on the sixteen-row path") {
+TEST_CASE("Q6_K rows of zero weights give exactly zero on the sixteen-, four- and one-row paths") {
     if (!cpu::quant_dot_path_available(cpu::QuantDotPath::avx512_vnni)) {
         MESSAGE("no AVX-512 VNNI here: nothing to check");
         return;
     }
     ThreadPool pool(2);
     std::mt19937 rng(3);
-    const int64_t rows = 32, cols = 2 * 256, n_tokens = 5;  // two whole 16-row tiles
+    const int64_t rows = 37, cols = 2 * 256, n_tokens = 5;  // two whole 16-row tiles, then 4 + 1 rows
     auto w_bytes = random_blocks(DType::Q6_K, rows, cols, rng);  // random scales and d
     for (int64_t b = 0; b < rows * cols / 256; ++b) {
         auto* block = reinterpret_cast<quant::BlockQ6_K*>(w_bytes.data() + b * int64_t(sizeof(quant::BlockQ6_K)));
