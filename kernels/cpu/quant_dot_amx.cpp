@@ -269,7 +269,7 @@ struct Q6KTiles {
         }
     }
 
-    static quant_kernels::QuadRowGroupFn few_tokens(const quant_kernels::RowGroupTable& t) { return t.q6_k_quad_row_sums; }
+    static quant_kernels::QuadRowGroupFn few_tokens(const quant_kernels::RowGroupTable& t) { return t.q6_k_quad; }  // the row-sums form (quant_dot_kernels.hpp)
 };
 
 // 16 tokens' Q8_K blocks (token_count of them; the rest zero) into the B layout, per super-block,

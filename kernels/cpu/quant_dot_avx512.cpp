@@ -1041,14 +1041,15 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
 
 // 8 tokens: 8 int32 + 8 float accumulators beside the weight and scale vectors in 32 registers.
 // Q6_K's four rows sum each row's lanes in int32 before the float epilogue (row_sums), as its one
-// row and sixteen rows do: the offset then never cancels in float.
+// row and sixteen rows do: the offset then never cancels in float (and the AMX path's few-token
+// Q6_K calls take the same kernel).
 const RowGroupTable& avx512_vnni_row_groups() {
     static const RowGroupTable table{8, row_group_32<Q8_0Pair>, row_group_32<Q4_0Pair<false>>, row_group_k<Q2K<false>>,
                                      row_group_k<Q3K<false>>, row_group_k<Q4K<false>>, row_group_k<Q5K<false>>,
                                      row_group_k<Q6K<false>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<false>>, quad_rows<QuadQ3K<false>>, quad_rows<QuadQ4K<false>>,
                                      quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>, true>,
-                                     quad_rows<QuadQ4K<false>, true>, quad_rows<QuadQ6K<false>, true>, 16,
+                                     quad_rows<QuadQ4K<false>, true>, 16,
                                      {repack_16_q4k<false>, rows_16_q4k<false>},
                                      {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};
     return table;
@@ -1059,7 +1060,7 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      row_group_k<Q6K<true>>, quantize_q8, quantize_q8k,
                                      quad_rows<QuadQ2K<true>>, quad_rows<QuadQ3K<true>>, quad_rows<QuadQ4K<true>>,
                                      quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>, true>,
-                                     quad_rows<QuadQ4K<true>, true>, quad_rows<QuadQ6K<true>, true>, 16,
+                                     quad_rows<QuadQ4K<true>, true>, 16,
                                      {repack_16_q4k<false>, rows_16_q4k<false>},
                                      {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};
     return table;

@@ -68,12 +68,13 @@ struct RowGroupTable {
     RowGroupFn q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k;
     QuantizeQ8Fn quantize_q8;
     QuantizeQ8KFn quantize_q8k;
-    // four rows per call, where the path has them (K-quants on AVX-512)
+    // four rows per call, where the path has them (K-quants on AVX-512); Q6_K's sums each row's
+    // integer dot and offset before the float steps, so it is also the AMX path's Q6_K kernel for
+    // few tokens, bit-identical to its tile kernels
     QuadRowGroupFn q2_k_quad = nullptr, q3_k_quad = nullptr, q4_k_quad = nullptr, q5_k_quad = nullptr,
                    q6_k_quad = nullptr;
-    // Q4_K / Q6_K four rows per call with each row's integer dot and offset summed before the float
-    // steps (AVX-512): the AMX path's kernels for few tokens, bit-identical to its tile kernels.
-    QuadRowGroupFn q4_k_quad_row_sums = nullptr, q6_k_quad_row_sums = nullptr;
+    // Q4_K four rows per call in that form (AVX-512): the AMX path's Q4_K kernel for few tokens
+    QuadRowGroupFn q4_k_quad_row_sums = nullptr;
     // tokens per four-row call (0: token_group): more than a row group's, since four rows share
     // the unpacking of each super-block and the accumulators may live in memory
     int quad_token_group = 0;
