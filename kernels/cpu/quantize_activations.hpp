@@ -24,6 +24,10 @@ struct alignas(64) ActivationBlockQ8K {
     int8_t qs[256];     // in [-127, 127]
     int16_t bsums[16];  // sums of qs per 16: the K-quants' minimum / offset terms come from these
     float d;            // x ≈ d * qs
+    // Sums of qs per 32 (bsums[2j] + bsums[2j + 1]), for Q4_K / Q5_K's minimums, which are per 32:
+    // word i holds the sums of sub-blocks 2i and 2i + 1, so one vpdpwssd against a row's pair of
+    // minimums adds two sub-blocks' terms. Written by every quantize_q8k; in the block's padding.
+    int16_t bsums32[8];
 };
 static_assert(sizeof(ActivationBlockQ8K) == 320);
 
