@@ -78,6 +78,20 @@ void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const
                             const float* q_rope, const float* cache_latent, const float* cache_rope,
                             const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool);
 
+// The absorbed form's products in f32 (the default: logits within 2e-5 of transformers') or in bf16
+// (attention_bf16.cpp: ~2x the rate where the CPU has AVX-512 BF16, the query, the cache and the
+// probabilities rounded to 8 significant bits). Process-wide, set from the command line
+// (--attention-precision) before any runtime sizes its scratch; mla_attention_absorbed and
+// attention_scratch_floats follow it where bf16_attention_supported, and stay f32 elsewhere.
+enum class AttentionMath { f32, bf16 };
+void set_attention_math(AttentionMath math);
+AttentionMath attention_math();
+bool bf16_attention_supported(const AttentionShape& shape);
+int64_t attention_bf16_scratch_floats(const AttentionShape& shape, int64_t n_ctx, int n_threads);
+void mla_attention_absorbed_bf16(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
+                                 const float* q_rope, const float* cache_latent, const float* cache_rope,
+                                 const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool);
+
 // The decompressed (MHA) form of the same attention (spec §2.7), cheaper than the absorbed form
 // when many queries share the positions (a prefill): the latents are expanded block by block into
 // per-head keys and values, kv = [k_nope | v] = kv_b . c, each block scored against every query and

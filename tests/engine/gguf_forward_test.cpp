@@ -25,6 +25,7 @@
 #include "engine/model_loader.hpp"
 #include "formats/npy.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/ops.hpp"
 
 using namespace sluice;
 namespace fs = std::filesystem;
@@ -207,11 +208,20 @@ TEST_CASE("the first 16 greedy tokens equal llama.cpp's on the F16 and Q8_0 file
         REQUIRE(llama_steps.data.size() == llama_ids.size() * size_t(vocab));
         ThreadPool pool(2);
         const bool quantised = type != "F16";
-        for (const auto mode : {cpu::QuantDot::fused, cpu::QuantDot::exact}) {
+        // The third run: fused dots with the decode attention's products in bf16 (--attention-precision).
+        for (const int run : {0, 1, 2}) {
+            const auto mode = run == 1 ? cpu::QuantDot::exact : cpu::QuantDot::fused;
+            const bool bf16 = run == 2;
             if (!quantised && mode == cpu::QuantDot::exact) continue;  // F16 has one path
-            const std::string path = mode == cpu::QuantDot::fused ? "fused" : "exact";
+            if (bf16 && !cpu::bf16_attention_supported({int(model->layout().n_heads), int(model->layout().kv_rank),
+                                                        int(model->layout().rope_dim), 1.0f})) {
+                MESSAGE(f["file"].get<std::string>() << ": no bf16 attention on this CPU or shape; not run");
+                continue;
+            }
+            const std::string path = bf16 ? "fused, bf16 attention" : mode == cpu::QuantDot::fused ? "fused" : "exact";
             CAPTURE(path);
             cpu::set_quant_dot(mode);
+            cpu::set_attention_math(bf16 ? cpu::AttentionMath::bf16 : cpu::AttentionMath::f32);
             // llama.cpp runs these files' MLA in the absorbed form (k_b / v_b), so its activations meet
             // the quantised weights at the same points as ours only in that form; the decompressed
             // form (our default for prefill) rounds the cache latents instead of the queries, equally
@@ -261,6 +271,7 @@ TEST_CASE("the first 16 greedy tokens equal llama.cpp's on the F16 and Q8_0 file
         }
     }
     cpu::set_quant_dot(cpu::QuantDot::fused);
+    cpu::set_attention_math(cpu::AttentionMath::f32);
     CHECK(asserted["F16"] >= 2);   // hf_tiny_v3 and hf_tiny_v3_shared3
     CHECK(asserted["Q8_0"] >= 2);  // hf_tiny_v3, fused and exact
 }

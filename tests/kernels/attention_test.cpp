@@ -205,3 +205,109 @@ TEST_CASE("a query that sees one cache row returns that row's latent exactly") {
     for (int h = 0; h < m.n_heads; ++h)
         for (int c = 0; c < m.kv_rank; ++c) CHECK(out[size_t(h * m.kv_rank + c)] == m.latent[size_t(c)]);
 }
+
+namespace {
+
+// Absorbed attention straight from its inputs (q~, q_pe, latents, k_pe), in double, with the
+// bound on bf16's error each output may show: the query and the cache rounded to bf16 (relative
+// u = 2^-9 each) move a score by at most scale (2u + u^2) sum_i |q_i k_i| (the products and sums
+// are f32: 1e-6 of that at most); the softmax turns score errors of at most ds into probability
+// errors of at most 2 ds P_j, the probabilities and the latents are rounded once more (u each), so
+// |out - want| <= (2 ds + 2u) max_j |c_j| (sum_j P_j = 1), here with 10% and 1e-6 to spare.
+struct AbsorbedWant {
+    std::vector<double> out, bound;
+};
+AbsorbedWant absorbed_reference(const AttentionShape& s, int64_t n_tokens, const std::vector<float>& q_latent,
+                                const std::vector<float>& q_rope, const std::vector<float>& latent,
+                                const std::vector<float>& rope, const std::vector<int64_t>& n_visible) {
+    const double u = std::ldexp(1.0, -9);
+    AbsorbedWant w{std::vector<double>(size_t(n_tokens * s.n_heads * s.kv_rank)),
+                   std::vector<double>(size_t(n_tokens * s.n_heads * s.kv_rank))};
+    for (int64_t t = 0; t < n_tokens; ++t)
+        for (int h = 0; h < s.n_heads; ++h) {
+            const int64_t row = t * s.n_heads + h, vis = n_visible[size_t(t)];
+            std::vector<double> p(static_cast<size_t>(vis));
+            double max_s = -INFINITY, ds = 0;
+            for (int64_t j = 0; j < vis; ++j) {
+                double dot = 0, mag = 0;
+                for (int c = 0; c < s.kv_rank; ++c) {
+                    const double x = double(q_latent[size_t(row * s.kv_rank + c)]) * latent[size_t(j * s.kv_rank + c)];
+                    dot += x;
+                    mag += std::fabs(x);
+                }
+                for (int i = 0; i < s.rope_dim; ++i) {
+                    const double x = double(q_rope[size_t(row * s.rope_dim + i)]) * rope[size_t(j * s.rope_dim + i)];
+                    dot += x;
+                    mag += std::fabs(x);
+                }
+                p[size_t(j)] = s.scale * dot;
+                ds = std::max(ds, s.scale * (2 * u + u * u + 1e-6) * mag);
+                max_s = std::max(max_s, p[size_t(j)]);
+            }
+            double sum = 0;
+            for (double& v : p) sum += v = std::exp(v - max_s);
+            for (int c = 0; c < s.kv_rank; ++c) {
+                double o = 0, c_max = 0;
+                for (int64_t j = 0; j < vis; ++j) {
+                    const double l = latent[size_t(j * s.kv_rank + c)];
+                    o += p[size_t(j)] / sum * l;
+                    c_max = std::max(c_max, std::fabs(l));
+                }
+                w.out[size_t(row * s.kv_rank + c)] = o;
+                w.bound[size_t(row * s.kv_rank + c)] = 1.1 * (2 * ds + 2 * u) * c_max + 1e-6;
+            }
+        }
+    return w;
+}
+
+struct AttentionMathGuard {
+    explicit AttentionMathGuard(AttentionMath m) { set_attention_math(m); }
+    ~AttentionMathGuard() { set_attention_math(AttentionMath::f32); }
+};
+
+}  // namespace
+
+TEST_CASE("bf16 absorbed attention: within bf16's rounding of the double reference, a token's bits the same alone or "
+          "beside others") {
+    // 11 heads: a group of 8 and a partial one; 45 and 70 positions: partial 32-position tiles,
+    // odd and even counts seen (pairs of positions with no partner).
+    for (const int64_t n_ctx : {45, 70}) {
+        CAPTURE(n_ctx);
+        const AttentionShape shape{11, 64, 32, 0.25f};
+        if (!bf16_attention_supported(shape)) {
+            MESSAGE("this CPU has no AVX-512 BF16 (or SLUICE_CPU caps the path): bf16 attention not tested");
+            return;
+        }
+        const AttentionMathGuard bf16(AttentionMath::bf16);
+        std::mt19937 rng(uint32_t(40 + n_ctx));
+        const int64_t n_tokens = 5;
+        const auto latent = random_floats(rng, size_t(n_ctx * shape.kv_rank), 1.0f);
+        const auto rope = random_floats(rng, size_t(n_ctx * shape.rope_dim), 1.0f);
+        const auto q_latent = random_floats(rng, size_t(n_tokens * shape.n_heads * shape.kv_rank), 0.3f);
+        const auto q_rope = random_floats(rng, size_t(n_tokens * shape.n_heads * shape.rope_dim), 0.3f);
+        std::vector<int64_t> n_visible;
+        for (int64_t t = 0; t < n_tokens; ++t) n_visible.push_back(n_ctx - n_tokens + t + 1);
+        ThreadPool pool(2);
+        std::vector<float> scratch(size_t(attention_scratch_floats(shape, n_ctx, pool.size())));
+        std::vector<float> out(size_t(n_tokens * shape.n_heads * shape.kv_rank));
+        mla_attention_absorbed(shape, n_tokens, q_latent.data(), q_rope.data(), latent.data(), rope.data(),
+                               n_visible.data(), out.data(), scratch.data(), pool);
+        const AbsorbedWant want = absorbed_reference(shape, n_tokens, q_latent, q_rope, latent, rope, n_visible);
+        int over = 0, beyond_f32 = 0;
+        for (size_t i = 0; i < out.size(); ++i) {
+            const double err = std::fabs(double(out[i]) - want.out[i]);
+            over += err > want.bound[i];
+            beyond_f32 += err > kTolerance;  // f32's own tolerance: bf16 must show here
+        }
+        CHECK(over == 0);
+        CHECK(beyond_f32 > 0);
+
+        const int64_t row_floats = shape.n_heads * shape.kv_rank;
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            std::vector<float> alone(static_cast<size_t>(row_floats));
+            mla_attention_absorbed(shape, 1, q_latent.data() + t * row_floats, q_rope.data() + t * shape.n_heads * shape.rope_dim,
+                                   latent.data(), rope.data(), &n_visible[size_t(t)], alone.data(), scratch.data(), pool);
+            CHECK(std::equal(alone.begin(), alone.end(), out.begin() + t * row_floats));
+        }
+    }
+}

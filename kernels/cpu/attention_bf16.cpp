@@ -1,0 +1,264 @@
+// Absorbed MLA attention with bf16 products (AVX-512 BF16), for --attention-math bf16.
+//
+// The f32 form (attention.cpp) runs at ~70% of the f32 FMA peak, and its products are most of a
+// long-context decode step's attention: on Zen 4, 490 sequences x 420 positions ran 120-150
+// GFLOP/s on 2 threads against the 600 the quantised GEMMs reach. vdpbf16ps does two multiply-adds
+// per f32 lane, so here each call turns the sequence's visible cache into bf16 once (1/128 of the
+// products' work: the 128 heads share it) in the layouts the two products want, and both run
+// without horizontal sums:
+//   scores  s[h][p] = sum_w qw[h][w] . K[w][p]: a vector holds 16 positions; w is a pair of
+//           latent (then rope) dimensions, broadcast from the head's query;
+//   output  o[h][c] = sum_i Pw[h][i] . V[i][c]: a vector holds 16 channels; i is a pair of
+//           positions, broadcast from the head's probabilities.
+// Softmax stays in f32. The roundings are the query, the cache and the probabilities to bf16
+// (8 significant bits, relative 2^-9 each); sums are f32. A token's result depends only on its own
+// sequence's cache and query, never on the other tokens of the call or the batch.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/thread_pool.hpp"
+#include "kernels/cpu/cpu_features.hpp"
+#include "kernels/cpu/kernel_paths.hpp"
+#include "kernels/cpu/ops.hpp"
+
+namespace sluice::cpu {
+namespace {
+
+std::atomic<AttentionMath> g_attention_math{AttentionMath::f32};
+
+constexpr int kTile = 32;       // positions a scores tile holds (two vectors)
+constexpr int kHeads = 8;       // heads a work item scores and sums together
+constexpr int kChannels = 32;   // output channels a weighted-sum tile holds (two vectors)
+
+int64_t padded_positions(int64_t n_ctx) { return (n_ctx + kTile - 1) / kTile * kTile; }
+int64_t key_words(const AttentionShape& s) { return (s.kv_rank + s.rope_dim) / 2; }
+
+// Words (4 bytes) of the shared layouts and of one thread's part.
+struct Bf16Scratch {
+    int64_t keys, values, per_thread;
+};
+Bf16Scratch bf16_scratch_words(const AttentionShape& s, int64_t n_ctx) {
+    const int64_t p = padded_positions(std::max<int64_t>(n_ctx, 1));
+    return {key_words(s) * p, int64_t(s.kv_rank) * p / 2, kHeads * p + kHeads * p / 2 + kHeads * key_words(s)};
+}
+
+}  // namespace
+
+bool bf16_attention_supported(const AttentionShape& s) {
+    const CpuFeatures& f = detect_cpu_features();
+    return cpu_path() == CpuPath::avx512 && f.avx512bf16 && s.kv_rank % kChannels == 0 && s.rope_dim % 32 == 0;
+}
+
+void set_attention_math(AttentionMath math) { g_attention_math.store(math); }
+AttentionMath attention_math() { return g_attention_math.load(); }
+
+int64_t attention_bf16_scratch_floats(const AttentionShape& shape, int64_t n_ctx, int n_threads) {
+    const Bf16Scratch w = bf16_scratch_words(shape, n_ctx);
+    return w.keys + w.values + w.per_thread * std::max(1, n_threads) + 16;  // + 16: aligned to 64 bytes inside
+}
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+// GCC 12 reports its own _mm512_undefined_* temporaries inside the intrinsics headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+#endif
+
+namespace {
+
+inline __m512bh as_bf16(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+// 32 floats as 16 words, each a pair of bf16 (x[2w], x[2w + 1]), rounded to nearest even.
+inline __m512i pair_words(const float* x) {
+    const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+    return reinterpret_cast<const __m512i&>(b);
+}
+
+// r[i] holds 16 words of row i; on return r[c] holds word c of rows 0..15.
+inline void transpose_16x16_words(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    __m512i out[16];
+    for (int e = 0; e < 4; ++e) {
+        const __m512i ab_lo = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44), ab_hi = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xee);
+        const __m512i cd_lo = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44), cd_hi = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xee);
+        out[e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
+        out[4 + e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xdd);
+        out[8 + e] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
+        out[12 + e] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xdd);
+    }
+    for (int c = 0; c < 16; ++c) r[c] = out[c];
+}
+
+struct Layouts {
+    const AttentionShape& shape;
+    int64_t n_ctx, padded, words;
+    const float* latent;
+    const float* rope;
+    uint32_t* keys;    // [padded / kTile][words][kTile]: word w of positions tile..tile + 31
+    uint32_t* values;  // [kv_rank / kChannels][padded / 2][kChannels]: (c of position 2i, of 2i + 1)
+};
+
+// Positions [32 tile, 32 tile + 32) into both layouts; positions past n_ctx as zeros.
+void convert_tile(const Layouts& l, int64_t tile) {
+    const int kv_rank = l.shape.kv_rank, rope_dim = l.shape.rope_dim;
+    for (int half = 0; half < 2; ++half) {
+        const int64_t p0 = tile * kTile + 16 * half;
+        for (int64_t block = 0; block < l.words / 16; ++block) {  // words 16 block .. + 15 = floats 32 block ..
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i) {
+                const int64_t p = p0 + i;
+                if (p >= l.n_ctx) {
+                    r[i] = _mm512_setzero_si512();
+                    continue;
+                }
+                const int64_t f = 32 * block;
+                r[i] = pair_words(f < kv_rank ? l.latent + p * kv_rank + f : l.rope + p * rope_dim + (f - kv_rank));
+            }
+            transpose_16x16_words(r);
+            uint32_t* dst = l.keys + (tile * l.words + 16 * block) * kTile + 16 * half;
+            for (int c = 0; c < 16; ++c) _mm512_store_si512(dst + c * kTile, r[c]);
+        }
+    }
+    const int64_t pairs = l.padded / 2;
+    for (int64_t i = tile * kTile / 2; i < (tile + 1) * kTile / 2; ++i) {
+        const int64_t p = 2 * i;
+        for (int c = 0; c < kv_rank; c += 16) {
+            __m512i w = _mm512_setzero_si512();
+            if (p < l.n_ctx) {
+                const __m256bh a = _mm512_cvtneps_pbh(_mm512_loadu_ps(l.latent + p * kv_rank + c));
+                w = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(a));
+                if (p + 1 < l.n_ctx) {
+                    const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(l.latent + (p + 1) * kv_rank + c));
+                    w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(b)), 16));
+                }
+            }
+            _mm512_store_si512(l.values + ((c / kChannels) * pairs + i) * kChannels + c % kChannels, w);
+        }
+    }
+}
+
+// One token's heads [h0, h0 + n_g) against the first `visible` positions.
+void attend_heads(const Layouts& l, const float* q_latent, const float* q_rope, int n_g, int64_t visible,
+                  float* out, uint32_t* thread_scratch) {
+    const AttentionShape& s = l.shape;
+    const int64_t padded = l.padded, words = l.words, pairs = padded / 2;
+    float* scores = reinterpret_cast<float*>(thread_scratch);   // [kHeads][padded]
+    uint32_t* probs = thread_scratch + kHeads * padded;        // [kHeads][pairs]
+    uint32_t* query = probs + kHeads * pairs;                   // [kHeads][words]
+    for (int g = 0; g < kHeads; ++g)
+        for (int64_t b = 0; b < words / 16; ++b) {
+            const int64_t f = 32 * b;
+            const __m512i w = g >= n_g ? _mm512_setzero_si512()
+                              : pair_words(f < s.kv_rank ? q_latent + int64_t(g) * s.kv_rank + f
+                                                         : q_rope + int64_t(g) * s.rope_dim + (f - s.kv_rank));
+            _mm512_storeu_si512(query + g * words + 16 * b, w);
+        }
+
+    const int64_t tiles = (visible + kTile - 1) / kTile;
+    const __m512 scale = _mm512_set1_ps(s.scale);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+        __m512 acc[kHeads][2];
+        for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
+        const uint32_t* k = l.keys + tile * words * kTile;
+        for (int64_t w = 0; w < words; ++w) {
+            const __m512bh k0 = as_bf16(_mm512_load_si512(k + w * kTile)), k1 = as_bf16(_mm512_load_si512(k + w * kTile + 16));
+            for (int g = 0; g < kHeads; ++g) {
+                const __m512bh q = as_bf16(_mm512_set1_epi32(int(query[g * words + w])));
+                acc[g][0] = _mm512_dpbf16_ps(acc[g][0], q, k0);
+                acc[g][1] = _mm512_dpbf16_ps(acc[g][1], q, k1);
+            }
+        }
+        for (int g = 0; g < kHeads; ++g) {
+            _mm512_store_ps(scores + g * padded + tile * kTile, _mm512_mul_ps(acc[g][0], scale));
+            _mm512_store_ps(scores + g * padded + tile * kTile + 16, _mm512_mul_ps(acc[g][1], scale));
+        }
+    }
+    // Softmax over the visible positions, then the probabilities as pairs (the tile's rest as 0).
+    const detail::PathKernels& f32 = detail::path_kernels(CpuPath::avx512);
+    const int64_t used = tiles * kTile, used_pairs = (visible + 1) / 2;
+    for (int g = 0; g < n_g; ++g) {
+        float* row = scores + g * padded;
+        f32.softmax(row, visible);
+        std::fill(row + visible, row + used, 0.0f);
+        for (int64_t i = 0; i < used; i += 32) _mm512_store_si512(probs + g * pairs + i / 2, pair_words(row + i));
+    }
+    for (int g = n_g; g < kHeads; ++g) std::fill(probs + g * pairs, probs + g * pairs + used / 2, 0u);
+
+    for (int c0 = 0; c0 < s.kv_rank; c0 += kChannels) {
+        __m512 acc[kHeads][2];
+        for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
+        const uint32_t* v = l.values + (c0 / kChannels) * pairs * kChannels;
+        for (int64_t i = 0; i < used_pairs; ++i) {
+            const __m512bh v0 = as_bf16(_mm512_load_si512(v + i * kChannels)), v1 = as_bf16(_mm512_load_si512(v + i * kChannels + 16));
+            for (int g = 0; g < kHeads; ++g) {
+                const __m512bh p = as_bf16(_mm512_set1_epi32(int(probs[g * pairs + i])));
+                acc[g][0] = _mm512_dpbf16_ps(acc[g][0], p, v0);
+                acc[g][1] = _mm512_dpbf16_ps(acc[g][1], p, v1);
+            }
+        }
+        for (int g = 0; g < n_g; ++g) {
+            _mm512_storeu_ps(out + int64_t(g) * s.kv_rank + c0, acc[g][0]);
+            _mm512_storeu_ps(out + int64_t(g) * s.kv_rank + c0 + 16, acc[g][1]);
+        }
+    }
+}
+
+}  // namespace
+
+void mla_attention_absorbed_bf16(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
+                                 const float* q_rope, const float* cache_latent, const float* cache_rope,
+                                 const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool) {
+    if (!bf16_attention_supported(shape))
+        fail(ErrorKind::internal, "bf16 attention on a CPU or shape without it (AVX-512 BF16, kv_rank % 32, rope % 32)");
+    int64_t n_ctx = 0;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        if (n_visible[t] <= 0) fail(ErrorKind::internal, "attention: query token {} sees no cache rows", t);
+        n_ctx = std::max(n_ctx, n_visible[t]);
+    }
+    const Bf16Scratch sizes = bf16_scratch_words(shape, n_ctx);
+    auto* words = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
+    const Layouts l{shape, n_ctx, padded_positions(n_ctx), key_words(shape), cache_latent, cache_rope,
+                    words, words + sizes.keys};
+    uint32_t* per_thread = words + sizes.keys + sizes.values;
+    pool.parallel_for(l.padded / kTile, [&](int64_t begin, int64_t end, int) {
+        for (int64_t tile = begin; tile < end; ++tile) convert_tile(l, tile);
+    });
+    const int n_heads = shape.n_heads;
+    const int64_t groups = (n_heads + kHeads - 1) / kHeads;
+    pool.parallel_for(n_tokens * groups, [&](int64_t begin, int64_t end, int thread) {
+        for (int64_t item = begin; item < end; ++item) {
+            const int64_t t = item / groups;
+            const int h0 = int(item % groups) * kHeads;
+            const int64_t row = t * n_heads + h0;
+            attend_heads(l, q_latent + row * shape.kv_rank, q_rope + row * shape.rope_dim, std::min(kHeads, n_heads - h0),
+                         n_visible[t], out + row * shape.kv_rank, per_thread + sizes.per_thread * thread);
+        }
+    });
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#pragma GCC diagnostic pop
+#endif
+
+}  // namespace sluice::cpu
