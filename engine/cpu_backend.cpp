@@ -68,6 +68,7 @@ void CpuBackend::release_to(size_t mark) {
 void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     mla_ = MlaShape::from(d);
     absorbed_shape_ = absorbed_shape(mla_);
+    absorbed_shape_.math = cpu::attention_math();  // the scratch below is sized for it
     decompressed_shape_ = decompressed_shape(mla_);
     hidden_ = d.hidden;
     const int threads = n_threads_;

@@ -29,7 +29,7 @@ constexpr int kQueryGroup = 8;
 
 int64_t attention_scratch_floats(const AttentionShape& shape, int64_t n_ctx, int n_threads) {
     const int64_t f32 = score_row_floats(n_ctx) * kHeadGroup * std::max(1, n_threads);
-    if (attention_math() == AttentionMath::bf16 && bf16_attention_supported(shape))
+    if (shape.math == AttentionMath::bf16 && bf16_attention_supported(shape))
         return std::max(f32, attention_bf16_scratch_floats(shape, n_ctx, n_threads));
     return f32;
 }
@@ -161,7 +161,7 @@ void mla_decompressed_end(const DecompressedAttentionShape& shape, int64_t n_tok
 void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
                             const float* q_rope, const float* cache_latent, const float* cache_rope,
                             const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool) {
-    if (attention_math() == AttentionMath::bf16 && bf16_attention_supported(shape))
+    if (shape.math == AttentionMath::bf16 && bf16_attention_supported(shape))
         return mla_attention_absorbed_bf16(shape, n_tokens, q_latent, q_rope, cache_latent, cache_rope, n_visible, out,
                                            scratch, pool);
     detail::mla_attention_absorbed_on_path(cpu_path(), shape, n_tokens, q_latent, q_rope, cache_latent,

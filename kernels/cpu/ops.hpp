@@ -67,23 +67,25 @@ void route(const float* logits, const float* bias, const RouterConfig& config,
 //   out: [n_tokens, n_heads, kv_rank] = sum_t P * c_t
 // scratch is sized by attention_scratch_floats(shape, n_ctx >= max n_visible, pool.size()); no
 // allocation happens inside. Work is split over (token, group of 8 heads) items.
+// The products in f32 (the default: logits within 2e-5 of transformers') or in bf16
+// (attention_bf16.cpp: ~2x the rate where the CPU has AVX-512 BF16, the query, the cache and the
+// probabilities rounded to 8 significant bits), per shape: the scratch is sized for its math, and a
+// shape asking bf16 where bf16_attention_supported is false runs f32.
+enum class AttentionMath { f32, bf16 };
 struct AttentionShape {
     int n_heads = 0;
     int kv_rank = 512;
     int rope_dim = 64;
     float scale = 1.0f;
+    AttentionMath math = AttentionMath::f32;
 };
 int64_t attention_scratch_floats(const AttentionShape& shape, int64_t n_ctx, int n_threads);
 void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
                             const float* q_rope, const float* cache_latent, const float* cache_rope,
                             const int64_t* n_visible, float* out, float* scratch, ThreadPool& pool);
 
-// The absorbed form's products in f32 (the default: logits within 2e-5 of transformers') or in bf16
-// (attention_bf16.cpp: ~2x the rate where the CPU has AVX-512 BF16, the query, the cache and the
-// probabilities rounded to 8 significant bits). Process-wide, set from the command line
-// (--attention-precision) before any runtime sizes its scratch; mla_attention_absorbed and
-// attention_scratch_floats follow it where bf16_attention_supported, and stay f32 elsewhere.
-enum class AttentionMath { f32, bf16 };
+// The process's choice (--attention-precision), which a backend copies into its AttentionShape when
+// it sizes its scratch; the kernels read only the shape's.
 void set_attention_math(AttentionMath math);
 AttentionMath attention_math();
 bool bf16_attention_supported(const AttentionShape& shape);

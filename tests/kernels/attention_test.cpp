@@ -260,11 +260,6 @@ AbsorbedWant absorbed_reference(const AttentionShape& s, int64_t n_tokens, const
     return w;
 }
 
-struct AttentionMathGuard {
-    explicit AttentionMathGuard(AttentionMath m) { set_attention_math(m); }
-    ~AttentionMathGuard() { set_attention_math(AttentionMath::f32); }
-};
-
 }  // namespace
 
 TEST_CASE("bf16 absorbed attention: within bf16's rounding of the double reference, a token's bits the same alone or "
@@ -273,12 +268,11 @@ TEST_CASE("bf16 absorbed attention: within bf16's rounding of the double referen
     // odd and even counts seen (pairs of positions with no partner).
     for (const int64_t n_ctx : {45, 70}) {
         CAPTURE(n_ctx);
-        const AttentionShape shape{11, 64, 32, 0.25f};
+        const AttentionShape shape{11, 64, 32, 0.25f, AttentionMath::bf16};
         if (!bf16_attention_supported(shape)) {
             MESSAGE("this CPU has no AVX-512 BF16 (or SLUICE_CPU caps the path): bf16 attention not tested");
             return;
         }
-        const AttentionMathGuard bf16(AttentionMath::bf16);
         std::mt19937 rng(uint32_t(40 + n_ctx));
         const int64_t n_tokens = 5;
         const auto latent = random_floats(rng, size_t(n_ctx * shape.kv_rank), 1.0f);
