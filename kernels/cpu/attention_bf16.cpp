@@ -72,6 +72,11 @@ int64_t attention_bf16_scratch_floats(const AttentionShape& shape, int64_t n_ctx
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
 #endif
 
+}  // namespace sluice::cpu
+// After the target pragma, whose target its function takes.
+#include "kernels/cpu/transpose_16x16_avx512.hpp"
+namespace sluice::cpu {
+
 namespace {
 
 inline __m512bh as_bf16(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
@@ -82,30 +87,6 @@ inline __m512i pair_words(const float* x) {
     return reinterpret_cast<const __m512i&>(b);
 }
 
-// r[i] holds 16 words of row i; on return r[c] holds word c of rows 0..15.
-inline void transpose_16x16_words(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    __m512i out[16];
-    for (int e = 0; e < 4; ++e) {
-        const __m512i ab_lo = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44), ab_hi = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xee);
-        const __m512i cd_lo = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44), cd_hi = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xee);
-        out[e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
-        out[4 + e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xdd);
-        out[8 + e] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
-        out[12 + e] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xdd);
-    }
-    for (int c = 0; c < 16; ++c) r[c] = out[c];
-}
 
 struct Layouts {
     const AttentionShape& shape;

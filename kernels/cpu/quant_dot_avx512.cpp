@@ -26,6 +26,8 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,gfni,avx2,fma,f16c")
 #endif
 
+#include "kernels/cpu/transpose_16x16_avx512.hpp"
+
 namespace sluice::cpu::quant_kernels {
 namespace {
 
@@ -618,30 +620,6 @@ struct Packed16Q4K {         // one super-block of 16 rows
 };
 static_assert(sizeof(Packed16Q4K) <= sizeof(PackedBlock16));
 
-// r[i] holds 16 words of row i; on return r[c] holds word c of rows 0..15 (lane order = rows).
-inline void transpose_16x16_epi32(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);      // per 128-bit lane L: words 4L, 4L + 1 of rows i, i + 1
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);  // words 4L + 2, 4L + 3
-    }
-    for (int i = 0; i < 16; i += 4) {  // r[i + e]: per lane L, word 4L + e of rows i .. i + 3
-        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    __m512i out[16];
-    for (int e = 0; e < 4; ++e) {  // lane L of r[4g + e] becomes lane g of word 4L + e
-        const __m512i ab_lo = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44), ab_hi = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xee);
-        const __m512i cd_lo = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44), cd_hi = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xee);
-        out[e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
-        out[4 + e] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xdd);
-        out[8 + e] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
-        out[12 + e] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xdd);
-    }
-    for (int c = 0; c < 16; ++c) r[c] = out[c];
-}
 
 // 16 bytes at offset `at` of each of 16 rows, as four vectors of each row's word e (lane order = rows).
 inline void row_words_4(const uint8_t* b, int64_t row_bytes, int64_t at, __m512i words[4]) {
@@ -667,7 +645,7 @@ inline void transpose_rows_16(const uint8_t* b, int64_t row_bytes, int64_t at, i
     for (int part = 0; part < bytes / 64; ++part) {
         __m512i r[16];
         for (int row = 0; row < 16; ++row) r[row] = _mm512_loadu_si512(b + row * row_bytes + at + 64 * part);
-        transpose_16x16_epi32(r);
+        transpose_16x16_words(r);
         for (int c = 0; c < 16; ++c) _mm512_store_si512(words[16 * part + c], r[c]);
     }
 }
