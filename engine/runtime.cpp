@@ -14,7 +14,6 @@
 #include "engine/cuda/cuda_backend.hpp"
 #include "engine/reader_segment_io.hpp"
 #include "kernels/cuda/device.hpp"
-#include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/ops.hpp"
 
@@ -72,8 +71,7 @@ void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
              if (s != "f32" && s != "bf16")
                  fail(ErrorKind::invalid_input, "--attention-precision: expected f32 or bf16, got '{}'", s);
              cpu::set_attention_math(s == "bf16" ? cpu::AttentionMath::bf16 : cpu::AttentionMath::f32);
-             const auto& f = cpu::detect_cpu_features();
-             if (s == "bf16" && !(cpu::cpu_path() == cpu::CpuPath::avx512 && f.avx512bf16))
+             if (s == "bf16" && !cpu::cpu_has_bf16_attention())
                  fmt::print(stderr, "--attention-precision bf16: this CPU has no AVX-512 BF16 (or SLUICE_CPU caps its "
                                     "path); the CPU's attention stays f32\n");
          },

@@ -33,6 +33,7 @@ std::atomic<AttentionMath> g_attention_math{AttentionMath::f32};
 constexpr int kTile = 32;       // positions a scores tile holds (two vectors)
 constexpr int kHeads = 8;       // heads a work item scores and sums together
 constexpr int kChannels = 32;   // output channels a weighted-sum tile holds (two vectors)
+static_assert(kTile == 32 && kChannels == 32, "both products' tiles are two 16-lane vectors (pair_tile)");
 
 int64_t padded_positions(int64_t n_ctx) { return (n_ctx + kTile - 1) / kTile * kTile; }
 int64_t key_words(const AttentionShape& s) { return (s.kv_rank + s.rope_dim) / 2; }
@@ -48,9 +49,10 @@ Bf16Scratch bf16_scratch_words(const AttentionShape& s, int64_t n_ctx) {
 
 }  // namespace
 
+bool cpu_has_bf16_attention() { return cpu_path() == CpuPath::avx512 && detect_cpu_features().avx512bf16; }
+
 bool bf16_attention_supported(const AttentionShape& s) {
-    const CpuFeatures& f = detect_cpu_features();
-    return cpu_path() == CpuPath::avx512 && f.avx512bf16 && s.kv_rank % kChannels == 0 && s.rope_dim % 32 == 0;
+    return cpu_has_bf16_attention() && s.kv_rank % kChannels == 0 && s.rope_dim % 32 == 0;
 }
 
 void set_attention_math(AttentionMath math) { g_attention_math.store(math); }
@@ -136,6 +138,21 @@ void convert_tile(const Layouts& l, int64_t tile) {
     }
 }
 
+// The register tile both products share: acc[g][v] += sum_{s < steps} bcast[g * bcast_stride + s] .
+// vecs[32 s + 16 v ..] for 8 heads g and two 16-lane vectors v, each step a bf16 pair per lane.
+inline void pair_tile(const uint32_t* bcast, int64_t bcast_stride, const uint32_t* vecs, int64_t steps,
+                      __m512 acc[kHeads][2]) {
+    for (int g = 0; g < kHeads; ++g) acc[g][0] = acc[g][1] = _mm512_setzero_ps();
+    for (int64_t step = 0; step < steps; ++step) {
+        const __m512bh v0 = as_bf16(_mm512_load_si512(vecs + step * 32)), v1 = as_bf16(_mm512_load_si512(vecs + step * 32 + 16));
+        for (int g = 0; g < kHeads; ++g) {
+            const __m512bh b = as_bf16(_mm512_set1_epi32(int(bcast[g * bcast_stride + step])));
+            acc[g][0] = _mm512_dpbf16_ps(acc[g][0], b, v0);
+            acc[g][1] = _mm512_dpbf16_ps(acc[g][1], b, v1);
+        }
+    }
+}
+
 // One token's heads [h0, h0 + n_g) against the first `visible` positions.
 void attend_heads(const Layouts& l, const float* q_latent, const float* q_rope, int n_g, int64_t visible,
                   float* out, uint32_t* thread_scratch) {
@@ -157,16 +174,7 @@ void attend_heads(const Layouts& l, const float* q_latent, const float* q_rope, 
     const __m512 scale = _mm512_set1_ps(s.scale);
     for (int64_t tile = 0; tile < tiles; ++tile) {
         __m512 acc[kHeads][2];
-        for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
-        const uint32_t* k = l.keys + tile * words * kTile;
-        for (int64_t w = 0; w < words; ++w) {
-            const __m512bh k0 = as_bf16(_mm512_load_si512(k + w * kTile)), k1 = as_bf16(_mm512_load_si512(k + w * kTile + 16));
-            for (int g = 0; g < kHeads; ++g) {
-                const __m512bh q = as_bf16(_mm512_set1_epi32(int(query[g * words + w])));
-                acc[g][0] = _mm512_dpbf16_ps(acc[g][0], q, k0);
-                acc[g][1] = _mm512_dpbf16_ps(acc[g][1], q, k1);
-            }
-        }
+        pair_tile(query, words, l.keys + tile * words * kTile, words, acc);
         for (int g = 0; g < kHeads; ++g) {
             _mm512_store_ps(scores + g * padded + tile * kTile, _mm512_mul_ps(acc[g][0], scale));
             _mm512_store_ps(scores + g * padded + tile * kTile + 16, _mm512_mul_ps(acc[g][1], scale));
@@ -185,16 +193,7 @@ void attend_heads(const Layouts& l, const float* q_latent, const float* q_rope, 
 
     for (int c0 = 0; c0 < s.kv_rank; c0 += kChannels) {
         __m512 acc[kHeads][2];
-        for (auto& a : acc) a[0] = a[1] = _mm512_setzero_ps();
-        const uint32_t* v = l.values + (c0 / kChannels) * pairs * kChannels;
-        for (int64_t i = 0; i < used_pairs; ++i) {
-            const __m512bh v0 = as_bf16(_mm512_load_si512(v + i * kChannels)), v1 = as_bf16(_mm512_load_si512(v + i * kChannels + 16));
-            for (int g = 0; g < kHeads; ++g) {
-                const __m512bh p = as_bf16(_mm512_set1_epi32(int(probs[g * pairs + i])));
-                acc[g][0] = _mm512_dpbf16_ps(acc[g][0], p, v0);
-                acc[g][1] = _mm512_dpbf16_ps(acc[g][1], p, v1);
-            }
-        }
+        pair_tile(probs, pairs, l.values + (c0 / kChannels) * pairs * kChannels, used_pairs, acc);
         for (int g = 0; g < n_g; ++g) {
             _mm512_storeu_ps(out + int64_t(g) * s.kv_rank + c0, acc[g][0]);
             _mm512_storeu_ps(out + int64_t(g) * s.kv_rank + c0 + 16, acc[g][1]);

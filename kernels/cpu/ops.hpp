@@ -88,7 +88,8 @@ void mla_attention_absorbed(const AttentionShape& shape, int64_t n_tokens, const
 // it sizes its scratch; the kernels read only the shape's.
 void set_attention_math(AttentionMath math);
 AttentionMath attention_math();
-bool bf16_attention_supported(const AttentionShape& shape);
+bool cpu_has_bf16_attention();  // the AVX-512 path with AVX-512 BF16
+bool bf16_attention_supported(const AttentionShape& shape);  // that, and a shape its layouts take
 int64_t attention_bf16_scratch_floats(const AttentionShape& shape, int64_t n_ctx, int n_threads);
 void mla_attention_absorbed_bf16(const AttentionShape& shape, int64_t n_tokens, const float* q_latent,
                                  const float* q_rope, const float* cache_latent, const float* cache_rope,

@@ -354,8 +354,8 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
             _mm256_store_si256(reinterpret_cast<__m256i*>(out[b].qs + 32 * g), quantize32(x + 32 * g, scale, q));
             out[b].bsums[2 * g] = int16_t(reduce_add(_mm256_add_epi32(q[0], q[1])));
             out[b].bsums[2 * g + 1] = int16_t(reduce_add(_mm256_add_epi32(q[2], q[3])));
-            out[b].bsums32[g] = int16_t(out[b].bsums[2 * g] + out[b].bsums[2 * g + 1]);
         }
+        fill_bsums32(out[b]);
     }
 }
 

@@ -1018,7 +1018,7 @@ void quantize_q8k(const float* x, ActivationBlockQ8K* out, int64_t n) {
             _mm_store_si128(reinterpret_cast<__m128i*>(out[b].qs + 16 * g), _mm512_cvtsepi32_epi8(q));
             out[b].bsums[g] = int16_t(_mm512_reduce_add_epi32(q));
         }
-        for (int j = 0; j < 8; ++j) out[b].bsums32[j] = int16_t(out[b].bsums[2 * j] + out[b].bsums[2 * j + 1]);
+        fill_bsums32(out[b]);
     }
 }
 

@@ -104,7 +104,7 @@ void quantize_activations_q8k(const float* x, ActivationBlockQ8K* out, int64_t n
             }
             out[b].bsums[g] = int16_t(sum);
         }
-        for (int j = 0; j < 8; ++j) out[b].bsums32[j] = int16_t(out[b].bsums[2 * j] + out[b].bsums[2 * j + 1]);
+        fill_bsums32(out[b]);
     }
 }
 

@@ -31,6 +31,11 @@ struct alignas(64) ActivationBlockQ8K {
 };
 static_assert(sizeof(ActivationBlockQ8K) == 320);
 
+// bsums32 from bsums: every quantize_q8k ends a block with it.
+inline void fill_bsums32(ActivationBlockQ8K& b) {
+    for (int j = 0; j < 8; ++j) b.bsums32[j] = int16_t(b.bsums[2 * j] + b.bsums[2 * j + 1]);
+}
+
 // The scales are llama.cpp's (quantize_row_q8_0 / quantize_row_q8_K), so the fused results are
 // its kernels' to float rounding (GEMV within 4e-7 of ggml's; hf_small_v3.Q2_K logits within
 // 2e-6 of llama.cpp's): both multiply by inv = 127 / amax and round to nearest even; Q8_0-style

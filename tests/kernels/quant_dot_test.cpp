@@ -257,6 +257,7 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
             CHECK(gotk[b].d == refk[b].d);
             CHECK(std::memcmp(gotk[b].qs, refk[b].qs, 256) == 0);
             CHECK(std::memcmp(gotk[b].bsums, refk[b].bsums, sizeof refk[b].bsums) == 0);
+            CHECK(std::memcmp(gotk[b].bsums32, refk[b].bsums32, sizeof refk[b].bsums32) == 0);
         }
     }
 }
