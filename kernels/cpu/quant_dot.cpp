@@ -189,16 +189,22 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     static_assert(sizeof(ActivationBlockQ8K) == kGroupBytes && sizeof(ActivationGroupQ8) == kGroupBytes);
     const int64_t n_groups = (w.cols + kGroupElems - 1) / kGroupElems;
     const int64_t act_token_bytes = n_groups * kGroupBytes;
-    const uint8_t* acts;
-    if (is_k_quant(w.type)) {
-        ActivationBlockQ8K* scratch = grown(t_activations_q8k, size_t(n_groups * n_tokens));
-        for (int64_t t = 0; t < n_tokens; ++t) table.quantize_q8k(x + t * x_stride, scratch + t * n_groups, w.cols);
-        acts = reinterpret_cast<const uint8_t*>(scratch);
-    } else {
-        ActivationGroupQ8* scratch = grown(t_activations_q8, size_t(n_groups * n_tokens));
-        for (int64_t t = 0; t < n_tokens; ++t) table.quantize_q8(x + t * x_stride, scratch + t * n_groups, w.cols);
-        acts = reinterpret_cast<const uint8_t*>(scratch);
-    }
+    // Quantised by the pool's threads when there are many: MLA's per-head W_UV products quantise
+    // hundreds of tokens for 128 rows a call, where one thread doing it left the other idle for a
+    // fifth of the call. A token's bytes are the same whichever thread makes them.
+    const auto quantize_tokens = [&](auto* scratch, auto quantize) {
+        const auto run = [&](int64_t t0, int64_t t1, int) {
+            for (int64_t t = t0; t < t1; ++t) quantize(x + t * x_stride, scratch + t * n_groups, w.cols);
+        };
+        constexpr int64_t kParallelElems = 64 * 1024;
+        if (n_tokens * w.cols >= kParallelElems) pool.parallel_for(n_tokens, run);
+        else run(0, n_tokens, 0);
+        return reinterpret_cast<const uint8_t*>(scratch);
+    };
+    const uint8_t* acts =
+        is_k_quant(w.type)
+            ? quantize_tokens(grown(t_activations_q8k, size_t(n_groups * n_tokens)), table.quantize_q8k)
+            : quantize_tokens(grown(t_activations_q8, size_t(n_groups * n_tokens)), table.quantize_q8);
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
     // Many tokens: a tile of rows (kept in L1/L2) meets one token group's activations at a time,
@@ -206,17 +212,24 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     // of every row streaming all tokens' activations from L2 again. The chunk is sized for a full
     // token group whatever n_tokens is: partial sums are added per chunk, so a chunk that grew for
     // small calls would change a token's rounding with the batch around it (batch invariance).
-    const QuadRowGroupFn quad =
-        g_four_rows_allowed.load(std::memory_order_relaxed) ? quad_row_group_for(w.type, table) : nullptr;
-    // Sixteen rows from a repacked tile where the path has it for the type (whole 16-row tiles; the
-    // rows of a partial tile go four and one at a time): see quant_dot_avx512.cpp.
-    const quant_kernels::SixteenRows sixteen_rows = !quad                    ? quant_kernels::SixteenRows{}
-                                                    : w.type == DType::Q4_K ? table.q4_k_16
-                                                    : w.type == DType::Q5_K ? table.q5_k_16
-                                                    : w.type == DType::Q6_K ? table.q6_k_16
-                                                                            : quant_kernels::SixteenRows{};
+    const bool multi_rows = g_four_rows_allowed.load(std::memory_order_relaxed);
+    const QuadRowGroupFn quad = multi_rows ? quad_row_group_for(w.type, table) : nullptr;
+    // Sixteen rows from a repacked tile where the path has it for the type (whole 16-row tiles of
+    // rows that are whole packed entries; the rows of a partial tile go four and one at a time):
+    // see quant_dot_avx512.cpp.
+    const quant_kernels::SixteenRows sixteen_rows = [&] {
+        const quant_kernels::SixteenRows none{};
+        if (!multi_rows) return none;
+        const quant_kernels::SixteenRows& s = w.type == DType::Q4_K ? table.q4_k_16
+                                              : w.type == DType::Q5_K ? table.q5_k_16
+                                              : w.type == DType::Q6_K ? table.q6_k_16
+                                              : w.type == DType::Q8_0 ? table.q8_0_16
+                                                                      : none;
+        return n_blocks % s.blocks_per_entry == 0 ? s : none;
+    }();
     const Repack16Fn repack_16 = sixteen_rows.repack;
     const Rows16Fn rows_16 = sixteen_rows.rows;
+    const int64_t entry_blocks = sixteen_rows.blocks_per_entry;
     const int64_t token_group =
         quad && !rows_16 && table.quad_token_group ? table.quad_token_group : table.token_group;
     constexpr int64_t kRowTile = 16;
@@ -230,11 +243,11 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
         const void* a[kMaxTokenGroup];
         float sums[kRowTile * kMaxTokenGroup];
         float partial[kMaxTokenGroup][kRowTile];  // [token][row]: a token's rows are contiguous in y
-        PackedBlock16* packed = rows_16 ? grown(t_packed_16, size_t(n_blocks)) : nullptr;
+        PackedBlock16* packed = rows_16 ? grown(t_packed_16, size_t(n_blocks / entry_blocks)) : nullptr;
         for (int64_t tile = r0; tile < r1; tile += kRowTile) {
             const int64_t tile_rows = std::min(kRowTile, r1 - tile);
             const bool sixteen = rows_16 && tile_rows == kRowTile;
-            if (sixteen) repack_16(base + tile * row_bytes, row_bytes, n_blocks, packed);  // shared by all tokens
+            if (sixteen) repack_16(base + tile * row_bytes, row_bytes, n_blocks / entry_blocks, packed);  // shared by all tokens
             // The next tile of this thread's rows, into L2 while this one computes; each call of
             // rows_16 below takes an equal share of its lines.
             const uint8_t* next_first = nullptr;
@@ -256,7 +269,9 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                     if (sixteen) {
                         const int64_t from = next_lines * call / calls, to = next_lines * (call + 1) / calls;
                         ++call;
-                        rows_16(packed + c0, nb, a, n_tok, sums, {next_first + 64 * from, to - from});
+                        // chunks start at whole activation groups (8 Q8_0 blocks), so at whole entries
+                        rows_16(packed + c0 / entry_blocks, nb / entry_blocks, a, n_tok, sums,
+                                {next_first + 64 * from, to - from});
                         for (int t = 0; t < n_tok; ++t)
                             for (int r = 0; r < kRowTile; ++r)
                                 partial[t][r] = c0 == 0 ? sums[16 * t + r] : partial[t][r] + sums[16 * t + r];

@@ -869,6 +869,98 @@ void rows_16_q6k(const PackedBlock16* packed, int64_t n_blocks, const void* cons
     }
 }
 
+// Q8_0, sixteen rows the same way. The row-at-a-time kernel below spends four vector operations
+// beside each vpdpbusd (it takes a pair of blocks of one row per instruction, so every block's
+// scale is permuted into place per token); with the rows across the lanes, a block of 16 rows is
+// eight vpdpbusd a token against broadcast activation words, and the block's scale is applied once
+// per token: ~4x the one-row kernel's rate at 16+ tokens (bench_quant), which is what MLA's W_UV
+// products and Q8_0 models run at. The weights are stored unsigned (u = w + 128, the sign bit
+// flipped), so dot(w, a) = dot(u, a) - 128 sum(a): the accumulator starts at -128 sum(a), one
+// vpmaddwd of the block's sum (it fits int16: |sum| <= 32 x 127) against (-128, 0), and the integer
+// is the exact dot. Per block and token the float steps are then the one-row kernel's: dw da
+// rounded once, one FMA of the converted dot; the blocks are added in order, a token at a time,
+// so a token's bits never depend on the batch. A packed entry holds four blocks (128 columns):
+// the caller takes sixteen rows only where a row is whole entries.
+struct Packed16Q8_0 {  // four blocks of 16 rows
+    uint32_t qs[32][16];  // [8j + k][r]: bytes 4k .. 4k + 3 of block j of row r, sign bits flipped
+    float d[4][16];       // [j][r]
+};
+static_assert(sizeof(Packed16Q8_0) <= sizeof(PackedBlock16));
+constexpr int64_t kQ8_0BlocksPerEntry = 4;
+
+void repack_16_q8_0(const void* wv, int64_t row_bytes, int64_t n_entries, PackedBlock16* packed) {
+    const auto* w = static_cast<const uint8_t*>(wv);
+    const __m512i sign = _mm512_set1_epi8(char(0x80));
+    for (int64_t i = 0; i < n_entries; ++i) {
+        auto& p = *reinterpret_cast<Packed16Q8_0*>(packed + i);
+        for (int j = 0; j < kQ8_0BlocksPerEntry; j += 2) {  // two blocks a transpose: a row's 64 bytes of qs
+            __m512i r[16];
+            alignas(32) uint16_t d[2][16];
+            for (int row = 0; row < 16; ++row) {
+                const auto* b = reinterpret_cast<const BlockQ8_0*>(w + row * row_bytes) + kQ8_0BlocksPerEntry * i + j;
+                const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].qs));
+                const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].qs));
+                r[row] = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), sign);
+                d[0][row] = b[0].d;
+                d[1][row] = b[1].d;
+            }
+            transpose_16x16_words(r);  // r[c][row]: word c of the two blocks' 64 bytes
+            for (int c = 0; c < 16; ++c) _mm512_store_si512(p.qs[8 * j + c], r[c]);
+            for (int h = 0; h < 2; ++h)
+                _mm512_store_ps(p.d[j + h], _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d[h]))));
+        }
+    }
+}
+
+template <int NT>
+void rows_16_q8_0_n(const PackedBlock16* packed, int64_t n_entries, const void* const* acts, float* sums,
+                    PrefetchLines prefetch) {
+    const ActivationGroupQ8* a[NT];
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) {
+        a[t] = static_cast<const ActivationGroupQ8*>(acts[t]);
+        acc[t] = _mm512_setzero_ps();
+    }
+    const __m512i minus_128 = _mm512_set1_epi32(0x0000ff80);  // int16 pair (-128, 0)
+    for (int64_t i = 0; i < n_entries; ++i) {
+        if (prefetch.lines) prefetch_share(prefetch, i, n_entries);
+        const auto& p = *reinterpret_cast<const Packed16Q8_0*>(packed + i);
+        const int64_t group = i / 2;
+        for (int j = 0; j < kQ8_0BlocksPerEntry; ++j) {
+            const int slot = int(kQ8_0BlocksPerEntry * (i % 2)) + j;
+            __m512i dot[NT];
+            for (int t = 0; t < NT; ++t)
+                dot[t] = _mm512_madd_epi16(_mm512_set1_epi32(a[t][group].sum[slot]), minus_128);
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; ++k) {
+                const __m512i u = _mm512_load_si512(p.qs[8 * j + k]);
+                for (int t = 0; t < NT; ++t)
+                    dot[t] = _mm512_dpbusd_epi32(dot[t], u, _mm512_set1_epi32(word_at(a[t][group].qs[slot] + 4 * k)));
+            }
+            const __m512 dw = _mm512_load_ps(p.d[j]);
+            for (int t = 0; t < NT; ++t)
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(dw, _mm512_set1_ps(a[t][group].d[slot])), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(sums + 16 * t, acc[t]);
+}
+
+void rows_16_q8_0(const PackedBlock16* packed, int64_t n_entries, const void* const* acts, int n_tok, float* sums,
+                  PrefetchLines prefetch) {
+    switch (n_tok) {
+        case 1: return rows_16_q8_0_n<1>(packed, n_entries, acts, sums, prefetch);
+        case 2: return rows_16_q8_0_n<2>(packed, n_entries, acts, sums, prefetch);
+        case 3: return rows_16_q8_0_n<3>(packed, n_entries, acts, sums, prefetch);
+        case 4: return rows_16_q8_0_n<4>(packed, n_entries, acts, sums, prefetch);
+        case 5: return rows_16_q8_0_n<5>(packed, n_entries, acts, sums, prefetch);
+        case 6: return rows_16_q8_0_n<6>(packed, n_entries, acts, sums, prefetch);
+        case 7: return rows_16_q8_0_n<7>(packed, n_entries, acts, sums, prefetch);
+        default:
+            rows_16_q8_0_n<8>(packed, n_entries, acts, sums, prefetch);
+            if (n_tok > 8) rows_16_q8_0(packed, n_entries, acts + 8, n_tok - 8, sums + 128, {});
+    }
+}
+
 // ---- Q8_0 / Q4_0 against per-32 activations (ActivationGroupQ8), two blocks per vector -------
 // The weights are made unsigned so vpdpbusd takes them against the signed activations as they are:
 // Q8_0 flips the sign bit (u = w + 128), Q4_0 keeps its nibbles (u = w + 8), and
@@ -1036,7 +1128,8 @@ const RowGroupTable& avx512_vnni_row_groups() {
                                      quad_rows<QuadQ5K<false>>, quad_rows<QuadQ6K<false>, true>,
                                      quad_rows<QuadQ4K<false>, true>, 16,
                                      {repack_16_q4k<false>, rows_16_q4k<false>},
-                                     {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};
+                                     {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k},
+                                     {repack_16_q8_0, rows_16_q8_0, kQ8_0BlocksPerEntry}};
     return table;
 }
 const RowGroupTable& avx512_vnni_gfni_row_groups() {
@@ -1047,7 +1140,8 @@ const RowGroupTable& avx512_vnni_gfni_row_groups() {
                                      quad_rows<QuadQ5K<true>>, quad_rows<QuadQ6K<true>, true>,
                                      quad_rows<QuadQ4K<true>, true>, 16,
                                      {repack_16_q4k<false>, rows_16_q4k<false>},
-                                     {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k}};
+                                     {repack_16_q4k<true>, rows_16_q4k<true>}, {repack_16_q6k, rows_16_q6k},
+                                     {repack_16_q8_0, rows_16_q8_0, kQ8_0BlocksPerEntry}};
     return table;
 }
 

@@ -39,9 +39,9 @@ using QuantizeQ8KFn = void (*)(const float* x, ActivationBlockQ8K* out, int64_t 
 using QuadRowGroupFn = void (*)(const void* w, int64_t row_bytes, int64_t n_blocks, const void* const* acts,
                                 int n_tok, float* sums);
 
-// Sixteen rows per call, from a tile of 16 rows the caller has repacked once (Q4_K, Q5_K, Q6_K on AVX-512; see
-// quant_dot_avx512.cpp): repack_16 turns n_blocks super-blocks of rows w, w + row_bytes, ...,
-// w + 15 row_bytes into n_blocks PackedBlock16 entries; rows_16 takes n_blocks of them against up
+// Sixteen rows per call, from a tile of 16 rows the caller has repacked once (Q4_K, Q5_K, Q6_K, Q8_0 on AVX-512; see
+// quant_dot_avx512.cpp): repack_16 turns n entries (super-blocks, or four Q8_0 blocks) of rows w, w + row_bytes, ...,
+// w + 15 row_bytes into n PackedBlock16 entries; rows_16 takes n of them against up
 // to token_group tokens: sums[16 * t + r] = dot(row r, acts[t]). While it computes, rows_16 asks for
 // `prefetch` (the part of the next tile this call is given) to be brought into L2, a few lines per
 // super-block: the repack reads a tile as 16 strided streams, and from DRAM (weights fresh from the
@@ -61,6 +61,9 @@ using Rows16Fn = void (*)(const PackedBlock16* packed, int64_t n_blocks, const v
 struct SixteenRows {
     Repack16Fn repack = nullptr;
     Rows16Fn rows = nullptr;
+    // weight blocks per PackedBlock16 entry: 1 for the K-quants (a super-block), 4 for Q8_0; repack and
+    // rows count entries, so a row takes sixteen rows only where it is whole entries
+    int64_t blocks_per_entry = 1;
 };
 
 struct RowGroupTable {
@@ -78,8 +81,8 @@ struct RowGroupTable {
     // tokens per four-row call (0: token_group): more than a row group's, since four rows share
     // the unpacking of each super-block and the accumulators may live in memory
     int quad_token_group = 0;
-    // sixteen rows per call from a repacked tile, where the path has it (Q4_K, Q5_K, Q6_K on AVX-512)
-    SixteenRows q4_k_16 = {}, q5_k_16 = {}, q6_k_16 = {};
+    // sixteen rows per call from a repacked tile, where the path has it (Q4_K, Q5_K, Q6_K, Q8_0 on AVX-512)
+    SixteenRows q4_k_16 = {}, q5_k_16 = {}, q6_k_16 = {}, q8_0_16 = {};
 };
 
 const RowGroupTable& scalar_row_groups();

@@ -70,7 +70,11 @@ void check_against_dequantised_reference() {
                                        cpu::QuantDotPath::avx512_vnni, cpu::QuantDotPath::amx};
     for (DType type : kFusedTypes) {
         const int64_t unit = block_type(type).block_elems;
-        for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{1, unit}, {37, 3 * unit}, {129, 17 * unit}}) {
+        std::vector<std::pair<int64_t, int64_t>> shapes{{1, unit}, {37, 3 * unit}, {129, 17 * unit}};
+        // Q8_0's sixteen rows take rows of whole four-block entries: 104 blocks are two column
+        // chunks (96 + 8) of two full tiles and a partial one
+        if (type == DType::Q8_0) shapes.push_back({35, 104 * unit});
+        for (const auto& [rows, cols] : shapes) {
             const auto w_bytes = random_blocks(type, rows, cols, rng);
             Matrix w;
             w.type = type;
