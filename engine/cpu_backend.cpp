@@ -85,6 +85,8 @@ void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     if (pool_) {
         cpu::reserve_gemm_scratch(s.max_batch_tokens, widest_matrix_cols(d), *pool_);
         cpu::reserve_gemm_scratch(block, d.kv_rank, *pool_);
+        // the grouped absorb and un-absorb: every head's activations side by side
+        cpu::reserve_gemm_scratch(std::min(s.max_batch_tokens, s.absorbed_piece), d.n_heads * d.kv_rank, *pool_);
     }
 }
 
@@ -156,17 +158,12 @@ void CpuBackend::route(const float* logits, const float* bias, const cpu::Router
         cpu::route(logits + t * config.n_experts, bias, config, ids + t * k, weights + t * k);
 }
 
-// k_b holds W_UK^T per head ([kv_rank, nope]): it is turned round once per layer into f32 W_UK
-// ([nope, kv_rank]), whatever the number of tokens, for both forms (the absorb only for a Q8_0
-// k_b, which turns round fast; see absorbs_through_w_uk): the expansion of the
-// decompressed form is then an ordinary GEMM (the transposed product ran at 57 GFLOP/s, under half
-// the f32 GEMM's rate), and the absorb a weighted sum of W_UK's rows (vectors along kv_rank, no
-// reductions). The absorb as a fused Q8_0 GEMM on k_b's 128-column rows ran at ~50 GFLOP/s; this
-// way ~200 (128 heads, 400 tokens, 2 threads: 136 -> ~37 ms a layer with the 8-bit rounding below,
-// plus ~1-3 ms to turn k_b round, which a step with a prefill pays anyway). One form for every
-// token count: a token's q~ must not depend on the batch around it.
+// k_b holds W_UK^T per head ([kv_rank, nope]): for the decompressed form it is turned round once
+// per layer into f32 W_UK ([nope, kv_rank]), so that the expansion is an ordinary GEMM (the
+// transposed product ran at 57 GFLOP/s, under half the f32 GEMM's rate). The absorb needs no
+// turning: it is k_b's own product, q~_h = k_b_h q_nope_h (absorb_queries).
 void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool decompressed) {
-    if (w.kv_b.rows > 0 || !(decompressed || absorbs_through_w_uk(w))) return;
+    if (w.kv_b.rows > 0 || !decompressed) return;
     if (!w_uk_)
         fail(ErrorKind::invalid_input, "layer {}: attn_k_b in a model whose layout said kv_b (split_kv_b false)", layer);
     const MlaShape& m = mla_;
@@ -177,16 +174,12 @@ void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool de
     });
 }
 
-// The absorb goes through W_UK turned round for a Q8_0 k_b (the GGUFs of the family): turning it
-// round every layer of every step, decode included, costs ~3-5 ms a V3 layer on the AVX-512 path.
-// Other types keep the per-head GEMM on k_b: their generic turn-round took 14 (BF16) to 43 (F16)
-// ms a layer, more than a decode step's absorb. The choice is the weights' alone, never the
-// step's: a token's q~ must not depend on the batch around it.
-bool CpuBackend::absorbs_through_w_uk(const LayerWeights& w) const {
-    return w.kv_b.rows == 0 && w_uk_ && w.k_b.type == DType::Q8_0 && mla_.nope % 32 == 0 &&
-           cpu::cpu_path() == cpu::CpuPath::avx512;
-}
-
+// q~_h = W_UK_h^T q_nope_h for every head. From a split k_b (the GGUFs of the family: W_UK^T per
+// head, [kv_rank, nope] rows of 128 columns) it is k_b's own product, all heads in one grouped
+// GEMM: with a Q8_0 k_b q_nope is rounded through 8-bit blocks as llama.cpp's fused product does,
+// and on AVX-512 sixteen rows go a call. At V3's shape (128 heads, 2 threads, Zen 4) that is 15 ms
+// a layer for a 128-token piece, as fast as the f32 W_UK route it replaces (which first turned
+// k_b round, 2.5-4 ms a layer, in every decode step), and at 16 tokens 1.5 ms against 6.6.
 void CpuBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t n, float* q_latent) {
     const MlaShape& m = mla_;
     const int64_t q_stride = m.n_heads * m.qk_head, latent_stride = m.n_heads * m.kv_rank;
@@ -199,35 +192,9 @@ void CpuBackend::absorb_queries(const LayerWeights& w, const float* q, int64_t n
                 cpu::gemm_transposed(w.kv_b.row_slice(h * head_rows, m.nope), q + h * m.qk_head, q_stride, n,
                                      q_latent + h * m.kv_rank, latent_stride, scratch);
         });
-    } else if (!absorbs_through_w_uk(w)) {
-        for (int64_t h = 0; h < m.n_heads; ++h)
-            cpu::gemm(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), q + h * m.qk_head, q_stride, n,
-                      q_latent + h * m.kv_rank, latent_stride, pool());
-    } else {
-        // W_UK in f32, turned round by begin_latent_products: q~_h = sum_i q_nope_h[i] W_UK_h[i][:].
-        // With fused dots (the default) q_nope is first rounded through 8-bit blocks as a fused
-        // Q8_0 GEMM on k_b takes it (and llama.cpp does), so only the order of the sum differs
-        // from theirs; exact dots take it as it is.
-        const bool as_fused = cpu::quant_dot() == cpu::QuantDot::fused;
-        const int64_t chunk = row_scratch_floats_ / m.nope;  // tokens whose rounded q_nope a thread holds
-        pool().parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
-            float* rounded = row_scratch_ + int64_t(thread) * row_scratch_floats_;
-            for (int64_t h = h0; h < h1; ++h) {
-                const Matrix w_uk_h{DType::F32, m.nope, m.kv_rank, w_uk_ + h * m.nope * m.kv_rank, nullptr, 0};
-                if (!as_fused) {
-                    cpu::gemm_transposed(w_uk_h, q + h * m.qk_head, q_stride, n, q_latent + h * m.kv_rank, latent_stride, nullptr);
-                    continue;
-                }
-                for (int64_t t0 = 0; t0 < n; t0 += chunk) {
-                    const int64_t count = std::min(chunk, n - t0);
-                    for (int64_t t = 0; t < count; ++t)
-                        cpu::round_through_q8(q + (t0 + t) * q_stride + h * m.qk_head, rounded + t * m.nope, m.nope);
-                    cpu::gemm_transposed(w_uk_h, rounded, m.nope, count, q_latent + t0 * latent_stride + h * m.kv_rank,
-                                         latent_stride, nullptr);
-                }
-            }
-        });
+        return;
     }
+    cpu::gemm_grouped(w.k_b, {m.kv_rank, m.qk_head, m.kv_rank}, q, q_stride, n, q_latent, latent_stride, pool());
 }
 
 void CpuBackend::attention_absorbed(int64_t count, const float* q_latent, const float* q_rope,
@@ -237,16 +204,18 @@ void CpuBackend::attention_absorbed(int64_t count, const float* q_latent, const 
                                 attention_scratch_, pool());
 }
 
-// o_h = W_UV_h . c^_h ([v_dim, kv_rank] per head)
+// o_h = W_UV_h . c^_h ([v_dim, kv_rank] per head): from a split v_b one grouped GEMM over the
+// heads (each its own activations), which at V3's shape halved the time of 128 calls.
 void CpuBackend::unabsorb(const LayerWeights& w, const float* attn_latent, int64_t n, float* heads) {
     const MlaShape& m = mla_;
     const int64_t latent_stride = m.n_heads * m.kv_rank, heads_stride = m.n_heads * m.v_dim;
+    if (w.kv_b.rows == 0)
+        return cpu::gemm_grouped(w.v_b, {m.v_dim, m.kv_rank, m.v_dim}, attn_latent, latent_stride, n, heads,
+                                 heads_stride, pool());
     const int64_t head_rows = m.nope + m.v_dim;
-    for (int64_t h = 0; h < m.n_heads; ++h) {
-        const Matrix w_uv = w.kv_b.rows > 0 ? w.kv_b.row_slice(h * head_rows + m.nope, m.v_dim)
-                                            : w.v_b.row_slice(h * m.v_dim, m.v_dim);
-        cpu::gemm(w_uv, attn_latent + h * m.kv_rank, latent_stride, n, heads + h * m.v_dim, heads_stride, pool());
-    }
+    for (int64_t h = 0; h < m.n_heads; ++h)
+        cpu::gemm(w.kv_b.row_slice(h * head_rows + m.nope, m.v_dim), attn_latent + h * m.kv_rank, latent_stride, n,
+                  heads + h * m.v_dim, heads_stride, pool());
 }
 
 void CpuBackend::expand_latents(const LayerWeights& w, const float* latent, int64_t count, float* kv) {
@@ -256,13 +225,13 @@ void CpuBackend::expand_latents(const LayerWeights& w, const float* latent, int6
         cpu::gemm(w.kv_b, latent, m.kv_rank, count, kv, kv_row, pool());  // rows per head: [nope | v]
         return;
     }
-    // W_UK turned round by begin_latent_products; v_b holds W_UV per head as the GEMM wants it.
+    // W_UK turned round by begin_latent_products; v_b holds W_UV per head as the GEMM wants it, and
+    // takes every head in one grouped call (the latents quantised once for all of them).
     for (int64_t h = 0; h < m.n_heads; ++h) {
         const Matrix w_uk_h{DType::F32, m.nope, m.kv_rank, w_uk_ + h * m.nope * m.kv_rank, nullptr, 0};
         cpu::gemm(w_uk_h, latent, m.kv_rank, count, kv + h * kv_head, kv_row, pool());
-        cpu::gemm(w.v_b.row_slice(h * m.v_dim, m.v_dim), latent, m.kv_rank, count, kv + h * kv_head + m.nope, kv_row,
-                  pool());
     }
+    cpu::gemm_grouped(w.v_b, {m.v_dim, 0, kv_head}, latent, m.kv_rank, count, kv + m.nope, kv_row, pool());
 }
 
 void CpuBackend::decompressed_begin(int64_t count, float* out, float* running_max, float* running_sum) {

@@ -70,8 +70,6 @@ public:
     void output_logits(const Matrix& head, const float* normed, int64_t rows, float* logits_host) override;
 
 private:
-    // Whether absorb_queries takes W_UK turned round (w_uk_) for this layer's k_b (see there).
-    bool absorbs_through_w_uk(const LayerWeights& w) const;
     void* alloc(int64_t bytes);
 
     ThreadPool& pool() const;

@@ -66,8 +66,10 @@ DeepseekForward::Bytes DeepseekForward::bytes_for(const ModelLayout& d, const Fo
         b.mla_cache = uint64_t(counter.cache_bytes());
     }
     const ForwardShape s = shape_of(o);
-    b.kernel_scratch = std::max(cpu::gemm_scratch_bytes(s.max_batch_tokens, CpuBackend::widest_matrix_cols(d), n_threads),
-                                cpu::gemm_scratch_bytes(s.decompress_block, d.kv_rank, n_threads));
+    b.kernel_scratch = std::max({cpu::gemm_scratch_bytes(s.max_batch_tokens, CpuBackend::widest_matrix_cols(d), n_threads),
+                                 cpu::gemm_scratch_bytes(s.decompress_block, d.kv_rank, n_threads),
+                                 cpu::gemm_scratch_bytes(std::min(s.max_batch_tokens, s.absorbed_piece),
+                                                         d.n_heads * d.kv_rank, n_threads)});
     return b;
 }
 

@@ -10,6 +10,17 @@
 
 namespace sluice {
 
+// A GEMM of independent products over consecutive blocks of a matrix's rows, each with its own
+// activations and output place (MLA's per-head products with kv_b: 128 heads of 128-512 rows):
+// rows [g rows, (g + 1) rows) of the weights take the activations at x + g x_offset (x_offset 0:
+// every group the same) and write at y + g y_offset, as if each were its own call. One call keeps
+// the threads on the whole matrix instead of 128 small calls and quantises shared activations once.
+struct RowGroups {
+    int64_t rows = 0;      // weight rows per group; 0: one group (an ordinary GEMM)
+    int64_t x_offset = 0;  // floats from one group's activations to the next's, within a token's row
+    int64_t y_offset = 0;  // floats from one group's outputs to the next's, within a token's row
+};
+
 struct Matrix {
     DType type = DType::F32;
     int64_t rows = 0;

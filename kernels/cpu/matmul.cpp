@@ -112,6 +112,18 @@ void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, f
     detail::gemm_on_path(cpu_path(), w, x, x_stride, n_tokens, y, y_stride, pool);
 }
 
+void gemm_grouped(const Matrix& w, const RowGroups& groups, const float* x, int64_t x_stride, int64_t n_tokens,
+                  float* y, int64_t y_stride, ThreadPool& pool) {
+    if (groups.rows <= 0 || groups.rows == w.rows) return gemm(w, x, x_stride, n_tokens, y, y_stride, pool);
+    if (w.rows % groups.rows != 0)
+        fail(ErrorKind::invalid_input, "gemm_grouped: {} rows are not whole groups of {}", w.rows, groups.rows);
+    if (quant_dot() == QuantDot::fused && quant_dot_supports(w.type) && n_tokens > 0)
+        return quant_gemm_grouped(w, groups, x, x_stride, n_tokens, y, y_stride, pool);
+    for (int64_t g = 0; g < w.rows / groups.rows; ++g)
+        gemm(w.row_slice(g * groups.rows, groups.rows), x + g * groups.x_offset, x_stride, n_tokens,
+             y + g * groups.y_offset, y_stride, pool);
+}
+
 bool has_matmul_kernel(DType type) {
     return detail::matmul_kernel(type, detail::path_kernels(cpu_path())) != nullptr;
 }

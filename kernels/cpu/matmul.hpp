@@ -17,6 +17,12 @@ void gemv(const Matrix& w, const float* x, float* y, ThreadPool& pool);
 void gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
           float* y, int64_t y_stride, ThreadPool& pool);
 
+// gemm for each group of rows (see RowGroups): y[t][g y_offset + r] = dot(W row g rows + r, x[t][g x_offset ..])
+// for r < groups.rows, g < W.rows / groups.rows; W.cols columns each. groups.rows must divide W.rows.
+// Each token's numbers are those of per-group gemm calls.
+void gemm_grouped(const Matrix& w, const RowGroups& groups, const float* x, int64_t x_stride, int64_t n_tokens,
+                  float* y, int64_t y_stride, ThreadPool& pool);
+
 // Scratch the matmul kernels keep per thread, grown to the largest call and never shrunk:
 // quantised activations on the calling thread (quant_gemm), one dequantised row on each pool
 // thread (weights without a fused kernel). reserve_gemm_scratch grows it now for calls of up to

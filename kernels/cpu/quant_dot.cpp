@@ -166,8 +166,10 @@ QuantDotPath best_quant_dot_path() {
     return QuantDotPath::avx2;
 }
 
-void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int64_t x_stride,
-                        int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool) {
+namespace {
+
+void quant_gemm_groups(QuantDotPath path, const Matrix& w, const RowGroups& groups, const float* x, int64_t x_stride,
+                       int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool) {
     if (!quant_dot_supports(w.type))
         fail(ErrorKind::unsupported, "quant_gemm: no fused kernel for {}", dtype_name(w.type));
     if (!row_fits_blocks(w.type, w.cols))
@@ -176,10 +178,25 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     if (!quant_dot_path_available(path))
         fail(ErrorKind::unsupported, "quant_gemm: requested kernel path not available on this CPU");
     if (w.rows <= 0 || n_tokens <= 0) return;
+    const int64_t group_rows = groups.rows > 0 ? groups.rows : w.rows;
+    if (w.rows % group_rows != 0)
+        fail(ErrorKind::invalid_input, "quant_gemm: {} rows are not whole groups of {}", w.rows, group_rows);
+    const int64_t n_row_groups = w.rows / group_rows;
+    constexpr int64_t kRowTile = 16;
+    const auto group_by_group = [&](QuantDotPath on) {
+        for (int64_t g = 0; g < n_row_groups; ++g)
+            quant_gemm_groups(on, w.row_slice(g * group_rows, group_rows), {}, x + g * groups.x_offset, x_stride,
+                              n_tokens, y + g * groups.y_offset, y_stride, pool);
+    };
     if (path == QuantDotPath::amx) {
-        if (amx::supports(w.type)) return amx::gemm(w, x, x_stride, n_tokens, y, y_stride, pool);
+        if (amx::supports(w.type)) {
+            if (n_row_groups == 1) return amx::gemm(w, x, x_stride, n_tokens, y, y_stride, pool);
+            return group_by_group(path);
+        }
         path = QuantDotPath::avx512_vnni;
     }
+    // Groups go through one call where no tile of rows straddles two of them.
+    if (n_row_groups > 1 && group_rows % kRowTile != 0) return group_by_group(path);
     const RowGroupTable& table = row_groups(path);
     const RowGroupFn fn = row_group_for(w.type, table);
     const int64_t n_blocks = w.cols / block_type(w.type).block_elems;
@@ -188,23 +205,28 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     constexpr int64_t kGroupElems = kActivationGroupElems, kGroupBytes = 320;
     static_assert(sizeof(ActivationBlockQ8K) == kGroupBytes && sizeof(ActivationGroupQ8) == kGroupBytes);
     const int64_t n_groups = (w.cols + kGroupElems - 1) / kGroupElems;
-    const int64_t act_token_bytes = n_groups * kGroupBytes;
+    // Row groups with their own activations have them side by side in a token's row of scratch.
+    const int64_t x_groups = n_row_groups > 1 && groups.x_offset != 0 ? n_row_groups : 1;
+    const int64_t act_group_bytes = n_groups * kGroupBytes;
+    const int64_t act_token_bytes = x_groups * act_group_bytes;
     // Quantised by the pool's threads when there are many: MLA's per-head W_UV products quantise
     // hundreds of tokens for 128 rows a call, where one thread doing it left the other idle for a
     // fifth of the call. A token's bytes are the same whichever thread makes them.
     const auto quantize_tokens = [&](auto* scratch, auto quantize) {
         const auto run = [&](int64_t t0, int64_t t1, int) {
-            for (int64_t t = t0; t < t1; ++t) quantize(x + t * x_stride, scratch + t * n_groups, w.cols);
+            for (int64_t t = t0; t < t1; ++t)
+                for (int64_t g = 0; g < x_groups; ++g)
+                    quantize(x + t * x_stride + g * groups.x_offset, scratch + (t * x_groups + g) * n_groups, w.cols);
         };
         constexpr int64_t kParallelElems = 64 * 1024;
-        if (n_tokens * w.cols >= kParallelElems) pool.parallel_for(n_tokens, run);
+        if (n_tokens * x_groups * w.cols >= kParallelElems) pool.parallel_for(n_tokens, run);
         else run(0, n_tokens, 0);
         return reinterpret_cast<const uint8_t*>(scratch);
     };
     const uint8_t* acts =
         is_k_quant(w.type)
-            ? quantize_tokens(grown(t_activations_q8k, size_t(n_groups * n_tokens)), table.quantize_q8k)
-            : quantize_tokens(grown(t_activations_q8, size_t(n_groups * n_tokens)), table.quantize_q8);
+            ? quantize_tokens(grown(t_activations_q8k, size_t(x_groups * n_groups * n_tokens)), table.quantize_q8k)
+            : quantize_tokens(grown(t_activations_q8, size_t(x_groups * n_groups * n_tokens)), table.quantize_q8);
     const int64_t row_bytes = w.bytes_per_row();
     const auto* base = static_cast<const uint8_t*>(w.data);
     // Many tokens: a tile of rows (kept in L1/L2) meets one token group's activations at a time,
@@ -232,7 +254,6 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
     const int64_t entry_blocks = sixteen_rows.blocks_per_entry;
     const int64_t token_group =
         quad && !rows_16 && table.quad_token_group ? table.quad_token_group : table.token_group;
-    constexpr int64_t kRowTile = 16;
     constexpr int64_t kL1ActivationBytes = 32 * 1024;
     const int64_t blocks_per_group = kGroupElems / block_type(w.type).block_elems;  // 8 or 1
     const int64_t w_block_bytes = block_type(w.type).block_bytes;
@@ -246,6 +267,9 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
         PackedBlock16* packed = rows_16 ? grown(t_packed_16, size_t(n_blocks / entry_blocks)) : nullptr;
         for (int64_t tile = r0; tile < r1; tile += kRowTile) {
             const int64_t tile_rows = std::min(kRowTile, r1 - tile);
+            const int64_t group = tile / group_rows;  // whole tiles of one group (or all rows one group)
+            const uint8_t* group_acts = acts + (x_groups > 1 ? group : 0) * act_group_bytes;
+            float* group_y = y + group * groups.y_offset + (tile - group * group_rows);
             const bool sixteen = rows_16 && tile_rows == kRowTile;
             if (sixteen) repack_16(base + tile * row_bytes, row_bytes, n_blocks / entry_blocks, packed);  // shared by all tokens
             // The next tile of this thread's rows, into L2 while this one computes; each call of
@@ -264,7 +288,7 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                 for (int64_t c0 = 0; c0 < n_blocks; c0 += chunk_blocks) {
                     const int64_t nb = std::min(chunk_blocks, n_blocks - c0);
                     const int64_t act_offset = c0 / blocks_per_group * kGroupBytes;
-                    for (int t = 0; t < n_tok; ++t) a[t] = acts + (t0 + t) * act_token_bytes + act_offset;
+                    for (int t = 0; t < n_tok; ++t) a[t] = group_acts + (t0 + t) * act_token_bytes + act_offset;
                     int64_t i = 0;
                     if (sixteen) {
                         const int64_t from = next_lines * call / calls, to = next_lines * (call + 1) / calls;
@@ -294,15 +318,27 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
                     }
                 }
                 for (int t = 0; t < n_tok; ++t)
-                    std::copy_n(partial[t], tile_rows, y + (t0 + t) * y_stride + tile);
+                    std::copy_n(partial[t], tile_rows, group_y + (t0 + t) * y_stride);
             }
         }
     }, kRowTile);
 }
 
+}  // namespace
+
+void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int64_t x_stride,
+                        int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool) {
+    quant_gemm_groups(path, w, {}, x, x_stride, n_tokens, y, y_stride, pool);
+}
+
 void quant_gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y,
                 int64_t y_stride, ThreadPool& pool) {
     quant_gemm_on_path(best_quant_dot_path(), w, x, x_stride, n_tokens, y, y_stride, pool);
+}
+
+void quant_gemm_grouped(const Matrix& w, const RowGroups& groups, const float* x, int64_t x_stride,
+                        int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool) {
+    quant_gemm_groups(best_quant_dot_path(), w, groups, x, x_stride, n_tokens, y, y_stride, pool);
 }
 
 }  // namespace sluice::cpu

@@ -41,6 +41,12 @@ void quant_gemm(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tok
 void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int64_t x_stride,
                         int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool);
 
+// quant_gemm for each group of rows (RowGroups, matrix.hpp; groups.rows must divide w.rows): the
+// same numbers as a call per group. The activations of groups with their own (x_offset != 0) are
+// quantised side by side, n_tokens x (w.rows / groups.rows) x w.cols of scratch.
+void quant_gemm_grouped(const Matrix& w, const RowGroups& groups, const float* x, int64_t x_stride,
+                        int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool);
+
 // The calling thread's activation scratch for quant_gemm calls of up to n_tokens x cols, in both
 // forms (per 32 and K-quant style): grown now, so that a forward that reserves its largest call
 // before its first step allocates nothing in its steps, and the bytes that holds.

@@ -61,12 +61,6 @@ inline void clear_unused_slots(ActivationGroupQ8* out, int64_t n) {
         for (auto& q : last.qs[slot]) q = 0;
     }
 }
-// out[i] = d * qs[i] of x's Q8_0-style blocks (quantize_activations_q8's scales and rounding): the
-// values a fused Q8_0 dot takes x as, for a product computed in f32 that must see the same
-// activations (MLA's absorb, through W_UK turned round). A block holding a NaN or an infinity comes
-// out all NaN, a block whose scale rounds to 0 in f16 all +0, on every path (the vector and scalar
-// forms differ in what they make of those otherwise). n must be a multiple of 32; out may be x.
-void round_through_q8(const float* x, float* out, int64_t n);
 
 // n must be a multiple of 256; writes n / 256 blocks.
 void quantize_activations_q8k(const float* x, ActivationBlockQ8K* out, int64_t n);

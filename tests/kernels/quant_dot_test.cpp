@@ -225,26 +225,6 @@ TEST_CASE("the activation quantisers give identical blocks on every path") {
     CHECK(ref8[0].d[0] == 0.0f);
     CHECK(ref8[0].sum[0] == 0);
     CHECK(ref8[4].d[3] == 0.0f);  // unused slots of the partial group are cleared
-    {  // rounded through the blocks in f32 (MLA's absorb): d * qs of the reference's blocks, exactly
-        std::vector<float> rounded(static_cast<size_t>(n8));
-        cpu::round_through_q8(x.data(), rounded.data(), n8);
-        // and the same rule on every path for what has no 8-bit form: a block with a NaN or an
-        // infinity all NaN, one whose scale rounds to 0 all +0
-        std::vector<float> odd(96, 0.5f), odd_out(96);
-        odd[3] = std::numeric_limits<float>::quiet_NaN();
-        odd[40] = -std::numeric_limits<float>::infinity();
-        for (int i = 64; i < 96; ++i) odd[size_t(i)] = (i % 2 ? 1e-40f : -1e-40f);
-        cpu::round_through_q8(odd.data(), odd_out.data(), 96);
-        for (int i = 0; i < 64; ++i) CHECK(std::isnan(odd_out[size_t(i)]));
-        for (int i = 64; i < 96; ++i) CHECK(std::bit_cast<uint32_t>(odd_out[size_t(i)]) == 0u);
-        int bad = 0;
-        for (int64_t i = 0; i < n8; ++i) {
-            const auto& g = ref8[size_t(i / 256)];
-            const float want = float(g.qs[(i / 32) % 8][i % 32]) * g.d[(i / 32) % 8];
-            bad += std::memcmp(&rounded[size_t(i)], &want, sizeof want) != 0;
-        }
-        CHECK(bad == 0);
-    }
     for (auto path : {cpu::QuantDotPath::avx2, cpu::QuantDotPath::avx512_vnni}) {
         if (!cpu::quant_dot_path_available(path)) continue;
         CAPTURE(cpu::quant_dot_path_name(path));
@@ -370,5 +350,45 @@ TEST_CASE("Q6_K rows of zero weights give exactly zero on the AVX-512 sixteen-, 
         int nonzero = 0;
         for (float v : y) nonzero += v != 0.0f;
         CHECK(nonzero == 0);
+    }
+}
+
+// MLA's per-head products go through one grouped call (RowGroups): every token's numbers must be
+// those of a call per group, with shared activations (x_offset 0) and a group's own, for types with
+// and without the sixteen-row kernels, and groups that are not whole 16-row tiles (done group by group).
+TEST_CASE("a grouped gemm gives the bits of one gemm per group") {
+    ThreadPool pool(2);
+    std::mt19937 rng(31);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    struct Case {
+        DType type;
+        int64_t group_rows, n_row_groups, cols;
+    };
+    for (const Case c : {Case{DType::Q4_K, 32, 5, 512}, Case{DType::Q8_0, 16, 6, 256}, Case{DType::Q8_0, 48, 3, 128},
+                         Case{DType::Q3_K, 16, 4, 256}, Case{DType::Q6_K, 12, 4, 256}}) {
+        for (bool shared_x : {true, false}) {
+            CAPTURE(dtype_name(c.type));
+            CAPTURE(c.group_rows);
+            CAPTURE(shared_x);
+            const int64_t rows = c.group_rows * c.n_row_groups, n_tokens = 19;
+            const auto w_bytes = random_blocks(c.type, rows, c.cols, rng);
+            Matrix w;
+            w.type = c.type;
+            w.rows = rows;
+            w.cols = c.cols;
+            w.data = w_bytes.data();
+            const RowGroups groups{c.group_rows, shared_x ? 0 : c.cols + 32, c.group_rows + 3};
+            const int64_t x_stride = shared_x ? c.cols + 5 : c.n_row_groups * (c.cols + 32) + 5;
+            const int64_t y_stride = c.n_row_groups * groups.y_offset + 7;
+            std::vector<float> x(size_t(x_stride * n_tokens));
+            for (auto& v : x) v = normal(rng);
+            std::vector<float> grouped(size_t(y_stride * n_tokens), -7.0f), each(grouped.size(), -7.0f);
+            cpu::quant_gemm_grouped(w, groups, x.data(), x_stride, n_tokens, grouped.data(), y_stride, pool);
+            for (int64_t g = 0; g < c.n_row_groups; ++g)
+                cpu::quant_gemm(w.row_slice(g * c.group_rows, c.group_rows), x.data() + g * groups.x_offset, x_stride,
+                                n_tokens, each.data() + g * groups.y_offset, y_stride, pool);
+            CHECK(std::memcmp(grouped.data(), each.data(), grouped.size() * sizeof(float)) == 0);
+            CHECK(grouped[size_t(c.group_rows)] == -7.0f);  // the gaps between groups' outputs are left alone
+        }
     }
 }
