@@ -713,6 +713,27 @@ inline __m512i bit_to_4(__m512i v, int bit) {
     return bit < 4 ? _mm512_slli_epi16(v, 4 - bit) : bit > 4 ? _mm512_srli_epi16(v, bit - 4) : v;
 }
 
+// A sixteen-row kernel over n_tok tokens, 8 a call (the last call 1-8), each width its own
+// instantiation: a token's arithmetic is the same whatever the width, so its bits never depend on
+// the batch. Only the first call prefetches (the tile's share of the next one).
+template <typename Kernel>
+inline void in_calls_of_8(const void* const* acts, int n_tok, float* sums, PrefetchLines prefetch, Kernel kernel) {
+    for (int t0 = 0; t0 < n_tok; t0 += 8) {
+        const PrefetchLines lines = t0 == 0 ? prefetch : PrefetchLines{};
+        const auto call = [&]<int NT>(std::integral_constant<int, NT>) { kernel.template operator()<NT>(acts + t0, sums + 16 * t0, lines); };
+        switch (std::min(8, n_tok - t0)) {
+            case 1: call(std::integral_constant<int, 1>{}); break;
+            case 2: call(std::integral_constant<int, 2>{}); break;
+            case 3: call(std::integral_constant<int, 3>{}); break;
+            case 4: call(std::integral_constant<int, 4>{}); break;
+            case 5: call(std::integral_constant<int, 5>{}); break;
+            case 6: call(std::integral_constant<int, 6>{}); break;
+            case 7: call(std::integral_constant<int, 7>{}); break;
+            default: call(std::integral_constant<int, 8>{}); break;
+        }
+    }
+}
+
 template <bool kQ5, int NT>
 void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, float* sums,
                    PrefetchLines prefetch) {
@@ -767,18 +788,9 @@ void rows_16_q4k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
 template <bool kQ5>
 void rows_16_q4k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums,
                  PrefetchLines prefetch) {
-    switch (n_tok) {
-        case 1: return rows_16_q4k_n<kQ5, 1>(packed, n_blocks, acts, sums, prefetch);
-        case 2: return rows_16_q4k_n<kQ5, 2>(packed, n_blocks, acts, sums, prefetch);
-        case 3: return rows_16_q4k_n<kQ5, 3>(packed, n_blocks, acts, sums, prefetch);
-        case 4: return rows_16_q4k_n<kQ5, 4>(packed, n_blocks, acts, sums, prefetch);
-        case 5: return rows_16_q4k_n<kQ5, 5>(packed, n_blocks, acts, sums, prefetch);
-        case 6: return rows_16_q4k_n<kQ5, 6>(packed, n_blocks, acts, sums, prefetch);
-        case 7: return rows_16_q4k_n<kQ5, 7>(packed, n_blocks, acts, sums, prefetch);
-        default:  // 8, or more a call at a time: each token's arithmetic is the same whatever the width
-            rows_16_q4k_n<kQ5, 8>(packed, n_blocks, acts, sums, prefetch);
-            if (n_tok > 8) rows_16_q4k<kQ5>(packed, n_blocks, acts + 8, n_tok - 8, sums + 128, {});
-    }
+    in_calls_of_8(acts, n_tok, sums, prefetch, [&]<int NT>(const void* const* a, float* s, PrefetchLines lines) {
+        rows_16_q4k_n<kQ5, NT>(packed, n_blocks, a, s, lines);
+    });
 }
 
 // Q6_K, the same way: sixteen 16-element sub-blocks with int8 scales, w = d sc (q - 32). Per four
@@ -824,6 +836,7 @@ void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
         acc[t] = _mm512_setzero_ps();
     }
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    const __m512i minus_32 = _mm512_set1_epi32(0x0000ffe0);  // int16 pair (-32, 0)
     for (int64_t i = 0; i < n_blocks; ++i) {
         if (prefetch.lines) prefetch_share(prefetch, i, n_blocks);
         const auto& p = *reinterpret_cast<const Packed16Q6K*>(packed + i);
@@ -834,7 +847,10 @@ void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
                 for (int m = 0; m < 4; ++m) {
                     const int j = 8 * n + 2 * m + half16;
                     __m512i dot[NT];
-                    for (int t = 0; t < NT; ++t) dot[t] = _mm512_set1_epi32(-32 * int32_t(a[t][i].bsums[j]));
+                    // -32 bsum_j: one vpmaddwd of the broadcast word (bsum_j, bsum_j+1) against (-32, 0), in
+                    // place of a scalar multiply and a broadcast from a general register per token
+                    for (int t = 0; t < NT; ++t)
+                        dot[t] = _mm512_madd_epi16(_mm512_set1_epi32(word_at(a[t][i].bsums + j)), minus_32);
                     for (int k = 4 * half16; k < 4 * half16 + 4; ++k) {
                         const __m512i ab = _mm512_load_si512(p.ql[16 * n + 8 * (m % 2) + k]);
                         const __m512i h = _mm512_load_si512(p.qh[8 * n + k]);
@@ -855,18 +871,9 @@ void rows_16_q6k_n(const PackedBlock16* packed, int64_t n_blocks, const void* co
 
 void rows_16_q6k(const PackedBlock16* packed, int64_t n_blocks, const void* const* acts, int n_tok, float* sums,
                  PrefetchLines prefetch) {
-    switch (n_tok) {
-        case 1: return rows_16_q6k_n<1>(packed, n_blocks, acts, sums, prefetch);
-        case 2: return rows_16_q6k_n<2>(packed, n_blocks, acts, sums, prefetch);
-        case 3: return rows_16_q6k_n<3>(packed, n_blocks, acts, sums, prefetch);
-        case 4: return rows_16_q6k_n<4>(packed, n_blocks, acts, sums, prefetch);
-        case 5: return rows_16_q6k_n<5>(packed, n_blocks, acts, sums, prefetch);
-        case 6: return rows_16_q6k_n<6>(packed, n_blocks, acts, sums, prefetch);
-        case 7: return rows_16_q6k_n<7>(packed, n_blocks, acts, sums, prefetch);
-        default:
-            rows_16_q6k_n<8>(packed, n_blocks, acts, sums, prefetch);
-            if (n_tok > 8) rows_16_q6k(packed, n_blocks, acts + 8, n_tok - 8, sums + 128, {});
-    }
+    in_calls_of_8(acts, n_tok, sums, prefetch, [&]<int NT>(const void* const* a, float* s, PrefetchLines lines) {
+        rows_16_q6k_n<NT>(packed, n_blocks, a, s, lines);
+    });
 }
 
 // Q8_0, sixteen rows the same way. The row-at-a-time kernel below spends four vector operations
@@ -947,18 +954,9 @@ void rows_16_q8_0_n(const PackedBlock16* packed, int64_t n_entries, const void* 
 
 void rows_16_q8_0(const PackedBlock16* packed, int64_t n_entries, const void* const* acts, int n_tok, float* sums,
                   PrefetchLines prefetch) {
-    switch (n_tok) {
-        case 1: return rows_16_q8_0_n<1>(packed, n_entries, acts, sums, prefetch);
-        case 2: return rows_16_q8_0_n<2>(packed, n_entries, acts, sums, prefetch);
-        case 3: return rows_16_q8_0_n<3>(packed, n_entries, acts, sums, prefetch);
-        case 4: return rows_16_q8_0_n<4>(packed, n_entries, acts, sums, prefetch);
-        case 5: return rows_16_q8_0_n<5>(packed, n_entries, acts, sums, prefetch);
-        case 6: return rows_16_q8_0_n<6>(packed, n_entries, acts, sums, prefetch);
-        case 7: return rows_16_q8_0_n<7>(packed, n_entries, acts, sums, prefetch);
-        default:
-            rows_16_q8_0_n<8>(packed, n_entries, acts, sums, prefetch);
-            if (n_tok > 8) rows_16_q8_0(packed, n_entries, acts + 8, n_tok - 8, sums + 128, {});
-    }
+    in_calls_of_8(acts, n_tok, sums, prefetch, [&]<int NT>(const void* const* a, float* s, PrefetchLines lines) {
+        rows_16_q8_0_n<NT>(packed, n_entries, a, s, lines);
+    });
 }
 
 // ---- Q8_0 / Q4_0 against per-32 activations (ActivationGroupQ8), two blocks per vector -------
