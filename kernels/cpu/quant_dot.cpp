@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 #include <vector>
 
@@ -317,8 +318,15 @@ void quant_gemm_groups(QuantDotPath path, const Matrix& w, const RowGroups& grou
                         for (int t = 0; t < n_tok; ++t) partial[t][i] = c0 == 0 ? sums[t] : partial[t][i] + sums[t];
                     }
                 }
-                for (int t = 0; t < n_tok; ++t)
-                    std::copy_n(partial[t], tile_rows, group_y + (t0 + t) * y_stride);
+                // A whole tile's 16 floats a token as one fixed-size copy: a copy of tile_rows went
+                // through a memmove call per token, 18% of a grouped absorb's time (1-entry rows).
+                if (tile_rows == kRowTile) {
+                    for (int t = 0; t < n_tok; ++t)
+                        std::memcpy(group_y + (t0 + t) * y_stride, partial[t], sizeof partial[t]);
+                } else {
+                    for (int t = 0; t < n_tok; ++t)
+                        std::copy_n(partial[t], tile_rows, group_y + (t0 + t) * y_stride);
+                }
             }
         }
     }, kRowTile);
