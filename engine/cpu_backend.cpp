@@ -7,7 +7,7 @@
 #include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/matmul_transposed.hpp"
-#include "kernels/cpu/quantize_activations.hpp"
+#include "kernels/cpu/quant_dot.hpp"
 
 namespace sluice {
 
@@ -85,8 +85,9 @@ void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     if (pool_) {
         cpu::reserve_gemm_scratch(s.max_batch_tokens, widest_matrix_cols(d), *pool_);
         cpu::reserve_gemm_scratch(block, d.kv_rank, *pool_);
-        // the grouped absorb and un-absorb: every head's activations side by side
-        cpu::reserve_gemm_scratch(std::min(s.max_batch_tokens, s.absorbed_piece), d.n_heads * d.kv_rank, *pool_);
+        // the grouped absorb (nope columns a head) and un-absorb (kv_rank): every head's activations side by side
+        cpu::reserve_quant_gemm_grouped_scratch(std::min(s.max_batch_tokens, s.absorbed_piece), d.n_heads,
+                                                std::max(d.nope, d.kv_rank));
     }
 }
 

@@ -6,6 +6,7 @@
 #include "core/error.hpp"
 #include "engine/cpu_backend.hpp"
 #include "kernels/cpu/matmul.hpp"
+#include "kernels/cpu/quant_dot.hpp"
 
 namespace sluice {
 
@@ -66,10 +67,15 @@ DeepseekForward::Bytes DeepseekForward::bytes_for(const ModelLayout& d, const Fo
         b.mla_cache = uint64_t(counter.cache_bytes());
     }
     const ForwardShape s = shape_of(o);
-    b.kernel_scratch = std::max({cpu::gemm_scratch_bytes(s.max_batch_tokens, CpuBackend::widest_matrix_cols(d), n_threads),
-                                 cpu::gemm_scratch_bytes(s.decompress_block, d.kv_rank, n_threads),
-                                 cpu::gemm_scratch_bytes(std::min(s.max_batch_tokens, s.absorbed_piece),
-                                                         d.n_heads * d.kv_rank, n_threads)});
+    // The kernels' buffers grow apart: the caller's activations to the largest of its calls (the
+    // widest matrix's, the expansion's, the grouped absorb's), each thread's to the widest matrix.
+    const int64_t widest = CpuBackend::widest_matrix_cols(d);
+    const uint64_t widest_activations = cpu::quant_gemm_scratch_bytes(s.max_batch_tokens, widest);
+    const uint64_t activations =
+        std::max({widest_activations, cpu::quant_gemm_scratch_bytes(s.decompress_block, d.kv_rank),
+                  cpu::quant_gemm_grouped_scratch_bytes(std::min(s.max_batch_tokens, s.absorbed_piece), d.n_heads,
+                                                        std::max(d.nope, d.kv_rank))});
+    b.kernel_scratch = cpu::gemm_scratch_bytes(s.max_batch_tokens, widest, n_threads) - widest_activations + activations;
     return b;
 }
 

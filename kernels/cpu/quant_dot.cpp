@@ -106,18 +106,34 @@ uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols) {
     return bytes;
 }
 
+void reserve_quant_gemm_grouped_scratch(int64_t n_tokens, int64_t groups, int64_t cols) {
+    grown(t_activations_q8, activation_groups(n_tokens * groups, cols));
+    grown(t_activations_q8k, activation_groups(n_tokens * groups, cols));
+}
+
+uint64_t quant_gemm_grouped_scratch_bytes(int64_t n_tokens, int64_t groups, int64_t cols) {
+    const size_t n = activation_groups(n_tokens * groups, cols);
+    return AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
+}
+
+namespace {
+// A repacked 16-row tile of a row of `cols` columns: entries of 256 columns (K-quants) or 128 (Q8_0),
+// the more of the two. The AMX path takes Q8_0 and Q5_K through the same kernels.
+size_t packed_16_entries(int64_t cols) { return size_t((cols + 127) / 128); }
+bool has_sixteen_rows(QuantDotPath path) { return path == QuantDotPath::avx512_vnni || path == QuantDotPath::amx; }
+}  // namespace
+
 void reserve_quant_gemm_thread_scratch(int64_t cols) {
     if (best_quant_dot_path() == QuantDotPath::amx) amx::reserve_thread_scratch(cols);
-    if (best_quant_dot_path() == QuantDotPath::avx512_vnni) grown(t_packed_16, size_t((cols + 255) / 256));
+    if (has_sixteen_rows(best_quant_dot_path())) grown(t_packed_16, packed_16_entries(cols));
 }
 
 uint64_t quant_gemm_thread_scratch_bytes(int64_t cols) {
-    switch (best_quant_dot_path()) {
-        case QuantDotPath::amx: return amx::thread_scratch_bytes(cols);
-        case QuantDotPath::avx512_vnni:  // a repacked 16-row tile (Q4_K, Q5_K, Q6_K)
-            return AlignedBuffer::held_bytes(size_t((cols + 255) / 256) * sizeof(PackedBlock16));
-        default: return 0;
-    }
+    const QuantDotPath path = best_quant_dot_path();
+    const uint64_t amx = path == QuantDotPath::amx ? amx::thread_scratch_bytes(cols) : 0;
+    const uint64_t packed =
+        has_sixteen_rows(path) ? AlignedBuffer::held_bytes(packed_16_entries(cols) * sizeof(PackedBlock16)) : 0;
+    return amx + packed;
 }
 
 bool quant_dot_supports(DType type) { return row_group_for(type, quant_kernels::scalar_row_groups()) != nullptr; }

@@ -43,7 +43,8 @@ void quant_gemm_on_path(QuantDotPath path, const Matrix& w, const float* x, int6
 
 // quant_gemm for each group of rows (RowGroups, matrix.hpp; groups.rows must divide w.rows): the
 // same numbers as a call per group. The activations of groups with their own (x_offset != 0) are
-// quantised side by side, n_tokens x (w.rows / groups.rows) x w.cols of scratch.
+// quantised side by side: n_tokens x (w.rows / groups.rows) rows of w.cols columns, each padded to
+// whole 256-column activation groups (reserve_quant_gemm_grouped_scratch).
 void quant_gemm_grouped(const Matrix& w, const RowGroups& groups, const float* x, int64_t x_stride,
                         int64_t n_tokens, float* y, int64_t y_stride, ThreadPool& pool);
 
@@ -52,8 +53,11 @@ void quant_gemm_grouped(const Matrix& w, const RowGroups& groups, const float* x
 // before its first step allocates nothing in its steps, and the bytes that holds.
 void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols);
 uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols);
-// What each pool thread holds for quant_gemm calls of cols columns (the AMX path's packed weight
-// tile and token scratch; 0 on the other paths): reserve on every pool thread (the caller is
+// The same for grouped calls of up to n_tokens x groups rows of cols columns (the caller's only).
+void reserve_quant_gemm_grouped_scratch(int64_t n_tokens, int64_t groups, int64_t cols);
+uint64_t quant_gemm_grouped_scratch_bytes(int64_t n_tokens, int64_t groups, int64_t cols);
+// What each pool thread holds for quant_gemm calls of cols columns (a repacked sixteen-row tile on
+// the AVX-512 and AMX paths, and the AMX path's packed weight tile and token scratch): reserve on every pool thread (the caller is
 // thread 0 of ThreadPool::run_on_all, so that covers it too; counted here only, once a thread).
 void reserve_quant_gemm_thread_scratch(int64_t cols);
 uint64_t quant_gemm_thread_scratch_bytes(int64_t cols);

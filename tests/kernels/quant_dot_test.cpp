@@ -170,7 +170,8 @@ void check_simd_against_scalar() {
     std::mt19937 rng(11);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (DType type : kFusedTypes) {
-        const int64_t rows = 23, cols = 8 * 256, n_tokens = 11;  // a full 8-token group and a partial one
+        // a full 8-token group and a partial one; Q8_0's 104 blocks are two column chunks (96 + 8)
+        const int64_t rows = 23, cols = type == DType::Q8_0 ? 104 * 32 : 8 * 256, n_tokens = 11;
         const auto w_bytes = random_blocks(type, rows, cols, rng);
         Matrix w;
         w.type = type;
@@ -364,8 +365,9 @@ TEST_CASE("a grouped gemm gives the bits of one gemm per group") {
         DType type;
         int64_t group_rows, n_row_groups, cols;
     };
+    // (8 groups of 512 columns: 19 x 8 x 512 activations, quantised on the pool's threads)
     for (const Case c : {Case{DType::Q4_K, 32, 5, 512}, Case{DType::Q8_0, 16, 6, 256}, Case{DType::Q8_0, 48, 3, 128},
-                         Case{DType::Q3_K, 16, 4, 256}, Case{DType::Q6_K, 12, 4, 256}}) {
+                         Case{DType::Q8_0, 16, 8, 512}, Case{DType::Q3_K, 16, 4, 256}, Case{DType::Q6_K, 12, 4, 256}}) {
         for (bool shared_x : {true, false}) {
             CAPTURE(dtype_name(c.type));
             CAPTURE(c.group_rows);
