@@ -884,10 +884,13 @@ void rows_16_q6k(const PackedBlock16* packed, int64_t n_blocks, const void* cons
 // products and Q8_0 models run at. The weights are stored unsigned (u = w + 128, the sign bit
 // flipped), so dot(w, a) = dot(u, a) - 128 sum(a): the accumulator starts at -128 sum(a), one
 // vpmaddwd of the block's sum (it fits int16: |sum| <= 32 x 127) against (-128, 0), and the integer
-// is the exact dot. Per block and token the float steps are then the one-row kernel's: dw da
-// rounded once, one FMA of the converted dot; the blocks are added in order, a token at a time,
-// so a token's bits never depend on the batch. A packed entry holds four blocks (128 columns):
-// the caller takes sixteen rows only where a row is whole entries.
+// is the exact dot. Per block and token: dw da rounded once, one FMA of the converted block dot
+// (the one-row kernel converts per-lane partial dots instead, so the two differ in the last bits;
+// a row always takes the same one, whatever the tokens); the blocks are added in order, a token at
+// a time, so a token's bits never depend on the batch. A packed entry holds four blocks (128
+// columns), an activation group two entries: a call must start at an even entry (the caller's
+// column chunks are whole activation groups), and a row takes sixteen rows only where it is whole
+// entries.
 struct Packed16Q8_0 {  // four blocks of 16 rows
     uint32_t qs[32][16];  // [8j + k][r]: bytes 4k .. 4k + 3 of block j of row r, sign bits flipped
     float d[4][16];       // [j][r]
