@@ -5,8 +5,13 @@
 // below any indexing or scale error (which is O(1) of it).
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
+#include <new>
+#include <thread>
 #include <limits>
 #include <cstring>
 #include <random>
@@ -20,6 +25,31 @@
 #include "kernels/cpu/quant_dot.hpp"
 #include "kernels/quant_blocks.hpp"
 #include "kernels/cpu/quant_dot_kernels.hpp"
+#include "kernels/cpu/matmul.hpp"
+
+// Every allocation of this test binary is counted, so a test can tell that a kernel call allocated
+// nothing after its scratch was reserved (sluice's steps must not allocate).
+namespace {
+std::atomic<long> g_allocations{0};
+void* counted_alloc(std::size_t n, std::size_t align) {
+    g_allocations.fetch_add(1, std::memory_order_relaxed);
+    void* p = nullptr;
+    if (posix_memalign(&p, std::max(align, sizeof(void*)), n ? n : 1) != 0) throw std::bad_alloc();
+    return p;
+}
+}  // namespace
+void* operator new(std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
+void* operator new[](std::size_t n) { return counted_alloc(n, alignof(std::max_align_t)); }
+void* operator new(std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return counted_alloc(n, std::size_t(a)); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 using namespace sluice;
 
@@ -393,4 +423,32 @@ TEST_CASE("a grouped gemm gives the bits of one gemm per group") {
             CHECK(grouped[size_t(c.group_rows)] == -7.0f);  // the gaps between groups' outputs are left alone
         }
     }
+}
+
+// A forward reserves its kernels' scratch before its first step (CpuBackend::reserve) so that no
+// step allocates: a Q8_0 GEMM (sixteen-row tiles of 128-column entries) and MLA's grouped absorb
+// and un-absorb on a small model's shape (each head's rows padded to 256-column activation groups)
+// must allocate nothing after the reserves, on the caller or the pool's threads. Run on a fresh
+// thread so its thread-local scratch starts empty.
+TEST_CASE("quant_gemm and the grouped products allocate nothing once their scratch is reserved") {
+    std::thread([] {
+        ThreadPool pool(2);
+        std::mt19937 rng(41);
+        const int64_t n = 16, heads = 4, kv_rank = 64, nope = 32, qk_head = 48, v_dim = 32, cols = 2048;
+        cpu::reserve_gemm_scratch(n, cols, pool);
+        cpu::reserve_quant_gemm_grouped_scratch(n, heads, std::max(nope, kv_rank));
+        const auto w_bytes = random_blocks(DType::Q8_0, 32, cols, rng);
+        const auto kb = random_blocks(DType::Q8_0, heads * kv_rank, nope, rng);
+        const auto vb = random_blocks(DType::Q8_0, heads * v_dim, kv_rank, rng);
+        const Matrix w{DType::Q8_0, 32, cols, w_bytes.data(), nullptr, 0};
+        const Matrix k_b{DType::Q8_0, heads * kv_rank, nope, kb.data(), nullptr, 0};
+        const Matrix v_b{DType::Q8_0, heads * v_dim, kv_rank, vb.data(), nullptr, 0};
+        std::vector<float> x(size_t(n * cols), 0.25f), y(size_t(n * 32)), q(size_t(n * heads * qk_head), 0.5f),
+            latent(size_t(n * heads * kv_rank)), out(size_t(n * heads * v_dim));
+        const long before = g_allocations.load();
+        cpu::quant_gemm(w, x.data(), cols, n, y.data(), 32, pool);
+        cpu::gemm_grouped(k_b, {kv_rank, qk_head, kv_rank}, q.data(), heads * qk_head, n, latent.data(), heads * kv_rank, pool);
+        cpu::gemm_grouped(v_b, {v_dim, kv_rank, v_dim}, latent.data(), heads * kv_rank, n, out.data(), heads * v_dim, pool);
+        CHECK(g_allocations.load() - before == 0);
+    }).join();
 }
