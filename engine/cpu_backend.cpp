@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "core/error.hpp"
-#include "kernels/cpu/cpu_features.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/matmul_transposed.hpp"
 #include "kernels/cpu/quant_dot.hpp"

@@ -98,9 +98,15 @@ void reserve_quant_gemm_scratch(int64_t n_tokens, int64_t cols) {
     if (best_quant_dot_path() == QuantDotPath::amx) amx::reserve_scratch(n_tokens, cols);
 }
 
+namespace {
+// Both activation forms for n 256-column groups, as the caller's scratch holds them.
+uint64_t activation_bytes(size_t n) {
+    return AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
+}
+}  // namespace
+
 uint64_t quant_gemm_scratch_bytes(int64_t n_tokens, int64_t cols) {
-    const size_t n = activation_groups(n_tokens, cols);
-    uint64_t bytes = AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
+    uint64_t bytes = activation_bytes(activation_groups(n_tokens, cols));
     if (best_quant_dot_path() == QuantDotPath::amx)
         bytes += AlignedBuffer::held_bytes(amx::scratch_bytes(n_tokens, cols));
     return bytes;
@@ -112,8 +118,7 @@ void reserve_quant_gemm_grouped_scratch(int64_t n_tokens, int64_t groups, int64_
 }
 
 uint64_t quant_gemm_grouped_scratch_bytes(int64_t n_tokens, int64_t groups, int64_t cols) {
-    const size_t n = activation_groups(n_tokens * groups, cols);
-    return AlignedBuffer::held_bytes(n * sizeof(ActivationGroupQ8)) + AlignedBuffer::held_bytes(n * sizeof(ActivationBlockQ8K));
+    return activation_bytes(activation_groups(n_tokens * groups, cols));
 }
 
 namespace {
