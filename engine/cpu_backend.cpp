@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.hpp"
+#include "kernels/cpu/gemm_bf16_tiles.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/matmul_transposed.hpp"
 #include "kernels/cpu/quant_dot.hpp"
@@ -77,6 +78,10 @@ void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     // k_b turned round for the decompressed form: only files that split kv_b need it.
     if (d.split_kv_b) w_uk_ = alloc_floats(d.n_heads * d.nope * d.kv_rank);
     const int64_t block = std::min(s.max_context, s.decompress_block);
+    bf16_expansion_ = d.split_kv_b && absorbed_shape_.math == cpu::AttentionMath::bf16 &&
+                      cpu::bf16_tiles_supported(d.n_heads * d.nope, d.kv_rank);
+    if (bf16_expansion_)
+        latent_words_ = static_cast<uint32_t*>(alloc(cpu::bf16_tiles_activation_words(block, d.kv_rank) * 4));
     decompressed_scratch_ =
         alloc_floats(cpu::decompressed_attention_scratch_floats(decompressed_shape_, block, threads));
     // The matmul kernels' per-thread scratch, for the largest calls of a step, before the first one
@@ -160,8 +165,10 @@ void CpuBackend::route(const float* logits, const float* bias, const cpu::Router
 
 // k_b holds W_UK^T per head ([kv_rank, nope]): for the decompressed form it is turned round once
 // per layer into f32 W_UK ([nope, kv_rank]), so that the expansion is an ordinary GEMM (the
-// transposed product ran at 57 GFLOP/s, under half the f32 GEMM's rate). The absorb needs no
-// turning: it is k_b's own product, q~_h = k_b_h q_nope_h (absorb_queries).
+// transposed product ran at 57 GFLOP/s, under half the f32 GEMM's rate), or under bf16 attention
+// into bf16 sixteen-row tiles of W_UK (gemm_bf16_tiles.hpp: twice the multiply-adds an
+// instruction). The absorb needs no turning: it is k_b's own product, q~_h = k_b_h q_nope_h
+// (absorb_queries).
 void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool decompressed) {
     if (w.kv_b.rows > 0 || !decompressed) return;
     if (!w_uk_)
@@ -169,8 +176,14 @@ void CpuBackend::begin_latent_products(const LayerWeights& w, int layer, bool de
     const MlaShape& m = mla_;
     pool().parallel_for(m.n_heads, [&](int64_t h0, int64_t h1, int thread) {
         float* scratch = row_scratch_ + int64_t(thread) * row_scratch_floats_;
-        for (int64_t h = h0; h < h1; ++h)
-            cpu::transpose_to_f32(w.k_b.row_slice(h * m.kv_rank, m.kv_rank), w_uk_ + h * m.nope * m.kv_rank, scratch);
+        for (int64_t h = h0; h < h1; ++h) {
+            const Matrix k_b_h = w.k_b.row_slice(h * m.kv_rank, m.kv_rank);
+            if (bf16_expansion_)
+                cpu::pack_bf16_tiles_transposed(k_b_h, reinterpret_cast<uint32_t*>(w_uk_) +
+                                                           h * cpu::bf16_tile_words(m.nope, m.kv_rank), scratch);
+            else
+                cpu::transpose_to_f32(k_b_h, w_uk_ + h * m.nope * m.kv_rank, scratch);
+        }
     });
 }
 
@@ -227,10 +240,14 @@ void CpuBackend::expand_latents(const LayerWeights& w, const float* latent, int6
     }
     // W_UK turned round by begin_latent_products; v_b holds W_UV per head as the GEMM wants it, and
     // takes every head in one grouped call (the latents quantised once for all of them).
-    for (int64_t h = 0; h < m.n_heads; ++h) {
-        const Matrix w_uk_h{DType::F32, m.nope, m.kv_rank, w_uk_ + h * m.nope * m.kv_rank, nullptr, 0};
-        cpu::gemm(w_uk_h, latent, m.kv_rank, count, kv + h * kv_head, kv_row, pool());
-    }
+    if (bf16_expansion_)
+        cpu::gemm_bf16_tiles(reinterpret_cast<const uint32_t*>(w_uk_), m.n_heads * m.nope, m.kv_rank,
+                             {m.nope, 0, kv_head}, latent, m.kv_rank, count, kv, kv_row, latent_words_, pool());
+    else
+        for (int64_t h = 0; h < m.n_heads; ++h) {
+            const Matrix w_uk_h{DType::F32, m.nope, m.kv_rank, w_uk_ + h * m.nope * m.kv_rank, nullptr, 0};
+            cpu::gemm(w_uk_h, latent, m.kv_rank, count, kv + h * kv_head, kv_row, pool());
+        }
     cpu::gemm_grouped(w.v_b, {m.v_dim, 0, kv_head}, latent, m.kv_rank, count, kv + m.nope, kv_row, pool());
 }
 

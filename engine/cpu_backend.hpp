@@ -88,6 +88,10 @@ private:
     float* row_scratch_ = nullptr;           // per thread: a kv_rank row or rows being turned round
     int64_t row_scratch_floats_ = 0;
     float* w_uk_ = nullptr;                  // [heads, nope, kv_rank]: a k_b layer turned round
+    // Under --attention-precision bf16 (where the CPU has it): w_uk_ holds W_UK as bf16 tiles
+    // instead, and the expansion rounds a block's latents to bf16 pairs into latent_words_.
+    bool bf16_expansion_ = false;
+    uint32_t* latent_words_ = nullptr;
     float* decompressed_scratch_ = nullptr;
 };
 

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/half.hpp"
 #include "kernels/block_type.hpp"
+#include "kernels/cpu/gemm_bf16_tiles.hpp"
 #include "kernels/cpu/kernel_paths.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/matmul_transposed.hpp"
@@ -309,5 +310,70 @@ TEST_CASE("weights turned round to f32 equal their dequantised rows exactly") {
             for (int64_t c = 0; c < cols; ++c)
                 bad += std::memcmp(&turned[size_t(c * rows + r)], &rows_f32[size_t(r * cols + c)], sizeof(float)) != 0;
         CHECK(bad == 0);
+    }
+}
+
+TEST_CASE("bf16 tiles of a turned-round Q8_0 matrix: within f32 summation of the bf16-rounded product, grouped "
+          "outputs in place, a token's bits the same alone or beside others") {
+    // w is k_b-like ([M.cols, M.rows] as stored); M = w^T is [64, 96] in groups of 32 rows, whose
+    // outputs sit 40 floats apart in rows of 83 (the gaps and the row's tail must stay untouched).
+    const int64_t m_rows = 64, m_cols = 96, group = 32, y_offset = 40, y_stride = 83;
+    if (!bf16_tiles_supported(m_rows, m_cols)) {
+        MESSAGE("this CPU has no AVX-512 BF16 (or SLUICE_CPU caps the path): bf16 tiles not tested");
+        return;
+    }
+    std::mt19937 rng(77);
+    std::uniform_int_distribution<int> byte(0, 255);
+    const auto& q8 = block_type(DType::Q8_0);
+    std::vector<uint8_t> bytes(size_t(m_cols * row_bytes(DType::Q8_0, m_rows)));
+    for (auto& b : bytes) b = uint8_t(byte(rng));
+    for (size_t at = 0; at < bytes.size(); at += size_t(q8.block_bytes)) {  // finite f16 scales
+        const uint16_t d = f32_to_f16(0.01f * float(1 + byte(rng)));
+        std::memcpy(bytes.data() + at, &d, 2);
+    }
+    const Matrix w{DType::Q8_0, m_cols, m_rows, bytes.data(), nullptr, 0};
+    std::vector<uint32_t> tiles(size_t(bf16_tile_words(m_rows, m_cols)));
+    std::vector<float> scratch(size_t(2 * w.cols));
+    pack_bf16_tiles_transposed(w, tiles.data(), scratch.data());
+
+    std::vector<float> m(size_t(m_rows * m_cols)), row(size_t(w.cols));  // M[r][c], rounded as the tiles are
+    for (int64_t c = 0; c < m_cols; ++c) {
+        q8.dequantize_row(w.row(c), row.data(), w.cols);
+        for (int64_t r = 0; r < m_rows; ++r) m[size_t(r * m_cols + c)] = bf16_to_f32(f32_to_bf16(row[size_t(r)]));
+    }
+    ThreadPool pool(2);
+    for (const int64_t n_tokens : {1, 16, 19}) {  // one call of 16, a remainder, one token
+        CAPTURE(n_tokens);
+        const int64_t x_stride = m_cols + 5;
+        const auto x = random_floats(rng, size_t(n_tokens * x_stride));
+        std::vector<float> y(size_t(n_tokens * y_stride), -7.0f);
+        std::vector<uint32_t> x_words(size_t(bf16_tiles_activation_words(n_tokens, m_cols)));
+        gemm_bf16_tiles(tiles.data(), m_rows, m_cols, {group, 0, y_offset}, x.data(), x_stride, n_tokens, y.data(),
+                        y_stride, x_words.data(), pool);
+        int bad = 0, untouched = 0, gaps = 0;
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            for (int64_t r = 0; r < m_rows; ++r) {
+                double want = 0, mag = 0;
+                for (int64_t c = 0; c < m_cols; ++c) {
+                    const double p = double(m[size_t(r * m_cols + c)]) * bf16_to_f32(f32_to_bf16(x[size_t(t * x_stride + c)]));
+                    want += p;
+                    mag += std::abs(p);
+                }
+                const int64_t at = t * y_stride + r / group * y_offset + r % group;
+                bad += std::abs(y[size_t(at)] - want) > 1e-5 * mag + 1e-7;  // f32 sums of exact products
+            }
+            for (int64_t i = 0; i < y_stride; ++i) {
+                const bool output = i < 2 * y_offset && i % y_offset < group;
+                gaps += !output;
+                untouched += !output && y[size_t(t * y_stride + i)] == -7.0f;
+            }
+            // The same token alone: the same bits.
+            std::vector<float> alone(size_t(y_stride), -7.0f);
+            gemm_bf16_tiles(tiles.data(), m_rows, m_cols, {group, 0, y_offset}, x.data() + t * x_stride, x_stride, 1,
+                            alone.data(), y_stride, x_words.data(), pool);
+            CHECK(std::memcmp(alone.data(), y.data() + t * y_stride, size_t(y_stride) * 4) == 0);
+        }
+        CHECK(bad == 0);
+        CHECK(untouched == gaps);
     }
 }
