@@ -70,6 +70,7 @@ void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     absorbed_shape_ = absorbed_shape(mla_);
     absorbed_shape_.math = cpu::attention_math();  // the scratch below is sized for it
     decompressed_shape_ = decompressed_shape(mla_);
+    decompressed_shape_.math = absorbed_shape_.math;
     hidden_ = d.hidden;
     const int threads = n_threads_;
     row_scratch_floats_ = row_scratch_per_thread(d);

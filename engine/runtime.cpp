@@ -76,9 +76,9 @@ void add_runtime_options(CLI::App& c, RuntimeOptions& o) {
                                     "path); the CPU's attention stays f32\n");
          },
          "Products of the CPU's attention: f32, or bf16 (about twice the rate on CPUs with AVX-512 BF16: the "
-         "absorbed (decode) form's products, and the prompt form's key expansion through W_UK; query, latent cache "
-         "and probabilities rounded to bf16: attention outputs within ~0.5% of f32's, logits no longer within 2e-5 "
-         "of transformers')")
+         "absorbed (decode) form's products, and the prompt form's key expansion through W_UK and its scores and "
+         "weighted sums; queries, keys, values and probabilities rounded to bf16: attention outputs within ~0.5% of "
+         "f32's, logits no longer within 2e-5 of transformers')")
         ->default_str("f32");
     c.add_option("--io", o.io_backend, "Weight reader: auto (io_uring, else pread), uring or pread")
         ->capture_default_str();

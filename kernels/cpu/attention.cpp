@@ -128,7 +128,10 @@ void mla_attention_decompressed_block_on_path(CpuPath path, const DecompressedAt
 
 int64_t decompressed_attention_scratch_floats(const DecompressedAttentionShape& shape, int64_t n_positions,
                                               int n_threads) {
-    return (score_row_floats(n_positions) + shape.v_dim) * kQueryGroup * std::max(1, n_threads);
+    const int64_t f32 = (score_row_floats(n_positions) + shape.v_dim) * kQueryGroup * std::max(1, n_threads);
+    if (shape.math == AttentionMath::bf16 && bf16_decompressed_supported(shape))
+        return std::max(f32, decompressed_bf16_scratch_floats(shape, n_positions, n_threads));
+    return f32;
 }
 
 void mla_decompressed_begin(const DecompressedAttentionShape& shape, int64_t n_tokens, float* out,
@@ -143,6 +146,9 @@ void mla_attention_decompressed_block(const DecompressedAttentionShape& shape, i
                                       const float* q_rope, const float* kv, const float* k_rope, int64_t first,
                                       int64_t n_positions, const int64_t* n_visible, float* out, float* running_max,
                                       float* running_sum, float* scratch, ThreadPool& pool) {
+    if (shape.math == AttentionMath::bf16 && bf16_decompressed_supported(shape))
+        return mla_attention_decompressed_block_bf16(shape, n_tokens, q, q_rope, kv, k_rope, first, n_positions,
+                                                     n_visible, out, running_max, running_sum, scratch, pool);
     detail::mla_attention_decompressed_block_on_path(cpu_path(), shape, n_tokens, q, q_rope, kv, k_rope, first,
                                                      n_positions, n_visible, out, running_max, running_sum, scratch,
                                                      pool);

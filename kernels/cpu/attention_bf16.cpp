@@ -13,10 +13,16 @@
 // Softmax stays in f32. The roundings are the query, the cache and the probabilities to bf16
 // (8 significant bits, relative 2^-9 each); sums are f32. A token's result depends only on its own
 // sequence's cache and query, never on the other tokens of the call or the batch.
+//
+// The decompressed (prompt) form's block products the same way, a head at a time: its block of
+// expanded keys [k_nope | k_rope] and values turned into the two layouts once (1/8 of the work of
+// a group of 8 queries), then scores and weighted sums of 8 queries a tile, the online softmax in
+// f32 between them (attention.cpp's f32 form ran ~5% of a prefill step of the batch job).
 #include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.hpp"
@@ -61,6 +67,34 @@ AttentionMath attention_math() { return g_attention_math.load(); }
 int64_t attention_bf16_scratch_floats(const AttentionShape& shape, int64_t n_ctx, int n_threads) {
     const Bf16Scratch w = bf16_scratch_words(shape, n_ctx);
     return w.keys + w.values + w.per_thread * std::max(1, n_threads) + 16;  // + 16: aligned to 64 bytes inside
+}
+
+namespace {
+// Words (4 bytes) of one thread's part in the decompressed form: a head's block in both layouts,
+// 8 queries' words, their scores (floats) and probabilities; each part a multiple of 16 words.
+struct DecompressedBf16Words {
+    int64_t padded, key_words, keys, values, query, scores, probs, per_thread;
+};
+DecompressedBf16Words decompressed_bf16_words(const DecompressedAttentionShape& s, int64_t n_positions) {
+    DecompressedBf16Words w{};
+    w.padded = padded_positions(std::max<int64_t>(n_positions, 1));
+    w.key_words = (s.nope_dim + s.rope_dim) / 2;
+    w.keys = w.key_words * w.padded;
+    w.values = int64_t(s.v_dim) * w.padded / 2;
+    w.query = (kHeads * w.key_words + 15) / 16 * 16;
+    w.scores = kHeads * w.padded;
+    w.probs = kHeads * w.padded / 2;
+    w.per_thread = w.keys + w.values + w.query + w.scores + w.probs;
+    return w;
+}
+}  // namespace
+
+bool bf16_decompressed_supported(const DecompressedAttentionShape& s) {
+    return cpu_has_bf16_attention() && s.nope_dim % 32 == 0 && s.rope_dim % 32 == 0 && s.v_dim % kChannels == 0;
+}
+
+int64_t decompressed_bf16_scratch_floats(const DecompressedAttentionShape& shape, int64_t n_positions, int n_threads) {
+    return decompressed_bf16_words(shape, n_positions).per_thread * std::max(1, n_threads) + 16;
 }
 
 #if defined(__clang__)
@@ -230,6 +264,127 @@ void mla_attention_absorbed_bf16(const AttentionShape& shape, int64_t n_tokens, 
             const int64_t row = t * n_heads + h0;
             attend_heads(l, q_latent + row * shape.kv_rank, q_rope + row * shape.rope_dim, std::min(kHeads, n_heads - h0),
                          n_visible[t], out + row * shape.kv_rank, per_thread + sizes.per_thread * thread);
+        }
+    });
+}
+
+namespace {
+
+// One head's block of expanded positions into the two layouts, positions past n_positions as zeros:
+// keys [padded / kTile][key_words][kTile] (words of [k_nope | k_rope]), values
+// [v_dim / kChannels][padded / 2][kChannels] (channel c of positions 2i and 2i + 1).
+void convert_head_block(const DecompressedAttentionShape& s, const float* kv, int64_t kv_row, const float* k_rope,
+                        int64_t n_positions, const DecompressedBf16Words& w, uint32_t* keys, uint32_t* values) {
+    for (int64_t p0 = 0; p0 < w.padded; p0 += 16) {
+        const int64_t tile = p0 / kTile, half = (p0 % kTile) / 16;
+        for (int64_t block = 0; block < w.key_words / 16; ++block) {
+            const int64_t f = 32 * block;
+            __m512i r[16];
+            for (int i = 0; i < 16; ++i) {
+                const int64_t p = p0 + i;
+                r[i] = p >= n_positions ? _mm512_setzero_si512()
+                                        : pair_words(f < s.nope_dim ? kv + p * kv_row + f : k_rope + p * s.rope_dim + (f - s.nope_dim));
+            }
+            transpose_16x16_words(r);
+            uint32_t* dst = keys + (tile * w.key_words + 16 * block) * kTile + 16 * half;
+            for (int c = 0; c < 16; ++c) _mm512_store_si512(dst + c * kTile, r[c]);
+        }
+    }
+    const int64_t pairs = w.padded / 2;
+    const float* v = kv + s.nope_dim;
+    for (int64_t i = 0; i < pairs; ++i) {
+        const int64_t p = 2 * i;
+        for (int c = 0; c < s.v_dim; c += 16) {
+            __m512i word = _mm512_setzero_si512();
+            if (p < n_positions) {
+                const __m256bh a = _mm512_cvtneps_pbh(_mm512_loadu_ps(v + p * kv_row + c));
+                word = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(a));
+                if (p + 1 < n_positions) {
+                    const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(v + (p + 1) * kv_row + c));
+                    word = _mm512_or_si512(word, _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(b)), 16));
+                }
+            }
+            _mm512_store_si512(values + ((c / kChannels) * pairs + i) * kChannels + c % kChannels, word);
+        }
+    }
+}
+
+}  // namespace
+
+void mla_attention_decompressed_block_bf16(const DecompressedAttentionShape& shape, int64_t n_tokens, const float* q,
+                                           const float* q_rope, const float* kv, const float* k_rope, int64_t first,
+                                           int64_t n_positions, const int64_t* n_visible, float* out,
+                                           float* running_max, float* running_sum, float* scratch, ThreadPool& pool) {
+    if (!bf16_decompressed_supported(shape))
+        fail(ErrorKind::internal, "bf16 decompressed attention on a CPU or shape without it (AVX-512 BF16, nope, "
+                                  "rope and v % 32)");
+    const DecompressedBf16Words w = decompressed_bf16_words(shape, n_positions);
+    const int n_heads = shape.n_heads, nope = shape.nope_dim, rope = shape.rope_dim, vd = shape.v_dim;
+    const int64_t kv_head = nope + vd, kv_row = int64_t(n_heads) * kv_head, pairs = w.padded / 2;
+    const int64_t q_token_stride = int64_t(n_heads) * shape.q_head_stride, rope_token_stride = int64_t(n_heads) * rope;
+    auto* words = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t(63));
+    const detail::PathKernels& f32 = detail::path_kernels(CpuPath::avx512);
+    const __m512 scale = _mm512_set1_ps(shape.scale);
+    // A head a work item: its block turned into bf16 once for all its query groups.
+    pool.parallel_for(n_heads, [&](int64_t h0, int64_t h1, int thread) {
+        uint32_t* keys = words + w.per_thread * thread;
+        uint32_t* values = keys + w.keys;
+        uint32_t* query = values + w.values;
+        float* scores = reinterpret_cast<float*>(query + w.query);  // [kHeads][padded]
+        uint32_t* probs = reinterpret_cast<uint32_t*>(scores + w.scores);  // [kHeads][pairs]
+        for (int64_t h = h0; h < h1; ++h) {
+            convert_head_block(shape, kv + h * kv_head, kv_row, k_rope, n_positions, w, keys, values);
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += kHeads) {
+                const int n_g = int(std::min<int64_t>(kHeads, n_tokens - t0));
+                int64_t seen = 0;  // positions of this block any query of the group sees
+                for (int g = 0; g < n_g; ++g) seen = std::max(seen, std::min(n_visible[t0 + g] - first, n_positions));
+                if (seen <= 0) continue;
+                for (int g = 0; g < kHeads; ++g)
+                    for (int64_t b = 0; b < w.key_words / 16; ++b) {
+                        const int64_t f = 32 * b, t = t0 + g;
+                        const __m512i word = g >= n_g ? _mm512_setzero_si512()
+                                             : pair_words(f < nope ? q + t * q_token_stride + h * shape.q_head_stride + f
+                                                                   : q_rope + t * rope_token_stride + h * rope + (f - nope));
+                        _mm512_storeu_si512(query + g * w.key_words + 16 * b, word);
+                    }
+                const int64_t tiles = (seen + kTile - 1) / kTile, used = tiles * kTile;
+                for (int64_t tile = 0; tile < tiles; ++tile) {
+                    __m512 acc[kHeads][2];
+                    pair_tile(query, w.key_words, keys + tile * w.key_words * kTile, w.key_words, acc);
+                    for (int g = 0; g < kHeads; ++g) {
+                        _mm512_store_ps(scores + g * w.padded + tile * kTile, _mm512_mul_ps(acc[g][0], scale));
+                        _mm512_store_ps(scores + g * w.padded + tile * kTile + 16, _mm512_mul_ps(acc[g][1], scale));
+                    }
+                }
+                // The online softmax over the positions each query sees (as the f32 form): what
+                // earlier blocks summed is rescaled to the new running max; the rest of the tiles
+                // (causal mask, padding) get probability 0; the probabilities go on as position pairs.
+                float carry[kHeads];
+                for (int g = 0; g < kHeads; ++g) {
+                    float* row = scores + g * w.padded;
+                    carry[g] = 1.0f;
+                    const int64_t own = g < n_g ? std::max<int64_t>(0, std::min(n_visible[t0 + g] - first, n_positions)) : 0;
+                    if (own > 0) {
+                        const int64_t stat = (t0 + g) * n_heads + h;
+                        const float new_max = std::max(running_max[stat], f32.max_of(row, own));
+                        carry[g] = std::exp(running_max[stat] - new_max);  // 0 for the first block seen
+                        running_sum[stat] = running_sum[stat] * carry[g] + f32.exp_sum(row, own, new_max);
+                        running_max[stat] = new_max;
+                    }
+                    std::fill(row + own, row + used, 0.0f);
+                    for (int64_t i = 0; i < used; i += 32) _mm512_store_si512(probs + g * pairs + i / 2, pair_words(row + i));
+                }
+                for (int c0 = 0; c0 < vd; c0 += kChannels) {
+                    __m512 acc[kHeads][2];
+                    pair_tile(probs, pairs, values + (c0 / kChannels) * pairs * kChannels, used / 2, acc);
+                    for (int g = 0; g < n_g; ++g) {
+                        float* o = out + ((t0 + g) * n_heads + h) * vd + c0;
+                        const __m512 c = _mm512_set1_ps(carry[g]);
+                        _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_loadu_ps(o), c, acc[g][0]));
+                        _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_loadu_ps(o + 16), c, acc[g][1]));
+                    }
+                }
+            }
         }
     });
 }

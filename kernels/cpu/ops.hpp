@@ -108,6 +108,8 @@ void mla_attention_absorbed_bf16(const AttentionShape& shape, int64_t n_tokens, 
 // Query token t sees positions [0, n_visible[t]). Begin, feed blocks in ascending position order
 // starting at 0, end. scratch: decompressed_attention_scratch_floats(shape, n_positions, pool.size()).
 // Work is split over (head, group of 8 query tokens) items, so a head's block stays in L2.
+// The products in f32 or, where bf16_decompressed_supported, in bf16 (attention_bf16.cpp: query,
+// keys, probabilities and values rounded to bf16, as the absorbed form's bf16 math does).
 struct DecompressedAttentionShape {
     int n_heads = 0;
     int nope_dim = 128;
@@ -115,7 +117,14 @@ struct DecompressedAttentionShape {
     int v_dim = 128;
     int q_head_stride = 192;
     float scale = 1.0f;
+    AttentionMath math = AttentionMath::f32;
 };
+bool bf16_decompressed_supported(const DecompressedAttentionShape& shape);
+int64_t decompressed_bf16_scratch_floats(const DecompressedAttentionShape& shape, int64_t n_positions, int n_threads);
+void mla_attention_decompressed_block_bf16(const DecompressedAttentionShape& shape, int64_t n_tokens, const float* q,
+                                           const float* q_rope, const float* kv, const float* k_rope, int64_t first,
+                                           int64_t n_positions, const int64_t* n_visible, float* out,
+                                           float* running_max, float* running_sum, float* scratch, ThreadPool& pool);
 int64_t decompressed_attention_scratch_floats(const DecompressedAttentionShape& shape, int64_t n_positions,
                                               int n_threads);
 void mla_decompressed_begin(const DecompressedAttentionShape& shape, int64_t n_tokens, float* out,

@@ -278,9 +278,10 @@ TEST_CASE("the first 16 greedy tokens equal llama.cpp's on the F16 and Q8_0 file
 }
 
 // The decompressed form (our prefill) under --attention-precision bf16: keys expanded through W_UK
-// turned into bf16 tiles (gemm_bf16_tiles), the latents rounded to bf16 (relative 2^-9 each). With
-// exact dots elsewhere, the prompt's logits must move (the bf16 route ran) and stay within that
-// rounding of the f32 form's.
+// turned into bf16 tiles (gemm_bf16_tiles), the latents rounded to bf16 (relative 2^-9 each), and
+// where the shape takes them (hf_small_v3's) the block products in bf16 too. With exact dots
+// elsewhere, the prompt's logits must move (the bf16 route ran) and stay within that rounding of
+// the f32 form's.
 TEST_CASE("the decompressed form with bf16 attention keeps the prompt logits within bf16's rounding of f32's") {
     const std::string dir = data_dir() + "/llamacpp";
     std::ifstream in(dir + "/manifest.json");
@@ -316,7 +317,7 @@ TEST_CASE("the decompressed form with bf16 attention keeps the prompt logits wit
         MESSAGE(f["file"].get<std::string>() << ": decompressed, bf16 against f32: max |logit diff| " << diff
                                               << " of max |logit| " << scale << ", cosine " << cosine(logits[1], logits[0]));
         CHECK(diff > 0);
-        // Measured 0.6-1.0% of max |logit| (cosine >= 0.99998): what the bf16 absorbed form moves
+        // Measured 0.6-1.0% of max |logit| (cosine >= 0.99997): what the bf16 absorbed form moves
         // hf_small_v3's by too (0.7-0.8%); these random models carry a rounding to the logits whole.
         CHECK(diff <= 0.02 * scale);
         CHECK(cosine(logits[1], logits[0]) >= 0.9999);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/kernel_paths.hpp"
@@ -302,6 +303,122 @@ TEST_CASE("bf16 absorbed attention: within bf16's rounding of the double referen
             mla_attention_absorbed(shape, 1, q_latent.data() + t * row_floats, q_rope.data() + t * shape.n_heads * shape.rope_dim,
                                    latent.data(), rope.data(), &n_visible[size_t(t)], alone.data(), scratch.data(), pool);
             CHECK(std::equal(alone.begin(), alone.end(), out.begin() + t * row_floats));
+        }
+    }
+}
+
+namespace {
+
+// The decompressed form's block products from their inputs (q, expanded keys and values, shared
+// rope keys) in double, with absorbed_reference's bound on bf16's error: the query and the keys
+// rounded move a score by at most ds; the probabilities and the values rounded once more.
+AbsorbedWant decompressed_reference(const DecompressedAttentionShape& s, int64_t n_tokens, const std::vector<float>& q,
+                                    const std::vector<float>& q_rope, const std::vector<float>& kv,
+                                    const std::vector<float>& k_rope, const std::vector<int64_t>& n_visible) {
+    const double u = std::ldexp(1.0, -9);
+    const int64_t kv_head = s.nope_dim + s.v_dim, kv_row = s.n_heads * kv_head;
+    AbsorbedWant w{std::vector<double>(size_t(n_tokens * s.n_heads * s.v_dim)),
+                   std::vector<double>(size_t(n_tokens * s.n_heads * s.v_dim))};
+    for (int64_t t = 0; t < n_tokens; ++t)
+        for (int h = 0; h < s.n_heads; ++h) {
+            const int64_t row = t * s.n_heads + h, vis = n_visible[size_t(t)];
+            std::vector<double> p(static_cast<size_t>(vis));
+            double max_s = -INFINITY, ds = 0;
+            for (int64_t j = 0; j < vis; ++j) {
+                double dot = 0, mag = 0;
+                for (int i = 0; i < s.nope_dim; ++i) {
+                    const double x = double(q[size_t(row * s.q_head_stride + i)]) * kv[size_t(j * kv_row + h * kv_head + i)];
+                    dot += x;
+                    mag += std::fabs(x);
+                }
+                for (int i = 0; i < s.rope_dim; ++i) {
+                    const double x = double(q_rope[size_t(row * s.rope_dim + i)]) * k_rope[size_t(j * s.rope_dim + i)];
+                    dot += x;
+                    mag += std::fabs(x);
+                }
+                p[size_t(j)] = s.scale * dot;
+                ds = std::max(ds, s.scale * (2 * u + u * u + 1e-6) * mag);
+                max_s = std::max(max_s, p[size_t(j)]);
+            }
+            double sum = 0;
+            for (double& v : p) sum += v = std::exp(v - max_s);
+            for (int c = 0; c < s.v_dim; ++c) {
+                double o = 0, c_max = 0;
+                for (int64_t j = 0; j < vis; ++j) {
+                    const double v = kv[size_t(j * kv_row + h * kv_head + s.nope_dim + c)];
+                    o += p[size_t(j)] / sum * v;
+                    c_max = std::max(c_max, std::fabs(v));
+                }
+                w.out[size_t(row * s.v_dim + c)] = o;
+                w.bound[size_t(row * s.v_dim + c)] = 1.1 * (2 * ds + 2 * u) * c_max + 1e-6;
+            }
+        }
+    return w;
+}
+
+// begin, blocks of `block` positions, end: the decompressed form as the forward drives it.
+std::vector<float> run_decompressed(const DecompressedAttentionShape& s, int64_t n_tokens, const float* q,
+                                    const float* q_rope, const std::vector<float>& kv, const std::vector<float>& k_rope,
+                                    int64_t n_ctx, int64_t block, const int64_t* n_visible, ThreadPool& pool) {
+    std::vector<float> out(size_t(n_tokens * s.n_heads * s.v_dim)), running_max(size_t(n_tokens * s.n_heads)),
+        running_sum(size_t(n_tokens * s.n_heads));
+    std::vector<float> scratch(size_t(decompressed_attention_scratch_floats(s, block, pool.size())));
+    const int64_t kv_row = s.n_heads * (s.nope_dim + s.v_dim);
+    mla_decompressed_begin(s, n_tokens, out.data(), running_max.data(), running_sum.data());
+    for (int64_t first = 0; first < n_ctx; first += block)
+        mla_attention_decompressed_block(s, n_tokens, q, q_rope, kv.data() + first * kv_row, k_rope.data() + first * s.rope_dim,
+                                         first, std::min(block, n_ctx - first), n_visible, out.data(), running_max.data(),
+                                         running_sum.data(), scratch.data(), pool);
+    mla_decompressed_end(s, n_tokens, out.data(), running_sum.data());
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("bf16 decompressed attention: within bf16's rounding of the double reference across blocks, a token's "
+          "bits the same alone or beside others") {
+    // 11 heads; 13 queries after a past of 57 (a group of 8 and a partial one) and a 45-token
+    // prefill from position 0 (later blocks wholly masked for the first queries); blocks of every
+    // position and of 20 (partial 32-position tiles, odd counts of positions in pairs).
+    const DecompressedAttentionShape shape{11, 32, 32, 64, 64, 0.2f, AttentionMath::bf16};
+    if (!bf16_decompressed_supported(shape)) {
+        MESSAGE("this CPU has no AVX-512 BF16 (or SLUICE_CPU caps the path): bf16 decompressed attention not tested");
+        return;
+    }
+    for (const auto& [n_ctx, n_tokens] : {std::pair<int64_t, int64_t>{70, 13}, {45, 45}}) {
+        for (const int64_t block : {n_ctx, int64_t(20)}) {
+            CAPTURE(n_ctx);
+            CAPTURE(n_tokens);
+            CAPTURE(block);
+            std::mt19937 rng(uint32_t(50 + n_ctx + block));
+            const int64_t kv_head = shape.nope_dim + shape.v_dim;
+            const auto kv = random_floats(rng, size_t(n_ctx * shape.n_heads * kv_head), 1.0f);
+            const auto k_rope = random_floats(rng, size_t(n_ctx * shape.rope_dim), 1.0f);
+            auto q = random_floats(rng, size_t(n_tokens * shape.n_heads * shape.q_head_stride), 0.4f);
+            for (int64_t row = 0; row < n_tokens * shape.n_heads; ++row)  // the rope part of q is q_rope's
+                std::fill_n(q.begin() + row * shape.q_head_stride + shape.nope_dim, shape.q_head_stride - shape.nope_dim, NAN);
+            const auto q_rope = random_floats(rng, size_t(n_tokens * shape.n_heads * shape.rope_dim), 0.4f);
+            std::vector<int64_t> n_visible;
+            for (int64_t t = 0; t < n_tokens; ++t) n_visible.push_back(n_ctx - n_tokens + t + 1);
+            ThreadPool pool(2);
+            const auto out = run_decompressed(shape, n_tokens, q.data(), q_rope.data(), kv, k_rope, n_ctx, block,
+                                              n_visible.data(), pool);
+            const AbsorbedWant want = decompressed_reference(shape, n_tokens, q, q_rope, kv, k_rope, n_visible);
+            int over = 0, beyond_f32 = 0;
+            for (size_t i = 0; i < out.size(); ++i) {
+                const double err = std::fabs(double(out[i]) - want.out[i]);
+                over += !(err <= want.bound[i]);
+                beyond_f32 += err > kTolerance;  // f32's own tolerance: bf16 must show here
+            }
+            CHECK(over == 0);
+            CHECK(beyond_f32 > 0);
+            const int64_t row_floats = shape.n_heads * shape.v_dim;
+            for (const int64_t t : {int64_t(0), n_tokens / 2, n_tokens - 1}) {
+                const auto alone = run_decompressed(shape, 1, q.data() + t * shape.n_heads * shape.q_head_stride,
+                                                    q_rope.data() + t * shape.n_heads * shape.rope_dim, kv, k_rope, n_ctx,
+                                                    block, &n_visible[size_t(t)], pool);
+                CHECK(std::equal(alone.begin(), alone.end(), out.begin() + t * row_floats));
+            }
         }
     }
 }
