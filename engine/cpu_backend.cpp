@@ -76,13 +76,17 @@ void CpuBackend::reserve(const ModelLayout& d, const ForwardShape& s) {
     row_scratch_floats_ = row_scratch_per_thread(d);
     row_scratch_ = alloc_floats(int64_t(threads) * row_scratch_floats_);
     attention_scratch_ = alloc_floats(cpu::attention_scratch_floats(absorbed_shape_, s.max_context, threads));
-    // k_b turned round for the decompressed form: only files that split kv_b need it.
-    if (d.split_kv_b) w_uk_ = alloc_floats(d.n_heads * d.nope * d.kv_rank);
+    // k_b turned round for the decompressed form: only files that split kv_b need it. The bf16
+    // tiles are packed a head at a time: each head's nope rows must make whole tiles.
     const int64_t block = std::min(s.max_context, s.decompress_block);
     bf16_expansion_ = d.split_kv_b && absorbed_shape_.math == cpu::AttentionMath::bf16 &&
-                      cpu::bf16_tiles_supported(d.n_heads * d.nope, d.kv_rank);
-    if (bf16_expansion_)
+                      cpu::bf16_tiles_supported(d.nope, d.kv_rank);
+    if (bf16_expansion_) {
+        w_uk_ = static_cast<float*>(alloc(cpu::bf16_tile_words(d.n_heads * d.nope, d.kv_rank) * 4));
         latent_words_ = static_cast<uint32_t*>(alloc(cpu::bf16_tiles_activation_words(block, d.kv_rank) * 4));
+    } else if (d.split_kv_b) {
+        w_uk_ = alloc_floats(d.n_heads * d.nope * d.kv_rank);
+    }
     decompressed_scratch_ =
         alloc_floats(cpu::decompressed_attention_scratch_floats(decompressed_shape_, block, threads));
     // The matmul kernels' per-thread scratch, for the largest calls of a step, before the first one

@@ -38,8 +38,9 @@ struct ModelLayout {
     int32_t bos_id = 0;
     int32_t eos_id = 1;
     // The file splits kv_b into attn_k_b / attn_v_b (MLA-era GGUF): the decompressed form then turns
-    // each layer's k_b round into W_UK, a [heads, nope, kv_rank] f32 buffer (32 MiB on V3) that kv_b
-    // files never need. Set by the loader from the plan; true until then, so nothing is missing.
+    // each layer's k_b round into W_UK, a [heads, nope, kv_rank] f32 buffer (32 MiB on V3; in bf16,
+    // 16 MiB, under --attention-precision bf16) that kv_b files never need. Set by the loader from
+    // the plan; true until then, so nothing is missing.
     bool split_kv_b = true;
 
     bool is_moe_layer(int layer) const {

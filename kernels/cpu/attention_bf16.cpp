@@ -1,4 +1,5 @@
-// Absorbed MLA attention with bf16 products (AVX-512 BF16), for --attention-math bf16.
+// MLA attention with bf16 products (AVX-512 BF16), for --attention-precision bf16: the absorbed form
+// (decode) and the decompressed form's block products (prompts).
 //
 // The f32 form (attention.cpp) runs at ~70% of the f32 FMA peak, and its products are most of a
 // long-context decode step's attention: on Zen 4, 490 sequences x 420 positions ran 120-150
@@ -24,6 +25,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
@@ -38,6 +40,7 @@ std::atomic<AttentionMath> g_attention_math{AttentionMath::f32};
 
 constexpr int kTile = 32;       // positions a scores tile holds (two vectors)
 constexpr int kHeads = 8;       // heads a work item scores and sums together
+constexpr int kQueries = kHeads;  // the decompressed form's queries a work item scores together (pair_tile's rows)
 constexpr int kChannels = 32;   // output channels a weighted-sum tile holds (two vectors)
 static_assert(kTile == 32 && kChannels == 32, "both products' tiles are two 16-lane vectors (pair_tile)");
 
@@ -81,9 +84,9 @@ DecompressedBf16Words decompressed_bf16_words(const DecompressedAttentionShape& 
     w.key_words = (s.nope_dim + s.rope_dim) / 2;
     w.keys = w.key_words * w.padded;
     w.values = int64_t(s.v_dim) * w.padded / 2;
-    w.query = (kHeads * w.key_words + 15) / 16 * 16;
-    w.scores = kHeads * w.padded;
-    w.probs = kHeads * w.padded / 2;
+    w.query = (kQueries * w.key_words + 15) / 16 * 16;
+    w.scores = kQueries * w.padded;
+    w.probs = kQueries * w.padded / 2;
     w.per_thread = w.keys + w.values + w.query + w.scores + w.probs;
     return w;
 }
@@ -109,20 +112,12 @@ int64_t decompressed_bf16_scratch_floats(const DecompressedAttentionShape& shape
 #endif
 
 }  // namespace sluice::cpu
-// After the target pragma, whose target its function takes.
+// After the target pragma, whose target their functions take.
+#include "kernels/cpu/bf16_pairs_avx512.hpp"
 #include "kernels/cpu/transpose_16x16_avx512.hpp"
 namespace sluice::cpu {
 
 namespace {
-
-inline __m512bh as_bf16(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
-
-// 32 floats as 16 words, each a pair of bf16 (x[2w], x[2w + 1]), rounded to nearest even.
-inline __m512i pair_words(const float* x) {
-    const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
-    return reinterpret_cast<const __m512i&>(b);
-}
-
 
 struct Layouts {
     const AttentionShape& shape;
@@ -158,15 +153,10 @@ void convert_tile(const Layouts& l, int64_t tile) {
     for (int64_t i = tile * kTile / 2; i < (tile + 1) * kTile / 2; ++i) {
         const int64_t p = 2 * i;
         for (int c = 0; c < kv_rank; c += 16) {
-            __m512i w = _mm512_setzero_si512();
-            if (p < l.n_ctx) {
-                const __m256bh a = _mm512_cvtneps_pbh(_mm512_loadu_ps(l.latent + p * kv_rank + c));
-                w = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(a));
-                if (p + 1 < l.n_ctx) {
-                    const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(l.latent + (p + 1) * kv_rank + c));
-                    w = _mm512_or_si512(w, _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(b)), 16));
-                }
-            }
+            const float* a = l.latent + p * kv_rank + c;
+            const __m512i w = p + 1 < l.n_ctx ? pair_lanes(a, a + kv_rank)
+                              : p < l.n_ctx   ? bf16_lanes(a)
+                                              : _mm512_setzero_si512();
             _mm512_store_si512(l.values + ((c / kChannels) * pairs + i) * kChannels + c % kChannels, w);
         }
     }
@@ -295,15 +285,10 @@ void convert_head_block(const DecompressedAttentionShape& s, const float* kv, in
     for (int64_t i = 0; i < pairs; ++i) {
         const int64_t p = 2 * i;
         for (int c = 0; c < s.v_dim; c += 16) {
-            __m512i word = _mm512_setzero_si512();
-            if (p < n_positions) {
-                const __m256bh a = _mm512_cvtneps_pbh(_mm512_loadu_ps(v + p * kv_row + c));
-                word = _mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(a));
-                if (p + 1 < n_positions) {
-                    const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(v + (p + 1) * kv_row + c));
-                    word = _mm512_or_si512(word, _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(b)), 16));
-                }
-            }
+            const float* a = v + p * kv_row + c;
+            const __m512i word = p + 1 < n_positions ? pair_lanes(a, a + kv_row)
+                                 : p < n_positions   ? bf16_lanes(a)
+                                                     : _mm512_setzero_si512();
             _mm512_store_si512(values + ((c / kChannels) * pairs + i) * kChannels + c % kChannels, word);
         }
     }
@@ -330,16 +315,16 @@ void mla_attention_decompressed_block_bf16(const DecompressedAttentionShape& sha
         uint32_t* keys = words + w.per_thread * thread;
         uint32_t* values = keys + w.keys;
         uint32_t* query = values + w.values;
-        float* scores = reinterpret_cast<float*>(query + w.query);  // [kHeads][padded]
-        uint32_t* probs = reinterpret_cast<uint32_t*>(scores + w.scores);  // [kHeads][pairs]
+        float* scores = reinterpret_cast<float*>(query + w.query);  // [kQueries][padded]
+        uint32_t* probs = reinterpret_cast<uint32_t*>(scores + w.scores);  // [kQueries][pairs]
         for (int64_t h = h0; h < h1; ++h) {
             convert_head_block(shape, kv + h * kv_head, kv_row, k_rope, n_positions, w, keys, values);
-            for (int64_t t0 = 0; t0 < n_tokens; t0 += kHeads) {
-                const int n_g = int(std::min<int64_t>(kHeads, n_tokens - t0));
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += kQueries) {
+                const int n_g = int(std::min<int64_t>(kQueries, n_tokens - t0));
                 int64_t seen = 0;  // positions of this block any query of the group sees
                 for (int g = 0; g < n_g; ++g) seen = std::max(seen, std::min(n_visible[t0 + g] - first, n_positions));
                 if (seen <= 0) continue;
-                for (int g = 0; g < kHeads; ++g)
+                for (int g = 0; g < kQueries; ++g)
                     for (int64_t b = 0; b < w.key_words / 16; ++b) {
                         const int64_t f = 32 * b, t = t0 + g;
                         const __m512i word = g >= n_g ? _mm512_setzero_si512()
@@ -349,9 +334,9 @@ void mla_attention_decompressed_block_bf16(const DecompressedAttentionShape& sha
                     }
                 const int64_t tiles = (seen + kTile - 1) / kTile, used = tiles * kTile;
                 for (int64_t tile = 0; tile < tiles; ++tile) {
-                    __m512 acc[kHeads][2];
+                    __m512 acc[kQueries][2];
                     pair_tile(query, w.key_words, keys + tile * w.key_words * kTile, w.key_words, acc);
-                    for (int g = 0; g < kHeads; ++g) {
+                    for (int g = 0; g < kQueries; ++g) {
                         _mm512_store_ps(scores + g * w.padded + tile * kTile, _mm512_mul_ps(acc[g][0], scale));
                         _mm512_store_ps(scores + g * w.padded + tile * kTile + 16, _mm512_mul_ps(acc[g][1], scale));
                     }
@@ -359,14 +344,16 @@ void mla_attention_decompressed_block_bf16(const DecompressedAttentionShape& sha
                 // The online softmax over the positions each query sees (as the f32 form): what
                 // earlier blocks summed is rescaled to the new running max; the rest of the tiles
                 // (causal mask, padding) get probability 0; the probabilities go on as position pairs.
-                float carry[kHeads];
-                for (int g = 0; g < kHeads; ++g) {
+                float carry[kQueries];
+                for (int g = 0; g < kQueries; ++g) {
                     float* row = scores + g * w.padded;
                     carry[g] = 1.0f;
-                    const int64_t own = g < n_g ? std::max<int64_t>(0, std::min(n_visible[t0 + g] - first, n_positions)) : 0;
+                    int64_t own = g < n_g ? std::max<int64_t>(0, std::min(n_visible[t0 + g] - first, n_positions)) : 0;
+                    const float block_max = own > 0 ? f32.max_of(row, own) : 0.0f;
+                    if (block_max == -std::numeric_limits<float>::infinity()) own = 0;  // as the f32 form: skip it
                     if (own > 0) {
                         const int64_t stat = (t0 + g) * n_heads + h;
-                        const float new_max = std::max(running_max[stat], f32.max_of(row, own));
+                        const float new_max = std::max(running_max[stat], block_max);
                         carry[g] = std::exp(running_max[stat] - new_max);  // 0 for the first block seen
                         running_sum[stat] = running_sum[stat] * carry[g] + f32.exp_sum(row, own, new_max);
                         running_max[stat] = new_max;
@@ -375,8 +362,9 @@ void mla_attention_decompressed_block_bf16(const DecompressedAttentionShape& sha
                     for (int64_t i = 0; i < used; i += 32) _mm512_store_si512(probs + g * pairs + i / 2, pair_words(row + i));
                 }
                 for (int c0 = 0; c0 < vd; c0 += kChannels) {
-                    __m512 acc[kHeads][2];
-                    pair_tile(probs, pairs, values + (c0 / kChannels) * pairs * kChannels, used / 2, acc);
+                    __m512 acc[kQueries][2];
+                    // Pairs of positions up to the last seen (0 x inf in the tile's rest would be NaN).
+                    pair_tile(probs, pairs, values + (c0 / kChannels) * pairs * kChannels, (seen + 1) / 2, acc);
                     for (int g = 0; g < n_g; ++g) {
                         float* o = out + ((t0 + g) * n_heads + h) * vd + c0;
                         const __m512 c = _mm512_set1_ps(carry[g]);

@@ -30,18 +30,14 @@ int64_t bf16_tiles_activation_words(int64_t n_tokens, int64_t cols) { return n_t
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
 #endif
 
+}  // namespace sluice::cpu
+// After the target pragma, whose target its functions take.
+#include "kernels/cpu/bf16_pairs_avx512.hpp"
+namespace sluice::cpu {
+
 namespace {
 
 constexpr int kTokens = 16;  // tokens a call keeps in registers: one accumulator each
-
-inline __m512bh as_bf16(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
-
-// Sixteen words (lo[i], hi[i]) as bf16 pairs, rounded to nearest even.
-inline __m512i pair_lanes(const float* lo, const float* hi) {
-    const __m256bh a = _mm512_cvtneps_pbh(_mm512_loadu_ps(lo)), b = _mm512_cvtneps_pbh(_mm512_loadu_ps(hi));
-    return _mm512_or_si512(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(a)),
-                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<const __m256i&>(b)), 16));
-}
 
 // One tile's sixteen rows for T tokens: y[t][0..16) = tile . x[t].
 template <int T>
@@ -99,11 +95,8 @@ void gemm_bf16_tiles(const uint32_t* tiles, int64_t rows, int64_t cols, const Ro
     // Each token's activations as pairs once, for every tile (1/rows of the products' work).
     pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1, int) {
         for (int64_t t = t0; t < t1; ++t)
-            for (int64_t c = 0; c < cols; c += 32) {
-                const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + t * x_stride + c + 16),
-                                                       _mm512_loadu_ps(x + t * x_stride + c));
-                _mm512_storeu_si512(x_words + t * pairs + c / 2, reinterpret_cast<const __m512i&>(b));
-            }
+            for (int64_t c = 0; c < cols; c += 32)
+                _mm512_storeu_si512(x_words + t * pairs + c / 2, pair_words(x + t * x_stride + c));
     });
     // A tile (16 KB at cols 512) stays in L1 while every token passes it.
     pool.parallel_for(rows / 16, [&](int64_t j0, int64_t j1, int) {

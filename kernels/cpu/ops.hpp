@@ -109,7 +109,8 @@ void mla_attention_absorbed_bf16(const AttentionShape& shape, int64_t n_tokens, 
 // starting at 0, end. scratch: decompressed_attention_scratch_floats(shape, n_positions, pool.size()).
 // Work is split over (head, group of 8 query tokens) items, so a head's block stays in L2.
 // The products in f32 or, where bf16_decompressed_supported, in bf16 (attention_bf16.cpp: query,
-// keys, probabilities and values rounded to bf16, as the absorbed form's bf16 math does).
+// keys, probabilities and values rounded to bf16, as the absorbed form's bf16 math does; work split
+// over heads, each head's block turned into bf16 once for all its query groups).
 struct DecompressedAttentionShape {
     int n_heads = 0;
     int nope_dim = 128;

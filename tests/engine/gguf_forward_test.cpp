@@ -302,7 +302,7 @@ TEST_CASE("the decompressed form with bf16 attention keeps the prompt logits wit
             MESSAGE("no AVX-512 BF16 on this CPU (or SLUICE_CPU caps the path): not run");
             return;
         }
-        if (!d.split_kv_b || !cpu::bf16_tiles_supported(d.n_heads * d.nope, d.kv_rank)) continue;
+        if (!d.split_kv_b || !cpu::bf16_tiles_supported(d.nope, d.kv_rank)) continue;
         ThreadPool pool(2);
         cpu::set_quant_dot(cpu::QuantDot::exact);
         std::vector<float> logits[2];
