@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -209,56 +210,72 @@ TEST_CASE("a query that sees one cache row returns that row's latent exactly") {
 
 namespace {
 
-// Absorbed attention straight from its inputs (q~, q_pe, latents, k_pe), in double, with the
-// bound on bf16's error each output may show: the query and the cache rounded to bf16 (relative
-// u = 2^-9 each) move a score by at most scale (2u + u^2) sum_i |q_i k_i| (the products and sums
-// are f32: 1e-6 of that at most); the softmax turns score errors of at most ds into probability
-// errors of at most 2 ds P_j, the probabilities and the latents are rounded once more (u each), so
-// |out - want| <= (2 ds + 2u) max_j |c_j| (sum_j P_j = 1), here with 10% and 1e-6 to spare.
+// Attention straight from its parts, in double, with the bound on bf16's error each output may
+// show: the query and the keys rounded to bf16 (relative u = 2^-9 each) move a score by at most
+// scale (2u + u^2) sum_i |q_i k_i| (the products and sums are f32: 1e-6 of that at most); the
+// softmax turns score errors of at most ds into probability errors of at most 2 ds P_j, the
+// probabilities and the values are rounded once more (u each), so |out - want| <= (2 ds + 2u)
+// max_j |v_j| (sum_j P_j = 1), here with 10% and 1e-6 to spare. Both forms fit it: a key is
+// [main | rope] and a value its own vector, each found by (row or position, head) strides.
 struct AbsorbedWant {
     std::vector<double> out, bound;
 };
-AbsorbedWant absorbed_reference(const AttentionShape& s, int64_t n_tokens, const std::vector<float>& q_latent,
-                                const std::vector<float>& q_rope, const std::vector<float>& latent,
-                                const std::vector<float>& rope, const std::vector<int64_t>& n_visible) {
+struct Strided {
+    const float* data;
+    int64_t stride, head_stride;  // floats from one row (query: token x head; key: position) to the next, one head to the next
+    const float* at(int64_t i, int64_t h) const { return data + i * stride + h * head_stride; }
+};
+struct ReferenceParts {
+    int n_heads, main_dim, rope_dim, v_dim;
+    float scale;
+    Strided q_main, q_rope, k_main, k_rope, value;  // q_*: by (token x heads + head, 0); k_*, value: by (position, head)
+};
+AbsorbedWant bf16_attention_reference(const ReferenceParts& r, int64_t n_tokens, const std::vector<int64_t>& n_visible) {
     const double u = std::ldexp(1.0, -9);
-    AbsorbedWant w{std::vector<double>(size_t(n_tokens * s.n_heads * s.kv_rank)),
-                   std::vector<double>(size_t(n_tokens * s.n_heads * s.kv_rank))};
+    AbsorbedWant w{std::vector<double>(size_t(n_tokens * r.n_heads * r.v_dim)),
+                   std::vector<double>(size_t(n_tokens * r.n_heads * r.v_dim))};
     for (int64_t t = 0; t < n_tokens; ++t)
-        for (int h = 0; h < s.n_heads; ++h) {
-            const int64_t row = t * s.n_heads + h, vis = n_visible[size_t(t)];
+        for (int h = 0; h < r.n_heads; ++h) {
+            const int64_t row = t * r.n_heads + h, vis = n_visible[size_t(t)];
             std::vector<double> p(static_cast<size_t>(vis));
             double max_s = -INFINITY, ds = 0;
             for (int64_t j = 0; j < vis; ++j) {
                 double dot = 0, mag = 0;
-                for (int c = 0; c < s.kv_rank; ++c) {
-                    const double x = double(q_latent[size_t(row * s.kv_rank + c)]) * latent[size_t(j * s.kv_rank + c)];
-                    dot += x;
-                    mag += std::fabs(x);
-                }
-                for (int i = 0; i < s.rope_dim; ++i) {
-                    const double x = double(q_rope[size_t(row * s.rope_dim + i)]) * rope[size_t(j * s.rope_dim + i)];
-                    dot += x;
-                    mag += std::fabs(x);
-                }
-                p[size_t(j)] = s.scale * dot;
-                ds = std::max(ds, s.scale * (2 * u + u * u + 1e-6) * mag);
+                for (const auto& [q, k, n] : {std::tuple{r.q_main.at(row, 0), r.k_main.at(j, h), r.main_dim},
+                                              std::tuple{r.q_rope.at(row, 0), r.k_rope.at(j, h), r.rope_dim}})
+                    for (int i = 0; i < n; ++i) {
+                        const double x = double(q[i]) * k[i];
+                        dot += x;
+                        mag += std::fabs(x);
+                    }
+                p[size_t(j)] = r.scale * dot;
+                ds = std::max(ds, r.scale * (2 * u + u * u + 1e-6) * mag);
                 max_s = std::max(max_s, p[size_t(j)]);
             }
             double sum = 0;
             for (double& v : p) sum += v = std::exp(v - max_s);
-            for (int c = 0; c < s.kv_rank; ++c) {
+            for (int c = 0; c < r.v_dim; ++c) {
                 double o = 0, c_max = 0;
                 for (int64_t j = 0; j < vis; ++j) {
-                    const double l = latent[size_t(j * s.kv_rank + c)];
-                    o += p[size_t(j)] / sum * l;
-                    c_max = std::max(c_max, std::fabs(l));
+                    const double v = r.value.at(j, h)[c];
+                    o += p[size_t(j)] / sum * v;
+                    c_max = std::max(c_max, std::fabs(v));
                 }
-                w.out[size_t(row * s.kv_rank + c)] = o;
-                w.bound[size_t(row * s.kv_rank + c)] = 1.1 * (2 * ds + 2 * u) * c_max + 1e-6;
+                w.out[size_t(row * r.v_dim + c)] = o;
+                w.bound[size_t(row * r.v_dim + c)] = 1.1 * (2 * ds + 2 * u) * c_max + 1e-6;
             }
         }
     return w;
+}
+
+// The absorbed form: q~ against the latents (every head's key and value), q_pe against k_pe.
+AbsorbedWant absorbed_reference(const AttentionShape& s, int64_t n_tokens, const std::vector<float>& q_latent,
+                                const std::vector<float>& q_rope, const std::vector<float>& latent,
+                                const std::vector<float>& rope, const std::vector<int64_t>& n_visible) {
+    return bf16_attention_reference({s.n_heads, s.kv_rank, s.rope_dim, s.kv_rank, s.scale, {q_latent.data(), s.kv_rank, 0},
+                                     {q_rope.data(), s.rope_dim, 0}, {latent.data(), s.kv_rank, 0},
+                                     {rope.data(), s.rope_dim, 0}, {latent.data(), s.kv_rank, 0}},
+                                    n_tokens, n_visible);
 }
 
 }  // namespace
@@ -309,51 +326,16 @@ TEST_CASE("bf16 absorbed attention: within bf16's rounding of the double referen
 
 namespace {
 
-// The decompressed form's block products from their inputs (q, expanded keys and values, shared
-// rope keys) in double, with absorbed_reference's bound on bf16's error: the query and the keys
-// rounded move a score by at most ds; the probabilities and the values rounded once more.
+// The decompressed form's block products: q_nope against each head's expanded keys, q_pe against
+// the shared rope keys, the head's expanded values.
 AbsorbedWant decompressed_reference(const DecompressedAttentionShape& s, int64_t n_tokens, const std::vector<float>& q,
                                     const std::vector<float>& q_rope, const std::vector<float>& kv,
                                     const std::vector<float>& k_rope, const std::vector<int64_t>& n_visible) {
-    const double u = std::ldexp(1.0, -9);
     const int64_t kv_head = s.nope_dim + s.v_dim, kv_row = s.n_heads * kv_head;
-    AbsorbedWant w{std::vector<double>(size_t(n_tokens * s.n_heads * s.v_dim)),
-                   std::vector<double>(size_t(n_tokens * s.n_heads * s.v_dim))};
-    for (int64_t t = 0; t < n_tokens; ++t)
-        for (int h = 0; h < s.n_heads; ++h) {
-            const int64_t row = t * s.n_heads + h, vis = n_visible[size_t(t)];
-            std::vector<double> p(static_cast<size_t>(vis));
-            double max_s = -INFINITY, ds = 0;
-            for (int64_t j = 0; j < vis; ++j) {
-                double dot = 0, mag = 0;
-                for (int i = 0; i < s.nope_dim; ++i) {
-                    const double x = double(q[size_t(row * s.q_head_stride + i)]) * kv[size_t(j * kv_row + h * kv_head + i)];
-                    dot += x;
-                    mag += std::fabs(x);
-                }
-                for (int i = 0; i < s.rope_dim; ++i) {
-                    const double x = double(q_rope[size_t(row * s.rope_dim + i)]) * k_rope[size_t(j * s.rope_dim + i)];
-                    dot += x;
-                    mag += std::fabs(x);
-                }
-                p[size_t(j)] = s.scale * dot;
-                ds = std::max(ds, s.scale * (2 * u + u * u + 1e-6) * mag);
-                max_s = std::max(max_s, p[size_t(j)]);
-            }
-            double sum = 0;
-            for (double& v : p) sum += v = std::exp(v - max_s);
-            for (int c = 0; c < s.v_dim; ++c) {
-                double o = 0, c_max = 0;
-                for (int64_t j = 0; j < vis; ++j) {
-                    const double v = kv[size_t(j * kv_row + h * kv_head + s.nope_dim + c)];
-                    o += p[size_t(j)] / sum * v;
-                    c_max = std::max(c_max, std::fabs(v));
-                }
-                w.out[size_t(row * s.v_dim + c)] = o;
-                w.bound[size_t(row * s.v_dim + c)] = 1.1 * (2 * ds + 2 * u) * c_max + 1e-6;
-            }
-        }
-    return w;
+    return bf16_attention_reference({s.n_heads, s.nope_dim, s.rope_dim, s.v_dim, s.scale, {q.data(), s.q_head_stride, 0},
+                                     {q_rope.data(), s.rope_dim, 0}, {kv.data(), kv_row, kv_head},
+                                     {k_rope.data(), s.rope_dim, 0}, {kv.data() + s.nope_dim, kv_row, kv_head}},
+                                    n_tokens, n_visible);
 }
 
 // begin, blocks of `block` positions, end: the decompressed form as the forward drives it.
