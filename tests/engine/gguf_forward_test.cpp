@@ -68,24 +68,37 @@ double max_abs(const std::vector<float>& a) {
 // llama.cpp's default F16 cache it landed our way (0.9995).
 const std::map<std::string, double> kMinCosine = {{"F16", 0.99999}, {"Q8_0", 0.998}, {"Q4_K_M", 0.99}, {"Q2_K", 0.95}};
 
-}  // namespace
-
-TEST_CASE("GGUF files from llama.cpp's converter and quantiser match transformers and llama.cpp") {
+// The converted GGUFs of tests/data/llamacpp/manifest.json present here, with their model's prompt.
+struct ConvertedFile {
+    nlohmann::json entry;
+    std::string file;
+    std::vector<int32_t> prompt;
+};
+std::vector<ConvertedFile> converted_files() {
     const std::string dir = data_dir() + "/llamacpp";
     std::ifstream in(dir + "/manifest.json");
     REQUIRE(in.good());
     const auto manifest = nlohmann::json::parse(in);
-    int checked = 0;
+    std::vector<ConvertedFile> files;
     for (const auto& f : manifest["files"]) {
         if (!f.contains("file") || f["file"].is_null() || f.contains("error")) continue;
         const std::string file = dir + "/" + f["file"].get<std::string>();
+        if (!fs::exists(file)) continue;
+        std::ifstream ein(data_dir() + "/" + f["model"].get<std::string>() + "/expected.json");
+        REQUIRE_MESSAGE(ein.good(), file);
+        files.push_back({f, file, nlohmann::json::parse(ein)["prompt_ids"].get<std::vector<int32_t>>()});
+    }
+    return files;
+}
+
+}  // namespace
+
+TEST_CASE("GGUF files from llama.cpp's converter and quantiser match transformers and llama.cpp") {
+    int checked = 0;
+    for (const auto& [f, file, prompt] : converted_files()) {
         const std::string model_name = f["model"];
         const std::string type = f["type"];
-        if (!fs::exists(file)) continue;
         CAPTURE(file);
-        std::ifstream ein(data_dir() + "/" + model_name + "/expected.json");
-        REQUIRE(ein.good());
-        const auto prompt = nlohmann::json::parse(ein)["prompt_ids"].get<std::vector<int32_t>>();
 
         const auto model = load_model(file);
         const int64_t vocab = model->layout().vocab;
@@ -283,19 +296,9 @@ TEST_CASE("the first 16 greedy tokens equal llama.cpp's on the F16 and Q8_0 file
 // elsewhere, the prompt's logits must move (the bf16 route ran) and stay within that rounding of
 // the f32 form's.
 TEST_CASE("the decompressed form with bf16 attention keeps the prompt logits within bf16's rounding of f32's") {
-    const std::string dir = data_dir() + "/llamacpp";
-    std::ifstream in(dir + "/manifest.json");
-    REQUIRE(in.good());
-    const auto manifest = nlohmann::json::parse(in);
     int checked = 0;
-    for (const auto& f : manifest["files"]) {
-        if (!f.contains("file") || f["file"].is_null() || f.contains("error")) continue;
-        const std::string file = dir + "/" + f["file"].get<std::string>();
-        if (!fs::exists(file)) continue;
+    for (const auto& [f, file, prompt] : converted_files()) {
         CAPTURE(file);
-        std::ifstream ein(data_dir() + "/" + f["model"].get<std::string>() + "/expected.json");
-        REQUIRE(ein.good());
-        const auto prompt = nlohmann::json::parse(ein)["prompt_ids"].get<std::vector<int32_t>>();
         const auto model = load_model(file);
         const auto& d = model->layout();
         if (!cpu::cpu_has_bf16_attention()) {
