@@ -247,16 +247,8 @@ int run_batch_job(const BatchJobOptions& o) {
     int64_t capacity = 1;
     for (const auto& p : todo) capacity = std::max(capacity, p.prompt_tokens + p.max_tokens);
     const int max_sequences = int(std::min<int64_t>(o.max_sequences, int64_t(todo.size())));
-    // A batch step is filled to this cap (below). By default 1024 tokens: on the 5-layer V3 model
-    // under 8 GiB a 490-token prefill step computed 9 s of its 11.5 s read (27 ms a token), and a
-    // step of twice that computes past its read, at the GEMMs' own 18 ms a token. Its activations
-    // come out of the budget: where they do not fit, the default falls back to the old 512.
-    const int64_t small_step_tokens = std::max<int64_t>(512, max_sequences + o.prefill_chunk);
-    std::vector<int64_t> step_choices{o.max_step_tokens};
-    if (o.max_step_tokens <= 0) {
-        step_choices = {std::max<int64_t>(kBatchStepTokens, small_step_tokens)};
-        if (step_choices.front() > small_step_tokens) step_choices.push_back(small_step_tokens);
-    }
+    // A batch step is filled to the first of these caps that fits the budget (below).
+    const std::vector<int64_t> step_choices = batch_step_choices(o.max_step_tokens, max_sequences, o.prefill_chunk);
     ThreadPool pool(o.threads);
     RuntimeOptions ro = o.runtime;
     ro.n_threads = pool.size();

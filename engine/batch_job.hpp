@@ -14,9 +14,6 @@
 
 namespace sluice {
 
-// The default cap on a batch step's tokens (BatchJobOptions::max_step_tokens).
-inline constexpr int64_t kBatchStepTokens = 1024;
-
 struct BatchJobOptions {
     std::string model;
     std::string input;
@@ -25,7 +22,7 @@ struct BatchJobOptions {
     int shard_count = 1;
     int max_sequences = 64;         // requests in flight (latent caches)
     int64_t prefill_chunk = 256;    // prompt positions per sequence per step
-    int64_t max_step_tokens = 0;    // 0: max(kBatchStepTokens, max_sequences + prefill_chunk), or 512 where that does not fit
+    int64_t max_step_tokens = 0;    // 0: batch_step_choices' first that fits the budget (engine/batch_memory.hpp)
     int64_t context = 4096;         // most positions a request may use (prompt + output)
     int threads = 0;
     double progress_interval_seconds = 30;

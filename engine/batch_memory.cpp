@@ -37,6 +37,16 @@ uint64_t full_step_read_bytes(const ModelPlan& model, const MemoryPlan& plan) {
            plan.mla_spilled_bytes;
 }
 
+std::vector<int64_t> batch_step_choices(int64_t max_step_tokens, int max_sequences, int64_t prefill_chunk) {
+    if (max_step_tokens > 0) return {max_step_tokens};
+    const int64_t least = std::max<int64_t>(512, int64_t(max_sequences) + prefill_chunk);
+    std::vector<int64_t> choices{std::max(kBatchStepTokens, least)};
+    if (kBatchStepTokensFallback > least && kBatchStepTokensFallback < choices.back())
+        choices.push_back(kBatchStepTokensFallback);
+    if (least < choices.back()) choices.push_back(least);
+    return choices;
+}
+
 BatchMemoryChoice choose_batch_memory(const ModelPlan& model, int n_layers, const std::vector<int64_t>& step_choices,
                                       const std::vector<LatentCachePlan>& cache_choices,
                                       const std::function<RunMemoryPlan(const LatentCachePlan&, int64_t)>& plan_for) {

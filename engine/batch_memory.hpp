@@ -37,6 +37,21 @@ LatentCachePlan spill_all_latent_caches(const ModelLayout& layout, int n_sequenc
 // only the positions in use are read back, so a close call keeps the caches in memory).
 uint64_t full_step_read_bytes(const ModelPlan& model, const MemoryPlan& plan);
 
+// The caps on a batch step's tokens to try, largest first: max_step_tokens when given (> 0), else
+// max(kBatchStepTokens, max_sequences + prefill_chunk), then kBatchStepTokensFallback, then
+// max(512, max_sequences + prefill_chunk) (a step holds every decoding sequence's token and one
+// prompt chunk), each only when smaller than the one before. Past the roofline-balanced size a
+// token costs its GEMMs alone, and a step's reads are hidden only when its compute outlasts them,
+// which takes more tokens the faster the CPU is against the disk. On the 5-layer V3 model under
+// 8 GiB, a 490-token prefill step computed 9 s of its 11.5 s of reads on a Zen 4, and 1,000-token
+// steps ~11.3 s against ~12 s on a Xeon (1.5 s a step waiting): the job's first 16k prompt
+// tokens ran at 82 tokens/s there in 1,000-token steps, 93 in 1,500-token steps (compute 16.2 s
+// against 13.5 s of reads, 0.2 s waiting) and 89 in 2,000-token ones. The larger step's
+// activations (1.11 GiB against 0.78 at 512 sequences) cost the expert pool 15 of its 154 buffers.
+inline constexpr int64_t kBatchStepTokens = 1536;
+inline constexpr int64_t kBatchStepTokensFallback = 1024;
+std::vector<int64_t> batch_step_choices(int64_t max_step_tokens, int max_sequences, int64_t prefill_chunk);
+
 struct BatchMemoryChoice {
     LatentCachePlan caches;
     int64_t step_tokens = 0;

@@ -23,8 +23,9 @@ void register_batch(CLI::App& app) {
     sub->add_option("--max-seqs", o->max_sequences, "Requests in flight at once")->capture_default_str();
     sub->add_option("--prefill-chunk", o->prefill_chunk, "Prompt positions a request takes per step")->capture_default_str();
     sub->add_option("--max-step-tokens", o->max_step_tokens,
-                    "Most tokens in one step; each step is filled to it while prompts wait (0: max(1024, "
-                    "max-seqs + prefill-chunk), or max(512, ...) when that does not fit the memory budget)")
+                    "Most tokens in one step; each step is filled to it while prompts wait (0: max(1536, "
+                    "max-seqs + prefill-chunk), else 1024, else max(512, max-seqs + prefill-chunk): the first "
+                    "whose activations fit the memory budget)")
         ->capture_default_str();
     sub->add_option("-c,--context", o->context, "Most positions one request may use (prompt + output)")
         ->capture_default_str();

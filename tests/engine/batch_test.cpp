@@ -870,6 +870,16 @@ TEST_CASE("a batch job's memory choice: the larger step first, and caches spille
     // A cache larger than the model's experts reads none of them.
     CHECK(full_step_read_bytes(model, memory(20, 2, true, 0).memory) == 0);
 
+    SUBCASE("the default step caps, largest first; a given cap alone") {
+        CHECK(batch_step_choices(0, 64, 256) == std::vector<int64_t>{kBatchStepTokens, kBatchStepTokensFallback, 512});
+        // 512 sequences and a chunk of 256: the least is 768
+        CHECK(batch_step_choices(0, 512, 256) == std::vector<int64_t>{1536, 1024, 768});
+        // a least above the fallback: the fallback is skipped
+        CHECK(batch_step_choices(0, 1000, 256) == std::vector<int64_t>{1536, 1256});
+        CHECK(batch_step_choices(0, 2000, 256) == std::vector<int64_t>{2256});
+        CHECK(batch_step_choices(300, 512, 256) == std::vector<int64_t>{300});
+    }
+
     const LatentCachePlan kept{2, 0}, spilled{0, 64};
     const std::vector<int64_t> steps{1024, 768};
     auto oom = [] { fail(ErrorKind::out_of_memory, "does not fit"); };
