@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "core/error.hpp"
+#include "engine/batch_scheduler.hpp"
 #include "engine/spilled_latent_cache.hpp"
 
 namespace sluice {
@@ -39,7 +40,7 @@ uint64_t full_step_read_bytes(const ModelPlan& model, const MemoryPlan& plan) {
 
 std::vector<int64_t> batch_step_choices(int64_t max_step_tokens, int max_sequences, int64_t prefill_chunk) {
     if (max_step_tokens > 0) return {max_step_tokens};
-    const int64_t least = std::max<int64_t>(512, int64_t(max_sequences) + prefill_chunk);
+    const int64_t least = least_step_tokens(max_sequences, prefill_chunk);
     std::vector<int64_t> choices{std::max(kBatchStepTokens, least)};
     if (kBatchStepTokensFallback > least && kBatchStepTokensFallback < choices.back())
         choices.push_back(kBatchStepTokensFallback);

@@ -38,9 +38,8 @@ LatentCachePlan spill_all_latent_caches(const ModelLayout& layout, int n_sequenc
 uint64_t full_step_read_bytes(const ModelPlan& model, const MemoryPlan& plan);
 
 // The caps on a batch step's tokens to try, largest first: max_step_tokens when given (> 0), else
-// max(kBatchStepTokens, max_sequences + prefill_chunk), then kBatchStepTokensFallback, then
-// max(512, max_sequences + prefill_chunk) (a step holds every decoding sequence's token and one
-// prompt chunk), each only when smaller than the one before. Past the roofline-balanced size a
+// max(kBatchStepTokens, least), then kBatchStepTokensFallback, then least (least_step_tokens,
+// engine/batch_scheduler.hpp), each only when above least and smaller than the one before. Past the roofline-balanced size a
 // token costs its GEMMs alone, and a step's reads are hidden only when its compute outlasts them,
 // which takes more tokens the faster the CPU is against the disk. On the 5-layer V3 model under
 // 8 GiB, a 490-token prefill step computed 9 s of its 11.5 s of reads on a Zen 4, and 1,000-token

@@ -10,6 +10,7 @@
 // (tests/kernels/batch_invariance_test), and every request samples from its own seeded generator.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -44,6 +45,13 @@ enum class RequestOrder {
     // decode-only steps (each a whole pass over the weights for a few tokens).
     longest_output_first,
 };
+
+// The smallest cap a step of max_sequences sequences may have by default: a decode token for each
+// beside one prompt chunk (what the scheduler requires), and at least 512 tokens. sluice serve's
+// default cap, and sluice batch's last choice (batch_step_choices).
+inline int64_t least_step_tokens(int max_sequences, int64_t prefill_chunk) {
+    return std::max<int64_t>(512, int64_t(max_sequences) + prefill_chunk);
+}
 
 struct SchedulerOptions {
     int max_sequences = 1;          // at most the forward's n_sequences

@@ -101,7 +101,7 @@ void ServeEngine::run() {
     try {
         const int64_t step_tokens = options_.max_step_tokens > 0
                                         ? options_.max_step_tokens
-                                        : std::max<int64_t>(512, options_.max_sequences + options_.prefill_chunk);
+                                        : least_step_tokens(options_.max_sequences, options_.prefill_chunk);
         ThreadPool pool(options_.threads);
         RuntimeOptions ro = options_.runtime;
         // A row of logits per sequence and two of the sampler's scratch stay with the caller.
